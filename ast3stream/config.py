@@ -1,0 +1,282 @@
+"""Configuration: the one typed place for every setting of the pipeline.
+
+Settings come, in increasing priority, from the defaults below, an optional TOML file
+(``AST3_CONFIG=path.toml`` or ``--config``), and environment variables such as
+``AST3_KAFKA__BOOTSTRAP=host:9092`` or ``AST3_DATABASE__URL=postgresql+psycopg://...``
+(sections are separated by a double underscore).
+
+Conventions used across the package (stated here once):
+
+* Arrays are numpy ``[row, col] = [y, x]``; pixel coordinates ``x, y`` in tables are
+  **0-based** with the centre of the first pixel at (0, 0), as in sep and photutils.
+  WCS calls use ``origin=0`` accordingly. FITS header sections (``TRIMSEC`` ...) are
+  1-based and inclusive, as the FITS standard says.
+* Reduced images are in electrons (gain applied; ``GAIN = 1`` in their header).
+* Magnitudes are AB-like g-band magnitudes; times are UTC, MJD for science and Unix
+  seconds for the stream's timings.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Lane = Literal["qip", "dip"]
+
+
+class DetectorConfig(BaseModel):
+    """The camera. Defaults are AST3-3's CMOS (Yaoan); change them for another survey camera."""
+
+    name: str = "AST3-3"
+    nx_raw: int = 14304                 #: raw frame width incl. overscan [px]
+    ny_raw: int = 10748                 #: raw frame height incl. overscan [px]
+    trimsec: str = "[1:14206,1:10654]"  #: light-sensitive area, FITS 1-based inclusive
+    biassec: str = "[14209:14304,1:10654]"  #: overscan columns used for the bias level
+    gain: float = 1.6                   #: e-/ADU
+    read_noise: float = 2.5             #: e- rms
+    saturation: float = 60000.0         #: ADU in the raw frame
+    pixel_scale: float = 0.41           #: arcsec/px
+    filter: str = "g"
+    exptime: float = 60.0               #: s
+    zeropoint: float = 27.2             #: nominal mag giving 1 e- in ``exptime`` seconds (clear sky)
+    qip_binning: int = 3                #: QIP images are binned qip_binning x qip_binning
+    site_lon: float = 102.3             #: deg E (Yaoan, Yunnan)
+    site_lat: float = 25.5              #: deg N
+    site_height: float = 2000.0         #: m
+
+
+class KafkaConfig(BaseModel):
+    """The message bus. With no ``bootstrap`` an embedded Kafka-protocol broker (Tansu) is started."""
+
+    bootstrap: str | None = None
+    prefix: str = "ast3"                #: per-deployment topic prefix, see ``agents.topics``
+    partitions: int = 1
+    replication: int = 1
+    embedded_port: int = 0              #: 0 = pick a free port
+    session_timeout_s: float = 2.0      #: short: Tansu's group joins take half of it
+    heartbeat_s: float = 0.5
+    web_port: int = 6066                #: faust's web port (each worker needs its own)
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+class DatabaseConfig(BaseModel):
+    url: str | None = None              #: None = SQLite file ``<data_dir>/ast3stream.db``
+    namespace: str = ""                 #: table-name prefix; replays write to their own namespace
+
+
+class PathsConfig(BaseModel):
+    data_dir: Path = Path("runs/default")
+    watch_dir: Path | None = None       #: None = ``<data_dir>/incoming``
+    calib_dir: Path | None = None       #: master bias/flat/bad-pixel files; None = ``<data_dir>/calib``
+    products_dir: Path | None = None    #: None = ``<data_dir>/products``
+    refcat: Path | None = None          #: reference star catalogue (FITS/CSV/ECSV); None = ``<data_dir>/refcat.fits``
+    galaxies: Path | None = None        #: GLADE+-like galaxy catalogue; None = ``<data_dir>/galaxies.csv``
+    mpcorb: Path | None = None          #: MPCORB-format orbits; None = ``<data_dir>/MPCORB.DAT``
+    fields: Path | None = None          #: survey field grid; None = ``<data_dir>/fields.csv``
+
+    def resolve(self, name: str, default: str) -> Path:
+        value = getattr(self, name)
+        return Path(value) if value is not None else self.data_dir / default
+
+
+class WatcherConfig(BaseModel):
+    patterns: list[str] = ["*.fits", "*.fit", "*.fits.fz", "*.fz"]
+    stable_s: float = 1.0               #: size must stay unchanged this long
+    poll_s: float = 0.25
+
+
+class ReductionConfig(BaseModel):
+    version: str = "1"
+    cosmic_sigclip: float = 4.5
+    cosmic_objlim: float = 5.0
+    cosmic_niter: int = 2
+    trail_threshold: float = 1.5        #: sigma of the binned image for the Hough transform
+    trail_min_length_px: float = 200.0
+    trail_bin: int = 4
+
+
+class SourcesConfig(BaseModel):
+    version: str = "1"
+    thresh: float = 5.0                 #: sigma above background
+    minarea: int = 5
+    snr_min: float = 20.0               #: FLUX_AUTO / FLUXERR_AUTO cut of the clean list
+    clip_sigma: float = 3.0
+    drop_least_stellar: float = 0.2     #: fraction of least star-like sources dropped
+
+
+class AstrometryConfig(BaseModel):
+    version: str = "1"
+    sip_order: int = 4
+    max_offset_arcmin: float = 15.0
+    max_rotation_deg: float = 5.0
+    scale_tolerance: float = 0.03
+    match_radius_arcsec: float = 2.0
+    n_brightest: int = 60               #: stars used for pattern matching
+    max_rms_arcsec: float = 0.5         #: above this the solution is flagged ``bad_wcs``
+
+
+class PhotometryConfig(BaseModel):
+    version: str = "1"
+    aperture_factor: float = 6.0        #: eq. 1: aperture diameter = C x median(A_IMAGE)
+    zp_clip_sigma: float = 3.0
+    zp_max_iter: int = 10
+    mag_min: float = 13.0               #: catalogue stars brighter than this are not used (saturation)
+    mag_max: float = 19.5
+    maglim_snr: float = 5.0
+    psf_lane: bool = True               #: PSF photometry on the slow background lane
+
+
+class QualityConfig(BaseModel):
+    version: str = "1"
+    pcc_min: float = 0.98
+    thumbnail_size: int = 256
+    cloud_threshold: float = 0.5
+
+
+class TemplateConfig(BaseModel):
+    version: str = "1"
+    maglim_min: float = 18.5            #: template must reach at least this 5-sigma depth
+    pcc_min: float = 0.98
+
+
+class SubtractionConfig(BaseModel):
+    version: str = "1"
+    backend: Literal["auto", "cupy", "numpy"] = "auto"
+    kernel_half_width: int = 15
+    kernel_poly_order: int = 2
+    background_poly_order: int = 2
+    tile_nx: int = 3072
+    tile_ny: int = 4096
+    tile_overlap: int = 128
+    lanczos_a: int = 3
+
+
+class DetectionConfig(BaseModel):
+    version: str = "1"
+    thresh: float = 5.0                 #: sigma on the difference image
+    minarea: int = 4                    #: ISOAREA >= 4
+    edge_px: int = 16
+    elong_min: float = 0.5
+    elong_max: float = 6.0
+    fwhm_min: float = 1.0
+    fwhm_max_factor: float = 2.0        #: FWHM <= this x image FWHM
+    stamp_qip: int = 31
+    stamp_dip: int = 91
+
+
+class CrossmatchConfig(BaseModel):
+    version: str = "1"
+    galaxy_radius_arcsec: float = 30.0
+    asteroid_radius_arcsec: float = 10.0
+    object_radius_arcsec: float = 1.5   #: candidates closer than this are one transient object
+
+
+class ClassifyConfig(BaseModel):
+    version: str = "1"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 256
+    real_threshold: float = 0.5
+
+
+class AlertConfig(BaseModel):
+    version: str = "1"
+    schema_version: str = "1.0"
+    min_score: float = 0.0              #: alerts below this real/bogus score are not published
+    cutout_size: int = 63
+    gcn_min_score: float = 0.8
+
+
+class GWConfig(BaseModel):
+    min_field_probability: float = 0.001
+    max_fields: int = 50
+    credible_level: float = 0.9
+
+
+class Settings(BaseSettings):
+    """All settings. ``Settings.load()`` reads the TOML file and the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="AST3_", env_nested_delimiter="__", extra="forbid")
+
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    watcher: WatcherConfig = Field(default_factory=WatcherConfig)
+    reduction: ReductionConfig = Field(default_factory=ReductionConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    astrometry: AstrometryConfig = Field(default_factory=AstrometryConfig)
+    photometry: PhotometryConfig = Field(default_factory=PhotometryConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    template: TemplateConfig = Field(default_factory=TemplateConfig)
+    subtraction: SubtractionConfig = Field(default_factory=SubtractionConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    crossmatch: CrossmatchConfig = Field(default_factory=CrossmatchConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+    gw: GWConfig = Field(default_factory=GWConfig)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, **overrides) -> "Settings":
+        """Defaults < TOML file (``path`` or ``$AST3_CONFIG``) < environment < ``overrides``."""
+        path = path or os.environ.get("AST3_CONFIG")
+        data: dict = {}
+        if path:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                data.setdefault(section, {}).update(values)
+            else:
+                data[section] = values
+        env = cls()  # environment only
+        merged = _deep_merge(data, env.model_dump(exclude_unset=True))
+        return cls(**merged)
+
+    # convenient resolved paths -------------------------------------------------------
+    @property
+    def watch_dir(self) -> Path:
+        return self.paths.resolve("watch_dir", "incoming")
+
+    @property
+    def calib_dir(self) -> Path:
+        return self.paths.resolve("calib_dir", "calib")
+
+    @property
+    def products_dir(self) -> Path:
+        return self.paths.resolve("products_dir", "products")
+
+    @property
+    def refcat_path(self) -> Path:
+        return self.paths.resolve("refcat", "refcat.fits")
+
+    @property
+    def galaxies_path(self) -> Path:
+        return self.paths.resolve("galaxies", "galaxies.csv")
+
+    @property
+    def mpcorb_path(self) -> Path:
+        return self.paths.resolve("mpcorb", "MPCORB.DAT")
+
+    @property
+    def fields_path(self) -> Path:
+        return self.paths.resolve("fields", "fields.csv")
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.paths.data_dir / 'ast3stream.db').resolve()}"
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
