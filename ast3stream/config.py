@@ -17,6 +17,7 @@ Conventions used across the package (stated here once):
 """
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -87,6 +88,7 @@ class WatcherConfig(BaseModel):
     patterns: list[str] = ["*.fits", "*.fit", "*.fits.fz", "*.fz"]
     stable_s: float = 1.0               #: size must stay unchanged this long
     poll_s: float = 0.25
+    giveup_s: float = 10.0              #: a file still incomplete after this long goes to the dead letters
 
 
 class ReductionConfig(BaseModel):
@@ -152,7 +154,19 @@ class SubtractionConfig(BaseModel):
     tile_nx: int = 3072
     tile_ny: int = 4096
     tile_overlap: int = 128
+    single_tile_max_pixels: int = 20_000_000  #: images up to this size (QIP) are subtracted in one pass
+    background_box: int = 128           #: sky background mesh [px] (sep on CPU, box medians on GPU)
     lanczos_a: int = 3
+    align_grid_step: int = 32           #: WCS pixel map is exact on this grid, bilinear between nodes [px]
+    align_mask_weight: float = 0.05     #: mask bits of input pixels with |Lanczos weight| >= this propagate
+    force_conv: Literal["auto", "ref", "sci"] = "auto"  #: auto = convolve the sharper image
+    star_snr_min: float = 20.0          #: sub-area stars: minimum FLUX/FLUXERR in both images
+    star_isolation_fwhm: float = 4.0    #: no other source within this many FWHM
+    star_max_per_tile: int = 1000
+    subarea_fwhm: float = 3.0           #: sub-area radius around each star, in FWHM (plus the kernel half-width)
+    ban_sigma: float = 3.0              #: prior-ban stars whose flux ratio deviates by more (variables)
+    threads: int = 0                    #: CPU threads for numba/FFTW; 0 = all
+    warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes to compile when a GPU worker starts
 
 
 class DetectionConfig(BaseModel):
@@ -166,6 +180,8 @@ class DetectionConfig(BaseModel):
     fwhm_max_factor: float = 2.0        #: FWHM <= this x image FWHM
     stamp_qip: int = 31
     stamp_dip: int = 91
+    mask_radius_px: int = 1             #: reject candidates with any mask bit this close to the centroid
+    maglim_snr: float = 5.0             #: SNR defining the difference image's limiting magnitude
 
 
 class CrossmatchConfig(BaseModel):
@@ -173,6 +189,8 @@ class CrossmatchConfig(BaseModel):
     galaxy_radius_arcsec: float = 30.0
     asteroid_radius_arcsec: float = 10.0
     object_radius_arcsec: float = 1.5   #: candidates closer than this are one transient object
+    asteroid_search_deg: float = 3.0    #: asteroids are computed within this radius of the field centre
+    variable_radius_arcsec: float = 2.0 #: GCVS veto radius (needs pyarrow)
 
 
 class ClassifyConfig(BaseModel):
@@ -180,6 +198,22 @@ class ClassifyConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 256
     real_threshold: float = 0.5
+
+
+class TrainingConfig(BaseModel):
+    """Classifier training (``ast3stream classify train``); see ``ast3stream.classify.train``."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3                    #: AdamW; the seed's 0.01 was less stable (see classify.train)
+    gamma: float = 0.9                  #: lr x gamma after every epoch (seed paper)
+    weight_decay: float = 1e-2
+    width: int = 32                     #: ResNet-18 stage widths w, 2w, 4w, 8w (torchvision: 64)
+    seed: int = 0
+    n_real: int = 10_000
+    n_bogus: int = 10_000
+    snr_min: float = 8.0                #: candidate SNR range of the simulated training stamps
+    snr_max: float = 300.0
 
 
 class AlertConfig(BaseModel):
@@ -194,6 +228,52 @@ class GWConfig(BaseModel):
     min_field_probability: float = 0.001
     max_fields: int = 50
     credible_level: float = 0.9
+
+
+class SimulationConfig(BaseModel):
+    """The night simulator (:mod:`ast3stream.simulate`). Field-dependent patterns (PSF, vignetting,
+    distortion) are in normalised detector coordinates, so a scaled detector is a miniature camera."""
+
+    night: str = "2025-11-21"           #: local evening date of the night
+    field_ra: float | None = None       #: first field centre [deg]; None = on the meridian at midnight
+    field_dec: float | None = None      #: None = 2 deg north of the ecliptic there
+    revisit_min: float = 15.0           #: time between visits of one field
+    overhead_s: float = 30.0            #: readout + slew between exposures
+    star_density_g21: float = 20000.0   #: stars per deg^2 brighter than g = 21 (log N = 0.3 g + c)
+    star_mag_bright: float = 8.0
+    star_mag_faint: float = 23.0        #: faintest star drawn in the images
+    refcat_mag_limit: float = 21.0
+    refcat_margin_deg: float = 0.3      #: catalogue margin around the fields
+    galaxy_density: float = 150.0       #: catalogued galaxies per deg^2
+    galaxy_min_per_field: int = 20
+    transients_per_field: int = 3
+    asteroids_per_field: int = 3
+    fast_movers: int = 1                #: near-Earth asteroids (trailed) per night
+    asteroid_g_minus_v: float = 0.3
+    cosmics_full_frame: float = 600.0   #: cosmic rays per 60 s full-size frame
+    trail_fraction: float = 0.3         #: fraction of frames with a satellite trail (at least one)
+    sky_mag: float = 19.3               #: g sky surface brightness [mag/arcsec^2]
+    extinction_k: float = 0.18          #: mag per airmass
+    seeing_min_px: float = 2.6
+    seeing_max_px: float = 3.3
+    psf_beta: float = 3.0               #: Moffat beta
+    psf_curvature: float = 0.15         #: FWHM grows by this fraction at the corners
+    psf_elongation: float = 0.12        #: ellipticity 1 - b/a at the corners (radial)
+    distortion_px: float = 3.0          #: radial (cubic) distortion at the corners [px]
+    pointing_jitter_arcmin: float = 0.5
+    wcs_offset_arcmin: float = 8.0      #: header WCS: CRVAL error up to this
+    wcs_rotation_deg: float = 2.0       #: header WCS: rotation error up to this
+    wcs_scale_error: float = 0.01       #: header WCS: relative pixel-scale error up to this
+    cloud_max_mag: float = 2.0
+    bias_level: float = 1000.0          #: ADU
+    dark_e_s: float = 0.02              #: e-/s/px
+    hot_pixel_fraction: float = 2e-5
+    vignetting: float = 0.25            #: fractional loss of light at the corners
+    prnu: float = 0.01                  #: pixel-to-pixel response rms
+    n_bias: int = 5
+    n_flat: int = 5
+    flat_adu: tuple[float, float] = (30000.0, 20000.0)  #: first/last twilight flat level
+    detector_seed: int = 3              #: the camera's defects do not change from night to night
 
 
 class Settings(BaseSettings):
@@ -216,8 +296,10 @@ class Settings(BaseSettings):
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     crossmatch: CrossmatchConfig = Field(default_factory=CrossmatchConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     gw: GWConfig = Field(default_factory=GWConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> "Settings":
@@ -226,7 +308,7 @@ class Settings(BaseSettings):
         data: dict = {}
         if path:
             with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+                data = json.load(fh) if str(path).endswith(".json") else tomllib.load(fh)
         for section, values in overrides.items():
             if isinstance(values, dict):
                 data.setdefault(section, {}).update(values)
@@ -237,6 +319,13 @@ class Settings(BaseSettings):
         return cls(**merged)
 
     # convenient resolved paths -------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write these settings as JSON (what a worker process is started with)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=1))
+        return path
+
     @property
     def watch_dir(self) -> Path:
         return self.paths.resolve("watch_dir", "incoming")

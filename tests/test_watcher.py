@@ -1,0 +1,79 @@
+"""The watcher against the real embedded broker: complete files become events, bad ones dead letters."""
+import asyncio
+import shutil
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaProducer
+from astropy.io import fits
+from astropy.table import Table
+
+from agents.broker import ensure_topics
+from agents.demo import read_topic
+from agents.topics import all_topics, topic
+from agents.watcher import Watcher
+from ast3stream.events import ExposureEvent, decode
+from ast3stream.pipeline import Context
+
+pytestmark = pytest.mark.broker
+
+
+def _raw(path, field="f001", seed=0):
+    rng = np.random.default_rng(seed)
+    fits.PrimaryHDU(rng.integers(0, 1000, (64, 64)).astype(np.uint16),
+                    fits.Header({"FIELD": field, "MJD-OBS": 61000.5 + seed})).writeto(path)
+
+
+async def _run(watcher, seconds):
+    stop = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+
+
+def test_watcher_publishes_complete_files_once_and_dead_letters_bad_ones(broker, settings, tmp_path):
+    settings.kafka.prefix = "tw"
+    settings.watcher.stable_s = 0.3
+    settings.watcher.giveup_s = 1.5
+    ctx = Context(settings)
+    ctx.db.store_too_fields("S200101a", Table({"field_id": ["f009"], "prob": [0.5], "cum_prob": [0.5]}))
+    watch = settings.watch_dir
+    (watch / "night1").mkdir(parents=True)
+    _raw(watch / "night1" / "already_there.fits", seed=1)  # present before the watcher starts
+
+    async def scenario():
+        await ensure_topics(broker.bootstrap, all_topics("tw"))
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+        await producer.start()
+        w = Watcher(watch, ctx, producer, "tw")
+        task = asyncio.create_task(_run(w, 6.0))
+        await asyncio.sleep(0.5)
+        _raw(tmp_path / "good.fits", seed=2)
+        data = (tmp_path / "good.fits").read_bytes()
+        with open(watch / "night1" / "slow.fits", "wb") as fh:  # written in pieces, like a camera
+            fh.write(data[:2880])
+            fh.flush()
+            await asyncio.sleep(0.6)
+            fh.write(data[2880:])
+        shutil.copyfile(watch / "night1" / "slow.fits", watch / "copy_of_slow.fits")  # same content
+        _raw(watch / "too.fits", field="f009", seed=3)
+        (watch / "truncated.fits").write_bytes(data[:-2880])
+        (watch / "notfits.fits").write_bytes(b"\x89PNG" + b"0" * 5756)
+        (watch / "notes.txt").write_text("ignored: not an exposure pattern")
+        await task
+        await producer.stop()
+        raw = await read_topic(broker.bootstrap, topic("tw", "exposures"), 1.0)
+        too = await read_topic(broker.bootstrap, topic("tw", "exposures.too"), 1.0)
+        dead = await read_topic(broker.bootstrap, topic("tw", "deadletter"), 1.0)
+        return raw, too, dead
+
+    raw, too, dead = asyncio.run(scenario())
+    names = sorted(ExposureEvent.decode(m.value).exposure_id for m in raw)
+    assert names == ["already_there", "slow"]  # the copy has the same sha256: not published twice
+    assert [ExposureEvent.decode(m.value).field_id for m in too] == ["f009"]
+    reasons = {decode(m.value, "deadletter")["exposure_id"]: decode(m.value, "deadletter")["reason"] for m in dead}
+    assert set(reasons) == {"truncated.fits", "notfits.fits"}
+    assert "truncated" in reasons["truncated.fits"]
+    assert "not a FITS file" in reasons["notfits.fits"]
+    assert ctx.db.count("dead_letters") == 2
