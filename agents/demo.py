@@ -18,6 +18,7 @@ from astropy.table import Table
 
 from ast3stream.config import Settings
 from ast3stream.db import Database
+from ast3stream.rawfile import detector_from_header
 
 from .runner import Stack, wait_for
 from .topics import topic
@@ -62,7 +63,7 @@ def summarize(cfg: Settings, sim_dir: Path, alerts: list[dict], dead: int, match
     db = Database.from_settings(cfg)
     exposures = Table.read(sim_dir / "truth" / "exposures.ecsv")
     status = {r["exposure_id"]: r for r in db.rows("exposures")}
-    injected = recovered = injected_all = recovered_all = 0
+    injected = recovered = injected_all = recovered_all = masked_bright = 0
     per_exposure = []
     for row in exposures:
         eid = str(row["expid"])
@@ -79,7 +80,9 @@ def summarize(cfg: Settings, sim_dir: Path, alerts: list[dict], dead: int, match
             a = SkyCoord([m["ra"] for m in mine], [m["dec"] for m in mine], unit="deg")
             _, sep, _ = t.match_to_catalog_sky(a)
             found = sep.arcsec < match_radius_arcsec
-        bright = np.asarray(tr["mag"]) < maglim - bright_margin
+        masked = _masked_in_difference(cfg, db, eid, tr)
+        bright = (np.asarray(tr["mag"]) < maglim - bright_margin) & ~masked
+        masked_bright += int(((np.asarray(tr["mag"]) < maglim - bright_margin) & masked).sum())
         injected += int(bright.sum())
         recovered += int((found & bright).sum())
         injected_all += len(tr)
@@ -96,6 +99,7 @@ def summarize(cfg: Settings, sim_dir: Path, alerts: list[dict], dead: int, match
         "injected_transients": injected,
         "recovered_transients": recovered,
         "recovered_fraction": recovered / injected if injected else None,
+        "masked_transients": masked_bright,
         "injected_transients_all_mags": injected_all,
         "recovered_transients_all_mags": recovered_all,
         "bright_margin_mag": bright_margin,
@@ -105,6 +109,28 @@ def summarize(cfg: Settings, sim_dir: Path, alerts: list[dict], dead: int, match
                       "n": len(latencies)},
         "per_exposure": per_exposure,
     }
+
+
+def _masked_in_difference(cfg: Settings, db: Database, exposure_id: str, truth: Table) -> np.ndarray:
+    """True where a truth position falls on a pixel masked in the DIP difference image.
+
+    A transient under a satellite trail, a saturated star or a bad column of the science or
+    template frame has no measurable flux there; the summary counts it apart.
+    """
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    path = cfg.products_dir / (db.namespace or "live") / exposure_id / "dip" / "difference.fits"
+    if not len(truth) or not path.exists():
+        return np.zeros(len(truth), bool)
+    with fits.open(path) as hdul:
+        mask, wcs = hdul["MASK"].data, WCS(hdul["DIFF"].header)
+    x, y = wcs.all_world2pix(np.asarray(truth["ra"]), np.asarray(truth["dec"]), 0)
+    xi, yi = np.round(x).astype(int), np.round(y).astype(int)
+    inside = (xi >= 0) & (yi >= 0) & (xi < mask.shape[1]) & (yi < mask.shape[0])
+    out = ~inside
+    out[inside] = mask[yi[inside], xi[inside]] != 0
+    return out
 
 
 def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 1, n_fields: int = 2,
@@ -123,6 +149,7 @@ def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 
     cfg.paths.mpcorb = sim_dir / "MPCORB.DAT"
     cfg.paths.fields = sim_dir / "fields.csv"
     cfg.paths.calib_dir = data / "calib"
+    cfg.detector = detector_from_header(night.exposures[0].path, cfg.detector)
     for f in (sim_dir / "calib").glob("*.fits"):
         (data / "calib").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, data / "calib" / f.name)
@@ -137,7 +164,7 @@ def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 
             print(f"timed out waiting for {left}", flush=True)
         messages = asyncio.run(read_topic(cfg.kafka.bootstrap, topic(cfg.kafka.prefix, "alerts")))
         dead = asyncio.run(read_topic(cfg.kafka.bootstrap, topic(cfg.kafka.prefix, "deadletter"), timeout=2.0))
-    alerts = [_alert_view(decode(m.value)) for m in messages]
+    alerts = [alert_view(decode(m.value)) for m in messages]
     result = summarize(cfg, sim_dir, alerts, len(dead))
     result["unfinished"] = left
     if summary:
@@ -146,7 +173,8 @@ def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 
     return result
 
 
-def _alert_view(packet: dict) -> dict:
+def alert_view(packet: dict) -> dict:
+    """What the summary needs of an alert packet."""
     c = packet["candidate"]
-    return {"exposure_id": packet.get("exposure_id") or c.get("exposure_id"), "ra": c["ra"], "dec": c["dec"],
-            "isdiffpos": c.get("isdiffpos") in (True, "t", "1", 1), "alert_id": packet.get("alert_id")}
+    return {"exposure_id": c["exposure_id"], "ra": c["ra"], "dec": c["dec"], "isdiffpos": bool(c["isdiffpos"]),
+            "alert_id": str(packet["alertId"]), "lane": c["lane"]}

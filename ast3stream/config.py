@@ -93,18 +93,30 @@ class WatcherConfig(BaseModel):
 
 class ReductionConfig(BaseModel):
     version: str = "1"
+    combine_sigma: float = 3.0          #: clipping of the master bias/flat combination
+    bpm_flat_low: float = 0.5           #: bad pixel: flat response below this x local response
+    bpm_flat_high: float = 1.5          #: ... or above this
+    bpm_bias_sigma: float = 10.0        #: bad pixel: master bias this many robust sigma off
+    saturation_grow: int = 1            #: saturated masks are dilated by this many pixels
+    cosmics: bool = True
     cosmic_sigclip: float = 4.5
     cosmic_objlim: float = 5.0
     cosmic_niter: int = 2
+    cosmic_tile: int = 48               #: L.A.Cosmic runs on the tiles of this size holding candidates
+    cosmic_pad: int = 8
+    trails: bool = True
     trail_threshold: float = 1.5        #: sigma of the binned image for the Hough transform
     trail_min_length_px: float = 200.0
-    trail_bin: int = 4
+    trail_bin: int = 4                  #: at least; grows so the binned image is <= 2048 px long
 
 
 class SourcesConfig(BaseModel):
     version: str = "1"
-    thresh: float = 5.0                 #: sigma above background
+    thresh: float = 3.0                 #: per-pixel sigma above background (sep/SExtractor DETECT_THRESH)
     minarea: int = 5
+    mesh: int = 128                     #: sep background mesh [px]
+    mask_bits: int = 1 | 2 | 8          #: MaskBits ignored by sep (BAD | SATURATED | TRAIL)
+    deblend_cont: float = 0.005
     snr_min: float = 20.0               #: FLUX_AUTO / FLUXERR_AUTO cut of the clean list
     clip_sigma: float = 3.0
     drop_least_stellar: float = 0.2     #: fraction of least star-like sources dropped
@@ -119,6 +131,7 @@ class AstrometryConfig(BaseModel):
     match_radius_arcsec: float = 2.0
     n_brightest: int = 60               #: stars used for pattern matching
     max_rms_arcsec: float = 0.5         #: above this the solution is flagged ``bad_wcs``
+    min_stars_linear: int = 10          #: fewer matches: only CRVAL of the header WCS is refitted
 
 
 class PhotometryConfig(BaseModel):
@@ -128,8 +141,12 @@ class PhotometryConfig(BaseModel):
     zp_max_iter: int = 10
     mag_min: float = 13.0               #: catalogue stars brighter than this are not used (saturation)
     mag_max: float = 19.5
+    zp_floor: float = 0.01              #: mag added in quadrature to each calibrator's error (eq. 2)
+    residual_min_stars: int = 20        #: fewer calibrators: no quadratic residual (eq. 3)
     maglim_snr: float = 5.0
     psf_lane: bool = True               #: PSF photometry on the slow background lane
+    psf_degree: int = 2                 #: PSF pixels vary as a polynomial of this degree in (x, y)
+    psf_radius_fwhm: float = 2.5        #: PSF stamp half-size in FWHM
 
 
 class QualityConfig(BaseModel):
@@ -137,6 +154,8 @@ class QualityConfig(BaseModel):
     pcc_min: float = 0.98
     thumbnail_size: int = 256
     cloud_threshold: float = 0.5
+    cloudy_zp_deficit: float = 0.5      #: mag below the clear-sky zero point that means cloud
+    cloudy_zp_rms: float = 0.15         #: zero-point scatter [mag] that means patchy cloud
 
 
 class TemplateConfig(BaseModel):
@@ -159,12 +178,15 @@ class SubtractionConfig(BaseModel):
     lanczos_a: int = 3
     align_grid_step: int = 32           #: WCS pixel map is exact on this grid, bilinear between nodes [px]
     align_mask_weight: float = 0.05     #: mask bits of input pixels with |Lanczos weight| >= this propagate
+    align_refine: bool = True           #: correct the WCS mapping by the median shift of matched stars
     force_conv: Literal["auto", "ref", "sci"] = "auto"  #: auto = convolve the sharper image
-    star_snr_min: float = 20.0          #: sub-area stars: minimum FLUX/FLUXERR in both images
-    star_isolation_fwhm: float = 4.0    #: no other source within this many FWHM
-    star_max_per_tile: int = 1000
-    subarea_fwhm: float = 3.0           #: sub-area radius around each star, in FWHM (plus the kernel half-width)
-    ban_sigma: float = 3.0              #: prior-ban stars whose flux ratio deviates by more (variables)
+    star_snr_min: float = 10.0          #: sub-area stars: minimum FLUX/FLUXERR in both images
+    star_isolation_fwhm: float = 2.0    #: no other source within this many FWHM
+    min_stars_varying: int = 30         #: tiles with fewer sub-area stars fit a constant kernel and background
+    subarea_fwhm: float = 2.0           #: sub-area radius around each star, in FWHM (larger areas add noise, biasing K low)
+    ban_sigma: float = 3.0              #: prior-ban stars whose flux ratio or centroid shift deviates by more
+    ban_ratio_floor: float = 0.02       #: systematic floor of the relative flux-ratio error
+    ban_shift_floor_px: float = 0.05    #: systematic floor of the centroid-shift error [px]
     threads: int = 0                    #: CPU threads for numba/FFTW; 0 = all
     warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes to compile when a GPU worker starts
 
@@ -222,12 +244,18 @@ class AlertConfig(BaseModel):
     min_score: float = 0.0              #: alerts below this real/bogus score are not published
     cutout_size: int = 63
     gcn_min_score: float = 0.8
+    publisher: str = "ast3stream"       #: ``publisher`` field of every alert packet
+    position_error_arcsec: float = 0.5  #: position uncertainty quoted in GCN notices
 
 
 class GWConfig(BaseModel):
     min_field_probability: float = 0.001
     max_fields: int = 50
     credible_level: float = 0.9
+    field_width_deg: float | None = None   #: None = trimmed detector width x pixel scale
+    field_height_deg: float | None = None  #: None = trimmed detector height x pixel scale
+    order: int | None = None            #: HEALPix order of the field integration; None = auto
+    rank_by: Literal["prob", "galaxy_score"] = "prob"
 
 
 class SimulationConfig(BaseModel):
@@ -246,6 +274,7 @@ class SimulationConfig(BaseModel):
     refcat_margin_deg: float = 0.3      #: catalogue margin around the fields
     galaxy_density: float = 150.0       #: catalogued galaxies per deg^2
     galaxy_min_per_field: int = 20
+    background_galaxy_density: float = 3000.0  #: uncatalogued 0.08 < z < 0.5 galaxies per deg^2
     transients_per_field: int = 3
     asteroids_per_field: int = 3
     fast_movers: int = 1                #: near-Earth asteroids (trailed) per night
@@ -257,7 +286,7 @@ class SimulationConfig(BaseModel):
     seeing_min_px: float = 2.6
     seeing_max_px: float = 3.3
     psf_beta: float = 3.0               #: Moffat beta
-    psf_curvature: float = 0.15         #: FWHM grows by this fraction at the corners
+    psf_curvature: float = 0.1          #: FWHM grows by this fraction at the corners
     psf_elongation: float = 0.12        #: ellipticity 1 - b/a at the corners (radial)
     distortion_px: float = 3.0          #: radial (cubic) distortion at the corners [px]
     pointing_jitter_arcmin: float = 0.5

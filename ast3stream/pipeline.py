@@ -291,6 +291,27 @@ def _register_template(ev: StageEvent, ctx: Context) -> dict:
     return dip if ev.lane == "dip" else qip
 
 
+def rebuild_template(cfg: Settings, db: Database, exposure_id: str) -> dict:
+    """Make a calibrated exposure the template of its field (both lanes), replacing any other."""
+    from .templates import bin_frame
+
+    exp = db.rows("exposures", exposure_id=exposure_id)[0]
+    ns = db.namespace or "live"
+    path = next((cfg.products_dir / ns / exposure_id / lane / "calibrated.fits" for lane in ("dip", "qip")
+                 if (cfg.products_dir / ns / exposure_id / lane / "calibrated.fits").exists()), None)
+    if path is None:
+        raise FileNotFoundError(f"{exposure_id} has no calibrated image under {cfg.products_dir / ns}")
+    q = exp["quality"] or {}
+    stats = dict(maglim=q.get("maglim"), pcc=q.get("pcc"), zp=q.get("zp"))
+    db.set_template(exp["field_id"], "dip", exposure_id, str(path), fwhm_px=q.get("fwhm_px"), **stats)
+    qip_path = cfg.products_dir / ns / "templates" / f"{exp['field_id']}_qip.fits"
+    n = cfg.detector.qip_binning
+    bin_frame(Frame.read(path), n).write(qip_path)
+    db.set_template(exp["field_id"], "qip", exposure_id, str(qip_path),
+                    fwhm_px=(q.get("fwhm_px") or np.nan) / n, **stats)
+    return db.template(exp["field_id"], "dip")
+
+
 def _write_difference(diff, path: Path) -> None:
     hdus = fits.HDUList([fits.PrimaryHDU(),
                          fits.ImageHDU(diff.diff.astype(np.float32), diff.header, name="DIFF"),
@@ -394,9 +415,9 @@ def _update_light_curves(ev: StageEvent, ctx: Context, cands: Table, mjd: float)
     forced = forced_photometry(diff, x, y, fwhm, ev.metrics["zp"])
     for o, f in zip(others, forced):
         ctx.db.add_photometry(dict(object_id=o["object_id"], exposure_id=ev.exposure_id, lane=ev.lane, mjd=mjd,
-                                   mag=_finite(f["mag"]), mag_err=_finite(f["mag_err"]), flux=float(f["flux"]),
-                                   flux_err=float(f["flux_err"]), maglim=_finite(f["maglim"]) or maglim,
-                                   forced=True, detected=False))
+                                   mag=_finite(f["mag"]), mag_err=_finite(f["mag_err"]), flux=_finite(f["flux"]),
+                                   flux_err=_finite(f["flux_err"]), maglim=_finite(f["upper_limit"]),
+                                   forced=True, detected=bool(f["detected"])))
 
 
 def _finite(v):
@@ -459,7 +480,8 @@ def alert(ev: StageEvent, ctx: Context) -> StageResult:
                                      ("difference", diff.diff))}
         prv = [p for p in ctx.db.light_curve(cand["object_id"]) if p["exposure_id"] != ev.exposure_id]
         meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=ev.exposure_id, lane=ev.lane,
-                    field_id=ev.field_id, mjd=mjd, model_version=model_version,
+                    field_id=ev.field_id, mjd=mjd, model_version=model_version, too=ev.too,
+                    exptime=cfg.detector.exptime, filter=cfg.detector.filter,
                     stage_versions=ev.versions, metrics=dict(ev.metrics), flags=list(ev.flags),
                     gw_event=too["event_id"] if too else None, gw_prob=too["prob"] if too else None,
                     namespace=ev.namespace)

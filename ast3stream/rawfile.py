@@ -121,3 +121,19 @@ def describe(path: Path, ctx, file_closed_at: float | None = None) -> ExposureEv
                          detected_at=time.time(), field_id=field_id,
                          mjd=float(header["MJD-OBS"]) if "MJD-OBS" in header else None,
                          too=too, namespace=ctx.db.namespace)
+
+
+def detector_from_header(path: str | Path, base):
+    """The detector settings of ``base`` with the frame size and sections of a raw file's header.
+
+    For a camera whose raw headers carry ``TRIMSEC``/``BIASSEC`` (or a scaled simulator frame).
+    """
+    header = science_header(path)
+    changes = {"nx_raw": int(header["NAXIS1"]), "ny_raw": int(header["NAXIS2"])}
+    for key in ("TRIMSEC", "BIASSEC"):
+        if key in header:
+            changes[key.lower()] = str(header[key])
+    for key, name in (("GAIN", "gain"), ("RDNOISE", "read_noise"), ("SATURATE", "saturation")):
+        if key in header:
+            changes[name] = float(header[key])
+    return base.model_copy(update=changes)

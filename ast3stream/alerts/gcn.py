@@ -1,0 +1,95 @@
+"""GCN-style notices for optical counterpart candidates of gravitational-wave events.
+
+The notice follows GCN's optical alert notice (``gcn/notices/boom``: Alert, Reporter,
+Localization, Event, FollowUp, Photometry, DateTime core schemas) and is validated against
+our own, stricter JSON schema ``schemas/gcn/ast3stream.optical_counterpart.schema.json``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+from astropy.time import Time
+
+from ast3stream.alerts.filters import AlertFilter
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "gcn" / "ast3stream.optical_counterpart.schema.json"
+TELESCOPE = "AST3-3"
+INSTRUMENT = "AST3-3 CMOS camera"
+
+
+@lru_cache(maxsize=1)
+def notice_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def notice_filter(min_score: float) -> AlertFilter:
+    """Alerts that deserve a notice: in a GW ToO field, score >= ``min_score``, not an asteroid."""
+    return AlertFilter(min_score=min_score, in_gw_field=True, not_asteroid=True)
+
+
+def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
+                 position_error_arcsec: float = 0.5) -> dict:
+    """A notice for our ``alert`` crossmatched with ``gw_event``: a GWNotice, a mapping with
+    ``superevent_id`` or ``event_id`` (a stored ToO row), or the superevent id. ``created``
+    defaults to now; observation start = mid-exposure MJD - exptime / 2."""
+    c, x = alert["candidate"], alert.get("crossmatch") or {}
+    if c.get("score") is None:
+        raise ValueError("a GCN notice needs a real/bogus score")
+    if isinstance(gw_event, str):
+        sid, gw_type = gw_event, None
+    elif isinstance(gw_event, Mapping):       # a GWNotice as dict, or a ToO row of the database
+        sid, gw_type = gw_event.get("superevent_id") or gw_event["event_id"], gw_event.get("alert_type")
+    else:
+        sid, gw_type = gw_event.superevent_id, gw_event.alert_type
+    followup = {"ref_type": "GW", "ref_instrument": "LVK", "ref_ID": sid}
+    if gw_type:
+        followup["reference"] = {"gcn.notices.LVK.alert": f"{sid}-{str(gw_type).lower()}"}
+    name = alert["objectId"]
+    target = {"event_name": name, "id": str(alert["alertId"]), "ra": c["ra"], "dec": c["dec"],
+              "ra_dec_error": position_error_arcsec / 3600, "classification_scores": {"real": c["score"]},
+              "gcn_crossmatch": [followup]}
+    target.update({k: x[k] for k in ("gw_probdensity", "gw_credible_level", "gw_field_prob") if x.get(k) is not None})
+    if x.get("host_id") is not None:
+        target["host_galaxy"] = {"id": str(x["host_id"]), **{
+            k: x[src] for k, src in (("separation_arcsec", "host_sep_arcsec"), ("distance_mpc", "host_dist_mpc"))
+            if x.get(src) is not None}}
+    points = [*(alert.get("prv_candidates") or []), c]
+    half = (c.get("exptime") or 0.0) / 2 / 86400
+    photometry = [p for p in (_photometry(name, point, half) for point in sorted(points, key=lambda p: p["mjd"])) if p]
+    return {
+        "$schema": notice_schema()["$id"],
+        "alert_datetime": _iso(created or Time.now()),
+        "alert_tense": "current",
+        "alert_type": "initial" if c.get("ndethist", 1) <= 1 else "subsequent",
+        "mission": TELESCOPE, "instrument": INSTRUMENT, "messenger": "EM",
+        "record_number": c.get("ndethist", 1),
+        "data": {"targets": [target], "photometry": photometry},
+    }
+
+
+def validate_notice(notice: Mapping) -> None:
+    """Raise :class:`jsonschema.ValidationError` unless ``notice`` matches our schema."""
+    jsonschema.Draft202012Validator(notice_schema()).validate(notice)
+
+
+def _photometry(name: str, point: Mapping, half_exposure_d: float) -> dict | None:
+    """A GCN photometry entry: a detection (mag, mag_error) or an upper limit (limiting_mag only)."""
+    start = Time(point["mjd"] - half_exposure_d, format="mjd", scale="utc")
+    entry = {"event_name": name, "observation_start": _iso(start),
+             "telescope": TELESCOPE, "instrument": INSTRUMENT, "filter": point.get("filter") or "g",
+             "mag_system": "AB"}
+    if point.get("mag") is not None:
+        entry["mag"] = point["mag"]
+        if point.get("mag_err") is not None:
+            entry["mag_error"] = point["mag_err"]
+    if point.get("maglim") is not None:
+        entry.update(limiting_mag=point["maglim"], limiting_mag_sigma=5)
+    return entry if "mag" in entry or "limiting_mag" in entry else None
+
+
+def _iso(t: Time) -> str:
+    return t.utc.isot + "Z"

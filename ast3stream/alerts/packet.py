@@ -1,0 +1,152 @@
+"""Build alert packets (plain dicts that conform to the Avro schema) with deterministic ids."""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from astropy.coordinates import SkyCoord
+
+from ast3stream.alerts.schema import load_schema, versions
+
+PUBLISHER = "ast3stream"
+CUTOUT_FIELDS = {"science": "cutoutScience", "template": "cutoutTemplate", "difference": "cutoutDifference"}
+#: column names used by other stages -> alert field names
+ALIASES = {"sign": "isdiffpos", "elongation": "elong", "fluxerr": "flux_err", "magerr": "mag_err",
+           "rb": "score", "fwhm_px": "fwhm_image", "image_fwhm": "fwhm_image", "gw_prob": "gw_field_prob",
+           "stage_versions": "versions"}
+
+
+def alert_id(exposure_id: str, lane: str, cand: int | tuple[float, float],
+             versions: Mapping[str, str] | None = None, namespace: str = "") -> int:
+    """Deterministic 63-bit id of a candidate: sha256 of namespace, exposure, lane, the
+    candidate's index or its (x, y) rounded to 0.01 px, and every stage version.
+
+    Identical inputs through identical versions give identical ids, so two runs can be diffed.
+    """
+    where = str(int(cand)) if np.isscalar(cand) else "{:.2f},{:.2f}".format(*(float(c) for c in cand))
+    parts = [namespace, str(exposure_id), str(lane), where,
+             *(f"{k}={v}" for k, v in sorted((versions or {}).items()))]
+    return int.from_bytes(hashlib.sha256("|".join(parts).encode()).digest()[:8], "big") >> 1
+
+
+def object_name(ra: float, dec: float, prefix: str = "AST3") -> str:
+    """IAU-style name from the position, e.g. ``AST3J123456.78+123456.7``."""
+    hms = SkyCoord(ra, dec, unit="deg").to_string("hmsdms", sep="", precision=2)
+    ra_s, dec_s = hms.split()
+    return f"{prefix}J{ra_s}{dec_s[:-1]}"
+
+
+def build_alert(candidate: Mapping, prv_candidates: Sequence[Mapping], crossmatch: Mapping | None,
+                cutouts: Mapping[str, bytes], meta: Mapping) -> dict:
+    """An alert packet dict for :func:`ast3stream.alerts.encode`.
+
+    ``candidate``: one row of the detection table (``x``, ``y``, ``ra``, ``dec``, ``mag``,
+    ``mag_err``, ``flux``, ``flux_err``, ``snr``, ``sign``, ``fwhm``, ``elongation``, ``score``
+    ...); ``prv_candidates``: earlier light-curve points (non-detections have no ``mag`` and
+    a ``maglim``); ``crossmatch``: ``host_*``, ``ss*``, ``gw_*`` values; ``cutouts``: gzipped
+    FITS stamps keyed ``science``/``template``/``difference``; ``meta``: exposure-level values
+    (``exposure_id``, ``lane``, ``mjd``, ``model_version``, ``field_id``, ``too``, ``flags``,
+    ``versions``, ``object_id``, ``alert_id``, ``gw_event``, ``gw_prob`` ..., ``namespace``, and
+    ``metrics`` = image numbers such as ``maglim``, ``fwhm_px``, ``zp``). Row values win over
+    ``meta``, ``meta`` over ``metrics``; NaN becomes null; missing optional fields get the
+    schema default. Without ``alert_id`` the id is :func:`alert_id` of the (x, y) position.
+    """
+    version = meta.get("schema_version") or versions()[-1]
+    schema = load_schema(version)
+    meta = _renamed(meta)
+    values = _renamed({**(meta.get("metrics") or {}), **meta, **candidate})
+    stage_versions = {str(k): str(v) for k, v in (meta.get("versions") or {}).items()}
+    if values.get("alert_id") is not None:
+        values["candid"] = int(values["alert_id"])
+    elif values.get("candid") is None:
+        values["candid"] = alert_id(values["exposure_id"], values["lane"], (values["x"], values["y"]),
+                                    stage_versions, str(meta.get("namespace", "")))
+    cand = _conform(_record(schema, "candidate"), values)
+    xmatch = {**{k: v for k, v in meta.items() if k.startswith("gw_")}, **(crossmatch or {})}
+    object_id = values.get("object_id") or object_name(cand["ra"], cand["dec"])
+    alert = {
+        "schemavsn": version,
+        "publisher": str(meta.get("publisher", PUBLISHER)),
+        "alertId": cand["candid"],
+        "objectId": str(object_id),
+        "candidate": cand,
+        "prv_candidates": [_conform(_record(schema, "prv_candidate"), _renamed(p)) for p in prv_candidates],
+        "crossmatch": _conform(_record(schema, "crossmatch"), xmatch),
+        "versions": stage_versions,
+    }
+    for kind, name in CUTOUT_FIELDS.items():
+        stamp = cutouts.get(kind, cutouts.get(name))
+        alert[name] = None if stamp is None else {
+            "fileName": f"candid{cand['candid']}_{kind}.fits.gz", "stampData": bytes(stamp)}
+    return alert
+
+
+def _renamed(row: Mapping) -> dict:
+    """Row values under the alert's field names; ``isdiffpos`` from a sign, bool or 't'/'f'."""
+    out = {ALIASES.get(k, k): v for k, v in dict(row).items()}
+    if _plain(out.get("isdiffpos")) is not None:
+        out["isdiffpos"] = _positive(out["isdiffpos"])
+    return out
+
+
+def _positive(sign) -> bool:
+    """``isdiffpos`` from a sign (+1/-1), a bool or ZTF's 't'/'f'."""
+    return sign in ("t", "1", "true") if isinstance(sign, str) else float(sign) > 0
+
+
+def _record(schema: dict, name: str) -> dict:
+    """The (expanded) record ``name`` inside a parsed schema."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "record" and node.get("name", "").split(".")[-1] == name:
+                return node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    raise KeyError(name)
+
+
+_CAST = {"float": lambda v: float(np.float32(v)), "double": float, "int": int, "long": int, "boolean": bool, "string": str, "bytes": bytes}
+
+
+def _conform(record: dict, values: Mapping) -> dict:
+    """Values for every field of ``record``: cast to the Avro type (floats rounded to 32 bits, so
+    a decoded alert equals the built one), NaN/masked to null, defaults filled."""
+    out = {}
+    for f in record["fields"]:
+        name, ftype = f["name"], f["type"]
+        value = _plain(values.get(name))
+        nullable = isinstance(ftype, list) and "null" in ftype
+        if value is None:
+            if "default" in f:
+                out[name] = f["default"]
+                continue
+            raise ValueError(f"alert field {record['name']}.{name} is required")
+        branch = next(t for t in ftype if t != "null") if nullable else ftype
+        if isinstance(branch, str) and branch in _CAST:
+            value = _CAST[branch](value)
+        elif branch == "array" or (isinstance(branch, dict) and branch.get("type") == "array"):
+            value = [str(v) for v in value]
+        elif isinstance(branch, dict) and branch.get("type") == "map":
+            value = {str(k): str(v) for k, v in value.items()}
+        else:  # enum
+            value = str(value)
+        out[name] = value
+    return out
+
+
+def _plain(value):
+    """numpy scalars to Python; NaN, masked and empty strings to None."""
+    if value is np.ma.masked:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, str) and value.strip() in ("", "null", "None"):
+        return None
+    return value

@@ -1,0 +1,1 @@
+"""Catalogue providers: local files behind one small interface (reference stars, galaxies, orbits)."""

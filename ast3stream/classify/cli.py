@@ -1,0 +1,168 @@
+"""``ast3stream classify build-set | train | eval | cloud-train`` (argparse)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("classify", help="real/bogus and cloud classifiers")
+    sub = p.add_subparsers(dest="classify_cmd", required=True)
+
+    b = sub.add_parser("build-set", help="build a versioned real/bogus stamp set (.npz + .json)")
+    b.add_argument("--lane", choices=("qip", "dip"), required=True)
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--source", choices=("synthetic", "pipeline"), default="synthetic")
+    b.add_argument("--sim-dir", type=Path, help="pipeline source: work folder for the simulated nights")
+    b.add_argument("--n-real", type=int)
+    b.add_argument("--n-bogus", type=int)
+    b.add_argument("--seed", type=int)
+    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--no-compress", action="store_true", help="plain .npz (fast for large scratch sets)")
+    b.set_defaults(func=_build_set)
+
+    t = sub.add_parser("train", help="train a real/bogus network")
+    t.add_argument("--lane", choices=("qip", "dip"), required=True)
+    t.add_argument("--train", type=Path, required=True, help="training set (.npz from build-set)")
+    t.add_argument("--val", type=Path, required=True, help="held-out set, evaluated into the weights' JSON")
+    t.add_argument("--out", type=Path, required=True, help="weights file rb_<lane>.pt (+ .json, .png)")
+    _training_args(t)
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="evaluate weights on a set: JSON + ROC/DET PNG")
+    e.add_argument("--lane", choices=("qip", "dip"), required=True)
+    e.add_argument("--set", type=Path, required=True)
+    e.add_argument("--weights", type=Path, help="default: the shipped rb_<lane>.pt")
+    e.add_argument("--out-json", type=Path, required=True)
+    e.add_argument("--out-png", type=Path, required=True)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_eval)
+
+    c = sub.add_parser("cloud-train", help="train the cloud classifier on simulated thumbnails")
+    c.add_argument("--out", type=Path, required=True, help="weights file cloud.pt (+ .json, .png)")
+    c.add_argument("--n-train", type=int, default=8000)
+    c.add_argument("--n-val", type=int, default=2000)
+    c.add_argument("--workers", type=int, default=1)
+    _training_args(c)
+    c.set_defaults(func=_cloud_train)
+
+
+def _training_args(p) -> None:
+    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("gamma", float),
+                      ("weight-decay", float), ("width", int), ("seed", int)):
+        p.add_argument(f"--{name}", type=typ, help="default: settings.training")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-seconds", type=float, help="stop after the epoch that passes this wall time")
+
+
+def _settings(args):
+    from ..config import Settings
+
+    cfg = Settings.load(getattr(args, "config", None)).training
+    for key in ("epochs", "batch_size", "lr", "gamma", "weight_decay", "width", "seed", "n_real", "n_bogus"):
+        if getattr(args, key, None) is not None:
+            cfg = cfg.model_copy(update={key: getattr(args, key)})
+    return cfg
+
+
+def _build_set(args) -> None:
+    from .dataset import build_synthetic, save_dataset
+
+    cfg = _settings(args)
+    if args.source == "synthetic":
+        data = build_synthetic(args.lane, cfg.n_real, cfg.n_bogus, cfg.seed, (cfg.snr_min, cfg.snr_max),
+                               workers=args.workers)
+        manifest = save_dataset(args.out, data, args.lane, compress=not args.no_compress, source="synthetic",
+                                seed=cfg.seed,
+                                snr_range=[cfg.snr_min, cfg.snr_max])
+    else:
+        from .pipeline_set import build_from_pipeline
+
+        data, provenance = build_from_pipeline((args.lane,), args.sim_dir, cfg.n_real, cfg.n_bogus,
+                                               cfg.seed)[args.lane]
+        manifest = save_dataset(args.out, data, args.lane, compress=not args.no_compress, source="pipeline",
+                                **provenance)
+    print(json.dumps(manifest, indent=1))
+
+
+def _train(args) -> None:
+    from .dataset import load_dataset
+    from .evaluate import evaluate
+    from .model import RotationInvariantResNet
+    from .stamps import normalise
+    from .train import fit, pick_device, predict_proba, save_weights
+
+    cfg = _settings(args)
+    tr, tr_manifest = load_dataset(args.train)
+    va, va_manifest = load_dataset(args.val)
+    x, xv = normalise(tr["stamps"]), normalise(va["stamps"])
+    model = RotationInvariantResNet(args.lane, width=cfg.width)
+    history = fit(model, x, tr["label"], xv, va["label"], epochs=cfg.epochs, batch_size=cfg.batch_size,
+                  lr=cfg.lr, gamma=cfg.gamma, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                  device=args.device, max_seconds=args.max_seconds)
+    scores = predict_proba(model, xv, pick_device(args.device))
+    out = args.out.with_suffix(".pt")
+    metrics = evaluate(va["label"], scores, va["snr"], va["kind"], va_manifest.get("kinds"),
+                       out_png=out.with_suffix(".png"), title=f"rb-{args.lane} held-out {va_manifest.get('version')}")
+    info = save_weights(model, out, f"rb-{args.lane}", stamp_size=int(x.shape[-1]),
+                        normalisation="ast3stream.classify.stamps.normalise",
+                        training=dict(cfg.model_dump(), device=str(pick_device(args.device)),
+                                      train_set=tr_manifest.get("version"), history=history),
+                        heldout_set=va_manifest.get("version"), metrics=metrics)
+    print(json.dumps({k: info[k] for k in ("version",)} | {"metrics": {k: metrics[k] for k in (
+        "accuracy", "precision", "recall", "f1", "roc_auc", "fnr_at_fpr1")}}))
+
+
+def _eval(args) -> None:
+    from .dataset import load_dataset
+    from .evaluate import evaluate
+    from .realbogus import RealBogus
+
+    rb = RealBogus.load(args.lane, args.device, path=args.weights)
+    data, manifest = load_dataset(args.set)
+    scores = rb.score(data["stamps"])
+    res = evaluate(data["label"], scores, data["snr"], data["kind"], manifest.get("kinds"),
+                   out_json=args.out_json, out_png=args.out_png, title=f"{rb.version} on {manifest.get('version')}",
+                   model_version=rb.version, set_version=manifest.get("version"))
+    print(json.dumps({k: res[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "fnr_at_fpr1")}))
+
+
+def _cloud_train(args) -> None:
+    from .cloud import simulate_thumbnails, to_input
+    from .evaluate import evaluate
+    from .model import CloudResNet
+    from .train import fit, pick_device, predict_proba, save_weights
+
+    cfg = _settings(args)
+    tr = simulate_thumbnails(args.n_train, seed=cfg.seed, workers=args.workers)
+    va = simulate_thumbnails(args.n_val, seed=cfg.seed + 1_000_003, workers=args.workers)
+    x, xv = to_input(tr["thumbs"]), to_input(va["thumbs"])
+    model = CloudResNet(width=cfg.width)
+    history = fit(model, x, tr["label"], xv, va["label"], epochs=cfg.epochs, batch_size=cfg.batch_size,
+                  lr=cfg.lr, gamma=cfg.gamma, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                  device=args.device, max_seconds=args.max_seconds)
+    scores = predict_proba(model, xv, pick_device(args.device))
+    out = args.out.with_suffix(".pt")
+    depth_bins = np.digitize(va["depth"], [1e-6, 0.5, 1.0])      # clear, <0.5, 0.5-1, >1 mag
+    metrics = evaluate(va["label"], scores, kind=depth_bins, kinds=["clear", "<0.5mag", "0.5-1mag", ">1mag"],
+                       out_png=out.with_suffix(".png"), title="cloud held-out")
+    info = save_weights(model, out, "cloud", thumbnail_size=256,
+                        training=dict(cfg.model_dump(), n_train=args.n_train, n_val=args.n_val,
+                                      device=str(pick_device(args.device)), history=history),
+                        heldout=f"simulate_thumbnails(n={args.n_val}, seed={cfg.seed + 1_000_003})", metrics=metrics)
+    print(json.dumps({"version": info["version"], "accuracy": metrics["accuracy"]}))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="ast3stream")
+    parser.add_argument("--config", type=Path)
+    add_cli(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Cloud classifier on 256x256 zscale thumbnails (seed paper sec. 4: ResNet-18, 1-channel 7x7 stem).
+
+Training thumbnails are simulated at thumbnail resolution (each thumbnail pixel is the mean of
+a block of ``block`` detector pixels): sky + read noise averaged over the block, stars with a
+Euclidean-like count slope, flat-field / moonlight gradients of up to a few per cent (clear),
+and for cloudy frames a patchy extinction map ``A(x, y) = depth * sigmoid(G / w)`` of a
+Gaussian random field ``G`` with a power-law spectrum (0.15–2 mag peak), which dims stars and
+airglow and adds scattered light proportional to ``A``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .train import load_weights, pick_device, predict_proba
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+_CACHE: dict = {}
+
+
+def make_thumbnail(data: np.ndarray, size: int = 256) -> np.ndarray:
+    """The quality stage's zscale thumbnail (canonical: :func:`ast3stream.quality.thumbnail.thumbnail`)
+    of a bare image array; non-finite pixels count as the median."""
+    from ..image import Frame
+    from ..quality.thumbnail import thumbnail
+
+    data = np.asarray(data, dtype=np.float32)
+    finite = np.isfinite(data)
+    data = np.where(finite, data, np.median(data[finite]) if finite.any() else 0.0)
+    return thumbnail(Frame(data, np.zeros(data.shape, np.uint16)), size)
+
+
+def _zscale01(img: np.ndarray) -> np.ndarray:
+    from astropy.visualization import ZScaleInterval
+
+    vmin, vmax = ZScaleInterval().get_limits(img)
+    return np.clip((img - vmin) / max(vmax - vmin, 1e-12), 0, 1).astype(np.float32)
+
+
+def _random_field(rng: np.random.Generator, size: int, slope: float) -> np.ndarray:
+    """Unit-variance Gaussian random field with power spectrum P(k) ~ k^-slope."""
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(size), np.fft.rfftfreq(size), indexing="ij"))
+    amp = np.where(k > 0, np.maximum(k, 1.0 / size) ** (-slope / 2), 0.0)
+    f = np.fft.irfft2(amp * (rng.standard_normal(amp.shape) + 1j * rng.standard_normal(amp.shape)), (size, size))
+    return f / f.std()
+
+
+def simulate_thumbnail(cloudy: bool, rng: np.random.Generator, size: int = 256,
+                       block: int = 48) -> tuple[np.ndarray, float]:
+    """One zscale thumbnail in [0, 1] and its peak extinction [mag] (0 when clear)."""
+    sky = rng.uniform(150, 2000)                            # e-/px
+    read_noise = 4.0
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    grad = 1 + rng.uniform(0, 0.03) * (np.cos(a := rng.uniform(0, 2 * np.pi)) * xx + np.sin(a) * yy) \
+        - rng.uniform(0, 0.01) * (xx**2 + yy**2)           # moonlight gradient, flat-field residual
+    depth = rng.uniform(0.15, 2.0) if cloudy else 0.0
+    if cloudy:
+        g = _random_field(rng, size, rng.uniform(2.5, 4.0))
+        ext = depth * (1 / (1 + np.exp(-(g - rng.uniform(-1, 1.5)) / rng.uniform(0.2, 1.0))))
+    else:
+        ext = np.zeros((size, size))
+    trans = 10 ** (-0.4 * ext)
+    scatter = rng.uniform(0, 0.5) * sky * ext / 2          # cloud lit by moon / town light
+    stars = np.zeros((size, size))
+    n_stars = rng.integers(500, 20000)
+    flux = 300 * 10 ** (0.4 * 7 * rng.power(0.6 * 2.5, n_stars))  # ~ N(<m) ~ 10^(0.6 m)
+    iy, ix = rng.integers(0, size, (2, n_stars))
+    np.add.at(stars, (iy, ix), flux / block**2)
+    noise_sigma = np.sqrt(sky + read_noise**2) / block
+    img = (sky * grad + stars) * trans + scatter + rng.standard_normal((size, size)) * noise_sigma
+    return _zscale01(img), float(depth)
+
+
+def simulate_thumbnails(n: int, seed: int = 0, size: int = 256, workers: int = 1,
+                        chunk: int = 500) -> dict[str, np.ndarray]:
+    """Balanced set: ``thumbs`` (N, size, size) float32, ``label`` (1 = cloudy), ``depth`` [mag].
+
+    Made in chunks of ``chunk`` (seed ``seed*100003 + i``); the result does not depend on ``workers``.
+    """
+    sizes = np.diff(np.linspace(0, n, max(1, int(np.ceil(n / chunk))) + 1).round().astype(int))
+    jobs = [(int(m), seed * 100003 + i, size) for i, m in enumerate(sizes)]
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_thumbnail_chunk, jobs))
+    else:
+        parts = [_thumbnail_chunk(j) for j in jobs]
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("thumbs", "label", "depth")}
+
+
+def _thumbnail_chunk(job) -> dict[str, np.ndarray]:
+    n, seed, size = job
+    rng = np.random.default_rng(seed)
+    label = (np.arange(n) % 2).astype(np.int8)
+    rng.shuffle(label)
+    thumbs = np.empty((n, size, size), np.float32)
+    depth = np.empty(n, np.float32)
+    for i, lab in enumerate(label):
+        thumbs[i], depth[i] = simulate_thumbnail(bool(lab), rng, size)
+    return dict(thumbs=thumbs, label=label, depth=depth)
+
+
+def to_input(thumbs: np.ndarray) -> np.ndarray:
+    """Network input (N, 1, H, W): the [0, 1] thumbnail centred on 0."""
+    t = np.nan_to_num(np.asarray(thumbs, np.float32), nan=0.5)
+    return (t - 0.5)[:, None] if t.ndim == 3 else (t - 0.5)[None, None]
+
+
+def load_cloud_model(path: str | Path | None = None, device: str = "auto"):
+    """(model, info, device) for ``cloud.pt``; FileNotFoundError if absent."""
+    path = Path(path) if path is not None else MODELS_DIR / "cloud.pt"
+    if not path.with_suffix(".pt").exists():
+        raise FileNotFoundError(f"no cloud-classifier weights at {path}")
+    dev = pick_device(device)
+    model, info = load_weights(path, dev)
+    return model, info, dev
+
+
+def predict_cloudy(thumbnail: np.ndarray) -> float | None:
+    """P(cloudy) for one (256, 256) zscale thumbnail in [0, 1]; None if no model is shipped."""
+    if "model" not in _CACHE:
+        try:
+            _CACHE["model"] = load_cloud_model(device="cpu")
+        except FileNotFoundError:
+            return None
+    model, _, dev = _CACHE["model"]
+    return float(predict_proba(model, to_input(thumbnail), dev)[0])
+
+
+def cloud_model_version() -> str | None:
+    path = MODELS_DIR / "cloud.json"
+    if not path.exists():
+        return None
+    import json
+
+    return json.loads(path.read_text())["version"]

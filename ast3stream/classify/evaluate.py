@@ -1,0 +1,105 @@
+"""Classifier metrics (seed paper Table 3 plus the field's ROC/DET figures) as JSON and PNG.
+
+Accuracy, precision, recall, F1 at the operating threshold; ROC AUC; the false-negative rate
+at the threshold where the false-positive rate is 1 % (``fnr_at_fpr1``); and DET curves
+(Martin et al. 1997: FNR vs FPR on normal-deviate axes) per candidate-SNR bin, with scikit-learn.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics
+
+SNR_BINS = (0.0, 10.0, 20.0, 50.0, np.inf)
+
+
+def fnr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr_max: float = 0.01) -> tuple[float, float]:
+    """Lowest FNR reachable with FPR <= ``fpr_max``, and the score threshold that gives it."""
+    fpr, tpr, thr = metrics.roc_curve(labels, scores)
+    ok = fpr <= fpr_max
+    i = np.argmax(np.where(ok, tpr, -1))
+    return float(1 - tpr[i]), float(thr[i])
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
+    labels = np.asarray(labels).astype(int)
+    pred = (np.asarray(scores) > threshold).astype(int)
+    out = dict(n=int(len(labels)), n_real=int(labels.sum()), n_bogus=int((labels == 0).sum()),
+               threshold=threshold,
+               accuracy=float(metrics.accuracy_score(labels, pred)),
+               precision=float(metrics.precision_score(labels, pred, zero_division=0)),
+               recall=float(metrics.recall_score(labels, pred, zero_division=0)),
+               f1=float(metrics.f1_score(labels, pred, zero_division=0)))
+    if 0 < labels.sum() < len(labels):
+        out["roc_auc"] = float(metrics.roc_auc_score(labels, scores))
+        out["fnr_at_fpr1"], out["threshold_at_fpr1"] = fnr_at_fpr(labels, scores, 0.01)
+    return out
+
+
+def evaluate(labels: np.ndarray, scores: np.ndarray, snr: np.ndarray | None = None,
+             kind: np.ndarray | None = None, kinds: list[str] | None = None, threshold: float = 0.5,
+             out_json: str | Path | None = None, out_png: str | Path | None = None,
+             title: str = "", **extra) -> dict:
+    """All metrics, per SNR bin and per kind; writes ``out_json`` and the ROC + DET ``out_png``."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    result = dict(binary_metrics(labels, scores, threshold), **extra)
+    bins = []
+    if snr is not None:
+        snr = np.asarray(snr)
+        for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:]):
+            sel = (snr >= lo) & (snr < hi)
+            if sel.any():
+                bins.append(dict(snr_min=lo, snr_max=None if np.isinf(hi) else hi,
+                                 **binary_metrics(labels[sel], scores[sel], threshold)))
+        result["snr_bins"] = bins
+    if kind is not None and kinds is not None:
+        result["accuracy_by_kind"] = {
+            kinds[k]: float(np.mean((scores[kind == k] > threshold) == (labels[kind == k] == 1)))
+            for k in np.unique(kind)}
+    if out_png is not None:
+        _plot(labels, scores, snr, result, Path(out_png), title)
+        result["png"] = str(out_png)
+    if out_json is not None:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _plot(labels, scores, snr, result, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.5))
+    groups = [("all", np.ones(len(labels), bool))]
+    if snr is not None:
+        groups += [(f"SNR {lo:g}–{hi:g}", (snr >= lo) & (snr < hi)) for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:])]
+    ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5])
+    eps = 1e-4
+    for name, sel in groups:
+        if not (0 < labels[sel].sum() < sel.sum()):
+            continue
+        fpr, tpr, _ = metrics.roc_curve(labels[sel], scores[sel])
+        ax1.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc_score(labels[sel], scores[sel]):.4f})")
+        dfpr, dfnr, _ = metrics.det_curve(labels[sel], scores[sel])
+        ax2.plot(norm.ppf(np.clip(dfpr, eps, 1 - eps)), norm.ppf(np.clip(dfnr, eps, 1 - eps)), label=name)
+    ax1.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate",
+            title="ROC")
+    ax1.axvline(0.01, color="0.6", lw=0.8, ls="--")
+    ax1.legend(fontsize=7, loc="lower right")
+    ax2.set_xticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    ax2.set_yticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    ax2.set(xlim=norm.ppf([eps, 0.5]), ylim=norm.ppf([eps, 0.5]), xlabel="false-positive rate",
+            ylabel="false-negative rate", title="DET per SNR bin")
+    ax2.axvline(norm.ppf(0.01), color="0.6", lw=0.8, ls="--")
+    ax2.axhline(norm.ppf(0.01), color="0.6", lw=0.8, ls="--")
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"{title}  acc {result['accuracy']:.4f}  FNR@FPR1% {result.get('fnr_at_fpr1', np.nan):.4f}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,98 @@
+"""Candidates on a difference image: sep detection (both signs), the paper's cuts, photometry, stamps.
+
+Detection runs ``sep.extract`` on ``+D`` and ``-D`` with the per-pixel noise as error at
+``cfg.detection.thresh``; kept are sources with ``fwhm_min <= FWHM <= fwhm_max_factor x
+image FWHM``, ``elong_min <= a/b <= elong_max``, ``ISOAREA >= minarea``, no sep
+truncation/merge flag, no mask bit within ``mask_radius_px`` of the centroid and at least
+``edge_px`` from the border. Magnitudes come from PSF-fit fluxes (:mod:`.photometry`) on the
+difference with the science zero point: ``mag = zp - 2.5 log10 |F|``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sep
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from .photometry import psf_flux
+from .stamps import cutouts
+
+_COLUMNS = ("x", "y", "ra", "dec", "flux", "flux_err", "snr", "mag", "mag_err", "sign",
+            "fwhm", "elongation", "isoarea", "flag")
+
+
+def limiting_magnitude(noise: np.ndarray, mask: np.ndarray, fwhm: float, zp: float, snr: float = 5.0,
+                       apcorr: float = 1.0) -> float:
+    """``zp - 2.5 log10(snr sigma_F)`` with the PSF-fit error ``sigma_F = sigma sqrt(4 pi) s``
+    of a Gaussian of ``s = FWHM / 2.3548`` on the median unmasked pixel noise ``sigma``."""
+    good = (mask == 0) & np.isfinite(noise)
+    if not good.any():
+        return float("nan")
+    sigma_f = float(np.median(noise[good][:: max(1, good.sum() // 1_000_000)])) \
+        * math.sqrt(4 * math.pi) * fwhm / 2.3548 * apcorr
+    return zp - 2.5 * math.log10(snr * sigma_f)
+
+
+def _extract(data, noise, mask, cfg, sign: int) -> np.ndarray:
+    dc = cfg.detection
+    sep.set_extract_pixstack(max(300_000, data.size // 10))
+    return sep.extract(np.ascontiguousarray(sign * data, np.float32), dc.thresh,
+                       err=np.ascontiguousarray(noise, np.float32), mask=np.ascontiguousarray(mask != 0),
+                       minarea=dc.minarea, clean=True)
+
+
+def detect(diff, science_aligned, template, fwhm_px: float, zp: float, cfg, lane: str):
+    """Candidate table and ``float32 (N, 4, S, S)`` stamps (difference, template, science, SNR).
+
+    ``fwhm_px`` is the science image FWHM (for the FWHM cut); photometry uses the difference
+    image's PSF, ``diff.stats['psf_fwhm']`` when present, and ``diff.stats['apcorr']``.
+    ``meta`` holds ``maglim`` (``cfg.detection.maglim_snr`` sigma), ``lane`` and ``n_raw``.
+    """
+    dc = cfg.detection
+    d, noise, mask = diff.diff, diff.noise, diff.mask
+    psf_fwhm = float(diff.stats.get("psf_fwhm", fwhm_px))
+    apcorr = float(diff.stats.get("apcorr", 1.0))
+    snr_img = diff.snr
+    ny, nx = d.shape
+    rows = []
+    n_raw = 0
+    for sign in (1, -1):
+        objs = _extract(d, noise, mask, cfg, sign)
+        n_raw += len(objs)
+        if len(objs) == 0:
+            continue
+        a, b = objs["a"], np.maximum(objs["b"], 1e-3)
+        fwhm = 2.3548 * np.sqrt((a ** 2 + b ** 2) / 2)
+        elong = a / b
+        x, y = objs["x"], objs["y"]
+        keep = ((fwhm >= dc.fwhm_min) & (fwhm <= dc.fwhm_max_factor * max(fwhm_px, psf_fwhm))
+                & (elong >= dc.elong_min) & (elong <= dc.elong_max) & (objs["npix"] >= dc.minarea)
+                & ((objs["flag"] & (sep.OBJ_TRUNC | sep.OBJ_MERGED)) == 0)
+                & (x >= dc.edge_px) & (x < nx - dc.edge_px) & (y >= dc.edge_px) & (y < ny - dc.edge_px))
+        r = dc.mask_radius_px
+        for k in np.flatnonzero(keep):
+            cx, cy = int(round(x[k])), int(round(y[k]))
+            if mask[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].any():
+                keep[k] = False
+        idx = np.flatnonzero(keep)
+        flux, ferr = psf_flux(d, noise, x[idx], y[idx], psf_fwhm, mask=mask, apcorr=apcorr)
+        for j, k in enumerate(idx):
+            rows.append((x[k], y[k], flux[j], ferr[j], sign, fwhm[k], elong[k], int(objs["npix"][k]),
+                         int(objs["flag"][k])))
+    names = ("x", "y", "flux", "flux_err", "sign", "fwhm", "elongation", "isoarea", "flag")
+    tab = Table(rows=rows, names=names, dtype=(float, float, float, float, int, float, float, int, int)) \
+        if rows else Table(names=names, dtype=(float, float, float, float, int, float, float, int, int))
+    ra, dec = WCS(diff.header).all_pix2world(tab["x"], tab["y"], 0) if len(tab) else (np.zeros(0), np.zeros(0))
+    tab["ra"], tab["dec"] = ra, dec
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tab["snr"] = np.abs(tab["flux"]) / tab["flux_err"]
+        tab["mag"] = zp - 2.5 * np.log10(np.abs(tab["flux"]))
+        tab["mag_err"] = 2.5 / np.log(10) * tab["flux_err"] / np.abs(tab["flux"])
+    tab = tab[list(_COLUMNS)]
+    size = dc.stamp_qip if lane == "qip" else dc.stamp_dip
+    stamps = cutouts([d, template.data, science_aligned.data, snr_img], tab["x"], tab["y"], size)
+    tab.meta.update(maglim=limiting_magnitude(noise, mask, psf_fwhm, zp, dc.maglim_snr, apcorr), lane=lane,
+                    n_raw=n_raw)
+    return tab, stamps

@@ -1,0 +1,49 @@
+"""PSF-fit photometry at fixed positions on a difference image.
+
+With a pixel-integrated circular Gaussian PSF ``P`` (unit sum) of the given FWHM and
+per-pixel noise ``sigma`` the optimal linear flux estimate (e.g. Naylor 1998, MNRAS 296, 339)
+and its error are
+
+    F = sum(P D / sigma^2) / sum(P^2 / sigma^2),    sigma_F = 1 / sqrt(sum(P^2 / sigma^2)),
+
+over a box of half-size ``ceil(1.5 FWHM)``; masked pixels get zero weight. ``apcorr``
+rescales ``F`` to the aperture the zero point was measured in.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import erf
+
+
+def gaussian_psf(dx: float, dy: float, fwhm: float, r: int) -> np.ndarray:
+    """Pixel-integrated unit Gaussian on a ``(2r+1)^2`` grid, centred ``(dx, dy)`` off the middle."""
+    s = math.sqrt(2) * fwhm / 2.3548
+    e = np.arange(-r - 0.5, r + 1.0)
+    px = np.diff(erf((e - dx) / s)) / 2
+    py = np.diff(erf((e - dy) / s)) / 2
+    return np.outer(py, px)
+
+
+def psf_flux(data, noise, x, y, fwhm: float, mask=None, apcorr: float = 1.0):
+    """``(flux, flux_err)`` arrays at 0-based positions; NaN where the box leaves the image."""
+    x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
+    r = int(math.ceil(1.5 * fwhm))
+    ny, nx = data.shape
+    flux = np.full(len(x), np.nan)
+    err = np.full(len(x), np.nan)
+    for k, (xi, yi) in enumerate(zip(x, y)):
+        cx, cy = int(round(xi)), int(round(yi))
+        if not (r <= cx < nx - r and r <= cy < ny - r):
+            continue
+        sl = (slice(cy - r, cy + r + 1), slice(cx - r, cx + r + 1))
+        p = gaussian_psf(xi - cx, yi - cy, fwhm, r)
+        iv = 1.0 / np.asarray(noise[sl], float) ** 2
+        if mask is not None:
+            iv = np.where(mask[sl] != 0, 0.0, iv)
+        norm = np.sum(p * p * iv)
+        if norm > 0:
+            flux[k] = np.sum(p * np.asarray(data[sl], float) * iv) / norm * apcorr
+            err[k] = apcorr / math.sqrt(norm)
+    return flux, err

@@ -1,0 +1,105 @@
+"""Raw frame -> reduced :class:`~ast3stream.image.Frame` in electrons with its mask plane.
+
+``data_e = gain x (raw - overscan - bias) / flat``; then saturated, bad, cosmic-ray and trail
+pixels get their :class:`~ast3stream.image.MaskBits`, cosmic-ray pixels are replaced by
+astroscrappy's masked median (and flagged ``INTERP``), and the raw header's approximate WCS
+moves, shifted by the trim, to the ``SCI`` header.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from scipy import ndimage
+
+from ..config import Settings
+from ..image import Frame, MaskBits
+from .calibration import Calibration
+from .cosmics import detect_cosmics
+from .overscan import BadFrameError, read_raw
+from .sections import section_slices
+from .trails import find_trails, trail_mask
+
+#: header keywords that describe the raw data layout or its WCS (not carried to PRIMARY)
+_LAYOUT = re.compile(r"^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|BZERO|BSCALE|BLANK|PCOUNT|GCOUNT|XTENSION|EXTNAME|"
+                     r"TRIMSEC|BIASSEC|DATASEC|DETSEC|CCDSEC|CHECKSUM|DATASUM|WCSAXES|CTYPE\d|CRVAL\d|"
+                     r"CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|[AB]P?_(ORDER|\d+_\d+)|"
+                     r"[AB]P?_DMAX|LONPOLE|LATPOLE|RADESYS|EQUINOX)$")
+
+
+def _approximate_wcs(header: fits.Header, trimsec: str) -> fits.Header:
+    """The raw header's celestial WCS, shifted to the trimmed pixel grid (empty if none)."""
+    if "CTYPE1" not in header:
+        return fits.Header()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(header).celestial
+    ty, tx = section_slices(trimsec)
+    wcs = wcs.slice((ty, tx))
+    return wcs.to_header(relax=True)
+
+
+def reduce_raw(raw_path, calib: Calibration | None, cfg: Settings, timings: dict | None = None) -> Frame:
+    """Reduce one raw exposure; ``timings`` (optional) receives the seconds of each step."""
+    rc = cfg.reduction
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    raw = read_raw(raw_path, cfg)
+    data = raw.data
+    timings["overscan"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    mask = np.zeros(data.shape, np.uint16)
+    if calib is not None:
+        if calib.bias.shape != data.shape:
+            raise BadFrameError(f"{raw_path}: trimmed frame {data.shape[::-1]} does not match the "
+                                f"calibration {calib.bias.shape[::-1]}")
+        data -= calib.bias
+        data /= np.where(calib.bpm | (calib.flat <= 0), 1.0, calib.flat).astype(np.float32)
+        mask[calib.bpm] |= np.uint16(MaskBits.BAD)
+    data *= np.float32(raw.gain)
+    saturated = raw.saturated
+    if rc.saturation_grow > 0 and saturated.any():
+        saturated = ndimage.binary_dilation(saturated, iterations=rc.saturation_grow)
+    mask[saturated] |= np.uint16(MaskBits.SATURATED)
+    timings["calibrate"] = time.perf_counter() - t0
+
+    ncosmic = 0
+    if rc.cosmics:
+        t0 = time.perf_counter()
+        crmask, data = detect_cosmics(data, mask != 0, raw.read_noise, 1e30, rc.cosmic_sigclip,
+                                      rc.cosmic_objlim, rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad)
+        mask[crmask] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
+        ncosmic = int(crmask.sum())
+        timings["cosmics"] = time.perf_counter() - t0
+
+    trails = []
+    if rc.trails:
+        t0 = time.perf_counter()
+        trails = find_trails(data, mask != 0, rc.trail_threshold, rc.trail_min_length_px, rc.trail_bin)
+        if trails:
+            mask[trail_mask(data.shape, trails)] |= np.uint16(MaskBits.TRAIL)
+        timings["trails"] = time.perf_counter() - t0
+
+    primary = fits.Header([card for card in raw.header.cards
+                           if card.keyword and not _LAYOUT.match(card.keyword)
+                           and card.keyword not in ("COMMENT", "HISTORY", "")])
+    primary["REDVER"] = (rc.version, "ast3stream reduction version")
+    primary["NCOSMIC"] = (ncosmic, "pixels flagged as cosmic rays")
+    primary["NTRAILS"] = (len(trails), "satellite/aircraft trail segments masked")
+    if calib is not None:
+        primary["NBADPIX"] = (int(calib.bpm.sum()), "bad pixels from the calibration")
+    header = _approximate_wcs(raw.header, raw.trimsec)
+    header["BUNIT"] = "electron"
+    header["GAIN"] = (1.0, "e-/unit: the image is in electrons")
+    header["RDNOISE"] = (raw.read_noise, "[e-] read noise")
+    header["SATURATE"] = (raw.saturation * raw.gain, "[e-] saturation before bias subtraction")
+    header["TRIMSEC"] = (str(raw.trimsec).replace(" ", ""), "raw region kept")
+    for i, tr in enumerate(trails):
+        header[f"TRAIL{i}"] = (f"{tr.x0:.0f},{tr.y0:.0f},{tr.x1:.0f},{tr.y1:.0f},{tr.half_width:.1f}",
+                               "trail x0,y0,x1,y1,half-width (0-based px)")
+    return Frame(data=data, mask=mask, header=header, primary=primary)

@@ -1,0 +1,5 @@
+"""Source extraction (sep), the clean star list and the image FWHM."""
+from .clean import clean_star_list, image_fwhm
+from .extract import MASKED, extract, stellarity
+
+__all__ = ["MASKED", "clean_star_list", "extract", "image_fwhm", "stellarity"]

@@ -1,0 +1,144 @@
+"""Source extraction with sep (Barbary 2016; SExtractor's algorithms, Bertin & Arnouts 1996).
+
+Columns (SExtractor names in brackets): ``x``, ``y`` windowed 0-based centroids [XWIN/YWIN,
+with ``sigma = 2 r50 / 2.3548``], ``flux``/``fluxerr`` [FLUX_AUTO: Kron ellipse of 2.5 Kron radii,
+at least a circle of 3.5 px], ``mag_inst = -2.5 log10 flux`` (99 when ``flux <= 0``), ``a``, ``b``,
+``theta`` [A_IMAGE, B_IMAGE, THETA_IMAGE], ``fwhm = 2 sqrt(A_half / pi)`` [FWHM_IMAGE: ``A_half``
+the area above half the peak, see :func:`half_max_fwhm`], ``r50`` [FLUX_RADIUS at 0.5], ``elongation = a / b``, ``peak``, ``bkg`` and ``bkg_rms`` (local sky, e- per pixel),
+``flag`` (sep extraction flags | aperture flags | 0x100 when a masked pixel lies in the Kron
+aperture; masked = ``sources.mask_bits``, by default bad, saturated and trail pixels: cosmic-ray
+pixels are already replaced by their interpolation), ``npix`` and ``stellarity`` (see :func:`stellarity`).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import sep
+from astropy.table import Table
+
+from ..config import Settings
+from ..image import Frame
+
+MASKED = 0x100   #: flag bit: the Kron aperture holds masked (bad/saturated/cosmic/trail) pixels
+
+
+@numba.njit(parallel=True, cache=True)
+def _half_max_area(sub, xs, ys, peaks, radius):
+    ny, nx = sub.shape
+    out = np.zeros(xs.size, np.float64)
+    for i in numba.prange(xs.size):
+        cx, cy, r = int(round(xs[i])), int(round(ys[i])), int(np.ceil(radius[i]))
+        peak = peaks[i]
+        if 1 <= cy < ny - 1 and 1 <= cx < nx - 1:
+            # brightest pixel of the 3x3 core, then the Gaussian (log-parabola) peak through it
+            by, bx = cy, cx
+            for y in range(cy - 1, cy + 2):
+                for x in range(cx - 1, cx + 2):
+                    if sub[y, x] > sub[by, bx]:
+                        by, bx = y, x
+            if 1 <= by < ny - 1 and 1 <= bx < nx - 1 and sub[by, bx] > 0:
+                logp = np.log(sub[by, bx])
+                for dy, dx in ((0, 1), (1, 0)):
+                    a, b = sub[by - dy, bx - dx], sub[by + dy, bx + dx]
+                    if a > 0 and b > 0:
+                        la, lb = np.log(a), np.log(b)
+                        curv = la - 2 * logp + lb
+                        if curv < 0:
+                            logp -= (lb - la) ** 2 / (8 * curv)
+                peak = np.exp(logp)
+        half, ramp = 0.5 * peak, 0.25 * peak + 1e-12
+        n = 0.0
+        for y in range(max(cy - r, 0), min(cy + r + 1, ny)):
+            for x in range(max(cx - r, 0), min(cx + r + 1, nx)):
+                if (x - cx) ** 2 + (y - cy) ** 2 <= r * r:
+                    n += min(max((sub[y, x] - half) / ramp + 0.5, 0.0), 1.0)
+        out[i] = n
+    return out
+
+
+def half_max_fwhm(sub: np.ndarray, x, y, peak, radius) -> np.ndarray:
+    """FWHM = 2 sqrt(A / pi), ``A`` the area above ``peak / 2`` within ``radius`` (SExtractor's FWHM_IMAGE).
+
+    The peak is interpolated through the brightest pixel with a log-parabola in x and in y (exact
+    for a Gaussian), and each pixel counts ``clip((v - peak/2) / (peak/4) + 1/2, 0, 1)``: a linear
+    ramp across the half-maximum level, which makes the area continuous.
+    """
+    area = _half_max_area(sub, np.asarray(x, np.float64), np.asarray(y, np.float64),
+                          np.asarray(peak, np.float64), np.asarray(radius, np.float64))
+    return 2.0 * np.sqrt(np.maximum(area, 1.0) / np.pi)
+
+
+def stellarity(r50: np.ndarray, concentration: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Star-likeness in [0, 1]: closeness to the stellar locus in size and concentration.
+
+    sep has no CLASS_STAR (a neural network). Point sources share the PSF, so they share its
+    half-light radius ``r50`` and its concentration ``c = peak r50^2 / flux`` (0.22 for any
+    Gaussian; galaxies are less concentrated, cosmic rays and hot pixels more). The locus is the
+    median of the ``reference`` sources (bright, unflagged); its spread the robust sigma
+    (at least 5 %). ``stellarity = exp(-d^2 / 2)``, ``d^2`` the summed squared normalised
+    offsets in ``r50`` and ``c``.
+    """
+    def scaled(v):
+        ref = v[reference]
+        centre = np.median(ref)
+        spread = max(1.4826 * np.median(np.abs(ref - centre)), 0.05 * abs(centre), 1e-6)
+        return (v - centre) / spread
+    if reference.sum() < 3:
+        return np.full(r50.shape, np.nan)
+    d2 = scaled(r50) ** 2 + scaled(concentration) ** 2
+    return np.exp(-0.5 * d2)
+
+
+def extract(frame: Frame, cfg: Settings) -> Table:
+    """Detect and measure sources on a reduced frame (electrons); see the module docstring."""
+    sc = cfg.sources
+    data = np.ascontiguousarray(frame.data, dtype=np.float32)
+    mask = (frame.mask & np.uint16(sc.mask_bits)) != 0
+    bkg = sep.Background(data, mask=mask, bw=sc.mesh, bh=sc.mesh, fw=3, fh=3)
+    sub = data.copy()
+    bkg.subfrom(sub)
+    rms = bkg.globalrms
+    sep.set_extract_pixstack(max(300000, data.size // 20))
+    sep.set_sub_object_limit(4096)
+    objs = sep.extract(sub, sc.thresh, err=rms, mask=mask, minarea=sc.minarea,
+                       deblend_cont=sc.deblend_cont, clean=True)
+    objs = objs[(objs["a"] > 0) & (objs["b"] > 0)]
+    x, y, a, b, theta = objs["x"], objs["y"], objs["a"], objs["b"], objs["theta"]
+    theta = np.clip(theta, -np.pi / 2 + 1e-6, np.pi / 2 - 1e-6)
+    kron, kflag = sep.kron_radius(sub, x, y, a, b, theta, 6.0, mask=mask)
+    flux, fluxerr, aflag = sep.sum_ellipse(sub, x, y, a, b, theta, 2.5 * kron, err=rms, gain=1.0,
+                                           mask=mask, subpix=1)
+    small = kron * np.sqrt(a * b) < 1.75
+    if small.any():
+        cflux, cerr, cflag = sep.sum_circle(sub, x[small], y[small], 3.5, err=rms, gain=1.0, mask=mask, subpix=1)
+        flux[small], fluxerr[small], aflag[small] = cflux, cerr, cflag
+    _, nmask, _ = sep.sum_ellipse(mask.astype(np.float32), x, y, a, b, theta, 2.5 * np.maximum(kron, 1.4),
+                                  subpix=1)
+    r50, rflag = sep.flux_radius(sub, x, y, 6.0 * a, 0.5, normflux=flux, subpix=5)
+    r50 = np.where(np.isfinite(r50) & (r50 > 0), r50, 0.5)
+    xw, yw, wflag = sep.winpos(sub, x, y, 2.0 * r50 / 2.3548, mask=mask)
+    moved = ~np.isfinite(xw) | ~np.isfinite(yw) | (np.hypot(xw - x, yw - y) > 2.0 * r50 + 1.0)
+    xw, yw = np.where(moved, x, xw), np.where(moved, y, yw)
+    flag = (objs["flag"].astype(np.int32) | kflag | aflag | rflag | wflag).astype(np.int32)
+    flag |= np.where(nmask > 0, MASKED, 0).astype(np.int32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where(flux > 0, -2.5 * np.log10(np.where(flux > 0, flux, 1.0)), 99.0)
+        concentration = objs["peak"] * r50 ** 2 / np.where(flux > 0, flux, np.nan)
+    ix = np.clip(np.rint(xw).astype(int), 0, data.shape[1] - 1)
+    iy = np.clip(np.rint(yw).astype(int), 0, data.shape[0] - 1)
+    table = Table({
+        "id": np.arange(len(objs), dtype=np.int32),
+        "x": xw, "y": yw, "flux": flux, "fluxerr": fluxerr, "mag_inst": mag,
+        "a": a, "b": b, "theta": theta, "elongation": a / b,
+        "fwhm": half_max_fwhm(sub, xw, yw, objs["peak"], 3.0 * a + 2.0), "r50": r50,
+        "peak": objs["peak"], "npix": objs["npix"].astype(np.int32),
+        "bkg": (data[iy, ix] - sub[iy, ix]).astype(np.float32),
+        "bkg_rms": np.full(len(objs), rms, np.float32),
+        "flag": flag,
+    })
+    snr = np.where(fluxerr > 0, flux / np.where(fluxerr > 0, fluxerr, 1.0), 0.0)
+    ref = (flag == 0) & (snr > 50) & np.isfinite(concentration) & (table["elongation"] < 1.5)
+    table["stellarity"] = stellarity(r50, np.nan_to_num(concentration), ref).astype(np.float32)
+    table.meta.update({"BKGRMS": float(rms), "BKGMED": float(bkg.globalback)})
+    return table
+

@@ -1,0 +1,213 @@
+"""Alert packets: real ZTF/PGIR/WINTER alerts through our reader; our alerts read back by
+plain fastavro with only the .avsc files; cutouts are FITS with a WCS; filters; output;
+the subscriber through the real embedded broker."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+from pathlib import Path
+
+import fastavro
+import fastavro.schema
+import matplotlib.image
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from ast3stream.alerts import (AlertFilter, alert_id, build_alert, decode, encode, load_schema, make_cutout,
+                               read_alerts, read_avro_file, read_cutout, view, write_avro_file)
+from ast3stream.alerts.output import table_header, table_row, to_json, write_files
+from ast3stream.alerts.schema import SCHEMA_DIR, schema_path
+from ast3stream.events import MalformedMessage
+
+X, Y, SIZE = 57.3, 40.6, 31
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A 120 x 100 image with a TAN WCS and a Gaussian star at (X, Y)."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [60.0, 50.0]
+    w.wcs.cdelt = [-0.41 / 3600, 0.41 / 3600]
+    header = w.to_header()
+    header["MJD-OBS"] = 60500.1
+    yy, xx = np.mgrid[:100, :120]
+    data = 1000.0 * np.exp(-((xx - X) ** 2 + (yy - Y) ** 2) / (2 * 1.3**2)) + 10.0
+    return data.astype(np.float32), header, w
+
+
+@pytest.fixture(scope="module")
+def alert(image):
+    data, header, w = image
+    ra, dec = w.pixel_to_world_values(X, Y)
+    cand = {"x": np.float32(X), "y": np.float32(Y), "ra": np.float64(ra), "dec": np.float64(dec),
+            "mag": np.float32(18.3), "mag_err": 0.05, "flux": 1.5e4, "flux_err": 300.0, "snr": 50.0,
+            "sign": 1, "fwhm": 3.1, "elongation": 1.1, "rb": np.float32(0.93), "object_id": "A3deadbeef00",
+            "host_id": "43495", "host_sep_arcsec": 4.2, "host_dist_mpc": 40.1, "ssnamenr": "", "ss_mag": np.nan}
+    prv = [{"mjd": 60499.1, "exposure_id": "e0", "lane": "dip", "mag": None, "maglim": 20.5, "forced": True,
+            "detected": False, "flux": 12.0, "flux_err": 200.0},
+           {"mjd": 60499.2, "exposure_id": "e1", "lane": "dip", "mag": 18.9, "mag_err": 0.08, "maglim": 20.4,
+            "forced": False, "detected": True, "sign": 1}]
+    cutouts = {k: make_cutout(data, header, X, Y, SIZE) for k in ("science", "template", "difference")}
+    meta = {"exposure_id": "ast3_20240716_F01_0003", "lane": "dip", "mjd": 60500.1, "field_id": "F01",
+            "model_version": "rb-1", "metrics": {"maglim": 20.6, "fwhm_px": 2.9, "zp": 27.1},
+            "stage_versions": {"detect": "1", "classify": "1"}, "gw_event": "S240116o", "gw_prob": 0.0017}
+    return build_alert(cand, prv, cand, cutouts, meta)
+
+
+def test_every_real_alert_reads_through_our_reader(shared_data):
+    folder = shared_data / "alerts"
+    expected = {}
+    for path in folder.rglob("*.avro"):
+        with open(path, "rb") as fh:
+            survey = path.relative_to(folder).parts[0]
+            expected[survey] = expected.get(survey, 0) + sum(1 for _ in fastavro.reader(fh))
+    views = list(read_alerts(folder))
+    got = {s: sum(v.survey == s for v in views) for s in expected}
+    assert got == expected and got["ztf"] >= 240 and got["pgir"] == 17 and got["winter"] == 11
+    for v in views:
+        assert 0 <= v.ra < 360 and -90 <= v.dec <= 90 and 50000 < v.mjd < 70000
+        assert set(v.cutouts) == {"science", "template", "difference"}
+    stamp, _ = read_cutout(views[0].cutouts["difference"])
+    assert stamp.ndim == 2 and min(stamp.shape) >= 60
+    ztf = [v for v in views if v.survey == "ztf"]
+    assert all(v.filter in ("ztfg", "ztfr", "ztfi") for v in ztf)
+    assert sum(v.score is not None for v in ztf) == len(ztf)
+    asteroids = [v for v in ztf if v.ssnamenr]
+    assert asteroids and not any(AlertFilter(not_asteroid=True)(v) for v in asteroids if v.ss_sep_arcsec < 10)
+    # real light curves: ZTF upper limits have no magnitude but a limiting magnitude
+    limits = [p for v in ztf for p in v.history if p["mag"] is None]
+    assert limits and all(p["maglim"] > 15 for p in limits)
+
+
+def test_our_alert_is_read_by_plain_fastavro_with_only_the_avsc(alert, tmp_path):
+    path = write_avro_file([alert, alert], tmp_path / "alerts.avro")
+    top = schema_path("1.0")
+    assert top.parent.parent == SCHEMA_DIR
+    schema = fastavro.schema.load_schema(str(top))            # only the .avsc files
+    with open(path, "rb") as fh:
+        records = list(fastavro.reader(fh, reader_schema=schema))
+    assert len(records) == 2 and records[0] == alert
+    # the Kafka message: 5-byte Confluent frame + schemaless Avro, also readable with only the .avsc
+    msg = encode(alert)
+    assert msg[0] == 0 and int.from_bytes(msg[1:5], "big") == 100
+    assert fastavro.schemaless_reader(io.BytesIO(msg[5:]), schema, None) == alert
+    assert decode(msg) == alert and read_avro_file(path)[1] == alert
+
+
+def test_alert_content(alert, image):
+    c, x = alert["candidate"], alert["crossmatch"]
+    assert alert["objectId"] == "A3deadbeef00" and alert["alertId"] == c["candid"] > 0
+    assert c["isdiffpos"] is True and c["score"] == pytest.approx(0.93) and c["maglim"] == pytest.approx(20.6)
+    assert c["fwhm_image"] == pytest.approx(2.9) and c["lane"] == "dip" and c["model_version"] == "rb-1"
+    assert x["host_id"] == "43495" and x["ssnamenr"] is None and x["ss_mag"] is None
+    assert x["gw_event"] == "S240116o" and x["gw_field_prob"] == pytest.approx(0.0017)
+    assert alert["versions"] == {"detect": "1", "classify": "1"}
+    limit, det = alert["prv_candidates"]
+    assert limit["mag"] is None and limit["maglim"] == pytest.approx(20.5) and not limit["detected"]
+    assert det["isdiffpos"] is True and det["mag"] == pytest.approx(18.9)
+
+
+def test_cutouts_decode_to_fits_with_wcs(alert, image):
+    data, header, w = image
+    stamp, hdr = read_cutout(alert["cutoutScience"]["stampData"])
+    assert stamp.shape == (SIZE, SIZE)
+    iy, ix = np.unravel_index(np.argmax(stamp), stamp.shape)
+    assert (ix, iy) == (SIZE // 2, SIZE // 2)                  # the star is at the centre
+    ra, dec = w.pixel_to_world_values(X, Y)
+    cx, cy = WCS(hdr).world_to_pixel_values(ra, dec)           # the stamp's own WCS
+    assert cx - SIZE // 2 == pytest.approx(X - round(X), abs=1e-6)
+    assert cy - SIZE // 2 == pytest.approx(Y - round(Y), abs=1e-6)
+    assert hdr["MJD-OBS"] == 60500.1
+    with fits.open(io.BytesIO(__import__("gzip").decompress(alert["cutoutDifference"]["stampData"]))) as hdul:
+        assert WCS(hdul[0].header).has_celestial
+    edge, _ = read_cutout(make_cutout(data, header, 2.0, 3.0, SIZE))       # partly off the image
+    assert edge.shape == (SIZE, SIZE) and np.isnan(edge[0, 0]) and np.isfinite(edge[-1, -1])
+    assert make_cutout(data, header, X, Y, SIZE) == make_cutout(data, header, X, Y, SIZE)   # deterministic
+
+
+def test_alert_ids_are_deterministic():
+    a = alert_id("exp1", "qip", 3, {"detect": "1", "classify": "1"})
+    assert a == alert_id("exp1", "qip", 3, {"classify": "1", "detect": "1"})
+    assert 0 <= a < 2**63
+    assert a != alert_id("exp1", "qip", 3, {"detect": "1", "classify": "2"})
+    assert a != alert_id("exp1", "dip", 3, {"detect": "1", "classify": "1"})
+    assert alert_id("e", "dip", (10.001, 5.0)) == alert_id("e", "dip", (10.0, 5.0))
+
+
+def test_decode_rejects_what_is_not_an_alert(alert):
+    msg = encode(alert)
+    for bad in (b"", b"A3\x01xxxx", b"\x00\x00\x00\x03\xe7" + msg[5:], msg[:-7], msg + b"\x00"):
+        with pytest.raises(MalformedMessage):
+            decode(bad)
+
+
+def test_a_newer_minor_schema_reads_older_alerts(alert):
+    """Compatible evolution: a 1.1 that adds a defaulted field resolves 1.0 data."""
+    newer = copy.deepcopy(fastavro.schema.load_schema(str(schema_path("1.0"))))
+    newer["fields"][4]["type"]["fields"].append({"name": "new_thing", "type": ["null", "float"], "default": None})
+    payload = encode(alert)[5:]
+    got = fastavro.schemaless_reader(io.BytesIO(payload), load_schema("1.0"), fastavro.parse_schema(newer))
+    assert got["candidate"]["new_thing"] is None and got["candidate"]["mag"] == alert["candidate"]["mag"]
+
+
+def test_filters(alert):
+    assert AlertFilter(min_score=0.9, max_mag=19, has_host=True, in_gw_field=True, not_asteroid=True)(alert)
+    assert not AlertFilter(min_score=0.95)(alert)
+    assert not AlertFilter(max_mag=18.0)(alert)
+    assert not AlertFilter(has_host=False)(alert)
+    rock = copy.deepcopy(alert)
+    rock["crossmatch"].update(ssnamenr="1234", ss_sep_arcsec=2.0, gw_event=None)
+    assert not AlertFilter(not_asteroid=True)(rock) and not AlertFilter(in_gw_field=True)(rock)
+    assert AlertFilter(in_gw_field=False)(rock)
+
+
+def test_output_formats(alert, tmp_path):
+    assert len(table_row(alert)) == len(table_header())
+    assert "A3deadbeef00" in table_row(alert) and "S240116o" in table_row(alert)
+    record = json.loads(to_json(alert))
+    assert record["alertId"] == alert["alertId"] and record["cutoutScience"]["stampData"] is None
+    assert len(json.loads(to_json(alert, cutouts=True))["cutoutScience"]["stampData"]) > 100
+    paths = write_files(alert, tmp_path)
+    assert [p.suffix for p in paths] == [".json", ".png", ".png", ".png"]
+    png = matplotlib.image.imread(paths[1])
+    assert png.shape[:2] == (SIZE, SIZE)
+    assert view(json.loads(paths[0].read_text())).candid == alert["alertId"]
+
+
+@pytest.mark.broker
+def test_listen_through_the_embedded_broker(alert, broker, tmp_path):
+    from aiokafka import AIOKafkaProducer
+
+    from agents.broker import ensure_topics_sync
+    from agents.listen import listen
+
+    topic = "listen-test.alerts"
+    ensure_topics_sync(broker.bootstrap, [topic])
+    faint = copy.deepcopy(alert)
+    faint["candidate"]["score"] = 0.1
+    faint["alertId"] = faint["candidate"]["candid"] = 42
+
+    async def produce():
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for value in (encode(alert), b"not an alert", encode(faint), encode(alert)):
+                await producer.send_and_wait(topic, value, key=b"A3deadbeef00")
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    out = io.StringIO()
+    n = asyncio.run(listen(broker.bootstrap, [topic], alert_filter=AlertFilter(min_score=0.5), fmt="json",
+                           max_alerts=3, stream=out, from_beginning=True, timeout_s=2.0))
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert n == 2 and [r["alertId"] for r in lines] == [alert["alertId"]] * 2
+    n = asyncio.run(listen(broker.bootstrap, [topic], fmt="files", out=tmp_path, max_alerts=1,
+                           stream=io.StringIO(), from_beginning=True, timeout_s=5.0, group="g1"))
+    assert n == 1 and len(list((tmp_path / "A3deadbeef00").glob("*.png"))) == 3

@@ -1,0 +1,163 @@
+"""Classifiers: rotation invariance, shipped weights, training, evaluation, cloud CNN, real ZTF stamps."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from ast3stream.classify import RealBogus
+from ast3stream.classify.cloud import make_thumbnail, predict_cloudy, simulate_thumbnails
+from ast3stream.classify.dataset import build_synthetic, load_dataset, save_dataset
+from ast3stream.classify.evaluate import evaluate
+from ast3stream.classify.model import RotationInvariantResNet
+from ast3stream.classify.stamps import normalise
+from ast3stream.classify.synth import BOGUS_KINDS, KINDS, REAL_KINDS, simulate_set
+from ast3stream.classify.train import fit, load_weights, predict_proba, save_weights
+
+HELDOUT_SEED = 424242      # the shipped weights were trained and validated on seeds 1-4
+
+
+@pytest.fixture(scope="module", params=["qip", "dip"])
+def shipped(request):
+    return RealBogus.load(request.param, device="cpu")
+
+
+def test_rotation_invariance_exact_untrained():
+    torch.manual_seed(0)
+    model = RotationInvariantResNet("dip", width=8, hidden=(32, 16)).eval()
+    x = torch.randn(3, 4, 91, 91)
+    with torch.no_grad():
+        ref = model(x)
+        for k in (1, 2, 3):
+            assert torch.allclose(model(torch.rot90(x, k, dims=(2, 3))), ref, atol=1e-5)
+
+
+def test_rotation_invariance_shipped(shipped):
+    data = simulate_set(8, 8, shipped.lane, seed=HELDOUT_SEED)
+    s0 = shipped.score(data["stamps"])
+    for k in (1, 2, 3):
+        sk = shipped.score(np.rot90(data["stamps"], k, axes=(2, 3)).copy())
+        assert np.max(np.abs(sk - s0)) < 1e-4
+
+
+def test_shipped_weights_score_heldout(shipped):
+    assert re.fullmatch(rf"rb-{shipped.lane}-\d+\.\d+\+[0-9a-f]{{8}}", shipped.version)
+    assert shipped.info["metrics"]["accuracy"] >= {"qip": 0.9988, "dip": 0.9920}[shipped.lane]
+    assert shipped.info["metrics"]["fnr_at_fpr1"] <= 0.01
+    # clear cases: SNR 30-300, every kind of real and bogus candidate
+    data = simulate_set(30, 35, shipped.lane, seed=HELDOUT_SEED + 1, snr_range=(30, 300),
+                        bogus_weights=np.ones(len(BOGUS_KINDS)))
+    scores = shipped.score(data["stamps"])
+    assert scores.shape == (65,) and np.all((scores >= 0) & (scores <= 1))
+    assert np.all(scores[data["label"] == 1] > 0.5), scores[data["label"] == 1]
+    assert np.all(scores[data["label"] == 0] < 0.5), scores[data["label"] == 0]
+
+
+def test_score_checks_input(shipped):
+    with pytest.raises(ValueError):
+        shipped.score(np.zeros((2, 4, 17, 17), np.float32))
+    assert shipped.score(np.zeros((0, 4, shipped.stamp_size, shipped.stamp_size), np.float32)).shape == (0,)
+
+
+def test_missing_weights_raise(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        RealBogus.load("qip", device="cpu", path=tmp_path / "rb_qip.pt")
+
+
+def test_normalise_is_scale_free():
+    data = simulate_set(3, 3, "qip", seed=5)
+    s = data["stamps"].copy()
+    s[:, 1] *= 7.0                               # template photometric scale
+    s[:, 2] += 1234.0                            # science sky level
+    assert np.allclose(normalise(s)[:, :3], normalise(data["stamps"])[:, :3], atol=1e-4)
+    s[0, 0, 5, 5] = np.nan
+    assert np.isfinite(normalise(s)).all()
+
+
+def test_dataset_roundtrip(tmp_path):
+    data = build_synthetic("qip", 12, 10, seed=3, chunk=8)
+    assert data["stamps"].shape == (22, 4, 31, 31) and data["label"].sum() == 12
+    assert set(np.unique(data["kind"][data["label"] == 1])) <= set(range(len(REAL_KINDS)))
+    manifest = save_dataset(tmp_path / "set.npz", data, "qip", source="synthetic", seed=3)
+    back, m2 = load_dataset(tmp_path / "set.npz")
+    assert m2["version"] == manifest["version"] and manifest["version"].startswith("rbset-qip-22-")
+    assert m2["n_real"] == 12 and m2["n_bogus"] == 10 and m2["kinds"] == list(KINDS)
+    assert all(np.array_equal(back[k], data[k], equal_nan=True) for k in data)
+
+
+def test_training_reduces_loss_and_weights_roundtrip(tmp_path):
+    tr = simulate_set(96, 96, "qip", seed=11, snr_range=(20, 300))
+    model = RotationInvariantResNet("qip", width=8, hidden=(32, 16))
+    history = fit(model, normalise(tr["stamps"]), tr["label"], epochs=2, batch_size=32, lr=3e-3,
+                  device="cpu", seed=0, log=lambda s: None)
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    info = save_weights(model, tmp_path / "rb_qip.pt", "rb-qip", stamp_size=31)
+    assert (tmp_path / "rb_qip.json").exists()
+    back, info2 = load_weights(tmp_path / "rb_qip.pt")
+    x = normalise(tr["stamps"][:8])
+    p1, p2 = predict_proba(model.half().float().eval(), x, torch.device("cpu")), \
+        predict_proba(back, x, torch.device("cpu"))
+    assert np.allclose(p1, p2, atol=1e-5) and info2["version"] == info["version"]
+    rb = RealBogus.load("qip", device="cpu", path=tmp_path / "rb_qip.pt")
+    assert rb.version == info["version"] and rb.score(tr["stamps"][:4]).shape == (4,)
+
+
+def test_evaluate_writes_json_and_png(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 500)
+    scores = np.clip(labels * 0.8 + rng.normal(0.1, 0.15, 1000), 0, 1)
+    snr = rng.uniform(5, 100, 1000)
+    res = evaluate(labels, scores, snr, out_json=tmp_path / "m.json", out_png=tmp_path / "m.png")
+    on_disk = json.loads((tmp_path / "m.json").read_text())
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "fnr_at_fpr1", "snr_bins"):
+        assert key in on_disk
+    assert (tmp_path / "m.png").stat().st_size > 10_000
+    assert res["roc_auc"] > 0.99 and 0 <= res["fnr_at_fpr1"] <= 1
+    assert len(res["snr_bins"]) == 4
+
+
+def test_cloud_classifier_on_heldout_thumbnails():
+    data = simulate_thumbnails(40, seed=HELDOUT_SEED)
+    probs = np.array([predict_cloudy(t) for t in data["thumbs"]])
+    clear, thick = data["label"] == 0, data["depth"] > 0.5
+    assert np.all(probs[clear] < 0.5) and np.all(probs[thick] > 0.5)
+    assert np.mean((probs > 0.5) == (data["label"] == 1)) >= 0.95
+
+
+def test_make_thumbnail():
+    rng = np.random.default_rng(1)
+    frame = rng.normal(300, 17, (700, 1000)).astype(np.float32)
+    frame[100:110, 200:210] = np.nan
+    thumb = make_thumbnail(frame)
+    assert thumb.shape == (256, 256) and thumb.dtype == np.float32
+    assert np.isfinite(thumb).all() and thumb.min() >= 0 and thumb.max() <= 1
+
+
+def test_cli_registers_subcommands():
+    from ast3stream.classify.cli import add_cli
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["classify", "train", "--lane", "dip", "--train", "a.npz", "--val", "b.npz",
+                              "--out", "rb_dip.pt", "--epochs", "3"])
+    assert args.classify_cmd == "train" and args.epochs == 3
+    for cmd in ("build-set", "eval", "cloud-train"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["classify", cmd, "--help"])
+
+
+@pytest.mark.shared
+def test_real_ztf_stamps(shared_data):
+    from ast3stream.classify.ztf import agreement, load_ztf
+
+    rb = RealBogus.load("dip", device="cpu")
+    stamps, meta = load_ztf(shared_data / "alerts" / "ztf", 91)
+    assert len(stamps) > 100 and stamps.shape[1:] == (4, 91, 91)
+    scores = rb.score(stamps)
+    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+    agree = agreement(scores, meta["drb"])
+    assert agree["n"] > 20

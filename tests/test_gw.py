@@ -1,0 +1,179 @@
+"""GW ToO: LVK notices (JSON with base64 multi-order map, VOEvent with a local map file),
+retractions, per-field enclosed probability checked against a direct HEALPix sum, galaxy
+weighting, ranked plan and its plot, and the ``too`` command against the database."""
+from __future__ import annotations
+
+import shutil
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.table import Table
+from astropy.wcs import WCS
+from astropy_healpix import HEALPix, uniq_to_level_ipix
+
+from ast3stream.gw import (credible_area, credible_level_at, field_probabilities, make_grid, plot_plan,
+                           probdensity_at, read_notice, too_fields)
+from ast3stream.gw.skymap import probabilities
+
+W, H = 14206 * 0.41 / 3600, 10654 * 0.41 / 3600      # AST3-3 field [deg]
+
+
+@pytest.fixture(scope="module")
+def s240116o(shared_data):
+    return read_notice(shared_data / "gw" / "lvk" / "S240116o-preliminary_fink-modified-times.json")
+
+
+def test_lvk_json_notice(s240116o):
+    n = s240116o
+    assert (n.superevent_id, n.alert_type, n.is_retraction) == ("S240116o", "PRELIMINARY", False)
+    assert n.far == pytest.approx(2.097781e-06) and n.instruments == ["H1", "L1"] and n.pipeline == "MBTA"
+    assert n.classification["Terrestrial"] == pytest.approx(0.808035228)
+    assert len(n.skymap) == 19200 and probabilities(n.skymap).sum() == pytest.approx(1.0, abs=1e-9)
+    assert set(n.skymap.colnames) >= {"UNIQ", "PROBDENSITY", "DISTMU", "DISTSIGMA", "DISTNORM"}
+
+
+def test_retraction(shared_data):
+    n = read_notice((shared_data / "gw" / "skyportal" / "igwn_gwalert_retraction.json").read_bytes())
+    assert n.is_retraction and n.superevent_id == "MS260605l" and n.skymap is None
+    with pytest.raises(ValueError, match="retraction"):
+        too_fields(n, make_grid(W, H, 0, 10), _Cfg())
+
+
+def test_voevent_with_local_skymap(shared_data, tmp_path):
+    voevent = shared_data / "gw" / "skyportal" / "GW190425_initial.xml"
+    n = read_notice(voevent)            # Skymap URL 'skyportal/tests/data/bayestar.fits.gz' -> local file by name
+    assert (n.superevent_id, n.alert_type) == ("S190425z", "INITIAL")
+    assert n.skymap_url.endswith("bayestar.fits.gz") and n.skymap_path.name == "bayestar.fits.gz"
+    assert n.classification["BNS"] == pytest.approx(0.999402567114) and n.instruments == ["L1", "V1"]
+    assert len(n.skymap) == 12 * 256**2 and probabilities(n.skymap).sum() == pytest.approx(1.0, abs=1e-9)
+    # the published 90 % area of the GW190425 BAYESTAR initial map: 10,183 deg^2 (GCN 24168)
+    assert credible_area(n.skymap, 0.9) == pytest.approx(10183, rel=2e-3)
+    # flat NESTED map read as multi-order: density at a pixel centre equals PROB / pixel area
+    hp = HEALPix(256, order="nested")
+    prob = Table.read(shared_data / "gw" / "skyportal" / "bayestar.fits.gz")["PROB"]
+    i = int(np.argmax(prob))
+    lon, lat = hp.healpix_to_lonlat(i)
+    dens = probdensity_at(n.skymap, lon.deg, lat.deg)[0]
+    assert dens == pytest.approx(prob[i] / hp.pixel_area.to_value(u.deg**2), rel=1e-9)
+    shutil.copy(voevent, tmp_path / voevent.name)
+    assert read_notice(tmp_path / voevent.name).skymap is None       # never downloaded
+
+
+def _flat(skymap, order):
+    """Independent rasterisation: density of every NESTED pixel of ``order``."""
+    level, ipix = uniq_to_level_ipix(np.asarray(skymap["UNIQ"]))
+    n = 4 ** (order - level)
+    flat = np.zeros(12 * 4**order)
+    for lo, k, d in zip(ipix * n, n, np.asarray(skymap["PROBDENSITY"])):
+        flat[lo:lo + k] = d
+    return flat
+
+
+def _direct(flat, order, field):
+    """Pixels whose centres fall inside the field, by a TAN WCS (astropy) on a cone search."""
+    hp = HEALPix(2**order, order="nested")
+    pix = hp.cone_search_lonlat(field["ra"] * u.deg, field["dec"] * u.deg, 1.2 * u.deg)
+    lon, lat = hp.healpix_to_lonlat(pix)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [field["ra"], field["dec"]]
+    w.wcs.crpix = [1, 1]         # FITS 1-based: pixel 0 (origin=0) is the tangent point
+    w.wcs.cdelt = [1, 1]        # pixel coordinates = standard coordinates in degrees
+    xi, eta = w.wcs_world2pix(lon.deg, lat.deg, 0)
+    return pix[(np.abs(xi) <= W / 2) & (np.abs(eta) <= H / 2)]
+
+
+def test_field_probabilities_match_a_direct_healpix_sum(s240116o):
+    """S240116o on a disjoint AST3-3 grid over the map's northern lobe: each field's probability
+    equals the direct sum over its pixels; the fields sum to the probability inside the grid."""
+    grid = make_grid(W, H, 25, 55, disjoint=True)
+    grid = grid[(grid["ra"] > 50) & (grid["ra"] < 100)]
+    ranked = field_probabilities(s240116o.skymap, grid, W, H)
+    order = ranked.meta["order"]
+    assert order == 9
+    flat = _flat(s240116o.skymap, order)
+    area = 4 * np.pi / (12 * 4**order)
+    pixels = {str(f["field_id"]): _direct(flat, order, f) for f in grid}
+    direct = np.array([flat[pixels[str(f)]].sum() * area for f in ranked["field_id"]])
+    np.testing.assert_allclose(ranked["prob"], direct, rtol=1e-9, atol=1e-15)
+    union = np.unique(np.concatenate(list(pixels.values())))
+    inside = flat[union].sum() * area
+    assert ranked["prob"].sum() == pytest.approx(inside, rel=1e-9)
+    assert ranked["cum_prob"][-1] == pytest.approx(inside, rel=1e-9)
+    assert 0.1 < inside < 0.5
+    # ranked: probabilities decrease, the union grows; the top fields lie in the 90 % region
+    assert np.all(np.diff(ranked["prob"]) <= 0) and np.all(np.diff(ranked["cum_prob"]) >= -1e-15)
+    assert np.all(credible_level_at(s240116o.skymap, ranked["ra"][:10], ranked["dec"][:10]) <= 0.9)
+
+
+def test_a_covering_grid_counts_overlaps_once(s240116o):
+    grid = make_grid(W, H)                                       # the whole sky, 10 % overlaps
+    ranked = field_probabilities(s240116o.skymap, grid, W, H)
+    assert ranked["cum_prob"][-1] == pytest.approx(1.0, abs=1e-9)   # every pixel centre is covered once
+    assert ranked["prob"].sum() > 1.1                            # fields individually count the overlaps
+    assert np.all(credible_level_at(s240116o.skymap, ranked["ra"][:20], ranked["dec"][:20]) <= 0.9)
+
+
+def test_a_high_resolution_map_is_integrated_at_its_own_resolution(shared_data):
+    n = read_notice(shared_data / "gw" / "skyportal" / "igwn_gwalert_preliminary.json")   # 8 deg^2, order 11
+    level, _ = uniq_to_level_ipix(np.asarray(n.skymap["UNIQ"]))
+    assert level.max() == 11
+    ranked = field_probabilities(n.skymap, make_grid(W, H, -1, 19), W, H)   # a band around the event
+    assert ranked["cum_prob"][-1] == pytest.approx(1.0, abs=1e-6)
+    assert ranked["prob"][0] > 0.25 and credible_level_at(n.skymap, ranked["ra"][0], ranked["dec"][0])[0] < 0.5
+
+
+def test_galaxy_weighting(shared_data):
+    n = read_notice(shared_data / "gw" / "skyportal" / "igwn_gwalert_preliminary.json")   # 8 deg^2 BNS mock
+    m = n.skymap
+    best = int(np.argmax(m["PROBDENSITY"]))
+    level, ipix = uniq_to_level_ipix(m["UNIQ"][best])
+    lon, lat = HEALPix(2**level, order="nested").healpix_to_lonlat(ipix)
+    ra0, dec0 = float(lon.deg), float(lat.deg)
+    mu = float(m["DISTMU"][best])
+    grid = Table({"field_id": ["on", "off"], "ra": [ra0, (ra0 + 90) % 360], "dec": [dec0, -dec0]})
+    galaxies = Table({"RA": [ra0 + 0.1, ra0 - 0.1, (ra0 + 90) % 360], "DEC": [dec0, dec0, -dec0],
+                      "d_L": [mu, 10 * mu, mu], "B_Abs": [-20.0, -20.0, -20.0]})
+    ranked = field_probabilities(m, grid, W, H, galaxies=galaxies, rank_by="galaxy_score")
+    assert list(ranked["field_id"]) == ["on", "off"]
+    assert ranked["galaxy_score"][0] == pytest.approx(1.0, abs=1e-6)   # the galaxy at the right distance
+    glade = Table.read(shared_data / "catalogs" / "GLADE.csv", format="ascii.csv")
+    scored = field_probabilities(m, make_grid(W, H, dec0 - 5, dec0 + 5), W, H, galaxies=glade)
+    assert np.all(np.isfinite(scored["galaxy_score"])) and scored["galaxy_score"].sum() <= 1 + 1e-9
+
+
+def test_too_ingest_plan_and_retract_from_the_command_line(shared_data, tmp_path, capsys):
+    from ast3stream.cli import main
+    from ast3stream.config import Settings
+    from ast3stream.db import Database
+
+    data = tmp_path / "run"
+    data.mkdir()
+    make_grid(W, H, -30, 90).write(data / "fields.csv", format="ascii.csv")
+    prelim = shared_data / "gw" / "skyportal" / "igwn_gwalert_preliminary.json"
+    assert main(["--data-dir", str(data), "too", "ingest", str(prelim), "--plot", str(tmp_path / "p.png")]) == 0
+    db = Database.from_settings(Settings.load(None, paths={"data_dir": data}))
+    rows = db.too_fields()
+    assert rows and {r["event_id"] for r in rows} == {"MS260605l"} and rows[0]["rank"] == 1
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["--data-dir", str(data), "too", "plan", "--out", str(tmp_path / "plan.png")]) == 0
+    assert "MS260605l" in capsys.readouterr().out and (tmp_path / "plan.png").exists()
+    retraction = shared_data / "gw" / "skyportal" / "igwn_gwalert_retraction.json"
+    assert main(["--data-dir", str(data), "too", "ingest", str(retraction)]) == 0
+    assert db.too_fields() == []
+
+
+def test_plot_plan(s240116o, tmp_path):
+    grid = make_grid(W, H, 20, 60)
+    ranked = field_probabilities(s240116o.skymap, grid, W, H)[:30]
+    path = plot_plan(ranked, tmp_path / "plan.png", s240116o.skymap, title="S240116o")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 20000
+
+
+class _Cfg:
+    """The settings too_fields reads."""
+
+    class gw:
+        field_width_deg, field_height_deg, order, rank_by = W, H, None, "prob"
+        min_field_probability, max_fields = 1e-3, 50

@@ -1,0 +1,64 @@
+"""Sources: sep extraction, the paper's cleaning cuts, stellarity and the image FWHM."""
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from ast3stream.config import Settings
+from ast3stream.image import Frame
+from ast3stream.reduction import Calibration, reduce_raw
+from ast3stream.sources import clean_star_list, extract, image_fwhm
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory):
+    from ast3stream.simulate import simulate_night
+    night = simulate_night(tmp_path_factory.mktemp("sim"), n_exposures=1, scale=0.1, seed=1, n_fields=1)
+    d = night.out_dir / "calib"
+    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), Settings())
+    exp = night.exposures[0]
+    return night, exp, reduce_raw(exp.path, cal, Settings())
+
+
+def test_extract_finds_stars_at_truth(reduced):
+    night, exp, frame = reduced
+    cfg = Settings()
+    table = extract(frame, cfg)
+    for col in ("x", "y", "flux", "fluxerr", "a", "b", "theta", "fwhm", "elongation", "flag", "stellarity", "mag_inst"):
+        assert col in table.colnames
+    truth = night.truth(exp.expid)
+    stars = truth[(truth["kind"] == "star") & (truth["flux_e"] > 20000)]
+    d, _ = cKDTree(np.column_stack([table["x"], table["y"]])).query(np.column_stack([stars["x"], stars["y"]]))
+    assert np.mean(d < 1.0) > 0.9                          # bright stars found at their 0-based positions
+    assert np.median(d[d < 1.0]) < 0.1                     # windowed centroids
+
+
+def test_clean_list_and_fwhm(reduced):
+    night, exp, frame = reduced
+    cfg = Settings()
+    table = extract(frame, cfg)
+    clean = clean_star_list(table, cfg)
+    assert 20 < len(clean) < len(table)
+    assert np.all(clean["flag"] == 0)
+    assert np.all(clean["flux"] / clean["fluxerr"] > cfg.sources.snr_min)
+    # the least star-like 20 % are gone: the clean list is more stellar than the cut list
+    assert np.median(clean["stellarity"]) >= np.median(table["stellarity"][table["flag"] == 0])
+    true_fwhm = float(night.table["fwhm_px"][0])
+    assert image_fwhm(clean) == pytest.approx(true_fwhm, rel=0.08)
+
+
+def test_stellarity_separates_galaxies():
+    rng = np.random.default_rng(3)
+    img = rng.normal(100.0, 5.0, (400, 400)).astype(np.float32)
+    yy, xx = np.mgrid[:400, :400]
+    for k in range(40):                                  # stars, sigma 1.5 px, on a grid
+        x0, y0 = 30 + 45 * (k % 8), 30 + 70 * (k // 8)
+        img += (3000 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 4.5)).astype(np.float32)
+    gal = [(52, 65), (142, 205), (232, 345)]
+    for x0, y0 in gal:                                   # exponential discs between them
+        img += (300 * np.exp(-np.hypot(xx - x0, yy - y0) / 4.0)).astype(np.float32)
+    frame = Frame(img, np.zeros(img.shape, np.uint16))
+    table = extract(frame, Settings())
+    d, j = cKDTree(np.column_stack([table["x"], table["y"]])).query(gal)
+    assert np.all(d < 2)
+    stars = np.setdiff1d(np.arange(len(table)), j)
+    assert np.all(table["stellarity"][j] < np.percentile(table["stellarity"][stars], 20))

@@ -1,0 +1,167 @@
+"""End to end through the real embedded broker: files dropped into the folder become alerts.
+
+One simulated night (one field: a template visit, then science visits with transients) is
+played into the watched folder of a running stack (broker + faust worker + watcher), with
+bad files mixed in. Then the night is replayed into a new namespace. A second stack has
+its worker killed mid-exposure and restarted.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from agents.demo import alert_view, play, read_topic, summarize
+from agents.replay import replay
+from agents.runner import Stack, wait_for
+from agents.topics import topic
+from ast3stream.alerts import decode
+from ast3stream.config import Settings
+from ast3stream.db import Database
+from ast3stream.events import decode as decode_event
+from ast3stream.rawfile import detector_from_header
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+SCALE = 0.06
+TIMEOUT = 900
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    from ast3stream.simulate import simulate_night
+
+    out = tmp_path_factory.mktemp("night")
+    return out, simulate_night(out, n_exposures=4, scale=SCALE, seed=11, n_fields=1)
+
+
+def _settings(root: Path, sim: Path, prefix: str) -> Settings:
+    cfg = Settings.load(None, paths={"data_dir": root, "refcat": sim / "refcat.fits", "galaxies": sim / "galaxies.csv",
+                                     "mpcorb": sim / "MPCORB.DAT", "fields": sim / "fields.csv",
+                                     "calib_dir": sim / "calib"},
+                        kafka={"prefix": prefix}, watcher={"stable_s": 0.5, "giveup_s": 3.0})
+    cfg.detector = detector_from_header(next((sim / "raw").glob("*.fits")), cfg.detector)
+    return cfg
+
+
+def _alerts(bootstrap: str, prefix: str) -> list[dict]:
+    return [decode(m.value) for m in asyncio.run(read_topic(bootstrap, topic(prefix, "alerts"), 3.0))]
+
+
+@pytest.fixture(scope="module")
+def live_run(night, broker, tmp_path_factory):
+    sim, nt = night
+    root = tmp_path_factory.mktemp("live")
+    cfg = _settings(root, sim, "e2e")
+    cfg.kafka.bootstrap = broker.bootstrap
+    raws = [Path(e.path) for e in nt.exposures]
+    with Stack(cfg) as stack:
+        db = Database.from_settings(cfg)
+        play(raws[:2], cfg.watch_dir)
+        # bad input in the middle of the night: half-written, not FITS at all, wrong frame size
+        data = raws[2].read_bytes()
+        (cfg.watch_dir / "truncated_0001.fits").write_bytes(data[: len(data) // 2])
+        (cfg.watch_dir / "notfits_0002.fits").write_bytes(b"SIMPLEX" + bytes(2880 * 3 - 7))
+        small = fits.getdata(raws[2])[:100, :120]
+        fits.PrimaryHDU(small, fits.getheader(raws[2])).writeto(cfg.watch_dir / "wrongsize_0003.fits")
+        play(raws[2:3], cfg.watch_dir)
+        # a gravitational-wave notice puts the field on the ToO list: the last visit takes the quick lane too
+        db.store_too_fields("S250101x", Table({"field_id": [nt.exposures[3].field_id], "prob": [0.4], "cum_prob": [0.4]}))
+        play(raws[3:], cfg.watch_dir)
+        left = wait_for(db, [e.expid for e in nt.exposures] + ["wrongsize_0003"], TIMEOUT, stack, progress=lambda s: None)
+        time.sleep(3)  # the watcher gives up on the bad files after giveup_s
+        dead = [decode_event(m.value, "deadletter") for m in
+                asyncio.run(read_topic(broker.bootstrap, topic("e2e", "deadletter"), 2.0))]
+        alerts = _alerts(broker.bootstrap, "e2e")
+    return cfg, db, left, dead, alerts
+
+
+def test_night_becomes_alerts_with_transients_recovered(live_run, night):
+    cfg, db, left, dead, alerts = live_run
+    assert left == []
+    assert alerts, "no alert came out of the pipeline"
+    view = [alert_view(a) for a in alerts]
+    summary = summarize(cfg, night[0], view, len(dead))
+    assert summary["injected_transients"] > 0
+    assert summary["recovered_transients"] >= 0.8 * summary["injected_transients"], summary
+    statuses = Counter(r["status"] for r in db.rows("exposures"))
+    assert statuses["template"] == 1 and statuses["alerted"] == 3, statuses
+
+
+def test_too_exposure_takes_the_quick_lane_and_the_deep_lane(live_run, night, broker):
+    cfg, db, _, _, alerts = live_run
+    too_id = night[1].exposures[3].expid
+    lanes = {a["candidate"]["lane"] for a in alerts if a["candidate"]["exposure_id"] == too_id}
+    assert lanes == {"qip", "dip"}
+    qip = [decode(m.value) for m in asyncio.run(read_topic(broker.bootstrap, topic("e2e", "alerts.qip"), 2.0))]
+    assert qip and {a["candidate"]["exposure_id"] for a in qip} == {too_id}
+    assert {a["crossmatch"]["gw_event"] for a in qip} == {"S250101x"}
+    assert all(a["candidate"]["too"] for a in qip)
+
+
+def test_every_alert_is_published_once_and_recorded(live_run):
+    cfg, db, _, _, alerts = live_run
+    ids = [str(a["alertId"]) for a in alerts]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {r["alert_id"] for r in db.rows("alerts")}
+
+
+def test_bad_files_go_to_dead_letters_with_a_reason(live_run):
+    _, db, _, dead, _ = live_run
+    reasons = {d["exposure_id"]: d["reason"] for d in dead}
+    assert "truncated" in reasons["truncated_0001.fits"]
+    assert "not a FITS file" in reasons["notfits_0002.fits"]
+    assert "wrongsize_0003" in reasons and "size" in reasons["wrongsize_0003"].lower()
+    assert len(dead) == 3, reasons
+    assert db.count("dead_letters") == 3
+
+
+def test_replay_reproduces_the_same_alerts_and_a_new_version_stays_in_its_namespace(live_run, broker):
+    cfg, db, _, _, alerts = live_run
+    live_digests = {r["alert_id"]: r["digest"] for r in db.rows("alerts")}
+    same = replay(cfg, "same", timeout=TIMEOUT)
+    assert same["unfinished"] == []
+    replayed = Database(cfg.database_url, "same")
+    assert {r["alert_id"]: r["digest"] for r in replayed.rows("alerts")} == live_digests
+    assert len(_alerts(broker.bootstrap, same["prefix"])) == len(alerts)
+
+    newer = replay(cfg, "rb2", overrides=["classify.version=2"], timeout=TIMEOUT)
+    assert newer["unfinished"] == []
+    new_ids = {r["alert_id"] for r in Database(cfg.database_url, "rb2").rows("alerts")}
+    assert new_ids and not (new_ids & set(live_digests))
+    assert {r["alert_id"]: r["digest"] for r in db.rows("alerts")} == live_digests  # live untouched
+    assert len(_alerts(broker.bootstrap, "e2e")) == len(alerts)
+
+
+def test_killing_a_worker_mid_exposure_loses_nothing_and_duplicates_nothing(night, broker, tmp_path):
+    sim, nt = night
+    cfg = _settings(tmp_path / "kill", sim, "kill")
+    cfg.kafka.bootstrap = broker.bootstrap
+    raws = [Path(e.path) for e in nt.exposures]
+    with Stack(cfg) as stack:
+        db = Database.from_settings(cfg)
+        play(raws, cfg.watch_dir)
+        target = nt.exposures[2].expid  # a science visit
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:  # wait until it is inside the pipeline, past reduction
+            stages = {r["stage"] for r in db.rows("stage_runs", exposure_id=target)}
+            if "astrometry" in stages:
+                break
+            time.sleep(0.2)
+        assert "alert" not in {r["stage"] for r in db.rows("stage_runs", exposure_id=target)}
+        stack.kill_worker(0)
+        stack.start_worker(0)
+        left = wait_for(db, [e.expid for e in nt.exposures], TIMEOUT, stack, progress=lambda s: None)
+        alerts = _alerts(broker.bootstrap, "kill")
+        dead = asyncio.run(read_topic(broker.bootstrap, topic("kill", "deadletter"), 1.0))
+    assert left == [] and not dead
+    ids = [str(a["alertId"]) for a in alerts]
+    assert ids and len(ids) == len(set(ids)), Counter(ids).most_common(3)
+    assert set(ids) == {r["alert_id"] for r in db.rows("alerts")}
+    assert any(a["candidate"]["exposure_id"] == target for a in alerts)
