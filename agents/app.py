@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 from ast3stream import events as evmod
 from ast3stream.config import Settings
 from ast3stream.events import ExposureEvent, MalformedMessage, StageEvent
-from ast3stream.pipeline import LANES, SLOW_STAGES, STAGES, Context, Stage, StageError
+from ast3stream.pipeline import LANES, SLOW_STAGES, STAGES, Context, Deferred, Stage, StageError
 
 from .topics import stage_topic, topic
 
@@ -76,6 +76,25 @@ def source_topic(prefix: str, stage: Stage, lane: str) -> str:
     return stage_topic(prefix, stage.source, lane)
 
 
+def add_gw_agent(app: faust.App, ctx: Context, prefix: str, dead_letter) -> None:
+    """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list."""
+    from ast3stream.gw.too import ingest
+
+    stage = Stage("gw", None, "gw")
+
+    async def gw_agent(stream):
+        async for event in stream.events():
+            message = event.message
+            try:
+                notice, table = await asyncio.to_thread(ingest, message.value, ctx.db, ctx.cfg)
+                log.warning("GW %s %s: %s", notice.superevent_id, notice.alert_type,
+                            "retracted" if table is None else f"{len(table)} ToO fields")
+            except Exception as exc:
+                await dead_letter(stage, message, f"GW notice rejected: {type(exc).__name__}: {exc}", exc, None)
+
+    app.agent(app.topic(topic(prefix, "gw")), name="gw", concurrency=1)(gw_agent)
+
+
 def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lanes: tuple[str, ...] = LANES,
              watch: bool = False, web_port: int | None = None, workers: int | None = None) -> faust.App:
     prefix = cfg.kafka.prefix
@@ -105,6 +124,8 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
                                  traceback="".join(traceback.format_exception(exc))[-8000:])
         await publish("deadletter", message.key or b"", value)
         await asyncio.to_thread(ctx.db.record_dead_letter, message.topic, stage.name, exposure_id, reason)
+        if exposure_id:
+            await asyncio.to_thread(ctx.db.update_exposure, exposure_id, status="failed")
 
     def add_agent(stage: Stage, lane: str, rank: int):
         src = app.topic(source_topic(prefix, stage, lane))
@@ -128,6 +149,10 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
                         await publish(m.name, m.key, m.value)
                         if m.on_published:
                             await asyncio.to_thread(m.on_published)
+                except Deferred as exc:  # offer it again later, behind what is queued now
+                    log.info("%s: %s deferred: %s", stage.name, exposure_id, exc)
+                    await asyncio.sleep(exc.retry_after)
+                    await publish(message.topic[len(prefix) + 1:], message.key or b"", message.value)
                 except MalformedMessage as exc:
                     await dead_letter(stage, message, str(exc), exc, exposure_id)
                 except StageError as exc:
@@ -141,6 +166,9 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
     for rank, stage in enumerate(chosen):
         for lane in lanes:
             add_agent(stage, lane, rank)
+
+    if stages is None or "gw" in stages:
+        add_gw_agent(app, ctx, prefix, dead_letter)
 
     if watch:
         @app.task

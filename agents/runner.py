@@ -17,7 +17,7 @@ from pathlib import Path
 from ast3stream.config import Settings
 from ast3stream.db import Database
 
-from .broker import EmbeddedBroker, ensure_topics_sync, free_port
+from .broker import EmbeddedBroker, die_with_parent, ensure_topics_sync, free_port
 from .topics import all_topics
 
 TERMINAL = {"template", "no_template", "failed"}
@@ -29,6 +29,7 @@ class Stack:
     workers: int = 1
     watch: bool = True
     threads: int | None = None
+    stages: list[str] | None = None
     broker: EmbeddedBroker | None = None
     procs: list[subprocess.Popen | None] = field(default_factory=list)
 
@@ -60,12 +61,14 @@ class Stack:
             cmd.append("--watch")
         if self.threads:
             cmd += ["--workers", str(self.threads)]
+        if self.stages:
+            cmd += ["--stages", ",".join(self.stages)]
         log = open(self.log_dir / f"worker{i}.log", "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         root = Path(__file__).resolve().parents[1]
         env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
         self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         return self.procs[i]
 
     def kill_worker(self, i: int, sig: int = signal.SIGKILL) -> None:

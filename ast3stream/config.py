@@ -161,6 +161,7 @@ class QualityConfig(BaseModel):
 class TemplateConfig(BaseModel):
     version: str = "1"
     maglim_min: float = 18.5            #: template must reach at least this 5-sigma depth
+    max_wait_s: float = 600.0           #: a new field's exposure waits at most this for earlier ones to calibrate
     pcc_min: float = 0.98
 
 
@@ -256,6 +257,7 @@ class GWConfig(BaseModel):
     field_height_deg: float | None = None  #: None = trimmed detector height x pixel scale
     order: int | None = None            #: HEALPix order of the field integration; None = auto
     rank_by: Literal["prob", "galaxy_score"] = "prob"
+    skymap_dir: Path | None = None      #: where VOEvent sky-map files are found by name (never downloaded)
 
 
 class SimulationConfig(BaseModel):

@@ -77,7 +77,8 @@ def _tables(md: sa.MetaData, ns: str) -> dict[str, sa.Table]:
                     C("alert_id", sa.String(64), primary_key=True),
                     C("candidate_id", sa.String(64)), C("object_id", sa.String(64), index=True),
                     C("exposure_id", sa.String(128), index=True), C("lane", sa.String(8)),
-                    C("score", sa.Float), C("digest", sa.String(64)),
+                    C("score", sa.Float),
+                    C("digest", sa.String(64)),  # sha256 of the packet less its history (see pipeline.alert)
                     C("published_at", sa.Float), C("latency_s", sa.Float)),
         "dead_letters": T(f"{p}dead_letters", md,
                           C("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -179,6 +180,14 @@ class Database:
         if values:
             with self.engine.begin() as conn:
                 conn.execute(tab.update().where(tab.c.exposure_id == exposure_id).values(**values))
+
+    def earlier_in_flight(self, field_id: str, mjd: float) -> list[str]:
+        """Exposures of a field taken before ``mjd`` that are not yet calibrated (nor failed)."""
+        tab = self.t["exposures"]
+        stmt = sa.select(tab.c.exposure_id).where(
+            (tab.c.field_id == field_id) & (tab.c.mjd < mjd) & tab.c.status.in_(("ingested", "reduced")))
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(stmt)]
 
     def record_stage(self, exposure_id: str, lane: str, stage: str, version: str, start: float,
                      end: float, status: str = "done", reason: str | None = None) -> None:

@@ -37,6 +37,14 @@ class StageError(RuntimeError):
     """A stage cannot process this exposure; the reason goes to the dead-letter topic."""
 
 
+class Deferred(RuntimeError):
+    """Not yet: the event must be offered again after ``retry_after`` seconds."""
+
+    def __init__(self, reason: str, retry_after: float = 1.0):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 @dataclass
 class Message:
     """An outgoing message that is not a stage event: ``name`` is the topic name without prefix."""
@@ -246,6 +254,12 @@ def subtraction(ev: StageEvent, ctx: Context) -> StageResult:
     start = _begin(ev, ctx, "subtraction")
     cfg = ctx.cfg
     tmpl = ctx.db.template(ev.field_id, ev.lane) if ev.field_id else None
+    if tmpl is None and ev.mjd is not None and time.time() - ev.file_closed_at < cfg.template.max_wait_s:
+        # the template is the field's EARLIEST acceptable image: a ToO exposure that overtook
+        # the field's earlier exposures waits until they are calibrated
+        earlier = ctx.db.earlier_in_flight(ev.field_id, ev.mjd)
+        if earlier:
+            raise Deferred(f"{len(earlier)} earlier exposure(s) of field {ev.field_id} not calibrated yet")
     if tmpl is None:
         ok, why = is_acceptable(ev.metrics, ev.flags, cfg)
         if ok:
@@ -478,7 +492,8 @@ def alert(ev: StageEvent, ctx: Context) -> StageResult:
                                      cand["x"], cand["y"], size)
                    for name, img in (("science", science.data), ("template", template.data),
                                      ("difference", diff.diff))}
-        prv = [p for p in ctx.db.light_curve(cand["object_id"]) if p["exposure_id"] != ev.exposure_id]
+        # history = the object's earlier epochs known when the alert is made
+        prv = [p for p in ctx.db.light_curve(cand["object_id"]) if p["mjd"] < mjd]
         meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=ev.exposure_id, lane=ev.lane,
                     field_id=ev.field_id, mjd=mjd, model_version=model_version, too=ev.too,
                     exptime=cfg.detector.exptime, filter=cfg.detector.filter,
@@ -488,11 +503,12 @@ def alert(ev: StageEvent, ctx: Context) -> StageResult:
         packet = build_alert(cand, prv, cand, cutouts, meta)
         value = encode(packet)
         key = str(cand["object_id"]).encode()
-        latency = time.time() - ev.file_closed_at
 
-        def mark(aid=aid, cand_id=cand_id, oid=cand["object_id"], score=cand["rb"], value=value, latency=latency):
+        digest = hashlib.sha256(encode({**packet, "prv_candidates": []})).hexdigest()
+
+        def mark(aid=aid, cand_id=cand_id, oid=cand["object_id"], score=cand["rb"], digest=digest):
             ctx.db.record_alert(dict(alert_id=aid, candidate_id=cand_id, object_id=oid, exposure_id=ev.exposure_id,
-                                     lane=ev.lane, score=score, digest=hashlib.sha256(value).hexdigest(),
+                                     lane=ev.lane, score=score, digest=digest,
                                      published_at=time.time(), latency_s=time.time() - ev.file_closed_at))
         messages.append(Message("alerts", key, value, mark))
         messages.append(Message(f"alerts.{ev.lane}", key, value))

@@ -22,12 +22,13 @@ def prepare(directory: Path, scale: float) -> None:
     from ast3stream.reduction import Calibration
     from ast3stream.simulate import plan_night, write_exposure
 
-    if (directory / "calib" / "master_bias.fits").exists() and any((directory / "raw").glob("*.fits")):
+    if not any((directory / "raw").glob("*.fits")):
+        t0 = time.perf_counter()
+        night = plan_night(directory, n_exposures=1, scale=scale, seed=7, n_fields=1)
+        write_exposure(night, 0)
+        print(f"simulated in {time.perf_counter() - t0:.1f} s", flush=True)
+    if (directory / "calib" / "master_bias.fits").exists():
         return
-    t0 = time.perf_counter()
-    night = plan_night(directory, n_exposures=1, scale=scale, seed=7, n_fields=1)
-    write_exposure(night, 0)
-    print(f"simulated in {time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()
     d = directory / "calib"
     Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), Settings()).save(d)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gzip
 import io
 import json
-from pathlib import Path
 
 import fastavro
 import fastavro.schema
@@ -124,7 +124,7 @@ def test_cutouts_decode_to_fits_with_wcs(alert, image):
     assert cx - SIZE // 2 == pytest.approx(X - round(X), abs=1e-6)
     assert cy - SIZE // 2 == pytest.approx(Y - round(Y), abs=1e-6)
     assert hdr["MJD-OBS"] == 60500.1
-    with fits.open(io.BytesIO(__import__("gzip").decompress(alert["cutoutDifference"]["stampData"]))) as hdul:
+    with fits.open(io.BytesIO(gzip.decompress(alert["cutoutDifference"]["stampData"]))) as hdul:
         assert WCS(hdul[0].header).has_celestial
     edge, _ = read_cutout(make_cutout(data, header, 2.0, 3.0, SIZE))       # partly off the image
     assert edge.shape == (SIZE, SIZE) and np.isnan(edge[0, 0]) and np.isfinite(edge[-1, -1])

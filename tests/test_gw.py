@@ -164,6 +164,17 @@ def test_too_ingest_plan_and_retract_from_the_command_line(shared_data, tmp_path
     assert db.too_fields() == []
 
 
+def test_gw_field_filter_on_real_ztf_alerts(s240116o, shared_data):
+    from ast3stream.alerts import AlertFilter, read_alerts
+
+    views = list(read_alerts(shared_data / "alerts" / "ztf"))
+    inside = AlertFilter(in_gw_field=True, skymap=s240116o.skymap, credible_level=0.9)
+    kept = [v for v in views if inside(v)]
+    levels = credible_level_at(s240116o.skymap, [v.ra for v in views], [v.dec for v in views])
+    assert len(kept) == int(np.sum(levels <= 0.9)) and 0 < len(kept) < len(views)
+    assert not any(AlertFilter(in_gw_field=True)(v) for v in views)      # no ToO crossmatch in ZTF alerts
+
+
 def test_plot_plan(s240116o, tmp_path):
     grid = make_grid(W, H, 20, 60)
     ranked = field_probabilities(s240116o.skymap, grid, W, H)[:30]

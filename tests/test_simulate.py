@@ -319,10 +319,9 @@ def test_transients_absent_in_template_then_present(night, masters):
     sci, _ = _reduce(night, i, masters)
     truth = night.truth(e.expid)
     t = truth[(truth["kind"] == "transient") & (truth["mag"] < 19)]
-    sub = sci - sep.Background(np.ascontiguousarray(sci)).back()
-    flux, err, _ = sep.sum_circle(sub, t["x"], t["y"], 8.0, err=20.0)
-    gal_flux = 0  # hosts add light too: the aperture holds at least the transient
-    assert np.all(flux > 0.7 * t["flux_e"] + gal_flux)
+    assert len(t)
+    flux, _, _ = sep.sum_circle(sci - _sky(night, i, sci.shape), t["x"], t["y"], 8.0)
+    assert np.all(flux > 0.9 * t["flux_e"])   # the host adds light: at least the transient is there
 
 
 def test_cosmics_and_trails_in_pixels(night, masters):
@@ -380,9 +379,15 @@ def test_maglim_matches_measured_noise(night, masters):
     h = 12
     p = psf_stamp(psf, (nx - 1) / 2, (ny - 1) / 2, h)
     sub = img - _sky(night, i, img.shape)
+    # empty places near the centre: nothing within 8 px, nothing brighter than 18 within 40 px
+    truth = night.truth(night.exposures[i].expid)
+    src = truth[truth["kind"] != "trail"]
+    near, bright = cKDTree(np.c_[src["x"], src["y"]]), cKDTree(np.c_[src["x"], src["y"]][src["mag"] < 18])
     rng = np.random.default_rng(0)
-    ys, xs = rng.integers(ny // 2 - 250, ny // 2 + 250, 1500), rng.integers(nx // 2 - 250, nx // 2 + 250, 1500)
-    flux = np.array([np.sum(sub[y - h: y + h + 1, x - h: x + h + 1] * p) for y, x in zip(ys, xs)]) / np.sum(p**2)
-    sigma = 1.4826 * np.median(np.abs(flux - np.median(flux)))    # robust: some land on sources
+    pts = np.c_[rng.integers(nx // 2 - 300, nx // 2 + 300, 4000), rng.integers(ny // 2 - 300, ny // 2 + 300, 4000)]
+    empty = (near.query(pts)[0] > 8) & (bright.query(pts)[0] > 40)
+    assert empty.sum() > 300
+    flux = np.array([np.sum(sub[y - h: y + h + 1, x - h: x + h + 1] * p) for x, y in pts[empty]]) / np.sum(p**2)
+    sigma = 1.4826 * np.median(np.abs(flux - np.median(flux)))
     f5 = (25 + np.sqrt(625 + 100 * sigma**2)) / 2                  # F = 5 sqrt(F + sigma^2)
-    assert row["zp_true"] - 2.5 * np.log10(f5) == pytest.approx(row["maglim_true"], abs=0.15)
+    assert row["zp_true"] - 2.5 * np.log10(f5) == pytest.approx(row["maglim_true"], abs=0.1)

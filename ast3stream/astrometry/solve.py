@@ -1,8 +1,9 @@
 """Astrometric calibration from the header's approximate WCS: pattern match, then TAN + SIP.
 
 1. Reference stars in a cone covering the image plus ``max_offset_arcmin`` are projected with
-   the header WCS; the brightest ones (not brighter than ``photometry.mag_min``, i.e. not
-   saturated) are kept in the same surface density as the ``n_brightest`` clean stars.
+   the header WCS; the brightest ones not brighter than the brightest clean star at the nominal
+   zero point (saturated stars are not in the clean list) are kept in the same surface density
+   as the ``n_brightest`` clean stars.
 2. :func:`~ast3stream.astrometry.match.match_triangles` finds the similarity (shift, rotation,
    scale within the configured prior) between the two lists.
 3. All clean stars are matched (radius ``match_radius_arcsec``), a TAN WCS is fitted, then TAN-SIP
@@ -19,7 +20,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from astropy.stats import sigma_clip
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.spatial import cKDTree
@@ -69,7 +69,6 @@ def solve(frame: Frame, clean_sources, refcat, cfg: Settings) -> tuple[WCS, dict
     ra_c, dec_c = (float(v) for v in wcs0.all_pix2world((nx - 1) / 2, (ny - 1) / 2, 0))
     radius = np.hypot(nx, ny) / 2 * scale0 / 3600 + ac.max_offset_arcmin / 60
     ref = as_refcat(refcat).cone(ra_c, dec_c, radius)
-    ref = ref[ref["mag"] >= cfg.photometry.mag_min]
     if len(ref) < 4:
         raise AstrometryError(f"only {len(ref)} reference stars within {radius:.2f} deg")
     rx, ry = wcs0.all_world2pix(ref["ra"], ref["dec"], 0, quiet=True)
@@ -79,7 +78,11 @@ def solve(frame: Frame, clean_sources, refcat, cfg: Settings) -> tuple[WCS, dict
     sxy = np.column_stack([np.asarray(stars["x"], float), np.asarray(stars["y"], float)])
     n_det = min(ac.n_brightest, len(stars))
     off = ac.max_offset_arcmin * 60 / scale0
-    region = (rx > -off) & (rx < nx + off) & (ry > -off) & (ry < ny + off)
+    # the catalogue's bright end cut where the brightest clean star lies at the nominal zero point
+    zp_nominal = cfg.detector.zeropoint + 2.5 * np.log10(float(frame.primary.get("EXPTIME", cfg.detector.exptime))
+                                                         / cfg.detector.exptime)
+    m_bright = zp_nominal - 2.5 * np.log10(max(float(stars["flux"][0]), 1.0)) - 0.3
+    region = (rx > -off) & (rx < nx + off) & (ry > -off) & (ry < ny + off) & (np.asarray(ref["mag"]) >= m_bright)
     n_ref = int(np.clip(n_det * (nx + 2 * off) * (ny + 2 * off) / (nx * ny), n_det, 40 * n_det))
     bright = rxy[region][:n_ref]
     tol = 2.5 * max(ac.match_radius_arcsec / scale0, 2.0)
@@ -114,8 +117,8 @@ def solve(frame: Frame, clean_sources, refcat, cfg: Settings) -> tuple[WCS, dict
         for _ in range(5):
             wcs = _fit(x[keep], y[keep], ra[keep], dec[keep], crpix, crval, order, (ny, nx), wcs0, ac)
             dra, ddec = _separations(wcs, x, y, ra, dec)
-            new = ~sigma_clip(np.hypot(dra, ddec), sigma=3.0, maxiters=1, cenfunc=lambda v, axis=None: 0.0,
-                              stdfunc="std").mask if len(si) > 8 else keep
+            dist = np.hypot(dra, ddec)
+            new = dist <= 3.0 * np.sqrt(np.mean(dist[keep] ** 2)) if len(si) > 8 else keep
             if np.array_equal(new, keep) or new.sum() < 4:
                 break
             keep = new

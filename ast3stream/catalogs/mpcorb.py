@@ -94,7 +94,12 @@ def read_mpcorb(path: str | Path) -> list[Orbit]:
 def asteroids_in_field(orbits: list[Orbit], mjd: float, ra: float, dec: float, radius_deg: float,
                        site: tuple[float, float, float] | None = None) -> Table:
     """Astrometric (J2000) positions and V magnitudes at ``mjd`` of the orbits within
-    ``radius_deg`` of ``(ra, dec)``; topocentric when ``site = (lon_deg, lat_deg, height_m)``."""
+    ``radius_deg`` of ``(ra, dec)``; topocentric when ``site = (lon_deg, lat_deg, height_m)``.
+
+    ephem's ``a_ra``/``a_dec`` ignore the observer's place, so the parallax is added as the
+    difference between the topocentric apparent (``ra``) and geocentric apparent (``g_ra``)
+    places; for a near-Earth object at 0.05 AU it reaches a few arcminutes.
+    """
     obs = ephem.Observer()
     obs.date = ephem.Date(mjd - MJD_TO_DJD)
     obs.epoch = ephem.J2000
@@ -108,9 +113,10 @@ def asteroids_in_field(orbits: list[Orbit], mjd: float, ra: float, dec: float, r
     for orb in orbits:
         b = orb.body()
         b.compute(obs)
-        d = math.degrees(ephem.separation((b.a_ra, b.a_dec), (ra0, dec0)))
+        bra, bdec = float(b.a_ra) + (float(b.ra) - float(b.g_ra)), float(b.a_dec) + (float(b.dec) - float(b.g_dec))
+        d = math.degrees(ephem.separation((bra, bdec), (ra0, dec0)))
         if d <= radius_deg:
-            rows.append((orb.designation, orb.name, math.degrees(b.a_ra), math.degrees(b.a_dec), float(b.mag), d))
+            rows.append((orb.designation, orb.name, math.degrees(bra) % 360.0, math.degrees(bdec), float(b.mag), d))
     names = ("designation", "name", "ra", "dec", "mag", "sep_deg")
     if not rows:
         return Table(names=names, dtype=(str, str, float, float, float, float))

@@ -1,17 +1,21 @@
 """Cloud classifier on 256x256 zscale thumbnails (seed paper sec. 4: ResNet-18, 1-channel 7x7 stem).
 
-Training thumbnails are simulated at thumbnail resolution (each thumbnail pixel is the mean of
-a block of ``block`` detector pixels): sky + read noise averaged over the block, stars with a
-Euclidean-like count slope, flat-field / moonlight gradients of up to a few per cent (clear),
-and for cloudy frames a patchy extinction map ``A(x, y) = depth * sigmoid(G / w)`` of a
-Gaussian random field ``G`` with a power-law spectrum (0.15–2 mag peak), which dims stars and
-airglow and adds scattered light proportional to ``A``.
+Training thumbnails are simulated at thumbnail resolution, each thumbnail pixel being the mean
+of ``block`` x ``block`` detector pixels (4–60: scaled simulator frames up to full AST3-3 frames):
+sky (g = 18–21 mag/arcsec^2) + read noise averaged over the block; stars with log N ~ 0.3 m
+(20000 deg^-2 to g = 21, drawn to g = 23, zero point 27.2); flat-field and moonlight gradients
+of up to a few per cent. Cloudy frames get an extinction map A(x, y) [mag] that dims the stars:
+either a patchy Gaussian random field with a power-law spectrum, ``depth * sigmoid(G / w)``
+(0.15–2 mag peak), or the frame simulator's smooth sum of six plane waves around a mean of
+0.3–1.5 mag (:mod:`ast3stream.simulate.atmosphere`). The sky is attenuated by a random fraction
+of A (0: the simulator's "scattered light compensates") and may get scattered light ~ A.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from .train import load_weights, pick_device, predict_proba
 
@@ -46,30 +50,44 @@ def _random_field(rng: np.random.Generator, size: int, slope: float) -> np.ndarr
     return f / f.std()
 
 
-def simulate_thumbnail(cloudy: bool, rng: np.random.Generator, size: int = 256,
-                       block: int = 48) -> tuple[np.ndarray, float]:
-    """One zscale thumbnail in [0, 1] and its peak extinction [mag] (0 when clear)."""
-    sky = rng.uniform(150, 2000)                            # e-/px
-    read_noise = 4.0
+def _plane_waves(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Unit-scale sum of six long-wavelength plane waves (0.5–2.5 cycles per frame), as the frame simulator."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    a = np.zeros((size, size))
+    for _ in range(6):
+        k = rng.uniform(0.5, 2.5) * 2 * np.pi / size
+        phi = rng.uniform(0, 2 * np.pi)
+        a += np.cos(k * (np.cos(phi) * xx + np.sin(phi) * yy) + rng.uniform(0, 2 * np.pi))
+    return a / np.sqrt(3)
+
+
+def simulate_thumbnail(cloudy: bool, rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, float]:
+    """One zscale thumbnail in [0, 1] and its mean extinction [mag] (0 when clear)."""
+    block = int(rng.integers(4, 61))
+    pixel_scale, zp, read_noise = 0.41, 27.2, 4.0
+    sky = 10 ** (-0.4 * (rng.uniform(18.0, 21.0) - 5 * np.log10(pixel_scale) - zp))     # e-/px
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
-    grad = 1 + rng.uniform(0, 0.03) * (np.cos(a := rng.uniform(0, 2 * np.pi)) * xx + np.sin(a) * yy) \
-        - rng.uniform(0, 0.01) * (xx**2 + yy**2)           # moonlight gradient, flat-field residual
-    depth = rng.uniform(0.15, 2.0) if cloudy else 0.0
-    if cloudy:
-        g = _random_field(rng, size, rng.uniform(2.5, 4.0))
-        ext = depth * (1 / (1 + np.exp(-(g - rng.uniform(-1, 1.5)) / rng.uniform(0.2, 1.0))))
-    else:
+    a = rng.uniform(0, 2 * np.pi)
+    grad = 1 + rng.uniform(0, 0.03) * (np.cos(a) * xx + np.sin(a) * yy) - rng.uniform(0, 0.01) * (xx**2 + yy**2)
+    if not cloudy:
         ext = np.zeros((size, size))
-    trans = 10 ** (-0.4 * ext)
-    scatter = rng.uniform(0, 0.5) * sky * ext / 2          # cloud lit by moon / town light
-    stars = np.zeros((size, size))
-    n_stars = rng.integers(500, 20000)
-    flux = 300 * 10 ** (0.4 * 7 * rng.power(0.6 * 2.5, n_stars))  # ~ N(<m) ~ 10^(0.6 m)
-    iy, ix = rng.integers(0, size, (2, n_stars))
-    np.add.at(stars, (iy, ix), flux / block**2)
-    noise_sigma = np.sqrt(sky + read_noise**2) / block
-    img = (sky * grad + stars) * trans + scatter + rng.standard_normal((size, size)) * noise_sigma
-    return _zscale01(img), float(depth)
+    elif rng.random() < 0.5:
+        g = _random_field(rng, size, rng.uniform(2.5, 4.0))
+        ext = rng.uniform(0.15, 2.0) / (1 + np.exp(-(g - rng.uniform(-1, 1.5)) / rng.uniform(0.2, 1.0)))
+    else:
+        ext = np.clip(rng.uniform(0.3, 1.5) * (1 + 0.4 * _plane_waves(rng, size)), 0, 3)
+    area = (size * block * pixel_scale / 3600) ** 2                                        # deg^2
+    n_stars = rng.poisson(20000 * area * 10 ** (0.3 * 2))                                  # to g = 23
+    mag = np.maximum(23 + np.log10(rng.uniform(1e-9, 1, n_stars)) / 0.3, 10)
+    pix = rng.integers(0, size * size, n_stars)
+    stars = np.bincount(pix, 10 ** (-0.4 * (mag - zp)) / block**2, size * size).reshape(size, size)
+    if block < 8:                                                                          # PSF spills over
+        stars = gaussian_filter(stars, 3.0 / 2.3548 / block)
+    sky_map = sky * grad * 10 ** (-0.4 * rng.uniform(0, 1) * ext)
+    scatter = (rng.random() < 0.5) * rng.uniform(0, 0.5) * sky * ext / 2
+    noise = rng.standard_normal((size, size)) * np.sqrt(sky + read_noise**2) / block
+    img = stars * 10 ** (-0.4 * ext) + sky_map + scatter + noise
+    return _zscale01(img), float(ext.mean())
 
 
 def simulate_thumbnails(n: int, seed: int = 0, size: int = 256, workers: int = 1,

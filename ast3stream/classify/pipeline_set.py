@@ -131,9 +131,9 @@ def pair_stamps(science: Frame, s_report: dict, template: Frame, t_truth, cfg, l
         diff = subtract(aligned, tmpl, cfg)
         cands, stamps = detect(diff, aligned, tmpl, fwhm / n, zp, cfg, lane)
         w = WCS(diff.header)
-        inj = np.c_[w.all_world2pix(*radec, 0)]
-        truth = {k: np.c_[w.all_world2pix(t_truth["ra"][t_truth["kind"] == k],
-                                          t_truth["dec"][t_truth["kind"] == k], 0)]
+        inj = np.column_stack(w.all_world2pix(*radec, 0))
+        truth = {k: np.column_stack(w.all_world2pix(t_truth["ra"][t_truth["kind"] == k],
+                                          t_truth["dec"][t_truth["kind"] == k], 0))
                  for k in ("transient", "asteroid")}
         labels, kinds = label_candidates(cands, inj, truth, match_px=2.0 / n ** 0.5)
         keep = labels >= 0

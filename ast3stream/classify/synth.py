@@ -240,7 +240,38 @@ def simulate_stamp(kind: str, lane: str, rng: np.random.Generator,
             difference[core] = np.nan
             science[core] = np.nan
     stamp = np.stack([difference, template, science, difference / noise]).astype(np.float32)
+    _pipeline_masks(stamp, rng)
     return stamp, snr
+
+
+def _pipeline_masks(stamp: np.ndarray, rng: np.random.Generator, p_edge: float = 0.25,
+                    p_blobs: float = 0.3) -> None:
+    """What the pipeline's cutouts show near masks, applied in place (to real and bogus alike).
+
+    Frame edge (``p_edge``): beyond a straight border 3+ px from the centre the difference and
+    SNR are 0 (masked overlap border) and, further out, template and science are 0 (off the
+    image: ``detection.stamps.cutouts`` zero-fills). Masked blobs (``p_blobs``): 1–3 discs off
+    the centre where the SNR is 0 (``Difference.snr`` is 0 on masked pixels).
+    """
+    S = stamp.shape[-1]
+    c = (S - 1) / 2
+    yy, xx = np.indices((S, S))
+    if rng.random() < p_edge:
+        ang = rng.choice([0, 0.5, 1, 1.5]) * np.pi + rng.normal(0, 0.05) * (rng.random() < 0.3)
+        dist = (xx - c) * np.cos(ang) + (yy - c) * np.sin(ang)         # distance towards the border
+        d0 = rng.uniform(3, c - 1)
+        masked = dist > d0
+        stamp[0][masked] = 0.0
+        stamp[3][masked] = 0.0
+        off = dist > d0 + rng.uniform(0, 8)
+        stamp[1][off] = 0.0
+        stamp[2][off] = 0.0
+    if rng.random() < p_blobs:
+        for _ in range(rng.integers(1, 4)):
+            bx, by = rng.uniform(0, S, 2)
+            if np.hypot(bx - c, by - c) < 4:
+                continue
+            stamp[3][np.hypot(xx - bx, yy - by) < rng.uniform(1, 4)] = 0.0
 
 
 def simulate_set(n_real: int, n_bogus: int, lane: str, seed: int = 0,

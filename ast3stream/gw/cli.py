@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from ast3stream.gw.notices import read_notice
 from ast3stream.gw.plot import plot_plan
-from ast3stream.gw.too import too_fields
+from ast3stream.gw.too import ingest
 
 SHOWN = ("rank", "field_id", "ra", "dec", "prob", "cum_prob", "galaxy_score")
 
@@ -22,7 +21,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--fields", type=Path, help="survey grid CSV (field_id, ra, dec); default paths.fields")
     p.add_argument("--galaxies", type=Path, help="GLADE+-like CSV; default paths.galaxies if it exists")
-    p.add_argument("--skymap-dir", type=Path, help="folder where a VOEvent's sky-map file is found by name")
+    p.add_argument("--skymap-dir", type=Path, help="folder where a VOEvent's sky-map file is found by name; default gw.skymap_dir, "
+                   "else the notice's folder")
     p.add_argument("--plot", type=Path, help="also write the plan PNG here")
     p.set_defaults(func=ingest_command)
 
@@ -38,17 +38,13 @@ def ingest_command(args) -> int:
     from ast3stream.db import Database
 
     cfg = _settings(args)
-    notice = read_notice(args.file, args.skymap_dir)
-    db = Database.from_settings(cfg)
-    if notice.is_retraction:
-        db.retract_too(notice.superevent_id)
+    fields = Table.read(args.fields, format="ascii.csv") if args.fields else None
+    galaxies = Table.read(args.galaxies, format="ascii.csv") if args.galaxies else None
+    notice, table = ingest(args.file, Database.from_settings(cfg), cfg, fields, galaxies, args.skymap_dir)
+    if table is None:
         print(f"{notice.superevent_id}: RETRACTION, its ToO fields are removed")
         return 0
-    fields = Table.read(args.fields or cfg.fields_path, format="ascii.csv")
-    galaxies_path = args.galaxies or (cfg.galaxies_path if cfg.galaxies_path.exists() else None)
-    galaxies = Table.read(galaxies_path, format="ascii.csv") if galaxies_path else None
-    table = too_fields(notice, fields, cfg, galaxies=galaxies)
-    n = db.store_too_fields(notice.superevent_id, table)
+    n = len(table)
     print(f"{notice.superevent_id} {notice.alert_type}: {n} fields, "
           f"cumulative probability {table['cum_prob'][-1] if n else 0:.3f}")
     _print(table)

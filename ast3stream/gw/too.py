@@ -35,3 +35,25 @@ def too_fields(notice: GWNotice, fields: Table, cfg, galaxies: Table | None = No
     out = ranked[keep][: cfg.gw.max_fields]
     out["event_id"] = notice.superevent_id
     return out
+
+
+def ingest(source, db, cfg, fields: Table | None = None, galaxies: Table | None = None,
+           skymap_dir=None) -> tuple[GWNotice, Table | None]:
+    """Read a notice (path or bytes) and update the database's ToO list: store the ranked
+    fields, or remove them for a RETRACTION (then the table is None).
+
+    ``fields`` default to ``paths.fields``; ``galaxies`` to ``paths.galaxies`` when it exists.
+    """
+    from ast3stream.gw.notices import read_notice
+
+    notice = read_notice(source, skymap_dir or cfg.gw.skymap_dir)
+    if notice.is_retraction:
+        db.retract_too(notice.superevent_id)
+        return notice, None
+    if fields is None:
+        fields = Table.read(cfg.fields_path, format="ascii.csv")
+    if galaxies is None and cfg.galaxies_path.exists():
+        galaxies = Table.read(cfg.galaxies_path, format="ascii.csv")
+    table = too_fields(notice, fields, cfg, galaxies=galaxies)
+    db.store_too_fields(notice.superevent_id, table)
+    return notice, table

@@ -19,14 +19,19 @@ from ..config import Settings
 from .overscan import read_raw
 
 
-def clipped_mean(stack: np.ndarray, nsigma: float = 3.0) -> np.ndarray:
-    """Per-pixel mean of ``stack`` (N, ny, nx) rejecting values beyond ``nsigma`` of the median."""
-    med = np.median(stack, axis=0)
-    dev = np.abs(stack - med)
-    sigma = 1.4826 * float(np.median(dev[:, ::7, ::7])) or 1.0
-    good = dev <= nsigma * sigma
-    out = np.where(good, stack, 0).sum(axis=0, dtype=np.float64) / np.maximum(good.sum(axis=0), 1)
-    return out.astype(np.float32)
+def clipped_mean(stack: np.ndarray, nsigma: float = 3.0, rows: int = 512) -> np.ndarray:
+    """Per-pixel mean of ``stack`` (N, ny, nx) rejecting values beyond ``nsigma`` of the median.
+
+    Works in blocks of ``rows`` rows so that the temporaries stay small for full-size frames.
+    """
+    sample = stack[:, ::7, ::7]
+    sigma = 1.4826 * float(np.median(np.abs(sample - np.median(sample, axis=0)))) or 1.0
+    out = np.empty(stack.shape[1:], np.float32)
+    for y0 in range(0, stack.shape[1], rows):
+        block = stack[:, y0:y0 + rows]
+        good = np.abs(block - np.median(block, axis=0)) <= nsigma * sigma
+        out[y0:y0 + rows] = np.where(good, block, 0).sum(axis=0, dtype=np.float64) / np.maximum(good.sum(axis=0), 1)
+    return out
 
 
 def block_median(image: np.ndarray, block: int = 64) -> np.ndarray:
@@ -69,13 +74,17 @@ class Calibration:
         bias_paths, flat_paths = list(bias_paths), list(flat_paths)
         if not bias_paths or not flat_paths:
             raise ValueError("Calibration.build needs at least one bias and one flat frame")
-        bias = clipped_mean(np.stack([read_raw(p, cfg).data for p in bias_paths]), rc.combine_sigma)
-        flats = []
-        for p in flat_paths:
-            f = read_raw(p, cfg).data - bias
-            flats.append(f / np.median(f[::4, ::4]))
-        flat = clipped_mean(np.stack(flats), rc.combine_sigma)
-        del flats
+        shape = read_raw(bias_paths[0], cfg).data.shape
+        stack = np.empty((max(len(bias_paths), len(flat_paths)),) + shape, np.float32)
+        for i, p in enumerate(bias_paths):
+            stack[i] = read_raw(p, cfg).data
+        bias = clipped_mean(stack[:len(bias_paths)], rc.combine_sigma)
+        for i, p in enumerate(flat_paths):
+            stack[i] = read_raw(p, cfg).data
+            stack[i] -= bias
+            stack[i] /= np.median(stack[i, ::4, ::4])
+        flat = clipped_mean(stack[:len(flat_paths)], rc.combine_sigma)
+        del stack
         flat /= np.median(flat[::4, ::4])
         bpm = bad_pixel_mask(bias, flat, rc.bpm_flat_low, rc.bpm_flat_high, rc.bpm_bias_sigma)
         meta = {"NBIAS": len(bias_paths), "NFLAT": len(flat_paths), "NBADPIX": int(bpm.sum())}

@@ -21,21 +21,13 @@ MIN_OVERSCAN = 16
 
 @dataclass(frozen=True)
 class Layout:
-    """Raw frame geometry at a given scale (numpy slices; FITS 1-based sections)."""
+    """Raw frame geometry at a given scale; ``trimsec``/``biassec`` are FITS 1-based sections."""
 
     nx_raw: int
     ny_raw: int
     nx: int   #: trimmed width
     ny: int   #: trimmed height
     bias_x0: int  #: first overscan column (0-based)
-
-    @property
-    def trim(self) -> tuple[slice, slice]:
-        return slice(0, self.ny), slice(0, self.nx)
-
-    @property
-    def bias(self) -> tuple[slice, slice]:
-        return slice(0, self.ny), slice(self.bias_x0, self.nx_raw)
 
     @property
     def trimsec(self) -> str:
@@ -134,25 +126,29 @@ def camera(det: DetectorConfig, sim: SimulationConfig, scale: float) -> Camera:
 
 def read_out(cam: Camera, electrons: np.ndarray | None, rng: np.random.Generator,
              exptime: float, chunk: int = 1024) -> np.ndarray:
-    """Digitise: add dark + Poisson noise to ``electrons`` (light already times response; modified
-    in place), convert to ADU, add bias, row offsets and read noise, clip to uint16."""
+    """Digitise ``electrons`` (the light, already times the response; None for a bias): add dark,
+    Poisson and read noise, convert to ADU, add the bias with its per-frame row offsets, and clip
+    to uint16. Row blocks of ``chunk`` rows keep the memory small."""
     lay = cam.lay
     raw = np.empty((lay.ny_raw, lay.nx_raw), np.uint16)
     row_bias = (rng.normal(0, 3.0) + rng.normal(0, 1.2, lay.ny_raw)
                 + 2.0 * np.sin(np.arange(lay.ny_raw) / lay.ny_raw * 2 * np.pi * rng.uniform(1, 4)
                                + rng.uniform(0, 6.3))).astype(np.float32)
-    rn_adu = cam.read_noise / cam.gain
+    rn2 = np.float32(cam.read_noise**2)
     for y0 in range(0, lay.ny_raw, chunk):
         y1 = min(y0 + chunk, lay.ny_raw)
-        adu = rn_adu * rng.standard_normal((y1 - y0, lay.nx_raw), dtype=np.float32)
-        adu += cam.column_bias
-        adu += row_bias[y0:y1, None]
+        e = np.zeros((y1 - y0, lay.nx_raw), np.float32)   # signal [e-]
         if y0 < lay.ny:
             ys = slice(y0, min(y1, lay.ny))
-            e = electrons[ys] if electrons is not None else np.zeros((ys.stop - ys.start, lay.nx), np.float32)
-            e += cam.dark_rate[ys] * exptime
-            e += np.sqrt(np.maximum(e, 0)) * rng.standard_normal(e.shape, dtype=np.float32)
-            adu[: ys.stop - y0, : lay.nx] += e / cam.gain
+            light = e[: ys.stop - y0, : lay.nx]
+            if electrons is not None:
+                light += electrons[ys]
+            light += cam.dark_rate[ys] * np.float32(exptime)
+        # Poisson (Gaussian approximation) and read noise in one draw: var = max(e, 0) + RN^2
+        adu = e + np.sqrt(np.maximum(e, 0) + rn2) * rng.standard_normal(e.shape, dtype=np.float32)
+        adu /= np.float32(cam.gain)
+        adu += cam.column_bias
+        adu += row_bias[y0:y1, None]
         np.clip(np.rint(adu), 0, 65535, out=adu)
         raw[y0:y1] = adu
     return raw
