@@ -171,6 +171,14 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
         add_gw_agent(app, ctx, prefix, dead_letter)
 
     if watch:
+        @app.timer(cfg.products.prune_every_s)
+        async def prune_products():
+            from ast3stream.products import prune
+
+            n = await asyncio.to_thread(prune, cfg.products_dir, ctx.db, cfg.products.retention_days)
+            if n:
+                log.warning("pruned %d intermediate product files", n)
+
         @app.task
         async def watcher_task():
             from .watcher import Watcher

@@ -139,6 +139,17 @@ def cmd_template(args) -> int:
     return 0
 
 
+def cmd_products(args) -> int:
+    from .db import Database
+    from .products import prune
+
+    cfg = _settings(args)
+    days = cfg.products.retention_days if args.older_than_days is None else args.older_than_days
+    n = prune(cfg.products_dir, Database.from_settings(cfg), days)
+    print(f"removed {n} intermediate files older than {days} days")
+    return 0
+
+
 def cmd_replay(args) -> int:
     from agents.replay import main as replay_main
 
@@ -190,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exposure", help="exposure id (set)")
     p.add_argument("--field", help="field id (rebuild)")
     p.set_defaults(func=cmd_template)
+
+    p = sub.add_parser("products", help="prune intermediate product files (retention)")
+    p.add_argument("action", choices=["prune"])
+    p.add_argument("--older-than-days", type=float)
+    p.set_defaults(func=cmd_products)
 
     p = sub.add_parser("replay", help="re-run stages over stored exposure events into a new namespace")
     p.add_argument("--namespace", required=True, help="new, versioned namespace, e.g. rb-2")

@@ -84,6 +84,11 @@ class PathsConfig(BaseModel):
         return Path(value) if value is not None else self.data_dir / default
 
 
+class ProductsConfig(BaseModel):
+    retention_days: float = 30.0        #: intermediate stage files of finished exposures are pruned after this
+    prune_every_s: float = 3600.0       #: how often the watching worker prunes
+
+
 class WatcherConfig(BaseModel):
     patterns: list[str] = ["*.fits", "*.fit", "*.fits.fz", "*.fz"]
     stable_s: float = 1.0               #: size must stay unchanged this long
@@ -317,6 +322,7 @@ class Settings(BaseSettings):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     watcher: WatcherConfig = Field(default_factory=WatcherConfig)
+    products: ProductsConfig = Field(default_factory=ProductsConfig)
     reduction: ReductionConfig = Field(default_factory=ReductionConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     astrometry: AstrometryConfig = Field(default_factory=AstrometryConfig)

@@ -1,6 +1,7 @@
 """State of the survey in a real database: SQLite by default, PostgreSQL by URL.
 
-Tables (names carry the namespace prefix, so a replay writes beside the live tables):
+Tables (names carry the namespace prefix, so a replay writes beside the live tables; the
+ToO field list is an input made from GW notices and is shared by every namespace):
 ``exposures`` (one row per raw file: status and timings per stage, quality),
 ``stage_runs`` (one row per stage x lane x exposure), ``templates``, ``too_fields``,
 ``candidates``, ``objects`` (transients: candidates within 1.5 arcsec), ``photometry``
@@ -47,7 +48,7 @@ def _tables(md: sa.MetaData, ns: str) -> dict[str, sa.Table]:
                        C("path", sa.Text, nullable=False),
                        C("maglim", sa.Float), C("pcc", sa.Float), C("fwhm_px", sa.Float),
                        C("zp", sa.Float), C("created_at", sa.Float)),
-        "too_fields": T(f"{p}too_fields", md,
+        "too_fields": T("too_fields", md,  # an input (from GW notices): shared by live and replays
                         C("event_id", sa.String(64), primary_key=True),
                         C("field_id", sa.String(64), primary_key=True),
                         C("prob", sa.Float), C("cum_prob", sa.Float), C("rank", sa.Integer),

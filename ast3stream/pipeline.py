@@ -470,7 +470,8 @@ def alert(ev: StageEvent, ctx: Context) -> StageResult:
     science = Frame.read(ev.products["aligned"])
     template = Frame.read(ev.products["template"])
     diff = read_difference(ev.products["difference"])
-    too = ctx.db.too_event_for_field(ev.field_id)
+    # the GW association of a ToO exposure (decided when it was ingested, so a replay agrees)
+    too = ctx.db.too_event_for_field(ev.field_id) if ev.too else None
     mjd = (ev.mjd or 0.0) + cfg.detector.exptime / 2 / 86400
     messages: list[Message] = []
     for i, row in enumerate(cands):
@@ -516,6 +517,12 @@ def alert(ev: StageEvent, ctx: Context) -> StageResult:
             notice = build_notice(packet, too)
             validate_notice(notice)
             messages.append(Message("gcn", key, json.dumps(notice).encode()))
+    from .products import write_bundle
+
+    summary = {"EXPID": ev.exposure_id, "LANE": ev.lane, "FIELD": ev.field_id, "MJD-MID": mjd, "TOO": ev.too,
+               "RBMODEL": model_version, "NCAND": len(cands), "FLAGS": ",".join(ev.flags),
+               **{k.upper()[:8]: v for k, v in ev.metrics.items()}}
+    write_bundle(ctx.products(ev) / f"{ev.exposure_id}_{ev.lane}.fits", summary, diff, science, template, cands)
     ctx.db.update_exposure(ev.exposure_id, status="alerted")
     _finish(ev, ctx, "alert", cfg.alerts.version, start, metrics={"n_alerts": len(messages)})
     return StageResult(messages=messages)

@@ -161,3 +161,30 @@ def test_real_ztf_stamps(shared_data):
     assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
     agree = agreement(scores, meta["drb"])
     assert agree["n"] > 20
+
+
+def test_pipeline_injection_helpers():
+    from astropy.table import Table
+
+    from ast3stream.classify.pipeline_set import PIPELINE_KINDS, empirical_psf, inject, label_candidates
+    from ast3stream.classify.synth import moffat
+    from ast3stream.image import Frame
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((220, 220))
+    for y in range(30, 200, 40):
+        for x in range(30, 200, 40):
+            moffat(img, x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5), 2e5, 3.0, 3.0, oversample=3)
+    frame = Frame((img + 300 + rng.normal(0, 17.4, img.shape)).astype(np.float32), np.zeros(img.shape, np.uint16))
+    psf = empirical_psf(frame.data, frame.mask, 3.0, 1e6)
+    assert abs(psf.sum() - 1) < 1e-5 and np.unravel_index(psf.argmax(), psf.shape) == (psf.shape[0] // 2,) * 2
+    assert 5 < np.sum(psf > psf.max() / 2) < 12                   # FWHM 3 px: pi 1.5^2 ~ 7 px above half max
+    out = inject(frame, np.array([50.3]), np.array([70.6]), np.array([5e4]), psf, rng)
+    added = out.data - frame.data
+    yy, xx = np.indices(added.shape)
+    assert abs(added.sum() - 5e4) < 0.02 * 5e4
+    assert abs((added * xx).sum() / added.sum() - 50.3) < 0.1 and abs((added * yy).sum() / added.sum() - 70.6) < 0.1
+    cands = Table(dict(x=[50.0, 120.0, 10.0, 80.0], y=[70.0, 120.0, 10.0, 80.0], sign=[1, 1, 1, -1]))
+    labels, kinds = label_candidates(cands, np.array([[50.3, 70.6]]), {"transient": np.array([[80.5, 80.2]])}, 2.0)
+    assert list(labels) == [1, 0, 0, -1]
+    assert [PIPELINE_KINDS[k] for k in kinds] == ["injected", "bogus", "bogus", "transient"]

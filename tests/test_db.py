@@ -48,3 +48,22 @@ def test_alert_records_are_idempotent(tmp_path):
     db.record_alert(row)
     db.record_alert({**row, "score": 0.1})
     assert db.count("alerts") == 1 and db.rows("alerts")[0]["score"] == 0.9
+
+
+def test_products_prune_keeps_templates_and_bundles(tmp_path):
+    from ast3stream.products import prune
+
+    db = Database(f"sqlite:///{tmp_path}/a.db")
+    for eid, status in (("e1", "template"), ("e2", "alerted"), ("e3", "reduced")):
+        db.register_exposure(_exp(eid, eid * 32))
+        db.update_exposure(eid, status=status)
+        lane = tmp_path / "products" / "live" / eid / "dip"
+        lane.mkdir(parents=True)
+        for name in ("reduced.fits", "calibrated.fits", "difference.fits", f"{eid}_dip.fits"):
+            (lane / name).write_bytes(b"x")
+    db.set_template("f1", "dip", "e1", str(tmp_path / "products" / "live" / "e1" / "dip" / "calibrated.fits"))
+    assert prune(tmp_path / "products", db, retention_days=1, now=1e12) == 4  # e1 and e2: reduced + difference
+    left = sorted(p.relative_to(tmp_path / "products" / "live").as_posix()
+                  for p in (tmp_path / "products").rglob("*.fits"))
+    assert left == ["e1/dip/calibrated.fits", "e1/dip/e1_dip.fits", "e2/dip/calibrated.fits", "e2/dip/e2_dip.fits",
+                    "e3/dip/calibrated.fits", "e3/dip/difference.fits", "e3/dip/e3_dip.fits", "e3/dip/reduced.fits"]

@@ -26,7 +26,8 @@ def add_cli(subparsers) -> None:
 
     t = sub.add_parser("train", help="train a real/bogus network")
     t.add_argument("--lane", choices=("qip", "dip"), required=True)
-    t.add_argument("--train", type=Path, required=True, help="training set (.npz from build-set)")
+    t.add_argument("--train", type=Path, nargs="+", required=True, help="training set(s) (.npz from build-set)")
+    t.add_argument("--init", type=Path, help="start from these weights (fine-tuning) instead of random")
     t.add_argument("--val", type=Path, required=True, help="held-out set, evaluated into the weights' JSON")
     t.add_argument("--out", type=Path, required=True, help="weights file rb_<lane>.pt (+ .json, .png)")
     _training_args(t)
@@ -89,17 +90,23 @@ def _build_set(args) -> None:
 
 
 def _train(args) -> None:
-    from .dataset import load_dataset
+    from .dataset import concat, load_dataset
     from .evaluate import evaluate
     from .model import RotationInvariantResNet
     from .stamps import normalise
-    from .train import fit, pick_device, predict_proba, save_weights
+    from .train import fit, load_weights, pick_device, predict_proba, save_weights
 
     cfg = _settings(args)
-    tr, tr_manifest = load_dataset(args.train)
+    sets = [load_dataset(path) for path in args.train]
+    tr = concat(*(data for data, _ in sets))
     va, va_manifest = load_dataset(args.val)
     x, xv = normalise(tr["stamps"]), normalise(va["stamps"])
-    model = RotationInvariantResNet(args.lane, width=cfg.width)
+    if args.init is not None:
+        model, init_info = load_weights(args.init)
+        if model.config["lane"] != args.lane:
+            raise ValueError(f"{args.init} is a {model.config['lane']} model, not {args.lane}")
+    else:
+        model, init_info = RotationInvariantResNet(args.lane, width=cfg.width), {}
     history = fit(model, x, tr["label"], xv, va["label"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                   lr=cfg.lr, gamma=cfg.gamma, weight_decay=cfg.weight_decay, seed=cfg.seed,
                   device=args.device, max_seconds=args.max_seconds)
@@ -110,7 +117,8 @@ def _train(args) -> None:
     info = save_weights(model, out, f"rb-{args.lane}", stamp_size=int(x.shape[-1]),
                         normalisation="ast3stream.classify.stamps.normalise",
                         training=dict(cfg.model_dump(), device=str(pick_device(args.device)),
-                                      train_set=tr_manifest.get("version"), history=history),
+                                      train_sets=[m.get("version") for _, m in sets],
+                                      init=init_info.get("version"), history=history),
                         heldout_set=va_manifest.get("version"), metrics=metrics)
     print(json.dumps({k: info[k] for k in ("version",)} | {"metrics": {k: metrics[k] for k in (
         "accuracy", "precision", "recall", "f1", "roc_auc", "fnr_at_fpr1")}}))

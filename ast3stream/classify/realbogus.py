@@ -16,7 +16,7 @@ class RealBogus:
     """A trained real/bogus network for one lane.
 
     ``score`` takes raw stamps (N, 4, S, S) — difference, template, science in electrons and
-    SNR in sigma, as cut by the detection stage — normalises them with
+    SNR in sigma, as cut by the detection stage — normalises them on the model's device with
     :func:`ast3stream.classify.stamps.normalise` and returns P(real) in [0, 1], in batches.
     """
 
@@ -44,6 +44,7 @@ class RealBogus:
         stamps = np.asarray(stamps)
         if stamps.ndim != 4 or stamps.shape[1:] != (4, self.stamp_size, self.stamp_size):
             raise ValueError(f"expected stamps (N, 4, {self.stamp_size}, {self.stamp_size}), got {stamps.shape}")
-        if len(stamps) == 0:
-            return np.zeros(0, np.float32)
-        return predict_proba(self.model, normalise(stamps), self.device, self.batch_size)
+        x = torch.from_numpy(np.ascontiguousarray(stamps, dtype=np.float32))
+        out = [predict_proba(self.model, normalise(x[i:i + self.batch_size].to(self.device)), self.device,
+                             self.batch_size) for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -115,3 +115,36 @@ def completeness_fit(mag, found) -> dict:
     start = [float(np.median(mag)), np.log(0.2), 4.0]
     p = minimize(nll, start, method="Nelder-Mead", options=dict(xatol=1e-4, fatol=1e-6, maxiter=4000)).x
     return dict(m50=float(p[0]), width=float(np.exp(p[1])), eff_max=float(1 / (1 + np.exp(-p[2]))))
+
+
+def recover(science: Frame, template: Frame, psf: PSFModel, x, y, mag, zp: float, fwhm_px: float, cfg,
+            lane: str, rng: np.random.Generator, radius: float):
+    """Inject ``mag`` point sources at full-resolution science pixels ``(x, y)``, run one lane
+    (``n x n`` binning for QIP; ``template`` is that lane's template), align, subtract, detect,
+    and match within ``radius`` lane pixels.
+
+    Returns ``(injections, candidates, difference)``; ``injections`` has the lane-template
+    pixel ``x, y``, ``mag``, ``found``, the matched candidate's ``cand`` index, ``mag_rec``,
+    ``flux_rec``, ``flux_err`` and the injected ``flux`` (science electrons).
+    """
+    from ..alignment import align
+    from ..subtraction import subtract
+    from ..templates import bin_frame
+    from .detect import detect
+
+    flux = 10 ** (-0.4 * (np.asarray(mag, float) - zp))
+    sci = inject(science, psf, x, y, flux, rng)
+    n = cfg.detector.qip_binning if lane == "qip" else 1
+    if n > 1:
+        sci = bin_frame(sci, n)
+    aligned = align(sci, template, cfg)
+    diff = subtract(aligned, template, cfg)
+    cands, _ = detect(diff, aligned, template, fwhm_px / n, zp, cfg, lane)
+    xt, yt = template.wcs.all_world2pix(*science.wcs.all_pix2world(x, y, 0), 0)
+    j = match(cands, xt, yt, radius)
+    found = j >= 0
+    pick = lambda col: np.where(found, np.asarray(cands[col], float)[np.maximum(j, 0)], np.nan) \
+        if len(cands) else np.full(len(j), np.nan)  # noqa: E731
+    inj = Table(dict(x=xt, y=yt, mag=np.asarray(mag, float), flux=flux, found=found, cand=j,
+                     mag_rec=pick("mag"), flux_rec=pick("flux"), flux_err=pick("flux_err")))
+    return inj, cands, diff

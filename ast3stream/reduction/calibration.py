@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 from astropy.io import fits
 
@@ -56,6 +57,19 @@ def bad_pixel_mask(bias: np.ndarray, flat: np.ndarray, flat_low: float, flat_hig
     return bad
 
 
+@numba.njit(parallel=True, cache=True)
+def _apply(data, bias, flat, bpm, gain, mask, bad):
+    for y in numba.prange(data.shape[0]):
+        for x in range(data.shape[1]):
+            f = flat[y, x]
+            if bpm[y, x]:
+                mask[y, x] |= bad
+                f = 1.0
+            elif f <= 0:
+                f = 1.0
+            data[y, x] = (data[y, x] - bias[y, x]) * (gain / f)
+
+
 @dataclass
 class Calibration:
     """Master bias (trimmed, overscan-corrected, in raw units), normalised flat and bad-pixel mask."""
@@ -89,6 +103,13 @@ class Calibration:
         bpm = bad_pixel_mask(bias, flat, rc.bpm_flat_low, rc.bpm_flat_high, rc.bpm_bias_sigma)
         meta = {"NBIAS": len(bias_paths), "NFLAT": len(flat_paths), "NBADPIX": int(bpm.sum())}
         return cls(bias, flat, bpm, meta)
+
+    def apply(self, data: np.ndarray, gain: float, mask: np.ndarray, bad_bit: int) -> None:
+        """In place, one pass: ``data = gain (data - bias) / flat`` (bad pixels and ``flat <= 0`` are
+        not flat-fielded) and ``bad_bit`` set in ``mask`` on the bad pixels."""
+        if self.bias.shape != data.shape:
+            raise ValueError(f"frame {data.shape[::-1]} does not match the calibration {self.bias.shape[::-1]}")
+        _apply(data, self.bias, self.flat, self.bpm, np.float32(gain), mask, mask.dtype.type(bad_bit))
 
     def save(self, directory) -> Path:
         directory = Path(directory)

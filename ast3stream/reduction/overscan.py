@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from astropy.io import fits
 
@@ -39,22 +40,34 @@ class RawImage:
     trimsec: str            #: region of the raw image kept, 1-based (single-HDU frames)
 
 
-def subtract_overscan(raw: np.ndarray, biassec: str, trimsec: str) -> np.ndarray:
-    """Trimmed float32 image minus the per-row (or per-column) median of the overscan."""
+@numba.njit(parallel=True, cache=True)
+def _trim(raw, y0, x0, row_level, col_level, saturation, data, saturated):
+    for y in numba.prange(data.shape[0]):
+        for x in range(data.shape[1]):
+            v = raw[y0 + y, x0 + x]
+            saturated[y, x] = v >= saturation
+            data[y, x] = v - row_level[y] - col_level[x]
+
+
+def subtract_overscan(raw: np.ndarray, biassec: str, trimsec: str,
+                      saturation: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
+    """Trimmed float32 image minus the per-row (or per-column) median of the overscan, and the
+    boolean map of trimmed pixels whose raw value is ``>= saturation`` (one pass over the frame)."""
     by, bx = section_slices(biassec)
     ty, tx = section_slices(trimsec)
     if by.stop > raw.shape[0] or bx.stop > raw.shape[1] or ty.stop > raw.shape[0] or tx.stop > raw.shape[1]:
         raise BadFrameError(f"sections {trimsec}/{biassec} do not fit a {raw.shape[1]}x{raw.shape[0]} frame")
-    data = raw[ty, tx].astype(np.float32)
+    shape = (ty.stop - ty.start, tx.stop - tx.start)
+    row_level, col_level = np.zeros(shape[0], np.float32), np.zeros(shape[1], np.float32)
     if by.start <= ty.start and by.stop >= ty.stop:          # overscan columns: one level per row
-        level = np.median(raw[ty, bx], axis=1).astype(np.float32)
-        data -= level[:, None]
+        row_level[:] = np.median(raw[ty, bx], axis=1)
     elif bx.start <= tx.start and bx.stop >= tx.stop:        # overscan rows: one level per column
-        level = np.median(raw[by, tx], axis=0).astype(np.float32)
-        data -= level[None, :]
+        col_level[:] = np.median(raw[by, tx], axis=0)
     else:
         raise BadFrameError(f"overscan {biassec} covers neither all rows nor all columns of {trimsec}")
-    return data
+    data, saturated = np.empty(shape, np.float32), np.empty(shape, bool)
+    _trim(np.require(raw, raw.dtype.newbyteorder("="), "C"), ty.start, tx.start, row_level, col_level, float(saturation), data, saturated)
+    return data, saturated
 
 
 def _image_hdus(hdul: fits.HDUList) -> list:
@@ -87,9 +100,7 @@ def read_raw(path, cfg: Settings) -> RawImage:
                 trimsec, biassec = det.trimsec, det.biassec
             gain = float(header.get("GAIN", det.gain))
             saturation = float(header.get("SATURATE", det.saturation))
-            ty, tx = section_slices(trimsec)
-            saturated = raw[ty, tx] >= saturation
-            data = subtract_overscan(raw, biassec, trimsec)
+            data, saturated = subtract_overscan(raw, biassec, trimsec, saturation)
     except BadFrameError:
         raise
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
@@ -107,9 +118,8 @@ def _assemble(primary: fits.Header, hdus: list, cfg: Settings) -> RawImage:
         datasec = h.get("DATASEC", h.get("TRIMSEC"))
         gain = float(h.get("GAIN", primary.get("GAIN", cfg.detector.gain)))
         sat = float(h.get("SATURATE", primary.get("SATURATE", cfg.detector.saturation)))
-        ty, tx = section_slices(datasec)
-        saturated = hdu.data[ty, tx] >= sat
-        amp = subtract_overscan(hdu.data, h["BIASSEC"], datasec) * gain
+        amp, saturated = subtract_overscan(hdu.data, h["BIASSEC"], datasec, sat)
+        amp *= gain
         flip_y, flip_x = section_flips(h["DETSEC"])
         if flip_y:
             amp, saturated = amp[::-1], saturated[::-1]

@@ -16,7 +16,13 @@ Steps (Hu et al. 2022 sparse-field mode with our own masks):
 5. ``D`` and ``sigma_D`` are put in science units and sign (``S - K * T``, or
    ``(K * S - T) / sum(K)`` when the science is the sharper image);
 6. X2NRM: mean, std and robust std (1.4826 MAD) of ``D / sigma_D`` over unmasked pixels,
-   which should be ~N(0, 1) (cf. HOTPANTS' X2NRM).
+   which should be ~N(0, 1) (cf. HOTPANTS' X2NRM);
+7. photometric calibration of the difference for :mod:`ast3stream.detection`: ``psf_fwhm``,
+   the Gaussian matched to the PSF of ``J`` (:func:`~ast3stream.detection.photometry.matched_fwhm`),
+   ``apcorr``, total (zero-point aperture) over PSF-fit flux of the sub-area stars, and
+   ``errscale``, the factor by which correlated noise (resampling, convolution) makes PSF-flux
+   errors larger than the per-pixel noise map says
+   (:func:`~ast3stream.detection.photometry.error_scale`).
 
 Masked pixels (any bit but ``INTERP``) are replaced by sky before convolution; the output
 mask is the OR of both masks dilated by the larger FWHM, plus ``EDGE`` on a frame border
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy.io import fits
 
-from ..detection.photometry import psf_flux
+from ..detection.photometry import error_scale, matched_fwhm, psf_flux
 from ..image import Frame, MaskBits
 from . import engine
 from .background import background
@@ -159,14 +165,17 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     mask = _output_mask(tpl.mask | sci.mask, int(math.ceil(fwhm_max)), hw, xp, maximum_filter)
     diff = xp.where(mask & _UNUSABLE, zero, diff)
     noise = xp.where(noise > 0, noise, xp.float32(np.inf))
-    psf_fwhm = fwhm_sci if conv == "REF" else fwhm_ref
+    Jsub, Jrms, bad_host = host(J.sub), host(J.rms), host(bad)
+    xs_use, ys_use = np.asarray(pairs["x"][use]), np.asarray(pairs["y"][use])
+    psf_fwhm = matched_fwhm(Jsub, Jrms, xs_use, ys_use, fwhm_sci if conv == "REF" else fwhm_ref, bad_host)
     stats = dict(backend="cupy" if gpu else "numpy", n_tiles=len(layout), tile_shape=list(layout[0][2].shape),
                  conv=conv, fwhm_sci=fwhm_sci, fwhm_ref=fwhm_ref, psf_fwhm=psf_fwhm,
                  flux_ratio=float(np.median(ratios)), n_stars=int(use.sum()),
                  n_banned=int(len(pairs) - use.sum()),
-                 apcorr=_aperture_correction(host(J.sub), host(J.rms), host(bad), pairs[use], psf_fwhm, cfg))
+                 apcorr=_aperture_correction(Jsub, Jrms, bad_host, xs_use, ys_use, psf_fwhm, cfg))
     stats |= x2nrm(diff, noise, mask, xp)
     diff, noise, mask = host(diff).astype(np.float32), host(noise).astype(np.float32), host(mask).astype(np.uint16)
+    stats["errscale"] = error_scale(diff, noise, mask, psf_fwhm)
     if gpu:
         xp.cuda.Stream.null.synchronize()
     stats["seconds"] = time.perf_counter() - t0
@@ -188,19 +197,19 @@ def _output_mask(mask, grow: int, border: int, xp, maximum_filter):
     return out
 
 
-def _aperture_correction(data, rms, bad, stars, fwhm: float, cfg) -> float:
-    """Median aperture / PSF-fit flux of sub-area stars in the unconvolved image; the aperture
-    radius is ``aperture_factor / 2`` sigma, as for the zero point (photometry stage)."""
-    if len(stars) < 3:
+def _aperture_correction(data, rms, bad, x, y, fwhm: float, cfg) -> float:
+    """Median total / PSF-fit flux of the sub-area stars in the unconvolved image. "Total" is
+    what the zero point refers to (photometry stage): the flux within ``2.5 x aperture_factor / 2``
+    sigma, ``sigma = FWHM / 2.3548`` (the aperture of eq. 1 enlarged 2.5 times)."""
+    if len(x) < 3:
         return 1.0
-    x, y = np.asarray(stars["x"]), np.asarray(stars["y"])
-    r_ap = cfg.photometry.aperture_factor / 2 * fwhm / 2.3548
     import sep
 
-    fa, _, _ = sep.sum_circle(np.ascontiguousarray(data, np.float32), x, y, r_ap,
+    r_tot = 2.5 * cfg.photometry.aperture_factor / 2 * fwhm / 2.3548
+    fa, _, _ = sep.sum_circle(np.ascontiguousarray(data, np.float32), x, y, r_tot,
                               mask=np.ascontiguousarray(bad), subpix=5)
     fp, _ = psf_flux(data, rms, x, y, fwhm, mask=bad)
-    ok = np.isfinite(fp) & (fp > 0)
+    ok = np.isfinite(fp) & (fp > 0) & np.isfinite(fa)
     return float(np.median(fa[ok] / fp[ok])) if ok.sum() >= 3 else 1.0
 
 

@@ -1,0 +1,77 @@
+"""Per-exposure products: one tile-compressed multi-HDU FITS per exposure and lane, and retention.
+
+``<products>/<namespace>/<exposure_id>/<lane>/<exposure_id>_<lane>.fits`` holds
+
+``PRIMARY``  summary header (exposure, lane, quality, zero point, limits, subtraction check)
+``DIFF``     difference image (Rice tile compression, float quantised at noise/16)
+``SCI``      science image resampled onto the template grid
+``TMPL``     template image
+``MASK``     mask of the difference (lossless)
+``CANDS``    candidate table (with real/bogus scores and cross-matches)
+
+Intermediate files of the stages (reduced, aligned, difference images ...) are deleted by
+:func:`prune` once an exposure is finished and older than ``products.retention_days``;
+calibrated images that serve as templates and the bundles are kept.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+INTERMEDIATE = ("reduced.fits", "aligned.fits", "difference.fits", "stamps.npy", "sources.fits",
+                "stars.fits", "photometry.fits", "candidates.fits", "crossmatched.fits", "classified.fits")
+
+
+def write_bundle(path: Path, summary: dict, diff, science, template, candidates: Table) -> Path:
+    """Write the exposure's bundle atomically; ``summary`` becomes the primary header."""
+    primary = fits.PrimaryHDU()
+    for key, value in summary.items():
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            continue
+        primary.header[key[:8].upper()] = value
+    quant = 16
+    hdus = [primary,
+            fits.CompImageHDU(diff.diff.astype(np.float32), diff.header, name="DIFF",
+                              compression_type="RICE_1", quantize_level=quant),
+            fits.CompImageHDU(science.data.astype(np.float32), science.header, name="SCI",
+                              compression_type="RICE_1", quantize_level=quant),
+            fits.CompImageHDU(template.data.astype(np.float32), template.header, name="TMPL",
+                              compression_type="RICE_1", quantize_level=quant),
+            fits.CompImageHDU(diff.mask.astype(np.int16), name="MASK", compression_type="RICE_1"),
+            fits.BinTableHDU(_fits_table(candidates), name="CANDS")]
+    tmp = path.with_name(path.name + ".part")
+    fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    tmp.replace(path)
+    return path
+
+
+def _fits_table(table: Table) -> Table:
+    out = Table(table, copy=True)
+    for name in out.colnames:
+        if out[name].dtype.kind == "O":
+            out[name] = out[name].astype(str)
+    return out
+
+
+def prune(products_dir: Path, db, retention_days: float, now: float | None = None) -> int:
+    """Delete intermediate files of finished exposures older than ``retention_days``; return the count."""
+    now = now or time.time()
+    keep = {Path(t["path"]).resolve() for t in db.rows("templates")}
+    finished = {r["exposure_id"] for r in db.rows("exposures")
+                if r["status"] in ("alerted", "template", "no_template", "failed")}
+    root = products_dir / (db.namespace or "live")
+    removed = 0
+    for exposure_dir in root.iterdir() if root.exists() else ():
+        if exposure_dir.name not in finished:
+            continue
+        for name in INTERMEDIATE:
+            for path in exposure_dir.glob(f"*/{name}"):
+                if path.resolve() in keep or now - path.stat().st_mtime < retention_days * 86400:
+                    continue
+                path.unlink()
+                removed += 1
+    return removed

@@ -1,0 +1,211 @@
+"""Injection-recovery on a simulated night: detection efficiency, completeness, photometric bias
+and bogus detections of the DIP and QIP lanes.
+
+    python -m bench.injection [--scale 0.1] [--fields 2] [--visits 3] [--n-inject 250] [--out DIR]
+
+1. A night is simulated (:func:`ast3stream.simulate.simulate_night`) and every exposure runs the
+   single-frame stages (:func:`ast3stream.single.process_single`): calibrated frame, ``zp``,
+   ``maglim`` (the frame's 5-sigma PSF limit), ``fwhm_px``.
+2. Each field's first visit is its template (full resolution for DIP, 3x3 binned for QIP).
+3. Into every later visit ``--n-inject`` point sources of the frame's own PSF model
+   (:mod:`ast3stream.detection.injection`), uniform in ``maglim - 3 ... maglim + 1``, are
+   added before alignment, away from the edges and from existing sources; each lane then
+   aligns, subtracts, detects, and detections are matched to injections (1.5 px DIP, 1 px QIP).
+4. Printed per lane: efficiency vs ``m - maglim``; per frame the 50 % completeness magnitude
+   ``m50`` (logistic fit) against the science frame's ``maglim`` and the difference image's
+   own 5-sigma limit; recovered - injected magnitude (median, robust scatter, median error,
+   median pull) per bin; bogus detections per frame = detections matching neither an
+   injection nor a simulator truth transient / asteroid (of the science or template epoch).
+   Written: ``injection.json`` and ``efficiency.png`` in ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table, vstack
+
+from ast3stream.catalogs.refcat import RefCat
+from ast3stream.config import Settings
+from ast3stream.detection.injection import (completeness_fit, efficiency, frame_psf, free_area, random_sites,
+                                            recover)
+from ast3stream.rawfile import detector_from_header
+from ast3stream.reduction import Calibration
+from ast3stream.simulate import simulate_night
+from ast3stream.single import process_single
+from ast3stream.templates import bin_frame
+
+RADIUS = {"dip": 1.5, "qip": 1.0}
+EDGES = np.arange(-3.0, 1.01, 0.25)
+
+
+def injection_sites(science, template, fwhm: float, n: int, margin: int, rng):
+    """Random free science pixels that land at least ``margin`` px inside the template."""
+    free = free_area(science, fwhm, margin)
+    x, y = random_sites(free, 3 * n, 6 * fwhm, rng)
+    xt, yt = template.wcs.all_world2pix(*science.wcs.all_pix2world(x, y, 0), 0)
+    ny, nx = template.shape
+    inside = (xt >= margin) & (xt < nx - margin) & (yt >= margin) & (yt < ny - margin)
+    return x[inside][:n], y[inside][:n]
+
+
+def known_sources(night, expids, template) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Template pixels and match radii of the truth transients and asteroids of ``expids``."""
+    xs, ys, rs = [], [], []
+    for expid in expids:
+        t = night.truth(expid)
+        t = t[np.isin(t["kind"], ["transient", "asteroid"])]
+        if len(t):
+            x, y = template.wcs.all_world2pix(np.asarray(t["ra"]), np.asarray(t["dec"]), 0)
+            xs.append(x), ys.append(y), rs.append(3.0 + np.nan_to_num(np.asarray(t["trail_len"], float)) / 2)
+    if not xs:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(rs)
+
+
+def bogus(cands, inj, known, n_bin: int) -> np.ndarray:
+    """Candidates (either sign) matching no injection and no known transient or asteroid."""
+    x, y = np.asarray(cands["x"]), np.asarray(cands["y"])
+    ok = np.zeros(len(cands), bool)
+    ok[np.asarray(inj["cand"])[np.asarray(inj["found"])]] = True
+    kx, ky, kr = known
+    if len(kx):
+        ok |= np.any(np.hypot(x[:, None] - kx / n_bin, y[:, None] - ky / n_bin) <= kr / n_bin, axis=1)
+    return ~ok
+
+
+def bias_table(inj: Table, edges) -> Table:
+    """Per bin of ``m - maglim``: median and robust scatter of ``mag_rec - mag``, median error and pull."""
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        s = inj[(inj["dm_lim"] >= lo) & (inj["dm_lim"] < hi) & inj["found"]]
+        if len(s) < 3:
+            continue
+        dm = np.asarray(s["mag_rec"] - s["mag"])
+        pull = np.asarray((s["flux_rec"] - s["flux"]) / s["flux_err"])
+        med = np.median(dm)
+        rows.append(dict(dm_lim=(lo + hi) / 2, n=len(s), bias=med, scatter=1.4826 * np.median(np.abs(dm - med)),
+                         mag_err=np.median(2.5 / np.log(10) * s["flux_err"] / s["flux_rec"]),
+                         pull_median=np.median(pull), pull_rstd=1.4826 * np.median(np.abs(pull - np.median(pull)))))
+    return Table(rows=rows)
+
+
+def run(args) -> dict:
+    out = Path(args.out)
+    t0 = time.time()
+    night = simulate_night(out / "sim", n_exposures=args.fields * args.visits, scale=args.scale, seed=args.seed,
+                           n_fields=args.fields)
+    cfg = Settings(subtraction=dict(kernel_half_width=args.kernel_half_width, backend=args.backend))
+    cfg.detector = detector_from_header(night.exposures[0].path, cfg.detector)
+    calib = Calibration.build(sorted((out / "sim" / "calib").glob("bias_*.fits")),
+                              sorted((out / "sim" / "calib").glob("flat_*.fits")), cfg)
+    refcat = RefCat.from_file(out / "sim" / "refcat.fits")
+    print(f"simulated {len(night.exposures)} exposures at scale {args.scale} in {time.time() - t0:.0f} s")
+    rng = np.random.default_rng(args.seed)
+    frames, templates, injected, per_frame = {}, {}, [], []
+    for e in night.exposures:
+        frame, rep = process_single(e.path, cfg, calib, refcat)
+        frames[e.expid] = (frame, rep)
+        if e.field_id not in templates:
+            templates[e.field_id] = (e.expid, {"dip": frame, "qip": bin_frame(frame, cfg.detector.qip_binning)})
+            continue
+        tpl_id, tpl = templates[e.field_id]
+        zp, maglim, fwhm = rep["zp"], rep["maglim"], rep["fwhm_px"]
+        psf = frame_psf(frame, cfg)
+        x, y = injection_sites(frame, tpl["dip"], fwhm, args.n_inject, 3 * cfg.detection.edge_px, rng)
+        mag = rng.uniform(maglim - 3, maglim + 1, len(x))
+        for lane in args.lanes.split(","):
+            t1 = time.time()
+            inj, cands, diff = recover(frame, tpl[lane], psf, x, y, mag, zp, fwhm, cfg, lane, rng, RADIUS[lane])
+            n_bin = cfg.detector.qip_binning if lane == "qip" else 1
+            bad = bogus(cands, inj, known_sources(night, [e.expid, tpl_id], tpl["dip"]), n_bin)
+            fit = completeness_fit(inj["mag"], inj["found"])
+            inj["expid"], inj["lane"], inj["dm_lim"] = e.expid, lane, inj["mag"] - maglim
+            injected.append(inj)
+            per_frame.append(dict(expid=e.expid, template=tpl_id, lane=lane, n_inject=len(inj),
+                                  n_found=int(inj["found"].sum()), n_cands=len(cands), n_bogus=int(bad.sum()),
+                                  n_bogus_neg=int((bad & (np.asarray(cands["sign"]) < 0)).sum()),
+                                  maglim=maglim, maglim_diff=float(cands.meta["maglim"]), m50=fit["m50"],
+                                  width=fit["width"], eff_max=fit["eff_max"], m50_minus_maglim=fit["m50"] - maglim,
+                                  m50_minus_maglim_diff=fit["m50"] - float(cands.meta["maglim"]),
+                                  errscale=diff.stats["errscale"], apcorr=diff.stats["apcorr"],
+                                  psf_fwhm=diff.stats["psf_fwhm"], x2nrm_rstd=diff.stats["x2nrm_rstd"],
+                                  seconds=time.time() - t1))
+            print(f"{e.expid} {lane}: {len(inj)} injected, m50 {fit['m50']:.2f} vs maglim {maglim:.2f} "
+                  f"(difference {cands.meta['maglim']:.2f}), bogus {int(bad.sum())}, {time.time() - t1:.0f} s")
+    inj = vstack(injected)
+    frames_t = Table(rows=per_frame)
+    result = dict(scale=args.scale, seed=args.seed, n_inject=args.n_inject,
+                  kernel_half_width=args.kernel_half_width, frames=[dict(r) for r in per_frame], lanes={})
+    for lane in args.lanes.split(","):
+        s = inj[inj["lane"] == lane]
+        f = frames_t[frames_t["lane"] == lane]
+        eff = efficiency(s["dm_lim"], s["found"], EDGES)
+        fit = completeness_fit(s["dm_lim"], s["found"])
+        bias = bias_table(s, EDGES)
+        result["lanes"][lane] = dict(
+            efficiency=[dict(r) for r in eff], fit_dm_lim=fit, bias=[dict(r) for r in bias],
+            m50_minus_maglim_median=float(np.median(f["m50_minus_maglim"])),
+            m50_minus_maglim_diff_median=float(np.median(f["m50_minus_maglim_diff"])),
+            bogus_per_frame=float(np.mean(f["n_bogus"])))
+        print(f"\n== {lane.upper()}: {len(s)} injections in {len(f)} frames")
+        eff["mag"].name = "m-maglim"
+        for t in (eff, bias):
+            for c in t.colnames:
+                if t[c].dtype.kind == "f":
+                    t[c].format = ".3f"
+            t.pprint(max_lines=-1, max_width=-1)
+        print(f"logistic fit over all frames: m50 - maglim = {fit['m50']:+.3f} mag, width {fit['width']:.3f}, "
+              f"eff_max {fit['eff_max']:.3f}")
+        g = f["expid", "maglim", "maglim_diff", "m50", "m50_minus_maglim", "m50_minus_maglim_diff", "n_cands",
+              "n_bogus", "n_bogus_neg", "errscale", "apcorr", "x2nrm_rstd"]
+        for c in g.colnames[1:]:
+            if g[c].dtype.kind == "f":
+                g[c].format = ".3f"
+        g.pprint(max_lines=-1, max_width=-1)
+        print(f"bogus per frame: {np.mean(f['n_bogus']):.1f}")
+    (out / "injection.json").write_text(json.dumps(result, indent=1, default=float))
+    plot(result, out / "efficiency.png")
+    print(f"\nwrote {out / 'injection.json'} and {out / 'efficiency.png'} ({time.time() - t0:.0f} s in all)")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for lane, res in result["lanes"].items():
+        eff = Table(rows=res["efficiency"])
+        fit = res["fit_dm_lim"]
+        m = np.linspace(EDGES[0], EDGES[-1], 200)
+        ax.errorbar(eff["mag"], eff["eff"], eff["eff_err"], fmt="o", label=f"{lane.upper()} (m50 {fit['m50']:+.2f})")
+        ax.plot(m, fit["eff_max"] / (1 + np.exp((m - fit["m50"]) / fit["width"])), color=ax.lines[-1].get_color())
+    ax.axvline(0, color="k", lw=0.8, ls="--")
+    ax.set(xlabel="injected m - frame limiting magnitude (5 sigma)", ylabel="detection efficiency", ylim=(0, 1.05))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=0.1)
+    ap.add_argument("--fields", type=int, default=2)
+    ap.add_argument("--visits", type=int, default=3)
+    ap.add_argument("--n-inject", type=int, default=250)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--lanes", default="dip,qip")
+    ap.add_argument("--kernel-half-width", type=int, default=8, help="SFFT kernel half-width (8 suits FWHM ~3 px)")
+    ap.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-injection"))
+    run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
