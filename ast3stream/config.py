@@ -107,8 +107,8 @@ class ReductionConfig(BaseModel):
     cosmic_sigclip: float = 4.5
     cosmic_objlim: float = 5.0
     cosmic_niter: int = 2
-    cosmic_tile: int = 48               #: L.A.Cosmic runs on the tiles of this size holding candidates
-    cosmic_pad: int = 8
+    cosmic_tile: int = 4                #: L.A.Cosmic runs on the cells of this size holding candidates
+    cosmic_pad: int = 5                 #: margin around each cell [px]
     trails: bool = True
     trail_threshold: float = 1.5        #: sigma of the binned image for the Hough transform
     trail_min_length_px: float = 200.0
@@ -119,9 +119,11 @@ class SourcesConfig(BaseModel):
     version: str = "1"
     thresh: float = 3.0                 #: per-pixel sigma above background (sep/SExtractor DETECT_THRESH)
     minarea: int = 5
-    mesh: int = 128                     #: sep background mesh [px]
+    mesh: int = 256                     #: sep background mesh [px] (SExtractor BACK_SIZE; sep's time falls with it)
     mask_bits: int = 1 | 2 | 8          #: MaskBits ignored by sep (BAD | SATURATED | TRAIL)
     deblend_cont: float = 0.005
+    clean: bool = True                  #: SExtractor CLEAN: merges spurious detections in the wings of
+                                        #: bright objects (needed on real frames); half of sep.extract's time
     snr_min: float = 20.0               #: FLUX_AUTO / FLUXERR_AUTO cut of the clean list
     clip_sigma: float = 3.0
     drop_least_stellar: float = 0.2     #: fraction of least star-like sources dropped
@@ -135,6 +137,7 @@ class AstrometryConfig(BaseModel):
     scale_tolerance: float = 0.03
     match_radius_arcsec: float = 2.0
     n_brightest: int = 60               #: stars used for pattern matching
+    max_fit_stars: int = 2000           #: the brightest clean stars used for the TAN-SIP fit
     max_rms_arcsec: float = 0.5         #: above this the solution is flagged ``bad_wcs``
     min_stars_linear: int = 10          #: fewer matches: only CRVAL of the header WCS is refitted
 
@@ -159,6 +162,9 @@ class QualityConfig(BaseModel):
     pcc_min: float = 0.98
     thumbnail_size: int = 256
     cloud_threshold: float = 0.5
+    #: let the cloud CNN's verdict set the ``cloudy`` flag; off until the shipped model is validated
+    #: on frame-simulator thumbnails (it is always recorded as ``cloud_prob``)
+    cloud_cnn_flags: bool = False
     cloudy_zp_deficit: float = 0.5      #: mag below the clear-sky zero point that means cloud
     cloudy_zp_rms: float = 0.15         #: zero-point scatter [mag] that means patchy cloud
 
@@ -184,7 +190,10 @@ class SubtractionConfig(BaseModel):
     lanczos_a: int = 3
     align_grid_step: int = 32           #: WCS pixel map is exact on this grid, bilinear between nodes [px]
     align_mask_weight: float = 0.05     #: mask bits of input pixels with |Lanczos weight| >= this propagate
-    align_refine: bool = True           #: correct the WCS mapping by the median shift of matched stars
+    align_refine: bool = True           #: correct the WCS mapping with stars matched between the frames
+    align_refine_degree: int = 2        #: polynomial degree of that correction (x, y offsets)
+    align_search_px: float = 10.0       #: largest offset [px] the WCS mapping may have before the correction
+    align_match_px: float = 1.5         #: star pairs closer than this [px] after the bulk shift are fitted
     force_conv: Literal["auto", "ref", "sci"] = "auto"  #: auto = convolve the sharper image
     star_snr_min: float = 10.0          #: sub-area stars: minimum FLUX/FLUXERR in both images
     star_isolation_fwhm: float = 2.0    #: no other source within this many FWHM
@@ -198,13 +207,14 @@ class SubtractionConfig(BaseModel):
 
 
 class DetectionConfig(BaseModel):
-    version: str = "1"
-    thresh: float = 5.0                 #: sigma on the difference image
-    minarea: int = 4                    #: ISOAREA >= 4
+    version: str = "2"
+    thresh: float = 5.0                 #: PSF-fit SNR a candidate needs on the difference image
+    prethresh: float = 3.0              #: matched-filter detection threshold [sigma] before the SNR cut
+    minarea: int = 4                    #: ISOAREA >= 4 full-resolution px (QIP: / binning^2, at least 1)
     edge_px: int = 16
     elong_min: float = 0.5
     elong_max: float = 6.0
-    fwhm_min: float = 1.0
+    fwhm_min: float = 1.0               #: full-resolution px (QIP: / binning)
     fwhm_max_factor: float = 2.0        #: FWHM <= this x image FWHM
     stamp_qip: int = 31
     stamp_dip: int = 91

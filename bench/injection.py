@@ -11,6 +11,8 @@ and bogus detections of the DIP and QIP lanes.
    (:mod:`ast3stream.detection.injection`), uniform in ``maglim - 3 ... maglim + 1``, are
    added before alignment, away from the edges and from existing sources; each lane then
    aligns, subtracts, detects, and detections are matched to injections (1.5 px DIP, 1 px QIP).
+   Injections that land on masked pixels of the difference (which detection rejects) are
+   counted but left out of the efficiencies, which so refer to the unmasked area.
 4. Printed per lane: efficiency vs ``m - maglim``; per frame the 50 % completeness magnitude
    ``m50`` (logistic fit) against the science frame's ``maglim`` and the difference image's
    own 5-sigma limit; recovered - injected magnitude (median, robust scatter, median error,
@@ -122,11 +124,12 @@ def run(args) -> dict:
             inj, cands, diff = recover(frame, tpl[lane], psf, x, y, mag, zp, fwhm, cfg, lane, rng, RADIUS[lane])
             n_bin = cfg.detector.qip_binning if lane == "qip" else 1
             bad = bogus(cands, inj, known_sources(night, [e.expid, tpl_id], tpl["dip"]), n_bin)
-            fit = completeness_fit(inj["mag"], inj["found"])
+            use = np.asarray(inj["usable"])
+            fit = completeness_fit(inj["mag"][use], inj["found"][use])
             inj["expid"], inj["lane"], inj["dm_lim"] = e.expid, lane, inj["mag"] - maglim
             injected.append(inj)
             per_frame.append(dict(expid=e.expid, template=tpl_id, lane=lane, n_inject=len(inj),
-                                  n_found=int(inj["found"].sum()), n_cands=len(cands), n_bogus=int(bad.sum()),
+                                  n_usable=int(use.sum()), n_found=int(inj["found"].sum()), n_cands=len(cands), n_bogus=int(bad.sum()),
                                   n_bogus_neg=int((bad & (np.asarray(cands["sign"]) < 0)).sum()),
                                   maglim=maglim, maglim_diff=float(cands.meta["maglim"]), m50=fit["m50"],
                                   width=fit["width"], eff_max=fit["eff_max"], m50_minus_maglim=fit["m50"] - maglim,
@@ -134,14 +137,14 @@ def run(args) -> dict:
                                   errscale=diff.stats["errscale"], apcorr=diff.stats["apcorr"],
                                   psf_fwhm=diff.stats["psf_fwhm"], x2nrm_rstd=diff.stats["x2nrm_rstd"],
                                   seconds=time.time() - t1))
-            print(f"{e.expid} {lane}: {len(inj)} injected, m50 {fit['m50']:.2f} vs maglim {maglim:.2f} "
+            print(f"{e.expid} {lane}: {len(inj)} injected ({int(use.sum())} on unmasked pixels), m50 {fit['m50']:.2f} vs maglim {maglim:.2f} "
                   f"(difference {cands.meta['maglim']:.2f}), bogus {int(bad.sum())}, {time.time() - t1:.0f} s")
     inj = vstack(injected)
     frames_t = Table(rows=per_frame)
     result = dict(scale=args.scale, seed=args.seed, n_inject=args.n_inject,
                   kernel_half_width=args.kernel_half_width, frames=[dict(r) for r in per_frame], lanes={})
     for lane in args.lanes.split(","):
-        s = inj[inj["lane"] == lane]
+        s = inj[(inj["lane"] == lane) & inj["usable"]]
         f = frames_t[frames_t["lane"] == lane]
         eff = efficiency(s["dm_lim"], s["found"], EDGES)
         fit = completeness_fit(s["dm_lim"], s["found"])
@@ -151,7 +154,8 @@ def run(args) -> dict:
             m50_minus_maglim_median=float(np.median(f["m50_minus_maglim"])),
             m50_minus_maglim_diff_median=float(np.median(f["m50_minus_maglim_diff"])),
             bogus_per_frame=float(np.mean(f["n_bogus"])))
-        print(f"\n== {lane.upper()}: {len(s)} injections in {len(f)} frames")
+        print(f"\n== {lane.upper()}: {len(s)} injections on unmasked pixels ({np.sum(inj['lane'] == lane)} in all) "
+              f"in {len(f)} frames")
         eff["mag"].name = "m-maglim"
         for t in (eff, bias):
             for c in t.colnames:

@@ -88,9 +88,10 @@ def test_template_acceptance():
 
 
 @pytest.mark.shared
-@pytest.mark.xfail(reason="LT header WCSs leave ~1.4 px scatter after the shift refinement; needs a refit WCS")
 def test_lt_frames_align_to_first():
-    files = sorted((DATA / "images" / "lt-rise").glob("q_e_*.fits"))
+    """Real data: the LT frames' header WCSs (fitted by the observatory, ~0.9 arcsec residuals) leave
+    up to 1.2 px scatter; refined with the template's own stars every frame meets the seed spec."""
+    files = sorted((DATA / "images" / "lt-rise").glob("q_e_*.fits"), key=lambda p: fits.getheader(p)["DATE-OBS"])
     if not files:
         pytest.skip("../shared/data/images/lt-rise is absent")
 
@@ -98,8 +99,9 @@ def test_lt_frames_align_to_first():
         h = fits.open(p)[0]
         return Frame(h.data.astype(np.float32), np.zeros(h.data.shape, np.uint16), h.header)
 
-    tpl, sci = load(files[0]), load(files[-1])
-    m = measure_alignment(align(sci, tpl, CFG), tpl, snr_min=30)
-    assert m["n_matched"] >= 10
-    # header WCSs plus a shift refinement; residual rotation/seeing differences remain (~0.24 px)
-    assert m["median_px"] < 0.5 and m["std_px"] < 0.3
+    tpl = load(files[0])
+    for path in files[1:]:
+        aligned = align(load(path), tpl, CFG)
+        m = measure_alignment(aligned, tpl, snr_min=30)
+        assert m["n_matched"] >= 20 and aligned.header["ALNNSTAR"] >= 20
+        assert m["median_px"] < 0.05 and m["std_px"] < 0.2, (path.name, m)

@@ -391,3 +391,13 @@ def test_maglim_matches_measured_noise(night, masters):
     sigma = 1.4826 * np.median(np.abs(flux - np.median(flux)))
     f5 = (25 + np.sqrt(625 + 100 * sigma**2)) / 2                  # F = 5 sqrt(F + sigma^2)
     assert row["zp_true"] - 2.5 * np.log10(f5) == pytest.approx(row["maglim_true"], abs=0.1)
+
+
+def test_fewer_exposures_than_fields(tmp_path):
+    """Regression: one exposure with the default two fields visits one field (was an IndexError)."""
+    night = simulate_night(tmp_path, n_exposures=1, scale=0.05, seed=SEED)
+    fields = Table.read(tmp_path / "fields.csv")
+    assert len(night.exposures) == 1 and list(fields["field_id"]) == [night.table["field_id"][0]]
+    transients = Table.read(tmp_path / "truth" / "transients.ecsv")
+    assert np.all(transients["field_id"] == fields["field_id"][0])
+    assert night.exposures[0].path.exists()

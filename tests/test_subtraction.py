@@ -68,21 +68,79 @@ def test_decam_known_transient():
     assert 0.85 < d.stats["x2nrm_rstd"] < 1.2
 
 
-@pytest.mark.shared
-@pytest.mark.xfail(reason="LT header WCSs leave ~1.4 px scatter after the shift refinement; needs a refit WCS")
-def test_lt_series_only_variable_remains():
-    files = sorted((DATA / "images" / "lt-rise").glob("q_e_*.fits"))
+#: LHS 3250, the py-hotpants example's target (its test.py coordinates)
+LHS3250 = (253.50009268, 62.89923147)
+
+
+def lt_frames():
+    """The six LT RISE frames (time order) in electrons with masks: vignetted corners (sky more than
+    5 % off its median, grown 8 px) and static hot pixels (flagged by L.A.Cosmic in two or more
+    frames, grown 1 px) as ``BAD``; pixels above 90 % of ``SATURATN`` as ``SATURATED``; single-frame
+    L.A.Cosmic hits (:func:`ast3stream.reduction.detect_cosmics`) as ``COSMIC | INTERP``."""
+    import sep
+    from scipy.ndimage import binary_dilation
+
+    from ast3stream.image import MaskBits
+    from ast3stream.reduction import detect_cosmics
+
+    files = sorted((DATA / "images" / "lt-rise").glob("q_e_*.fits"), key=lambda p: fits.getheader(p)["DATE-OBS"])
     if not files:
         pytest.skip("../shared/data/images/lt-rise is absent")
+    hdus = [fits.open(p)[0] for p in files]
+    data = [h.data.astype(np.float32) * np.float32(h.header["GAIN"]) for h in hdus]
+    rn = [float(h.header["READNOIS"]) for h in hdus]
+    hits = sum(np.isin(np.arange(d.size), np.ravel_multi_index(detect_cosmics(d.copy(), np.zeros(d.shape, np.uint16),
+                                                                              r, 1e30).T, d.shape)).reshape(d.shape)
+               for d, r in zip(data, rn))
+    hot = binary_dilation(hits >= 2)
+    frames = []
+    for h, d, r in zip(hdus, data, rn):
+        mask = np.zeros(d.shape, np.uint16)
+        back = sep.Background(d, bw=64, bh=64).back()
+        mask[binary_dilation(np.abs(back / np.median(back) - 1) > 0.05, iterations=8) | hot] |= np.uint16(MaskBits.BAD)
+        mask[d >= 0.9 * h.header["GAIN"] * h.header["SATURATN"]] |= np.uint16(MaskBits.SATURATED)
+        cr = detect_cosmics(d, mask, r, 1e30)
+        mask[cr[:, 0], cr[:, 1]] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
+        header = h.header.copy()
+        header["GAIN"] = 1.0
+        frames.append((Frame(d, mask, header), cr))
+    return frames
 
-    def load(p):
-        h = fits.open(p)[0]
-        return Frame(h.data.astype(np.float32), np.zeros(h.data.shape, np.uint16), h.header)
 
-    tpl, sci = load(files[0]), load(files[3])
-    d = subtract(align(sci, tpl, CFG), tpl, CFG)
+@pytest.mark.shared
+@pytest.mark.slow
+def test_lt_series_difference_is_clean():
+    """Real data: LT frame 6 minus frame 1 (same seeing, 50 min apart).
+
+    Asserted: the difference is N(0, 1) per pixel; every cosmic-ray hit of the science frame is
+    masked; every candidate above 5 sigma belongs to the PSF residual of the field's brightest
+    star (a +/- pair within 3 FWHM of it: 2.4e6 e-, where a 0.05 px centroid difference alone
+    gives ~10 sigma); and LHS 3250 itself shows no 5-sigma change in this pair (its forced
+    difference flux is consistent with zero), so nothing else in the field is above 5 sigma.
+    """
+    import sep
+    from astropy.wcs import WCS
+
     from ast3stream.detection import detect
+    from ast3stream.lightcurves import forced_photometry
 
-    cands, _ = detect(d, align(sci, tpl, CFG), tpl, d.stats["psf_fwhm"], 25.0, CFG, "dip")
-    bright = cands[cands["snr"] > 5]
-    assert len(bright) <= 3
+    frames = lt_frames()
+    (tpl, _), (sci, cr) = frames[0], frames[-1]
+    cfg = CFG.model_copy(update={"subtraction": CFG.subtraction.model_copy(update={"min_stars_varying": 15})})
+    aligned = align(sci, tpl, cfg)
+    d = subtract(aligned, tpl, cfg)
+    assert 0.9 < d.stats["x2nrm_rstd"] < 1.15
+    xc, yc = WCS(tpl.header).all_world2pix(*WCS(sci.header).all_pix2world(cr[:, 1], cr[:, 0], 0), 0)
+    inside = (xc > 0) & (yc > 0) & (xc < d.mask.shape[1] - 1) & (yc < d.mask.shape[0] - 1)
+    assert len(cr) > 5 and (d.mask[np.rint(yc[inside]).astype(int), np.rint(xc[inside]).astype(int)] != 0).all()
+
+    cands, _ = detect(d, aligned, tpl, d.stats["psf_fwhm"], 25.0, cfg, "dip")
+    data = np.ascontiguousarray(tpl.data)
+    bkg = sep.Background(data, mask=tpl.mask != 0)
+    stars = sep.extract(data - bkg.back(), 10, err=bkg.globalrms, mask=tpl.mask != 0, minarea=9)
+    brightest = stars[np.argmax(stars["flux"])]
+    sig = cands[cands["snr"] > 5]
+    assert len(sig) <= 2
+    assert (np.hypot(sig["x"] - brightest["x"], sig["y"] - brightest["y"]) < 3 * d.stats["psf_fwhm"]).all()
+    xt, yt = WCS(tpl.header).all_world2pix([LHS3250[0]], [LHS3250[1]], 0)
+    assert abs(forced_photometry(d, xt, yt, d.stats["psf_fwhm"], 25.0)["snr"][0]) < 5

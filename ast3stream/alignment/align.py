@@ -17,28 +17,84 @@ _WCS_PREFIXES = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT", "CD1_", "CD2_", "P
                  "EQUINOX", "WCSAXES", "NAXIS")
 
 
-def residual_shift(science: Frame, template: Frame, xmap, ymap, step: int) -> tuple[float, float]:
-    """Median ``(dx, dy)`` [science px] between bright science stars and template stars mapped
-    through the WCSs: what the two WCSs leave misaligned (0, 0 with fewer than 5 matches)."""
+def _terms(u, v, degree: int) -> np.ndarray:
+    return np.column_stack([u ** (n - k) * v ** k for n in range(degree + 1) for k in range(n + 1)])
+
+
+def refine_map(science: Frame, template: Frame, xmap, ymap, step: int, degree: int, search_px: float,
+               match_px: float):
+    """Correct a WCS pixel map with the template's own stars as the astrometric reference.
+
+    Bright stars of both frames (:func:`~.measure.bright_stars`) are paired: the template stars
+    are mapped into the science frame through ``(xmap, ymap)``, the mode of all pair offsets
+    within ``search_px`` gives the bulk shift; pairs within ``2 match_px`` after it give an affine
+    fit, and pairs within ``match_px`` of that the final fit of ``dx, dy`` (science px) as
+    polynomials of ``degree`` in the template's normalised coordinates (pairs beyond 3.5 sigma
+    clipped; the degree drops while there are fewer than 5 pairs per coefficient). Returns
+    ``(xmap, ymap, info)``; ``info`` has ``n`` pairs, ``degree`` and the ``rms`` [px] of the fit
+    (``n = 0`` and the map unchanged without 5 pairs).
+    """
+    info = dict(n=0, degree=-1, rms=float("nan"))
     xs, ys, _ = bright_stars(science.data, science.mask)
     xt, yt, _ = bright_stars(template.data, template.mask)
     if len(xs) < 5 or len(xt) < 5:
-        return 0.0, 0.0
+        return xmap, ymap, info
     gy, gx = np.arange(xmap.shape[0]) * step, np.arange(xmap.shape[1]) * step
     xm = RegularGridInterpolator((gy, gx), xmap, bounds_error=False, fill_value=None)(np.c_[yt, xt])
     ym = RegularGridInterpolator((gy, gx), ymap, bounds_error=False, fill_value=None)(np.c_[yt, xt])
-    dist, idx = cKDTree(np.c_[xs, ys]).query(np.c_[xm, ym], distance_upper_bound=3.0)
-    ok = np.isfinite(dist)
-    if ok.sum() < 5:
-        return 0.0, 0.0
-    return float(np.median(xs[idx[ok]] - xm[ok])), float(np.median(ys[idx[ok]] - ym[ok]))
+    tree = cKDTree(np.c_[xs, ys])
+    pairs = [(i, j) for i, near in enumerate(tree.query_ball_point(np.c_[xm, ym], search_px)) for j in near]
+    if len(pairs) < 5:
+        return xmap, ymap, info
+    i, j = np.array(pairs).T
+    dx, dy = xs[j] - xm[i], ys[j] - ym[i]
+    nb = int(2 * search_px)
+    hist, ex, ey = np.histogram2d(dx, dy, bins=nb, range=[[-search_px, search_px]] * 2)
+    kx, ky = np.unravel_index(np.argmax(hist), hist.shape)
+    sx, sy = (ex[kx] + ex[kx + 1]) / 2, (ey[ky] + ey[ky + 1]) / 2
+    ny, nx = template.shape
+    u, v = 2 * xt / nx - 1, 2 * yt / ny - 1
+    fx, fy = np.full(len(xt), sx), np.full(len(xt), sy)
+    for deg, radius in ((min(degree, 1), 2 * match_px), (degree, match_px)):
+        dist, idx = tree.query(np.c_[xm + fx, ym + fy], distance_upper_bound=radius)
+        ok = np.isfinite(dist)
+        if ok.sum() < 5:
+            return xmap, ymap, info
+        while deg > 0 and ok.sum() < 5 * (deg + 1) * (deg + 2) // 2:
+            deg -= 1
+        cx, cy, use, res = _fit_offsets(u[ok], v[ok], xs[idx[ok]] - xm[ok], ys[idx[ok]] - ym[ok], deg)
+        A = _terms(u, v, deg)
+        fx, fy = A @ cx, A @ cy
+    gu, gv = np.meshgrid(2 * gx / nx - 1, 2 * gy / ny - 1)
+    G = _terms(gu.ravel(), gv.ravel(), deg)
+    info = dict(n=int(use.sum()), degree=deg, rms=float(np.sqrt(np.mean(res[use] ** 2))))
+    return xmap + (G @ cx).reshape(xmap.shape), ymap + (G @ cy).reshape(ymap.shape), info
+
+
+def _fit_offsets(u, v, rx, ry, degree: int, n_iter: int = 4):
+    """Least-squares polynomials ``rx(u, v)``, ``ry(u, v)`` with pairs beyond 3.5 sigma clipped:
+    ``(cx, cy, used, residual)``."""
+    use = np.ones(len(u), bool)
+    for _ in range(n_iter):
+        A = _terms(u[use], v[use], degree)
+        cx = np.linalg.lstsq(A, rx[use], rcond=None)[0]
+        cy = np.linalg.lstsq(A, ry[use], rcond=None)[0]
+        A = _terms(u, v, degree)
+        res = np.hypot(rx - A @ cx, ry - A @ cy)
+        sig = np.median(res[use]) / 1.1774  # per-axis sigma from the median of a Rayleigh distribution
+        new = res < max(3.5 * sig, 0.05)
+        if np.array_equal(new, use) or new.sum() < len(cx) + 3:
+            break
+        use = new
+    return cx, cy, use, res
 
 
 def align(science: Frame, template: Frame, cfg, gpu: bool | None = None) -> Frame:
     """Resample ``science`` onto ``template``'s grid; returns a Frame with the template's WCS.
 
-    With ``cfg.subtraction.align_refine`` the WCS mapping is corrected by the median residual
-    shift of matched bright stars (:func:`residual_shift`) before resampling.
+    With ``cfg.subtraction.align_refine`` the WCS mapping is corrected by a polynomial fitted to
+    the offsets of stars matched between the two frames (:func:`refine_map`) before resampling;
+    the aligned header records ``ALNNSTAR``, ``ALNDEG`` and ``ALNRMS`` [px] of that fit.
 
     Non-WCS header cards (GAIN, exposure, zero point ...) come from the science frame.
     NaN input pixels are set to 0 and flagged ``BAD``. ``gpu=None`` follows
@@ -52,9 +108,10 @@ def align(science: Frame, template: Frame, cfg, gpu: bool | None = None) -> Fram
         data = np.where(bad, np.float32(0), data)
         mask = mask | (bad * np.uint16(MaskBits.BAD)).astype(np.uint16)
     xmap, ymap = pixel_map(template.wcs, science.wcs, template.shape, sc.align_grid_step)
+    info = None
     if sc.align_refine:
-        dx, dy = residual_shift(science, template, xmap, ymap, sc.align_grid_step)
-        xmap, ymap = xmap + dx, ymap + dy
+        xmap, ymap, info = refine_map(science, template, xmap, ymap, sc.align_grid_step, sc.align_refine_degree,
+                                      sc.align_search_px, sc.align_match_px)
     args = (data, mask, xmap, ymap, sc.align_grid_step, template.shape, sc.lanczos_a, sc.align_mask_weight)
     if use_gpu(sc.backend) if gpu is None else gpu:
         out, out_mask = (a.get() for a in resample_cupy(*args))
@@ -67,4 +124,9 @@ def align(science: Frame, template: Frame, cfg, gpu: bool | None = None) -> Fram
     for card in template.header.cards:
         if card.keyword.startswith(_WCS_PREFIXES):
             header[card.keyword] = (card.value, card.comment)
+    if info is not None:
+        header["ALNNSTAR"] = (info["n"], "stars in the alignment refinement fit")
+        header["ALNDEG"] = (info["degree"], "polynomial degree of the alignment refinement")
+        if np.isfinite(info["rms"]):
+            header["ALNRMS"] = (round(info["rms"], 4), "[px] rms of the alignment refinement fit")
     return Frame(data=out, mask=out_mask, header=header, primary=science.primary.copy())

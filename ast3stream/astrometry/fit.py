@@ -80,17 +80,14 @@ def fit_tan_sip(x, y, ra, dec, crpix: tuple[float, float], crval: tuple[float, f
     design = _design(u, v, terms, norm)
     w = np.ones_like(x) if weights is None else np.asarray(weights, float)
     sw = np.sqrt(w)[:, None]
+    solver = np.linalg.pinv(design * sw) * sw.T          # least squares: coefficients = solver @ (xi, eta)
     ra0, dec0 = crval
     for _ in range(10):
-        xi, eta = tan_project(ra, dec, ra0, dec0)
-        cx = np.linalg.lstsq(design * sw, xi * sw[:, 0], rcond=None)[0]
-        ce = np.linalg.lstsq(design * sw, eta * sw[:, 0], rcond=None)[0]
+        (cx, ce) = (solver @ np.column_stack(tan_project(ra, dec, ra0, dec0))).T
         (ra0,), (dec0,) = tan_deproject(np.array([cx[0]]), np.array([ce[0]]), ra0, dec0)
         if np.hypot(cx[0], ce[0]) * 3.6e6 < 1.0:
             break
-    xi, eta = tan_project(ra, dec, ra0, dec0)
-    cx = np.linalg.lstsq(design * sw, xi * sw[:, 0], rcond=None)[0]
-    ce = np.linalg.lstsq(design * sw, eta * sw[:, 0], rcond=None)[0]
+    (cx, ce) = (solver @ np.column_stack(tan_project(ra, dec, ra0, dec0))).T
     scale = np.array([norm ** (p + q) for p, q in terms])
     cx, ce = cx / scale, ce / scale                       # coefficients of raw u^p v^q
     i10, i01 = terms.index((1, 0)), terms.index((0, 1))

@@ -6,10 +6,11 @@
    as the ``n_brightest`` clean stars.
 2. :func:`~ast3stream.astrometry.match.match_triangles` finds the similarity (shift, rotation,
    scale within the configured prior) between the two lists.
-3. All clean stars are matched (radius ``match_radius_arcsec``), a TAN WCS is fitted, then TAN-SIP
-   of order ``sip_order`` (lowered while fewer than 2 stars per coefficient), with 3-sigma
-   clipping and re-matching at ``max(3 rms, 0.5")`` until stable. With fewer than
-   ``min_stars_linear`` matches only the pointing (CRVAL) of the header WCS is refitted.
+3. The ``max_fit_stars`` brightest clean stars are matched (radius ``match_radius_arcsec``), a TAN
+   WCS is fitted, then TAN-SIP of order ``sip_order`` (lowered while fewer than 2 stars per
+   coefficient), with 3-sigma clipping and re-matching at ``max(3 rms, 0.5")`` until stable.
+   With fewer than ``min_stars_linear`` matches only the pointing (CRVAL) of the header WCS is
+   refitted.
 
 Returns the WCS and ``rms_arcsec`` (2-D RMS of the star-minus-reference separations),
 ``rms_ra_arcsec``, ``rms_dec_arcsec``, ``n_matched``, ``sip_order``, ``pixel_scale``, and the
@@ -23,6 +24,7 @@ import numpy as np
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.spatial import cKDTree
+from threadpoolctl import threadpool_limits
 
 from ..catalogs.refcat import as_refcat
 from ..config import Settings
@@ -54,8 +56,12 @@ def _fit(x, y, ra, dec, crpix, crval, order, shape, wcs0: WCS, ac, inverse: bool
     return fit_tan_sip(x, y, ra, dec, crpix, crval, order, shape, inverse=inverse)
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def solve(frame: Frame, clean_sources, refcat, cfg: Settings) -> tuple[WCS, dict]:
-    """Fit TAN-SIP to the clean star list; raises :class:`AstrometryError` when no solution."""
+    """Fit TAN-SIP to the clean star list; raises :class:`AstrometryError` when no solution.
+
+    The many small least-squares problems run on one BLAS thread (several threads contend and
+    are slower on a busy machine)."""
     ac = cfg.astrometry
     ny, nx = frame.shape
     with warnings.catch_warnings():
@@ -74,7 +80,7 @@ def solve(frame: Frame, clean_sources, refcat, cfg: Settings) -> tuple[WCS, dict
     rx, ry = wcs0.all_world2pix(ref["ra"], ref["dec"], 0, quiet=True)
     rxy = np.column_stack([rx, ry])
 
-    stars = clean_sources[np.argsort(-np.asarray(clean_sources["flux"]), kind="stable")]
+    stars = clean_sources[np.argsort(-np.asarray(clean_sources["flux"]), kind="stable")][:ac.max_fit_stars]
     sxy = np.column_stack([np.asarray(stars["x"], float), np.asarray(stars["y"], float)])
     n_det = min(ac.n_brightest, len(stars))
     off = ac.max_offset_arcmin * 60 / scale0

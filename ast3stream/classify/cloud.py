@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .train import load_weights, pick_device, predict_proba
+from .model import CloudResNet
+from .train import fit, load_weights, pick_device, predict_proba
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 _CACHE: dict = {}
@@ -124,6 +125,22 @@ def to_input(thumbs: np.ndarray) -> np.ndarray:
     """Network input (N, 1, H, W): the [0, 1] thumbnail centred on 0."""
     t = np.nan_to_num(np.asarray(thumbs, np.float32), nan=0.5)
     return (t - 0.5)[:, None] if t.ndim == 3 else (t - 0.5)[None, None]
+
+
+def rotations(thumbs: np.ndarray) -> np.ndarray:
+    """The four 90-degree rotations of each thumbnail (4N, H, W); :func:`~.train.fit`'s random
+    flips complete the dihedral group (clouds and star fields have no preferred orientation)."""
+    return np.concatenate([np.rot90(thumbs, k, axes=(1, 2)) for k in range(4)])
+
+
+def train_cloud(thumbs: np.ndarray, label: np.ndarray, val_thumbs: np.ndarray, val_label: np.ndarray,
+                init: str | Path | None = None, **fit_kwargs):
+    """Train (or fine-tune the weights at ``init``) on [0, 1] thumbnails augmented by
+    :func:`rotations`; ``fit`` keeps the epoch of least validation loss. Returns (model, history)."""
+    model = load_weights(init)[0] if init is not None else CloudResNet()
+    x, y = to_input(rotations(thumbs)), np.tile(np.asarray(label, np.int64), 4)
+    history = fit(model, x, y, to_input(val_thumbs), np.asarray(val_label, np.int64), **fit_kwargs)
+    return model, history
 
 
 def load_cloud_model(path: str | Path | None = None, device: str = "auto"):

@@ -1,7 +1,7 @@
 """Artificial point sources for injection-recovery tests of the difference-imaging lanes.
 
 Sources are the frame's own PSF model (:func:`ast3stream.photometry.psf.build_psf` fitted to
-its clean stars, PSFEx-like) scaled to ``F = 10^(-0.4 (m - ZP))`` electrons, with Poisson
+its clean stars, PSFEx-like) scaled to ``F = 10^(-0.4 (m - ZP))`` electrons with their photon
 noise, added to a calibrated frame before alignment, as in the efficiency measurements of
 PTF/ZTF (Frohmaier et al. 2017, ApJS 230, 4). Sites are drawn uniformly on the free area
 (unmasked, away from the edges and from the footprints of brighter sources) at least
@@ -24,11 +24,15 @@ from ..photometry.psf import PSFModel, build_psf
 
 
 def frame_psf(frame: Frame, cfg, half: int | None = None) -> PSFModel:
-    """PSF model of a calibrated frame from the clean stars of its ``SRC`` table."""
+    """PSF model of a calibrated frame from the clean stars of its ``SRC`` table, on a stamp of
+    half-size ``3 FWHM``; its spatial degree (at most ``cfg.photometry.psf_degree``) keeps at
+    least 15 stars per polynomial term, since a noisy model injects noise into the wings."""
     stars = frame.sources[np.asarray(frame.sources["clean"], bool)]
     fwhm = float(np.median(stars["fwhm"]))
-    half = half or int(np.clip(np.ceil(4 * fwhm), 5, 30))
-    return build_psf(frame, stars, half, cfg.photometry.psf_degree)
+    degree = cfg.photometry.psf_degree
+    while degree > 0 and len(stars) < 15 * (degree + 1) * (degree + 2) // 2:
+        degree -= 1
+    return build_psf(frame, stars, half or int(np.clip(np.ceil(3 * fwhm), 5, 30)), degree)
 
 
 def free_area(frame: Frame, fwhm: float, edge: int, thresh: float = 3.0) -> np.ndarray:
@@ -64,15 +68,18 @@ def random_sites(free: np.ndarray, n: int, min_sep: float, rng: np.random.Genera
 
 
 def inject(frame: Frame, psf: PSFModel, x, y, flux, rng: np.random.Generator) -> Frame:
-    """Copy of ``frame`` with Poisson realisations of ``flux`` [e-] PSF stars at ``(x, y)``."""
+    """Copy of ``frame`` with ``flux`` [e-] PSF stars at ``(x, y)`` and their photon noise
+    (Gaussian of variance ``max(model, 0)``, so the model's zero-mean noise pixels keep the
+    total flux unbiased)."""
     data = np.array(frame.data, np.float32)
     ny, nx = data.shape
     h = psf.half
     stamps = psf.at(x, y) * np.asarray(flux, float)[:, None, None]
+    stamps += rng.normal(size=stamps.shape) * np.sqrt(np.clip(stamps, 0, None))
     for s, xi, yi in zip(stamps, np.rint(x).astype(int), np.rint(y).astype(int)):
         y0, x0 = yi - h, xi - h
         sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(yi + h + 1, ny), min(xi + h + 1, nx)
-        data[sy0:sy1, sx0:sx1] += rng.poisson(np.clip(s[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0], 0, None))
+        data[sy0:sy1, sx0:sx1] += s[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
     return Frame(data=data, mask=frame.mask.copy(), header=frame.header.copy(), primary=frame.primary.copy(),
                  sources=frame.sources)
 
@@ -124,8 +131,10 @@ def recover(science: Frame, template: Frame, psf: PSFModel, x, y, mag, zp: float
     and match within ``radius`` lane pixels.
 
     Returns ``(injections, candidates, difference)``; ``injections`` has the lane-template
-    pixel ``x, y``, ``mag``, ``found``, the matched candidate's ``cand`` index, ``mag_rec``,
-    ``flux_rec``, ``flux_err`` and the injected ``flux`` (science electrons).
+    pixel ``x, y``, ``mag``, the injected ``flux`` (science electrons), ``usable`` (no mask bit
+    of the difference within ``cfg.detection.mask_radius_px``: detection rejects such sites, so
+    efficiencies refer to the usable area), ``found``, the matched candidate's ``cand`` index,
+    ``mag_rec``, ``flux_rec`` and ``flux_err``.
     """
     from ..alignment import align
     from ..subtraction import subtract
@@ -143,8 +152,12 @@ def recover(science: Frame, template: Frame, psf: PSFModel, x, y, mag, zp: float
     xt, yt = template.wcs.all_world2pix(*science.wcs.all_pix2world(x, y, 0), 0)
     j = match(cands, xt, yt, radius)
     found = j >= 0
+    r = cfg.detection.mask_radius_px
+    ny, nx = diff.mask.shape
+    usable = np.array([0 <= cx < nx and 0 <= cy < ny and not diff.mask[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].any()
+                       for cx, cy in zip(np.rint(xt).astype(int), np.rint(yt).astype(int))])
     pick = lambda col: np.where(found, np.asarray(cands[col], float)[np.maximum(j, 0)], np.nan) \
         if len(cands) else np.full(len(j), np.nan)  # noqa: E731
-    inj = Table(dict(x=xt, y=yt, mag=np.asarray(mag, float), flux=flux, found=found, cand=j,
+    inj = Table(dict(x=xt, y=yt, mag=np.asarray(mag, float), flux=flux, usable=usable, found=found, cand=j,
                      mag_rec=pick("mag"), flux_rec=pick("flux"), flux_err=pick("flux_err")))
     return inj, cands, diff

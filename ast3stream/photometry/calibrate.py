@@ -26,7 +26,7 @@ from scipy.spatial import cKDTree
 from ..catalogs.refcat import _unit_vectors, as_refcat
 from ..config import Settings
 from ..image import Frame
-from ..sources import clean_star_list
+from ..sources import bit_mask, clean_star_list
 
 _K = 2.5 / np.log(10)
 
@@ -34,8 +34,7 @@ _K = 2.5 / np.log(10)
 def aperture_fluxes(frame: Frame, x, y, bkg, radius: float, mask_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Sky-subtracted flux in circles of ``radius`` and the flag of masked pixels inside."""
     data = np.ascontiguousarray(frame.data, dtype=np.float32)
-    mask = (frame.mask & np.uint16(mask_bits)) != 0
-    total, _, flag = sep.sum_circle(data, x, y, radius, mask=mask, subpix=5)
+    total, _, flag = sep.sum_circle(data, x, y, radius, mask=bit_mask(frame.mask, mask_bits), subpix=5)
     return total - np.asarray(bkg) * np.pi * radius ** 2, flag
 
 

@@ -79,7 +79,7 @@ def assess(frame: Frame, sources: Table, refcat, stats: dict, cfg: Settings, thu
     zp = stats.get("zp")
     deficit = zp_clear - zp if zp is not None and np.isfinite(zp) else None
     out["zp_deficit"] = deficit
-    cloudy = (out["cloud_prob"] is not None and out["cloud_prob"] >= qc.cloud_threshold)
+    cloudy = qc.cloud_cnn_flags and out["cloud_prob"] is not None and out["cloud_prob"] >= qc.cloud_threshold
     cloudy |= deficit is not None and deficit > qc.cloudy_zp_deficit
     cloudy |= (stats.get("zp_rms") or 0.0) > qc.cloudy_zp_rms
     if cloudy:

@@ -25,7 +25,7 @@ def thumbnail(frame: Frame, size: int = 256) -> np.ndarray:
         pad = np.full((fy * size, fx * size), np.median(frame.data), np.float32)
         pad[:data.shape[0], :data.shape[1]] = data
         data = pad
-    binned = data.reshape(size, fy, size, fx).mean(axis=(1, 3), dtype=np.float64)
+    binned = data.reshape(size, fy, size * fx).mean(axis=1).reshape(size, size, fx).mean(axis=2)
     lo, hi = ZScaleInterval().get_limits(binned)
     return np.clip((binned - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
 

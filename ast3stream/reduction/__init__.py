@@ -5,7 +5,7 @@ from .calibration import Calibration, bad_pixel_mask, clipped_mean
 from .cosmics import detect_cosmics
 from .overscan import BadFrameError, RawImage, read_raw, subtract_overscan
 from .reduce import reduce_raw
-from .trails import Trail, find_trails, trail_mask
+from .trails import Trail, find_trails, trail_pixels
 
 __all__ = ["BadFrameError", "Calibration", "RawImage", "Trail", "bad_pixel_mask", "clipped_mean",
-           "detect_cosmics", "find_trails", "read_raw", "reduce_raw", "subtract_overscan", "trail_mask"]
+           "detect_cosmics", "find_trails", "read_raw", "reduce_raw", "subtract_overscan", "trail_pixels"]

@@ -21,7 +21,7 @@ from .calibration import Calibration
 from .cosmics import detect_cosmics
 from .overscan import BadFrameError, read_raw
 from .sections import section_slices
-from .trails import find_trails, trail_mask
+from .trails import find_trails, trail_pixels
 
 #: header keywords that describe the raw data layout or its WCS (not carried to PRIMARY)
 _LAYOUT = re.compile(r"^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|BZERO|BSCALE|BLANK|PCOUNT|GCOUNT|XTENSION|EXTNAME|"
@@ -86,18 +86,17 @@ def reduce_raw(raw_path, calib: Calibration | None, cfg: Settings, timings: dict
     ncosmic = 0
     if rc.cosmics:
         t0 = time.perf_counter()
-        crmask, data = detect_cosmics(data, mask != 0, raw.read_noise, 1e30, rc.cosmic_sigclip,
-                                      rc.cosmic_objlim, rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad)
-        mask[crmask] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
-        ncosmic = int(crmask.sum())
+        hits = detect_cosmics(data, mask, raw.read_noise, 1e30, rc.cosmic_sigclip, rc.cosmic_objlim,
+                              rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad)
+        mask[hits[:, 0], hits[:, 1]] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
+        ncosmic = len(hits)
         timings["cosmics"] = time.perf_counter() - t0
 
     trails = []
     if rc.trails:
         t0 = time.perf_counter()
-        trails = find_trails(data, mask != 0, rc.trail_threshold, rc.trail_min_length_px, rc.trail_bin)
-        if trails:
-            mask[trail_mask(data.shape, trails)] |= np.uint16(MaskBits.TRAIL)
+        trails = find_trails(data, mask, rc.trail_threshold, rc.trail_min_length_px, rc.trail_bin)
+        mask[trail_pixels(data.shape, trails)] |= np.uint16(MaskBits.TRAIL)
         timings["trails"] = time.perf_counter() - t0
 
     primary = fits.Header([card for card in raw.header.cards

@@ -142,6 +142,7 @@ def plan_night(out_dir: str | Path, n_exposures: int = 6, scale: float = 0.1, se
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     lay = layout(det, scale)
     mid = pointing.midnight_mjd(det, sim.night)
+    n_fields = min(n_fields, n_exposures)      # fewer exposures than fields: visit fewer fields
     fields = pointing.plan_fields(n_fields, lay, det, sim, mid)
     nominal = [pointing.make_wcs(f["ra"], f["dec"], lay, det.pixel_scale) for f in fields]
 

@@ -1,5 +1,8 @@
 """Source extraction with sep (Barbary 2016; SExtractor's algorithms, Bertin & Arnouts 1996).
 
+Background: sep's mesh (``sources.mesh``) estimate, subtracted; detection at ``sources.thresh``
+times the global background rms with SExtractor's deblending and (``sources.clean``) cleaning.
+
 Columns (SExtractor names in brackets): ``x``, ``y`` windowed 0-based centroids [XWIN/YWIN,
 with ``sigma = 2 r50 / 2.3548``], ``flux``/``fluxerr`` [FLUX_AUTO: Kron ellipse of 2.5 Kron radii,
 at least a circle of 3.5 px], ``mag_inst = -2.5 log10 flux`` (99 when ``flux <= 0``), ``a``, ``b``,
@@ -20,6 +23,21 @@ from ..config import Settings
 from ..image import Frame
 
 MASKED = 0x100   #: flag bit: the Kron aperture holds masked (bad/saturated/cosmic/trail) pixels
+
+
+@numba.njit(parallel=True, cache=True)
+def _bit_mask(mask, bits, out):
+    for y in numba.prange(mask.shape[0]):
+        for x in range(mask.shape[1]):
+            out[y, x] = (mask[y, x] & bits) != 0
+
+
+def bit_mask(mask: np.ndarray, bits: int) -> np.ndarray:
+    """Boolean ``(mask & bits) != 0`` of a :class:`~ast3stream.image.MaskBits` plane, in one pass."""
+    mask = np.ascontiguousarray(mask)
+    out = np.empty(mask.shape, bool)
+    _bit_mask(mask, mask.dtype.type(bits), out)
+    return out
 
 
 @numba.njit(parallel=True, cache=True)
@@ -93,7 +111,7 @@ def extract(frame: Frame, cfg: Settings) -> Table:
     """Detect and measure sources on a reduced frame (electrons); see the module docstring."""
     sc = cfg.sources
     data = np.ascontiguousarray(frame.data, dtype=np.float32)
-    mask = (frame.mask & np.uint16(sc.mask_bits)) != 0
+    mask = bit_mask(frame.mask, sc.mask_bits)
     bkg = sep.Background(data, mask=mask, bw=sc.mesh, bh=sc.mesh, fw=3, fh=3)
     sub = data.copy()
     bkg.subfrom(sub)
@@ -101,7 +119,7 @@ def extract(frame: Frame, cfg: Settings) -> Table:
     sep.set_extract_pixstack(max(300000, data.size // 20))
     sep.set_sub_object_limit(4096)
     objs = sep.extract(sub, sc.thresh, err=rms, mask=mask, minarea=sc.minarea,
-                       deblend_cont=sc.deblend_cont, clean=True)
+                       deblend_cont=sc.deblend_cont, clean=sc.clean)
     objs = objs[(objs["a"] > 0) & (objs["b"] > 0)]
     x, y, a, b, theta = objs["x"], objs["y"], objs["a"], objs["b"], objs["theta"]
     theta = np.clip(theta, -np.pi / 2 + 1e-6, np.pi / 2 - 1e-6)
@@ -112,15 +130,14 @@ def extract(frame: Frame, cfg: Settings) -> Table:
     if small.any():
         cflux, cerr, cflag = sep.sum_circle(sub, x[small], y[small], 3.5, err=rms, gain=1.0, mask=mask, subpix=1)
         flux[small], fluxerr[small], aflag[small] = cflux, cerr, cflag
-    _, nmask, _ = sep.sum_ellipse(mask.astype(np.float32), x, y, a, b, theta, 2.5 * np.maximum(kron, 1.4),
-                                  subpix=1)
+    _, _, mflag = sep.sum_ellipse(sub, x, y, a, b, theta, 2.5 * np.maximum(kron, 1.4), mask=mask, subpix=1)
     r50, rflag = sep.flux_radius(sub, x, y, 6.0 * a, 0.5, normflux=flux, subpix=5)
     r50 = np.where(np.isfinite(r50) & (r50 > 0), r50, 0.5)
-    xw, yw, wflag = sep.winpos(sub, x, y, 2.0 * r50 / 2.3548, mask=mask)
+    xw, yw, wflag = sep.winpos(sub, x, y, 2.0 * r50 / 2.3548, mask=mask, subpix=5)
     moved = ~np.isfinite(xw) | ~np.isfinite(yw) | (np.hypot(xw - x, yw - y) > 2.0 * r50 + 1.0)
     xw, yw = np.where(moved, x, xw), np.where(moved, y, yw)
     flag = (objs["flag"].astype(np.int32) | kflag | aflag | rflag | wflag).astype(np.int32)
-    flag |= np.where(nmask > 0, MASKED, 0).astype(np.int32)
+    flag |= np.where(mflag & sep.APER_HASMASKED, MASKED, 0).astype(np.int32)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, -2.5 * np.log10(np.where(flux > 0, flux, 1.0)), 99.0)
         concentration = objs["peak"] * r50 ** 2 / np.where(flux > 0, flux, np.nan)

@@ -55,6 +55,7 @@ def select_stars(data_sub: np.ndarray, mask: np.ndarray, rms: np.ndarray, cfg) -
     mask = np.ascontiguousarray(mask, bool)
     rms = np.ascontiguousarray(rms, np.float32)
     objs = sep.extract(data, 5.0, err=rms, mask=mask, minarea=5, deblend_cont=0.005)
+    objs = objs[np.isfinite(objs["a"]) & np.isfinite(objs["b"]) & (objs["b"] > 0)]
     if len(objs) < 3:
         return Table(dict(x=[], y=[], xwin=[], ywin=[], flux=[], flux_err=[], fwhm=[]), meta={"fwhm": np.nan})
     flux, ferr, fwhm = measure(data, mask, rms, objs["x"], objs["y"], 2.3548 * np.median(objs["a"]))

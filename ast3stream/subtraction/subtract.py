@@ -25,8 +25,8 @@ Steps (Hu et al. 2022 sparse-field mode with our own masks):
    (:func:`~ast3stream.detection.photometry.error_scale`).
 
 Masked pixels (any bit but ``INTERP``) are replaced by sky before convolution; the output
-mask is the OR of both masks dilated by the larger FWHM, plus ``EDGE`` on a frame border
-of the kernel half-width (SFFT's circular convolution).
+mask is the OR of both masks dilated by the larger FWHM (rounded, at least 1 px), plus
+``EDGE`` on a frame border of the kernel half-width (SFFT's circular convolution).
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         diff[sy, sx] += wt * d.astype(xp.float32)
         noise[sy, sx] += wt * sig.astype(xp.float32)
 
-    mask = _output_mask(tpl.mask | sci.mask, int(math.ceil(fwhm_max)), hw, xp, maximum_filter)
+    mask = _output_mask(tpl.mask | sci.mask, max(1, round(fwhm_max)), hw, xp, maximum_filter)
     diff = xp.where(mask & _UNUSABLE, zero, diff)
     noise = xp.where(noise > 0, noise, xp.float32(np.inf))
     Jsub, Jrms, bad_host = host(J.sub), host(J.rms), host(bad)
