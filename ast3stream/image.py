@@ -4,7 +4,7 @@ A reduced exposure is one FITS file with these HDUs (names are the contract):
 
 ``PRIMARY``  empty data; summary header (EXPID, FIELD, MJD-OBS, quality keywords ...)
 ``SCI``      float32 image in electrons, with the WCS once astrometry has run
-``MASK``     uint16 bit flags, see :class:`MaskBits`
+``MASK``     bit flags (int16 on disk, uint16 in memory), see :class:`MaskBits`
 ``SRC``      (optional) source table from the sources stage, 0-based ``x``, ``y``
 
 Pixel convention: ``data[y, x]``, 0-based (see :mod:`ast3stream.config`).
@@ -57,7 +57,7 @@ class Frame:
         hdus = [
             fits.PrimaryHDU(header=self.primary),
             fits.ImageHDU(self.data.astype(np.float32, copy=False), self.header, name="SCI"),
-            fits.ImageHDU(self.mask.astype(np.uint16, copy=False), name="MASK"),
+            fits.ImageHDU(self.mask.astype(np.int16, copy=False), name="MASK"),  # bits < 2**15: no BZERO
         ]
         if self.sources is not None:
             hdus.append(fits.BinTableHDU(self.sources, name="SRC"))

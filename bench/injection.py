@@ -13,9 +13,9 @@ and bogus detections of the DIP and QIP lanes.
    aligns, subtracts, detects, and detections are matched to injections (1.5 px DIP, 1 px QIP).
    Injections that land on masked pixels of the difference (which detection rejects) are
    counted but left out of the efficiencies, which so refer to the unmasked area.
-4. Printed per lane: efficiency vs ``m - maglim``; per frame the 50 % completeness magnitude
-   ``m50`` (logistic fit) against the science frame's ``maglim`` and the difference image's
-   own 5-sigma limit; recovered - injected magnitude (median, robust scatter, median error,
+4. Printed per lane: efficiency vs ``m - maglim`` (and fitted vs the difference image's limit);
+   per frame the 50 % completeness magnitude ``m50`` (logistic fit) against the science frame's
+   ``maglim`` and the difference image's own 5-sigma limit; recovered - injected magnitude (median, robust scatter, median error,
    median pull) per bin; bogus detections per frame = detections matching neither an
    injection nor a simulator truth transient / asteroid (of the science or template epoch).
    Written: ``injection.json`` and ``efficiency.png`` in ``--out``.
@@ -127,9 +127,11 @@ def run(args) -> dict:
             use = np.asarray(inj["usable"])
             fit = completeness_fit(inj["mag"][use], inj["found"][use])
             inj["expid"], inj["lane"], inj["dm_lim"] = e.expid, lane, inj["mag"] - maglim
+            inj["dm_diff"] = inj["mag"] - float(cands.meta["maglim"])
             injected.append(inj)
             per_frame.append(dict(expid=e.expid, template=tpl_id, lane=lane, n_inject=len(inj),
-                                  n_usable=int(use.sum()), n_found=int(inj["found"].sum()), n_cands=len(cands), n_bogus=int(bad.sum()),
+                                  n_usable=int(use.sum()), n_found=int(inj["found"].sum()), n_cands=len(cands),
+                                  n_bogus=int(bad.sum()),
                                   n_bogus_neg=int((bad & (np.asarray(cands["sign"]) < 0)).sum()),
                                   maglim=maglim, maglim_diff=float(cands.meta["maglim"]), m50=fit["m50"],
                                   width=fit["width"], eff_max=fit["eff_max"], m50_minus_maglim=fit["m50"] - maglim,
@@ -137,7 +139,8 @@ def run(args) -> dict:
                                   errscale=diff.stats["errscale"], apcorr=diff.stats["apcorr"],
                                   psf_fwhm=diff.stats["psf_fwhm"], x2nrm_rstd=diff.stats["x2nrm_rstd"],
                                   seconds=time.time() - t1))
-            print(f"{e.expid} {lane}: {len(inj)} injected ({int(use.sum())} on unmasked pixels), m50 {fit['m50']:.2f} vs maglim {maglim:.2f} "
+            print(f"{e.expid} {lane}: {len(inj)} injected ({int(use.sum())} on unmasked pixels), "
+                  f"m50 {fit['m50']:.2f} vs maglim {maglim:.2f} "
                   f"(difference {cands.meta['maglim']:.2f}), bogus {int(bad.sum())}, {time.time() - t1:.0f} s")
     inj = vstack(injected)
     frames_t = Table(rows=per_frame)
@@ -148,9 +151,12 @@ def run(args) -> dict:
         f = frames_t[frames_t["lane"] == lane]
         eff = efficiency(s["dm_lim"], s["found"], EDGES)
         fit = completeness_fit(s["dm_lim"], s["found"])
+        eff_diff = efficiency(s["dm_diff"], s["found"], EDGES)
+        fit_diff = completeness_fit(s["dm_diff"], s["found"])
         bias = bias_table(s, EDGES)
         result["lanes"][lane] = dict(
-            efficiency=[dict(r) for r in eff], fit_dm_lim=fit, bias=[dict(r) for r in bias],
+            efficiency=[dict(r) for r in eff], fit_dm_lim=fit, efficiency_diff=[dict(r) for r in eff_diff],
+            fit_dm_diff=fit_diff, bias=[dict(r) for r in bias],
             m50_minus_maglim_median=float(np.median(f["m50_minus_maglim"])),
             m50_minus_maglim_diff_median=float(np.median(f["m50_minus_maglim_diff"])),
             bogus_per_frame=float(np.mean(f["n_bogus"])))
@@ -163,7 +169,7 @@ def run(args) -> dict:
                     t[c].format = ".3f"
             t.pprint(max_lines=-1, max_width=-1)
         print(f"logistic fit over all frames: m50 - maglim = {fit['m50']:+.3f} mag, width {fit['width']:.3f}, "
-              f"eff_max {fit['eff_max']:.3f}")
+              f"eff_max {fit['eff_max']:.3f}; m50 - maglim(difference) = {fit_diff['m50']:+.3f} mag")
         g = f["expid", "maglim", "maglim_diff", "m50", "m50_minus_maglim", "m50_minus_maglim_diff", "n_cands",
               "n_bogus", "n_bogus_neg", "errscale", "apcorr", "x2nrm_rstd"]
         for c in g.colnames[1:]:
@@ -183,16 +189,19 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for lane, res in result["lanes"].items():
-        eff = Table(rows=res["efficiency"])
-        fit = res["fit_dm_lim"]
-        m = np.linspace(EDGES[0], EDGES[-1], 200)
-        ax.errorbar(eff["mag"], eff["eff"], eff["eff_err"], fmt="o", label=f"{lane.upper()} (m50 {fit['m50']:+.2f})")
-        ax.plot(m, fit["eff_max"] / (1 + np.exp((m - fit["m50"]) / fit["width"])), color=ax.lines[-1].get_color())
-    ax.axvline(0, color="k", lw=0.8, ls="--")
-    ax.set(xlabel="injected m - frame limiting magnitude (5 sigma)", ylabel="detection efficiency", ylim=(0, 1.05))
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    m = np.linspace(EDGES[0], EDGES[-1], 200)
+    for ax, key, label in ((axes[0], "", "science frame's"), (axes[1], "_diff", "difference image's")):
+        for lane, res in result["lanes"].items():
+            eff = Table(rows=res["efficiency" + key])
+            fit = res["fit_dm_lim" if not key else "fit_dm_diff"]
+            ax.errorbar(eff["mag"], eff["eff"], eff["eff_err"], fmt="o",
+                        label=f"{lane.upper()} (m50 {fit['m50']:+.2f})")
+            ax.plot(m, fit["eff_max"] / (1 + np.exp((m - fit["m50"]) / fit["width"])), color=ax.lines[-1].get_color())
+        ax.axvline(0, color="k", lw=0.8, ls="--")
+        ax.set(xlabel=f"injected m - {label} 5-sigma limit", ylim=(0, 1.05))
+        ax.legend()
+    axes[0].set_ylabel("detection efficiency")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

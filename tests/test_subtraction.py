@@ -89,17 +89,19 @@ def lt_frames():
     hdus = [fits.open(p)[0] for p in files]
     data = [h.data.astype(np.float32) * np.float32(h.header["GAIN"]) for h in hdus]
     rn = [float(h.header["READNOIS"]) for h in hdus]
-    hits = sum(np.isin(np.arange(d.size), np.ravel_multi_index(detect_cosmics(d.copy(), np.zeros(d.shape, np.uint16),
-                                                                              r, 1e30).T, d.shape)).reshape(d.shape)
-               for d, r in zip(data, rn))
-    hot = binary_dilation(hits >= 2)
+    hits = []
+    for d, r in zip(data, rn):
+        hit = np.zeros(d.shape, bool)
+        hit[tuple(detect_cosmics(d, np.zeros(d.shape, np.uint16), r, 1e30).T)] = True  # cleans d in place
+        hits.append(hit)
+    hot = binary_dilation(np.sum(hits, axis=0) >= 2)
     frames = []
-    for h, d, r in zip(hdus, data, rn):
+    for h, d, hit in zip(hdus, data, hits):
         mask = np.zeros(d.shape, np.uint16)
         back = sep.Background(d, bw=64, bh=64).back()
         mask[binary_dilation(np.abs(back / np.median(back) - 1) > 0.05, iterations=8) | hot] |= np.uint16(MaskBits.BAD)
         mask[d >= 0.9 * h.header["GAIN"] * h.header["SATURATN"]] |= np.uint16(MaskBits.SATURATED)
-        cr = detect_cosmics(d, mask, r, 1e30)
+        cr = np.argwhere(hit & ~hot)
         mask[cr[:, 0], cr[:, 1]] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
         header = h.header.copy()
         header["GAIN"] = 1.0
@@ -126,6 +128,8 @@ def test_lt_series_difference_is_clean():
 
     frames = lt_frames()
     (tpl, _), (sci, cr) = frames[0], frames[-1]
+    # ~30 sub-area stars: let the kernel vary (quadratically, the default); a constant or linear
+    # kernel leaves PSF-shape dipoles at several stars of this field
     cfg = CFG.model_copy(update={"subtraction": CFG.subtraction.model_copy(update={"min_stars_varying": 15})})
     aligned = align(sci, tpl, cfg)
     d = subtract(aligned, tpl, cfg)

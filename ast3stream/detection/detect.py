@@ -6,8 +6,8 @@ filtered image is a PSF-fit SNR map on the pixel grid, thresholded at ``cfg.dete
 times ``diff.stats['errscale']`` (the correlated-noise factor). A candidate then needs a PSF-fit
 SNR of at least ``cfg.detection.thresh`` at its sub-pixel centroid: on undersampled (QIP) images
 the grid-centred filter loses up to ~40 % of the SNR to the pixel phase, so thresholding the
-filtered image itself would lose sources at the limit. Kept are sources with ``fwhm_min <= FWHM <= fwhm_max_factor x image FWHM``,
-``elong_min <= a/b <= elong_max``, ``ISOAREA >= minarea``, no sep truncation/merge flag, no
+filtered image itself would lose sources at the limit. Kept are sources with
+``fwhm_min <= FWHM <= fwhm_max_factor x image FWHM``, ``elong_min <= a/b <= elong_max``, ``ISOAREA >= minarea``, no sep truncation/merge flag, no
 mask bit within ``mask_radius_px`` of the centroid and at least ``edge_px`` from the border.
 ``minarea`` and ``fwhm_min`` are full-resolution quantities (the paper's cuts): on the QIP
 lane's ``n x n`` binned images they become ``max(1, ceil(minarea / n^2))`` px and

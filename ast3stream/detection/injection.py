@@ -4,7 +4,7 @@ Sources are the frame's own PSF model (:func:`ast3stream.photometry.psf.build_ps
 its clean stars, PSFEx-like) scaled to ``F = 10^(-0.4 (m - ZP))`` electrons with their photon
 noise, added to a calibrated frame before alignment, as in the efficiency measurements of
 PTF/ZTF (Frohmaier et al. 2017, ApJS 230, 4). Sites are drawn uniformly on the free area
-(unmasked, away from the edges and from the footprints of brighter sources) at least
+(unmasked, away from the edges and from the footprints of detected sources) at least
 ``min_sep`` apart. The completeness curve is the maximum-likelihood fit to the found / missed
 injections of
 
@@ -154,7 +154,8 @@ def recover(science: Frame, template: Frame, psf: PSFModel, x, y, mag, zp: float
     found = j >= 0
     r = cfg.detection.mask_radius_px
     ny, nx = diff.mask.shape
-    usable = np.array([0 <= cx < nx and 0 <= cy < ny and not diff.mask[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].any()
+    usable = np.array([0 <= cx < nx and 0 <= cy < ny
+                       and not diff.mask[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].any()
                        for cx, cy in zip(np.rint(xt).astype(int), np.rint(yt).astype(int))])
     pick = lambda col: np.where(found, np.asarray(cands[col], float)[np.maximum(j, 0)], np.nan) \
         if len(cands) else np.full(len(j), np.nan)  # noqa: E731

@@ -66,7 +66,8 @@ def subtract_overscan(raw: np.ndarray, biassec: str, trimsec: str,
     else:
         raise BadFrameError(f"overscan {biassec} covers neither all rows nor all columns of {trimsec}")
     data, saturated = np.empty(shape, np.float32), np.empty(shape, bool)
-    _trim(np.require(raw, raw.dtype.newbyteorder("="), "C"), ty.start, tx.start, row_level, col_level, float(saturation), data, saturated)
+    _trim(np.require(raw, raw.dtype.newbyteorder("="), "C"), ty.start, tx.start, row_level, col_level,
+          float(saturation), data, saturated)
     return data, saturated
 
 

@@ -68,7 +68,7 @@ def bin_image(data: np.ndarray, factor: int, mask: np.ndarray | None = None) -> 
 
 @numba.njit(cache=True)
 def _chord(rho, c, s, width, height):
-    """Length inside ``[0, width] x [0, height]`` of the line ``x c + y s = rho`` (points ``rho (c, s) + t (-s, c)``)."""
+    """Length inside ``[0, width] x [0, height]`` of the line ``rho (c, s) + t (-s, c)``."""
     lo, hi = -np.inf, np.inf
     px, py = rho * c, rho * s
     if abs(s) > 1e-12:

@@ -166,7 +166,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     diff = xp.where(mask & _UNUSABLE, zero, diff)
     noise = xp.where(noise > 0, noise, xp.float32(np.inf))
     Jsub, Jrms, bad_host = host(J.sub), host(J.rms), host(bad)
-    xs_use, ys_use = np.asarray(pairs["x"][use]), np.asarray(pairs["y"][use])
+    xs_use, ys_use = np.asarray(pairs["x"][use])[:200], np.asarray(pairs["y"][use])[:200]  # the brightest
     psf_fwhm = matched_fwhm(Jsub, Jrms, xs_use, ys_use, fwhm_sci if conv == "REF" else fwhm_ref, bad_host)
     stats = dict(backend="cupy" if gpu else "numpy", n_tiles=len(layout), tile_shape=list(layout[0][2].shape),
                  conv=conv, fwhm_sci=fwhm_sci, fwhm_ref=fwhm_ref, psf_fwhm=psf_fwhm,
