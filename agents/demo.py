@@ -58,7 +58,6 @@ def summarize(cfg: Settings, sim_dir: Path, alerts: list[dict], dead: int, match
               bright_margin: float = 1.0) -> dict:
     """Compare alerts with the simulator's truth (see module docstring)."""
     from astropy.coordinates import SkyCoord
-    import astropy.units as u
 
     db = Database.from_settings(cfg)
     exposures = Table.read(sim_dir / "truth" / "exposures.ecsv")

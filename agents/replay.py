@@ -17,6 +17,7 @@ import asyncio
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from ast3stream.config import Settings
 from ast3stream.db import Database
@@ -36,36 +37,46 @@ def night_of(mjd: float | None) -> str | None:
 
 async def stored_exposures(bootstrap: str, prefix: str, from_offset: int = 0, to_offset: int | None = None,
                            night: str | None = None, field: str | None = None) -> list[ExposureEvent]:
+    names = [topic(prefix, "exposures"), topic(prefix, "exposures.too")]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
     out = []
-    for name in ("exposures", "exposures.too"):
-        tp = TopicPartition(topic(prefix, name), 0)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-        await consumer.start()
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, from_offset)
-            while True:
-                batch = await consumer.getmany(tp, timeout_ms=2000)
-                msgs = batch.get(tp, [])
-                if not msgs:
-                    break
-                for m in msgs:
-                    if to_offset is not None and m.offset > to_offset:
-                        break
-                    try:
-                        exp = ExposureEvent.decode(m.value)
-                    except MalformedMessage:
-                        continue  # it went to the dead letters when it was live
-                    if night and night_of(exp.mjd) != night:
-                        continue
-                    if field and exp.field_id != field:
-                        continue
-                    out.append(exp)
-                if to_offset is not None and msgs[-1].offset >= to_offset:
-                    break
-        finally:
-            await consumer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        for t in described:
+            for p in sorted(part["partition"] for part in t["partitions"]):
+                out += await _read_partition(consumer, TopicPartition(t["topic"], p), from_offset, to_offset)
+    finally:
+        await consumer.stop()
+    if night:
+        out = [e for e in out if night_of(e.mjd) == night]
+    if field:
+        out = [e for e in out if e.field_id == field]
     return sorted(out, key=lambda e: (e.mjd or 0.0, e.exposure_id))
+
+
+async def _read_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, from_offset: int,
+                          to_offset: int | None) -> list[ExposureEvent]:
+    """The exposure events of one partition between two offsets (malformed ones were dead-lettered live)."""
+    out = []
+    consumer.assign([tp])
+    consumer.seek(tp, from_offset)
+    while True:
+        msgs = (await consumer.getmany(tp, timeout_ms=2000)).get(tp, [])
+        for m in msgs:
+            if to_offset is not None and m.offset > to_offset:
+                return out
+            try:
+                out.append(ExposureEvent.decode(m.value))
+            except MalformedMessage:
+                continue
+        if not msgs:
+            return out
 
 
 async def republish(bootstrap: str, prefix: str, exposures: list[ExposureEvent], namespace: str) -> None:
@@ -102,9 +113,11 @@ def replay(cfg: Settings, namespace: str, *, from_offset: int = 0, to_offset: in
     rcfg = replay_settings(cfg, namespace, list(overrides))
     db = Database.from_settings(rcfg)
     with Stack(rcfg, watch=False) as stack:
-        asyncio.run(republish(rcfg.kafka.bootstrap, rcfg.kafka.prefix, exposures, namespace))
         for exp in exposures:
             db.register_exposure(exp)
+        asyncio.run(republish(rcfg.kafka.bootstrap, rcfg.kafka.prefix, exposures, namespace))
+        for exp in exposures:
+            db.mark_published(exp.exposure_id)
         left = wait_for(db, [e.exposure_id for e in exposures], timeout, stack)
     return {"namespace": namespace, "prefix": rcfg.kafka.prefix, "exposures": len(exposures),
             "alerts": db.count("alerts"), "unfinished": left}

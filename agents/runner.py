@@ -18,7 +18,7 @@ from ast3stream.config import Settings
 from ast3stream.db import Database
 
 from .broker import EmbeddedBroker, die_with_parent, ensure_topics_sync, free_port
-from .topics import all_topics
+from .topics import topic_configs
 
 TERMINAL = {"template", "no_template", "failed"}
 
@@ -45,7 +45,7 @@ class Stack:
         if not self.cfg.kafka.bootstrap:
             self.broker = EmbeddedBroker(self.cfg.kafka.embedded_port, self.log_dir / "broker.log").start()
             self.cfg.kafka.bootstrap = self.broker.bootstrap
-        ensure_topics_sync(self.cfg.kafka.bootstrap, all_topics(self.cfg.kafka.prefix),
+        ensure_topics_sync(self.cfg.kafka.bootstrap, topic_configs(self.cfg.kafka),
                            self.cfg.kafka.partitions, self.cfg.kafka.replication)
         ns = self.cfg.database.namespace
         self.settings_path = self.cfg.save(self.cfg.paths.data_dir / f"settings{'-' + ns if ns else ''}.json")
@@ -70,6 +70,12 @@ class Stack:
         self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True, preexec_fn=die_with_parent)
         return self.procs[i]
+
+    def add_worker(self) -> int:
+        """Start one more worker; it joins the consumer group (a rebalance). Returns its index."""
+        self.procs.append(None)
+        self.start_worker(len(self.procs) - 1)
+        return len(self.procs) - 1
 
     def kill_worker(self, i: int, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[i]
@@ -125,10 +131,11 @@ def wait_for(db: Database, exposure_ids: list[str], timeout: float, stack: Stack
         if stack:
             stack.check_workers()
         for eid in list(pending):
-            runs = sorted(db.rows("stage_runs", exposure_id=eid), key=lambda r: r["end"] or 0)
+            runs = sorted((r for r in db.rows("stage_runs", exposure_id=eid) if r["end"] is not None),
+                          key=lambda r: r["end"])
             for r in runs[seen.get(eid, 0):]:
                 progress(f"{eid:<32} {r['lane']} {r['stage']:<12} {r['status']:<10} "
-                         f"{(r['end'] or 0) - (r['start'] or 0):6.2f} s")
+                         f"{r['end'] - r['start']:6.2f} s")
             seen[eid] = len(runs)
             if lanes_done(db, eid):
                 pending.remove(eid)

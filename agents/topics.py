@@ -12,10 +12,16 @@
 =========================  ==============================================================
 
 A replay uses the prefix ``{p}.replay.{name}`` so it never touches live topics.
+Every topic is created explicitly (:func:`agents.broker.ensure_topics`) with the topic
+configs of :func:`topic_configs`: retention by kind (``kafka.*retention_days``) and the
+largest message size.
 """
 from __future__ import annotations
 
+from ast3stream.config import KafkaConfig
 from ast3stream.pipeline import LANES, STAGES
+
+DAY_MS = 86_400_000
 
 
 def topic(prefix: str, name: str) -> str:
@@ -26,8 +32,30 @@ def stage_topic(prefix: str, stage: str, lane: str) -> str:
     return f"{prefix}.{stage}.{lane}"
 
 
+def topic_names() -> list[str]:
+    """Every topic of a deployment, without the prefix."""
+    return ["exposures", "exposures.too", "alerts", "gcn", "gw", "deadletter",
+            *(f"alerts.{lane}" for lane in LANES),
+            *(f"{s.name}.{lane}" for s in STAGES for lane in LANES)]
+
+
 def all_topics(prefix: str) -> list[str]:
-    names = ["exposures", "exposures.too", "alerts", "gcn", "gw", "deadletter",
-             *(f"alerts.{lane}" for lane in LANES),
-             *(f"{s.name}.{lane}" for s in STAGES for lane in LANES)]
-    return [topic(prefix, n) for n in names]
+    return [topic(prefix, n) for n in topic_names()]
+
+
+def retention_days(kafka: KafkaConfig, name: str) -> float:
+    """How long topic ``name`` (without the prefix) keeps its messages."""
+    if name.startswith("exposures"):
+        return kafka.exposures_retention_days
+    if name.startswith("alerts") or name in ("gcn", "gw"):
+        return kafka.alerts_retention_days
+    if name == "deadletter":
+        return kafka.deadletter_retention_days
+    return kafka.retention_days
+
+
+def topic_configs(kafka: KafkaConfig) -> dict[str, dict[str, str]]:
+    """Every topic of the deployment ``kafka.prefix`` with its topic configs (``retention.ms``...)."""
+    return {topic(kafka.prefix, name): {"retention.ms": str(round(retention_days(kafka, name) * DAY_MS)),
+                                        "max.message.bytes": str(kafka.max_message_bytes)}
+            for name in topic_names()}

@@ -25,6 +25,7 @@ from ast3stream import events as ev
 from ast3stream.pipeline import Context
 from ast3stream.rawfile import IncompleteFile, check_complete, describe
 
+from .retry import transient
 from .topics import topic
 
 log = logging.getLogger("ast3stream.watcher")
@@ -102,7 +103,7 @@ class Watcher:
             if now - since < self.cfg.stable_s:
                 continue
             try:
-                check_complete(path)
+                await asyncio.to_thread(check_complete, path)
             except IncompleteFile as exc:
                 if now - since >= self.cfg.giveup_s:
                     await self._dead_letter(path, f"incomplete or invalid FITS file {path.name}: {exc}", exc)
@@ -111,6 +112,8 @@ class Watcher:
             try:
                 await self._publish(path, st.st_mtime)
             except Exception as exc:  # unreadable header etc.: never lose the file silently
+                if transient(exc):  # the broker or the database is away, not the file's fault:
+                    raise           # the watcher task restarts and looks at the file again
                 await self._dead_letter(path, f"cannot read exposure {path.name}: {type(exc).__name__}: {exc}", exc)
             self._mark_done(path, st)
 
@@ -120,14 +123,21 @@ class Watcher:
 
     async def _publish(self, path: Path, mtime: float) -> None:
         exp = await asyncio.to_thread(describe, path, self.ctx, mtime)
-        if self.ctx.db.exposure_known(exp.sha256, exp.exposure_id):
-            log.info("duplicate exposure %s (%s) not published again", path.name, exp.sha256[:12])
+        # remember first, then publish, then mark published: the field's earlier exposures are
+        # known before any later one can be judged for the template, and a crash in between
+        # leaves a ``registered`` row that is published again at the next start
+        if not self.ctx.db.register_exposure(exp):
+            known = self.ctx.db.rows("exposures", exposure_id=exp.exposure_id)
+            if known and known[0]["sha256"] != exp.sha256:  # same name, other pixels: a real conflict
+                reason = (f"exposure id {exp.exposure_id} of {path.name} is already used by other content "
+                          f"({known[0]['path']}); not published")
+                await self._dead_letter(path, reason, ValueError(reason))
+            else:  # the same bytes again (a copy or a rename): nothing new to process
+                log.info("duplicate exposure %s (%s) not published again", path.name, exp.sha256[:12])
             return
         name = "exposures.too" if exp.too else "exposures"
-        # publish first, then remember: a crash in between republishes (harmless, outputs are
-        # idempotent) instead of losing the exposure
         await self.producer.send_and_wait(topic(self.prefix, name), exp.encode(), key=exp.exposure_id.encode())
-        self.ctx.db.register_exposure(exp)
+        self.ctx.db.mark_published(exp.exposure_id)
         log.info("published %s to %s", exp.exposure_id, name)
 
     async def _dead_letter(self, path: Path, reason: str, exc: Exception) -> None:

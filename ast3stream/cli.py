@@ -102,6 +102,8 @@ def cmd_status(args) -> int:
     runs = db.recent_stage_timings(args.limit)
     by_stage: dict[tuple, list[float]] = {}
     for r in runs:
+        if r["end"] is None:  # deferred, not run yet
+            continue
         by_stage.setdefault((r["stage"], r["lane"]), []).append((r["end"] or 0) - (r["start"] or 0))
     print(f"{'stage':<14}{'lane':<6}{'n':>5}{'median s':>10}{'max s':>9}")
     for (stage, lane), secs in sorted(by_stage.items()):
@@ -150,6 +152,26 @@ def cmd_products(args) -> int:
     return 0
 
 
+def cmd_topics(args) -> int:
+    from agents.broker import ensure_topics_sync
+    from agents.topics import DAY_MS, topic_configs
+
+    cfg = _settings(args)
+    k = cfg.kafka
+    configs = topic_configs(k)
+    created = set()
+    if args.action == "create":
+        if not k.bootstrap:
+            print("topics create needs a broker: --bootstrap or AST3_KAFKA__BOOTSTRAP", file=sys.stderr)
+            return 2
+        created = set(ensure_topics_sync(k.bootstrap, configs, k.partitions, k.replication))
+    for name, c in configs.items():
+        state = "" if args.action == "plan" else ("created" if name in created else "exists")
+        print(f"{name:<32} partitions={k.partitions} replication={k.replication} "
+              f"retention={int(c['retention.ms']) / DAY_MS:g}d {state}".rstrip())
+    return 0
+
+
 def cmd_replay(args) -> int:
     from agents.replay import main as replay_main
 
@@ -180,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("worker", help="one faust worker (see agents.app --help)", add_help=False)
+    # prefix_chars: every argument after `worker`, options included, goes on to agents.app
+    p = sub.add_parser("worker", help="one faust worker (see agents.app --help)", add_help=False, prefix_chars="+")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_worker)
 
@@ -206,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["prune"])
     p.add_argument("--older-than-days", type=float)
     p.set_defaults(func=cmd_products)
+
+    p = sub.add_parser("topics", help="create every topic with its partitions and retention (site set-up)")
+    p.add_argument("action", choices=["create", "plan"], help="plan: print what create would make, no broker")
+    p.add_argument("--bootstrap")
+    p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("replay", help="re-run stages over stored exposure events into a new namespace")
     p.add_argument("--namespace", required=True, help="new, versioned namespace, e.g. rb-2")

@@ -7,17 +7,63 @@ ToO field list is an input made from GW notices and is shared by every namespace
 ``candidates``, ``objects`` (transients: candidates within 1.5 arcsec), ``photometry``
 (light curves incl. forced photometry and upper limits), ``alerts`` and ``dead_letters``.
 Every write is an idempotent upsert keyed by a deterministic id, so redelivered
-messages change nothing.
+messages change nothing, and a write cut off by a dropped connection can simply be run
+again: every method retries transient errors (connection lost, server restarting, SQLite
+busy) with backoff for ``retry_s`` seconds, then raises :class:`DatabaseUnavailable`.
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+
+log = logging.getLogger(__name__)
+
+_SCHEMA_LOCK = 0x41535433  # PostgreSQL advisory lock held while creating tables ("AST3")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database stayed unreachable for ``retry_s`` seconds. Every write is idempotent, so
+    the caller may hold its work and run it again later."""
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """A dropped or refused connection, a server shutting down or starting, a lock conflict."""
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
+    if isinstance(exc.orig, sqlite3.Error):
+        return "is locked" in str(exc.orig)
+    state = getattr(exc.orig, "sqlstate", None)  # psycopg: None when no server answered
+    return state is None or state.startswith(("08", "57P01", "57P02", "57P03", "40001", "40P01"))
+
+
+def _retried(method):
+    """Run a database method again on transient errors, with backoff, for ``self.retry_s`` seconds."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        deadline, delay = time.monotonic() + self.retry_s, 0.1
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except sa.exc.DBAPIError as exc:
+                if not _transient(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailable(f"{method.__name__}: database unreachable for "
+                                              f"{self.retry_s:g} s: {exc.orig}") from exc
+                log.warning("%s: %s; retrying in %.1f s", method.__name__, " ".join(str(exc.orig).split()), delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+    return wrapper
 
 
 def _tables(md: sa.MetaData, ns: str) -> dict[str, sa.Table]:
@@ -90,12 +136,16 @@ def _tables(md: sa.MetaData, ns: str) -> dict[str, sa.Table]:
 
 
 class Database:
-    """Connection to the pipeline database; ``namespace`` prefixes every table name."""
+    """Connection to the pipeline database; ``namespace`` prefixes every table name.
 
-    def __init__(self, url: str, namespace: str = ""):
+    ``retry_s``: how long each call rides out transient errors before :class:`DatabaseUnavailable`.
+    """
+
+    def __init__(self, url: str, namespace: str = "", retry_s: float = 30.0):
         self.url = url
         self.namespace = namespace
-        kwargs: dict = {"future": True}
+        self.retry_s = retry_s
+        kwargs: dict = {"future": True, "pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
         self.engine = sa.create_engine(url, **kwargs)
@@ -108,7 +158,17 @@ class Database:
                 cur.close()
         self.metadata = sa.MetaData()
         self.t = _tables(self.metadata, namespace)
-        self.metadata.create_all(self.engine)
+        self._create_tables()
+
+    @_retried
+    def _create_tables(self) -> None:
+        """Create missing tables; workers starting together take turns (one creates, the rest see them)."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite's write lock
+            self.metadata.create_all(conn)
 
     @classmethod
     def from_settings(cls, cfg, namespace: str | None = None) -> "Database":
@@ -117,6 +177,7 @@ class Database:
         return cls(cfg.database_url, cfg.database.namespace if namespace is None else namespace)
 
     # -- generic ------------------------------------------------------------------------
+    @_retried
     def _upsert(self, table: str, row: Mapping, update: bool = True) -> None:
         tab = self.t[table]
         row = {k: _plain(v) for k, v in row.items()}
@@ -131,6 +192,7 @@ class Database:
         with self.engine.begin() as conn:
             conn.execute(stmt)
 
+    @_retried
     def rows(self, table: str, **where) -> list[dict]:
         tab = self.t[table]
         stmt = sa.select(tab)
@@ -139,6 +201,7 @@ class Database:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt)]
 
+    @_retried
     def count(self, table: str, **where) -> int:
         tab = self.t[table]
         stmt = sa.select(sa.func.count()).select_from(tab)
@@ -148,26 +211,34 @@ class Database:
             return int(conn.execute(stmt).scalar_one())
 
     # -- exposures ----------------------------------------------------------------------
-    def exposure_known(self, sha256: str, exposure_id: str) -> bool:
-        """True when this content or this exposure id has been registered before."""
-        tab = self.t["exposures"]
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(tab.c.exposure_id).where(
-                (tab.c.sha256 == sha256) | (tab.c.exposure_id == exposure_id))).first() is not None
-
+    @_retried
     def register_exposure(self, ev) -> bool:
-        """Insert a new raw exposure; False when the same content (sha256) is already known."""
+        """Record a raw exposure before it is published (status ``registered``).
+
+        Returns False when the same content (sha256) or id is already known and published; an
+        exposure registered but never published (a crash in between) is offered again.
+        """
         tab = self.t["exposures"]
         with self.engine.begin() as conn:
-            if conn.execute(sa.select(tab.c.exposure_id).where(
-                    (tab.c.sha256 == ev.sha256) | (tab.c.exposure_id == ev.exposure_id))).first():
-                return False
+            row = conn.execute(sa.select(tab.c.status).where(
+                (tab.c.sha256 == ev.sha256) | (tab.c.exposure_id == ev.exposure_id))).first()
+            if row:
+                return row[0] == "registered"
             conn.execute(tab.insert().values(
                 exposure_id=ev.exposure_id, sha256=ev.sha256, path=ev.path, field_id=ev.field_id,
                 mjd=ev.mjd, too=ev.too, file_closed_at=ev.file_closed_at, detected_at=ev.detected_at,
-                status="ingested", quality={}, flags=[]))
+                status="registered", quality={}, flags=[]))
         return True
 
+    @_retried
+    def mark_published(self, exposure_id: str) -> None:
+        """``registered`` → ``ingested`` once the exposure event is on the broker (later stages win)."""
+        tab = self.t["exposures"]
+        with self.engine.begin() as conn:
+            conn.execute(tab.update().where((tab.c.exposure_id == exposure_id) & (tab.c.status == "registered"))
+                         .values(status="ingested"))
+
+    @_retried
     def update_exposure(self, exposure_id: str, *, status: str | None = None,
                         quality: Mapping | None = None, flags: Iterable[str] | None = None) -> None:
         tab = self.t["exposures"]
@@ -182,19 +253,72 @@ class Database:
             with self.engine.begin() as conn:
                 conn.execute(tab.update().where(tab.c.exposure_id == exposure_id).values(**values))
 
-    def earlier_in_flight(self, field_id: str, mjd: float) -> list[str]:
-        """Exposures of a field taken before ``mjd`` that are not yet calibrated (nor failed)."""
-        tab = self.t["exposures"]
+    @_retried
+    def earlier_undecided(self, field_id: str, mjd: float) -> list[str]:
+        """Exposures of a field taken before ``mjd`` that have not reached the template decision.
+
+        Their status is still before subtraction (``registered`` … ``calibrated``); ``template``,
+        ``no_template``, ``alerted``, ``failed`` and dead-lettered exposures are decided.
+        """
+        tab, dead = self.t["exposures"], self.t["dead_letters"]
         stmt = sa.select(tab.c.exposure_id).where(
-            (tab.c.field_id == field_id) & (tab.c.mjd < mjd) & tab.c.status.in_(("ingested", "reduced")))
+            (tab.c.field_id == field_id) & (tab.c.mjd < mjd)
+            & tab.c.status.in_(("registered", "ingested", "reduced", "calibrated"))
+            & tab.c.exposure_id.notin_(sa.select(dead.c.exposure_id).where(dead.c.exposure_id.is_not(None)))
+        ).order_by(tab.c.mjd)
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(stmt)]
+
+    @_retried
+    def unassociated_before(self, field_id: str, mjd: float, exposure_id: str, lane: str) -> list[str]:
+        """Lanes of the field's exposures that come before ``(mjd, lane)`` and have not been
+        through cross-match yet (nor stopped: template, no template, failed).
+
+        The order is the observing order, QIP before DIP within one exposure; associating
+        candidates into objects in that order makes object ids and light curves independent of
+        which worker got there first, so a replay reproduces them.
+        """
+        exp, runs = self.t["exposures"], self.t["stage_runs"]
+        with self.engine.connect() as conn:
+            earlier = (exp.c.mjd < mjd) | (exp.c.exposure_id == exposure_id) if lane == "dip" else exp.c.mjd < mjd
+            rows = conn.execute(sa.select(exp.c.exposure_id, exp.c.too).where(
+                (exp.c.field_id == field_id) & earlier
+                & exp.c.status.notin_(("template", "no_template", "failed")))).all()
+            dead = {r[0] for r in conn.execute(sa.select(self.t["dead_letters"].c.exposure_id).where(
+                self.t["dead_letters"].c.exposure_id.in_([r[0] for r in rows])))}
+            rows = [r for r in rows if r[0] not in dead]  # dead-lettered: stopped, whatever its status says
+            if not rows:
+                return []
+            done = {(r[0], r[1]) for r in conn.execute(sa.select(runs.c.exposure_id, runs.c.lane).where(
+                runs.c.exposure_id.in_([r[0] for r in rows])
+                & (((runs.c.stage == "crossmatch") & (runs.c.status == "done"))
+                   | ((runs.c.stage == "subtraction") & runs.c.status.in_(("template", "no_template"))))))}
+        waiting = []
+        for eid, too in rows:
+            lanes = ("qip", "dip") if too else ("dip",)
+            if eid == exposure_id:  # this exposure's quick lane goes before its deep lane
+                lanes = lanes[:1] if too else ()
+            waiting += [f"{eid}/{ln}" for ln in lanes if (eid, ln) not in done]
+        return waiting
+
+    def deferred_since(self, exposure_id: str, lane: str, stage: str) -> float:
+        """When this stage of this exposure was first deferred (recorded now if it never was)."""
+        tab = self.t["stage_runs"]
+        key = (tab.c.exposure_id == exposure_id) & (tab.c.lane == lane) & (tab.c.stage == stage)
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(tab.c.start, tab.c.status).where(key)).first()
+        if row is not None and row[1] == "deferred":
+            return row[0]
+        now = time.time()
+        self.record_stage(exposure_id, lane, stage, "", now, None, status="deferred")
+        return now
 
     def record_stage(self, exposure_id: str, lane: str, stage: str, version: str, start: float,
                      end: float, status: str = "done", reason: str | None = None) -> None:
         self._upsert("stage_runs", dict(exposure_id=exposure_id, lane=lane, stage=stage, version=version,
                                         start=start, end=end, status=status, reason=reason))
 
+    @_retried
     def recent_stage_timings(self, limit: int = 200) -> list[dict]:
         tab = self.t["stage_runs"]
         stmt = sa.select(tab).order_by(tab.c.end.desc()).limit(limit)
@@ -230,11 +354,13 @@ class Database:
             n += 1
         return n
 
+    @_retried
     def retract_too(self, event_id: str) -> None:
         tab = self.t["too_fields"]
         with self.engine.begin() as conn:
             conn.execute(tab.update().where(tab.c.event_id == event_id).values(retracted=True))
 
+    @_retried
     def too_fields(self) -> list[dict]:
         tab = self.t["too_fields"]
         stmt = sa.select(tab).where(tab.c.retracted == sa.false()).order_by(tab.c.event_id, tab.c.rank)
@@ -261,6 +387,7 @@ class Database:
     def add_photometry(self, row: Mapping) -> None:
         self._upsert("photometry", row)
 
+    @_retried
     def light_curve(self, object_id: str) -> list[dict]:
         tab = self.t["photometry"]
         stmt = sa.select(tab).where(tab.c.object_id == object_id).order_by(tab.c.mjd)
@@ -273,6 +400,7 @@ class Database:
     def record_alert(self, row: Mapping) -> None:
         self._upsert("alerts", row, update=False)
 
+    @_retried
     def record_dead_letter(self, source_topic: str, stage: str, exposure_id: str | None, reason: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(self.t["dead_letters"].insert().values(

@@ -2,12 +2,16 @@
 
 A Kafka message value is the Avro *schemaless* encoding of one record prefixed by a
 3-byte frame ``b"A3" + <schema major version>``, so that a consumer can tell a message of
-ours from garbage before decoding. The ``.avsc`` files are the contract.
+ours from garbage before decoding. The ``.avsc`` files are the contract. Decoding an event
+also checks what the schema cannot: a plain exposure id, a raw path, finite times and
+metrics; anything else raises :class:`MalformedMessage` with the reason.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -17,6 +21,8 @@ import fastavro
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 FRAME = b"A3\x01"
+#: exposure ids name product folders and message keys (as :func:`ast3stream.rawfile.exposure_id` makes them)
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:-]{0,127}")  # use fullmatch
 
 
 class MalformedMessage(ValueError):
@@ -44,7 +50,8 @@ def decode(data: bytes | None, schema_name: str) -> dict:
         buf = io.BytesIO(data[len(FRAME):])
         record = fastavro.schemaless_reader(buf, load_schema(schema_name), None)
     except Exception as exc:  # fastavro raises many types on corrupt input
-        raise MalformedMessage(f"cannot decode {schema_name} event: {type(exc).__name__}: {exc}") from exc
+        why = re.sub(r"<[^>]* at 0x[0-9a-f]+>", "the message", str(exc))
+        raise MalformedMessage(f"cannot decode {schema_name} event: {type(exc).__name__}: {why}") from exc
     if buf.tell() != len(data) - len(FRAME):
         raise MalformedMessage(f"cannot decode {schema_name} event: {len(data) - len(FRAME) - buf.tell()} trailing bytes")
     return record
@@ -69,7 +76,7 @@ class ExposureEvent:
 
     @classmethod
     def decode(cls, data: bytes) -> "ExposureEvent":
-        return cls(**decode(data, "exposure"))
+        return cls(**_checked(decode(data, "exposure"), "exposure"))
 
 
 @dataclass
@@ -99,6 +106,14 @@ class StageEvent:
                    mjd=exp.mjd, too=exp.too, namespace=exp.namespace,
                    timings=[{"stage": "ingest", "lane": lane, "start": exp.file_closed_at, "end": exp.detected_at}])
 
+    def product(self, name: str) -> str:
+        """The path of an earlier stage's product; a clear error when the event lacks it."""
+        try:
+            return self.products[name]
+        except KeyError:
+            raise MalformedMessage(f"{self.stage} event of {self.exposure_id} has no {name!r} product "
+                                   f"(has: {', '.join(sorted(self.products)) or 'none'})") from None
+
     def next(self, stage: str, version: str, start: float, lane: str | None = None) -> "StageEvent":
         """The event this stage emits: same exposure, one more version and timing entry."""
         lane = lane or self.lane
@@ -115,7 +130,25 @@ class StageEvent:
 
     @classmethod
     def decode(cls, data: bytes) -> "StageEvent":
-        return cls(**decode(data, "stage"))
+        return cls(**_checked(decode(data, "stage"), "stage"))
+
+
+def _checked(record: dict, schema_name: str) -> dict:
+    """A decoded exposure or stage event whose values the stages can trust, else :class:`MalformedMessage`."""
+    def bad(why: str):
+        return MalformedMessage(f"{schema_name} event {str(record.get('exposure_id'))[:80]!r}: {why}")
+
+    if not SAFE_ID.fullmatch(record["exposure_id"]):
+        raise bad("exposure_id is not a plain name of letters, digits and ._+:-")
+    if not record.get("raw_path", record.get("path")):
+        raise bad("no raw file path")
+    for key in ("file_closed_at", "detected_at", "mjd"):
+        if record.get(key) is not None and not math.isfinite(record[key]):
+            raise bad(f"{key} = {record[key]} is not finite")
+    for name, value in record.get("metrics", {}).items():
+        if not math.isfinite(value):
+            raise bad(f"metric {name} = {value} is not finite")
+    return record
 
 
 def stage_event_id(exposure_id: str, lane: str, versions: dict[str, str]) -> str:

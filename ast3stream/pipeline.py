@@ -159,7 +159,7 @@ def sources(ev: StageEvent, ctx: Context) -> StageResult:
     from .sources import clean_star_list, extract, image_fwhm
 
     start = _begin(ev, ctx, "sources")
-    frame = Frame.read(ev.products["reduced"])
+    frame = Frame.read(ev.product("reduced"))
     table = extract(frame, ctx.cfg)
     clean = clean_star_list(table, ctx.cfg)
     out = ctx.products(ev)
@@ -176,15 +176,15 @@ def astrometry(ev: StageEvent, ctx: Context) -> StageResult:
     from .astrometry import AstrometryError, apply_wcs, solve
 
     start = _begin(ev, ctx, "astrometry")
-    frame = Frame.read(ev.products["reduced"])
-    stars = Table.read(ev.products["stars"])
+    frame = Frame.read(ev.product("reduced"))
+    stars = Table.read(ev.product("stars"))
     try:
         wcs, stats = solve(frame, stars, ctx.refcat, ctx.cfg)
     except AstrometryError as exc:
         ctx.db.update_exposure(ev.exposure_id, status="failed", flags=["bad_wcs"])
         raise StageError(f"no WCS solution: {exc}") from exc
     apply_wcs(frame, wcs)
-    frame.sources = Table.read(ev.products["sources"])
+    frame.sources = Table.read(ev.product("sources"))
     flags = ["bad_wcs"] if stats["rms_arcsec"] > ctx.cfg.astrometry.max_rms_arcsec else []
     path = frame.write(ctx.products(ev) / "calibrated.fits")
     return StageResult([_finish(ev, ctx, "astrometry", ctx.cfg.astrometry.version, start,
@@ -198,7 +198,7 @@ def photometry(ev: StageEvent, ctx: Context) -> StageResult:
     from .photometry import calibrate
 
     start = _begin(ev, ctx, "photometry")
-    frame = Frame.read(ev.products["calibrated"])
+    frame = Frame.read(ev.product("calibrated"))
     table, stats = calibrate(frame, frame.sources, ctx.refcat, ctx.cfg)
     path = ctx.products(ev) / "photometry.fits"
     table.write(path, overwrite=True)
@@ -212,8 +212,8 @@ def psf_photometry(ev: StageEvent, ctx: Context) -> StageResult:
     from .photometry.psf import psf_photometry as run_psf
 
     start = _begin(ev, ctx, "psf")
-    frame = Frame.read(ev.products["calibrated"])
-    table = run_psf(frame, Table.read(ev.products["photometry"]), ctx.cfg)
+    frame = Frame.read(ev.product("calibrated"))
+    table = run_psf(frame, Table.read(ev.product("photometry")), ctx.cfg)
     path = ctx.products(ev) / "psf_photometry.fits"
     table.write(path, overwrite=True)
     _finish(ev, ctx, "psf", ctx.cfg.photometry.version, start, products={"psf": path})
@@ -225,8 +225,8 @@ def quality(ev: StageEvent, ctx: Context) -> StageResult:
     from .quality import assess
 
     start = _begin(ev, ctx, "quality")
-    frame = Frame.read(ev.products["calibrated"])
-    phot = Table.read(ev.products["photometry"])
+    frame = Frame.read(ev.product("calibrated"))
+    phot = Table.read(ev.product("photometry"))
     q = assess(frame, phot, ctx.refcat, dict(ev.metrics), ctx.cfg, thumbnail_dir=ctx.products(ev))
     metrics = {"pcc": q.get("pcc")}
     if q.get("cloud_prob") is not None:
@@ -254,12 +254,16 @@ def subtraction(ev: StageEvent, ctx: Context) -> StageResult:
     start = _begin(ev, ctx, "subtraction")
     cfg = ctx.cfg
     tmpl = ctx.db.template(ev.field_id, ev.lane) if ev.field_id else None
-    if tmpl is None and ev.mjd is not None and time.time() - ev.file_closed_at < cfg.template.max_wait_s:
-        # the template is the field's EARLIEST acceptable image: a ToO exposure that overtook
-        # the field's earlier exposures waits until they are calibrated
-        earlier = ctx.db.earlier_in_flight(ev.field_id, ev.mjd)
-        if earlier:
-            raise Deferred(f"{len(earlier)} earlier exposure(s) of field {ev.field_id} not calibrated yet")
+    if tmpl is not None and tmpl["exposure_id"] == ev.exposure_id:
+        tmpl = None  # redelivered after a crash: this exposure is the template, judged again below
+    if tmpl is None and ev.mjd is not None:
+        # the template is the field's EARLIEST acceptable image: an exposure that overtook the
+        # field's earlier ones (a ToO, a second worker) waits until they have been judged, for
+        # at most template.max_wait_s from its first deferral
+        earlier = ctx.db.earlier_undecided(ev.field_id, ev.mjd)
+        if earlier and time.time() - ctx.db.deferred_since(ev.exposure_id, ev.lane, "subtraction") \
+                < cfg.template.max_wait_s:
+            raise Deferred(f"{len(earlier)} earlier exposure(s) of field {ev.field_id} not judged for the template yet")
     if tmpl is None:
         ok, why = is_acceptable(ev.metrics, ev.flags, cfg)
         if ok:
@@ -270,7 +274,7 @@ def subtraction(ev: StageEvent, ctx: Context) -> StageResult:
                 ctx.db.update_exposure(ev.exposure_id, status=status)
             _finish(ev, ctx, "subtraction", cfg.subtraction.version, start, status=status)
             return StageResult()  # the template itself yields no candidates
-    science = Frame.read(ev.products["calibrated"])
+    science = Frame.read(ev.product("calibrated"))
     if ev.lane == "qip":
         science = bin_frame(science, cfg.detector.qip_binning)
     template = Frame.read(tmpl["path"])
@@ -292,9 +296,9 @@ def _register_template(ev: StageEvent, ctx: Context) -> dict:
     """Claim this exposure as the field's template for both lanes (QIP: a 3x3-binned copy)."""
     from .templates import bin_frame
 
-    frame = Frame.read(ev.products["calibrated"])
+    frame = Frame.read(ev.product("calibrated"))
     stats = dict(maglim=ev.metrics.get("maglim"), pcc=ev.metrics.get("pcc"), zp=ev.metrics.get("zp"))
-    dip = ctx.db.claim_template(ev.field_id, "dip", ev.exposure_id, ev.products["calibrated"],
+    dip = ctx.db.claim_template(ev.field_id, "dip", ev.exposure_id, ev.product("calibrated"),
                                 fwhm_px=ev.metrics.get("fwhm_px"), **stats)
     qip_path = ctx.cfg.products_dir / (ctx.db.namespace or "live") / "templates" / f"{ev.field_id}_qip.fits"
     if dip["exposure_id"] == ev.exposure_id and not qip_path.exists():
@@ -355,9 +359,9 @@ def detection(ev: StageEvent, ctx: Context) -> StageResult:
     from .detection import detect
 
     start = _begin(ev, ctx, "detection")
-    diff = read_difference(ev.products["difference"])
-    science = Frame.read(ev.products["aligned"])
-    template = Frame.read(ev.products["template"])
+    diff = read_difference(ev.product("difference"))
+    science = Frame.read(ev.product("aligned"))
+    template = Frame.read(ev.product("template"))
     fwhm = ev.metrics.get("fwhm_px", 3.0) / (ctx.cfg.detector.qip_binning if ev.lane == "qip" else 1)
     cands, stamps = detect(diff, science, template, fwhm, ev.metrics["zp"], ctx.cfg, ev.lane)
     out = ctx.products(ev)
@@ -371,11 +375,17 @@ def detection(ev: StageEvent, ctx: Context) -> StageResult:
 def crossmatch(ev: StageEvent, ctx: Context) -> StageResult:
     """Host galaxies, known asteroids; association into transient objects; forced photometry."""
     from .crossmatch import crossmatch as xmatch
-    from .lightcurves import associate, forced_photometry
+    from .lightcurves import associate
 
     start = _begin(ev, ctx, "crossmatch")
     cfg = ctx.cfg
-    cands = Table.read(ev.products["candidates"])
+    if ev.field_id and ev.mjd is not None:
+        # associate in observing order (see Database.unassociated_before), waiting at most order_wait_s
+        before = ctx.db.unassociated_before(ev.field_id, ev.mjd, ev.exposure_id, ev.lane)
+        if before and time.time() - ctx.db.deferred_since(ev.exposure_id, ev.lane, "crossmatch") \
+                < cfg.crossmatch.order_wait_s:
+            raise Deferred(f"earlier exposure lanes of field {ev.field_id} not associated yet: {', '.join(before)}")
+    cands = Table.read(ev.product("candidates"))
     mjd = (ev.mjd or 0.0) + cfg.detector.exptime / 2 / 86400
     cands = xmatch(cands, mjd, cfg, galaxies=ctx.galaxies, asteroids=ctx.orbits)
     objects = Table(rows=[(o["object_id"], o["ra"], o["dec"]) for o in ctx.db.objects_near(ev.field_id)],
@@ -423,7 +433,7 @@ def _update_light_curves(ev: StageEvent, ctx: Context, cands: Table, mjd: float)
         return
     from astropy.wcs import WCS
 
-    diff = read_difference(ev.products["difference"])
+    diff = read_difference(ev.product("difference"))
     x, y = WCS(diff.header).all_world2pix([o["ra"] for o in others], [o["dec"] for o in others], 0)
     fwhm = ev.metrics.get("fwhm_px", 3.0) / (ctx.cfg.detector.qip_binning if ev.lane == "qip" else 1)
     forced = forced_photometry(diff, x, y, fwhm, ev.metrics["zp"])
@@ -445,8 +455,8 @@ def _finite(v):
 def classify(ev: StageEvent, ctx: Context) -> StageResult:
     """Real/bogus scores from the rotation-invariant ResNet-18 of the lane."""
     start = _begin(ev, ctx, "classify")
-    cands = Table.read(ev.products["crossmatched"])
-    stamps = np.load(ev.products["stamps"])
+    cands = Table.read(ev.product("crossmatched"))
+    stamps = np.load(ev.product("stamps"))
     model = ctx.classifier(ev.lane)
     cands["rb"] = model.score(stamps) if len(cands) else np.array([], dtype=np.float32)
     cands.meta["RBMODEL"] = model.version
@@ -465,11 +475,11 @@ def alert(ev: StageEvent, ctx: Context) -> StageResult:
 
     start = _begin(ev, ctx, "alert")
     cfg = ctx.cfg
-    cands = Table.read(ev.products["classified"])
+    cands = Table.read(ev.product("classified"))
     model_version = cands.meta.get("RBMODEL", ev.versions.get("rb_model", ""))
-    science = Frame.read(ev.products["aligned"])
-    template = Frame.read(ev.products["template"])
-    diff = read_difference(ev.products["difference"])
+    science = Frame.read(ev.product("aligned"))
+    template = Frame.read(ev.product("template"))
+    diff = read_difference(ev.product("difference"))
     # the GW association of a ToO exposure (decided when it was ingested, so a replay agrees)
     too = ctx.db.too_event_for_field(ev.field_id) if ev.too else None
     mjd = (ev.mjd or 0.0) + cfg.detector.exptime / 2 / 86400
@@ -504,8 +514,7 @@ def alert(ev: StageEvent, ctx: Context) -> StageResult:
         packet = build_alert(cand, prv, cand, cutouts, meta)
         value = encode(packet)
         key = str(cand["object_id"]).encode()
-
-        digest = hashlib.sha256(encode({**packet, "prv_candidates": []})).hexdigest()
+        digest = hashlib.sha256(value).hexdigest()  # history included: association runs in observing order
 
         def mark(aid=aid, cand_id=cand_id, oid=cand["object_id"], score=cand["rb"], digest=digest):
             ctx.db.record_alert(dict(alert_id=aid, candidate_id=cand_id, object_id=oid, exposure_id=ev.exposure_id,
@@ -575,6 +584,7 @@ def process_exposure(path: str | Path, ctx: Context, lanes: tuple[str, ...] | No
     """
     exp = ingest(path, ctx)
     ctx.db.register_exposure(exp)
+    ctx.db.mark_published(exp.exposure_id)
     queue = [StageEvent.from_exposure(exp, "qip" if exp.too else "dip")]
     by_source = {s.source: s for s in STAGES}
     messages: list[Message] = []

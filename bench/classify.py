@@ -58,8 +58,10 @@ def main(argv=None) -> None:
         print(f"{lane}: {args.n / total:8.1f} stamps/s (batch {args.batch}, {stamps.shape[-1]}x{stamps.shape[-1]}, "
               f"normalisation {100 * norm / total:.0f} % of it)  {rb.version}")
     model, info, _ = load_cloud_model(device=args.device)
-    thumbs = np.random.default_rng(0).random((32, 256, 256), dtype=np.float32)
-    t = _time(lambda: predict_proba(model, to_input(thumbs), dev, 32))
+    rng = np.random.default_rng(0)
+    thumbs = rng.random((32, 256, 256), dtype=np.float32)
+    tmaps = rng.normal(0.0, 0.1, (32, 32, 32)).astype(np.float32)          # transparency maps [mag]
+    t = _time(lambda: predict_proba(model, to_input(thumbs, tmaps), dev, 32))
     results["cloud"] = dict(version=info["version"], thumbnails_per_s=round(32 / t, 1))
     print(f"cloud: {32 / t:8.1f} thumbnails/s  {info['version']}")
     if args.ztf:

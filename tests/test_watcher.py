@@ -58,6 +58,9 @@ def test_watcher_publishes_complete_files_once_and_dead_letters_bad_ones(broker,
             fh.write(data[2880:])
         shutil.copyfile(watch / "night1" / "slow.fits", watch / "copy_of_slow.fits")  # same content
         _raw(watch / "too.fits", field="f009", seed=3)
+        await asyncio.sleep(1.0)
+        (watch / "night2").mkdir()
+        _raw(watch / "night2" / "slow.fits", seed=4)  # the same exposure id with other pixels
         (watch / "truncated.fits").write_bytes(data[:-2880])
         (watch / "notfits.fits").write_bytes(b"\x89PNG" + b"0" * 5756)
         (watch / "notes.txt").write_text("ignored: not an exposure pattern")
@@ -73,7 +76,8 @@ def test_watcher_publishes_complete_files_once_and_dead_letters_bad_ones(broker,
     assert names == ["already_there", "slow"]  # the copy has the same sha256: not published twice
     assert [ExposureEvent.decode(m.value).field_id for m in too] == ["f009"]
     reasons = {decode(m.value, "deadletter")["exposure_id"]: decode(m.value, "deadletter")["reason"] for m in dead}
-    assert set(reasons) == {"truncated.fits", "notfits.fits"}
+    assert set(reasons) == {"truncated.fits", "notfits.fits", "slow.fits"}
     assert "truncated" in reasons["truncated.fits"]
     assert "not a FITS file" in reasons["notfits.fits"]
-    assert ctx.db.count("dead_letters") == 2
+    assert "already used by other content" in reasons["slow.fits"]
+    assert ctx.db.count("dead_letters") == 3

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ephem
-import numpy as np
 from astropy.table import Table
 
 MJD_TO_DJD = 15019.5  #: ephem dates count days from 1899 Dec 31.5 = MJD 15019.5

@@ -42,10 +42,13 @@ def add_cli(subparsers) -> None:
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_eval)
 
-    c = sub.add_parser("cloud-train", help="train the cloud classifier on simulated thumbnails")
+    c = sub.add_parser("cloud-train", help="train the cloud classifier on frame-simulator nights")
     c.add_argument("--out", type=Path, required=True, help="weights file cloud.pt (+ .json, .png)")
-    c.add_argument("--n-train", type=int, default=8000)
-    c.add_argument("--n-val", type=int, default=2000)
+    c.add_argument("--train-seeds", type=int, nargs=2, default=(1, 35), metavar=("FIRST", "STOP"),
+                   help="simulated nights range(FIRST, STOP), see cloud_frames.night_plan")
+    c.add_argument("--val-seeds", type=int, nargs=2, default=(9101, 9126), metavar=("FIRST", "STOP"))
+    c.add_argument("--init", type=Path, help="fine-tune these weights instead of starting afresh")
+    c.add_argument("--drop-maps", type=float, default=0.1, help="fraction of training maps left out")
     c.add_argument("--workers", type=int, default=1)
     _training_args(c)
     c.set_defaults(func=_cloud_train)
@@ -139,28 +142,28 @@ def _eval(args) -> None:
 
 
 def _cloud_train(args) -> None:
-    from .cloud import simulate_thumbnails, to_input
+    from .cloud import to_input, train_cloud
+    from .cloud_frames import frame_thumbnails
     from .evaluate import evaluate
-    from .model import CloudResNet
-    from .train import fit, pick_device, predict_proba, save_weights
+    from .train import pick_device, predict_proba, save_weights
 
     cfg = _settings(args)
-    tr = simulate_thumbnails(args.n_train, seed=cfg.seed, workers=args.workers)
-    va = simulate_thumbnails(args.n_val, seed=cfg.seed + 1_000_003, workers=args.workers)
-    x, xv = to_input(tr["thumbs"]), to_input(va["thumbs"])
-    model = CloudResNet(width=cfg.width)
-    history = fit(model, x, tr["label"], xv, va["label"], epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  lr=cfg.lr, gamma=cfg.gamma, weight_decay=cfg.weight_decay, seed=cfg.seed,
-                  device=args.device, max_seconds=args.max_seconds)
-    scores = predict_proba(model, xv, pick_device(args.device))
+    tr = frame_thumbnails(range(*args.train_seeds), workers=args.workers)
+    va = frame_thumbnails(range(*args.val_seeds), workers=args.workers)
+    model, history = train_cloud(tr["thumbs"], tr["tmaps"], tr["label"], va["thumbs"], va["tmaps"], va["label"],
+                                 init=args.init, drop_maps=args.drop_maps, epochs=cfg.epochs,
+                                 batch_size=cfg.batch_size, lr=cfg.lr, gamma=cfg.gamma,
+                                 weight_decay=cfg.weight_decay, seed=cfg.seed, device=args.device,
+                                 max_seconds=args.max_seconds)
+    scores = predict_proba(model, to_input(va["thumbs"], va["tmaps"]), pick_device(args.device))
     out = args.out.with_suffix(".pt")
-    depth_bins = np.digitize(va["depth"], [1e-6, 0.5, 1.0])      # clear, <0.5, 0.5-1, >1 mag
-    metrics = evaluate(va["label"], scores, kind=depth_bins, kinds=["clear", "<0.5mag", "0.5-1mag", ">1mag"],
-                       out_png=out.with_suffix(".png"), title="cloud held-out")
-    info = save_weights(model, out, "cloud", thumbnail_size=256,
-                        training=dict(cfg.model_dump(), n_train=args.n_train, n_val=args.n_val,
+    depth_bins = np.digitize(va["depth"], [1e-6, 0.4, 0.8])      # clear, <0.4, 0.4-0.8, >0.8 mag
+    metrics = evaluate(va["label"], scores, kind=depth_bins, kinds=["clear", "<0.4mag", "0.4-0.8mag", ">0.8mag"],
+                       out_png=out.with_suffix(".png"), title="cloud held-out (frame simulator)")
+    info = save_weights(model, out, "cloud", release="2.0", thumbnail_size=256,
+                        training=dict(cfg.model_dump(), train_seeds=list(args.train_seeds),
                                       device=str(pick_device(args.device)), history=history),
-                        heldout=f"simulate_thumbnails(n={args.n_val}, seed={cfg.seed + 1_000_003})", metrics=metrics)
+                        heldout=f"frame_thumbnails(range{tuple(args.val_seeds)})", metrics=metrics)
     print(json.dumps({"version": info["version"], "accuracy": metrics["accuracy"]}))
 
 

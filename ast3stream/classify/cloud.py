@@ -1,27 +1,36 @@
-"""Cloud classifier on 256x256 zscale thumbnails (seed paper sec. 4: ResNet-18, 1-channel 7x7 stem).
+"""Cloud classifier (seed paper sec. 4: ResNet-18, 7x7 stride-1 stem) on the quality stage's
+256x256 inputs: the zscale thumbnail plus the transparency map of the catalogue stars.
 
-Training thumbnails are simulated at thumbnail resolution, each thumbnail pixel being the mean
-of ``block`` x ``block`` detector pixels (4–60: scaled simulator frames up to full AST3-3 frames):
-sky (g = 18–21 mag/arcsec^2) + read noise averaged over the block; stars with log N ~ 0.3 m
-(20000 deg^-2 to g = 21, drawn to g = 23, zero point 27.2); flat-field and moonlight gradients
-of up to a few per cent. Cloudy frames get an extinction map A(x, y) [mag] that dims the stars:
-either a patchy Gaussian random field with a power-law spectrum, ``depth * sigmoid(G / w)``
-(0.15–2 mag peak), or the frame simulator's smooth sum of six plane waves around a mean of
-0.3–1.5 mag (:mod:`ast3stream.simulate.atmosphere`). The sky is attenuated by a random fraction
-of A (0: the simulator's "scattered light compensates") and may get scattered light ~ A.
+A grey veil of 0.15–0.4 mag that dims every star alike is invisible in a zscale thumbnail (zscale
+normalises it away, and the frame simulator, like scattered light, leaves the sky level alone),
+but it is a 0.15–0.4 mag offset of the stars' zero point from the clear-sky one. So the network
+sees three channels (:func:`to_input`): the thumbnail - 0.5, the transparency map
+(:func:`ast3stream.quality.transparency.transparency_map`, extinction in mag on a coarse grid,
+nearest-upsampled to the thumbnail; NaN -> 0) and its coverage (1 where stars measured it). Without
+a map (no photometry) the last two channels are 0 and the verdict rests on the thumbnail alone.
 
-The shipped model (cloud-1.1) is fine-tuned by :func:`train_cloud` on these plus thumbnails of
-real frame-simulator frames (:mod:`ast3stream.classify.cloud_frames`); ``cloud.json`` records the
-training set and held-out accuracy by cloud depth.
+The shipped model (``cloud.json``: version, training set, held-out accuracy by cloud depth) is
+fine-tuned by :func:`train_cloud` on frame-simulator frames
+(:mod:`ast3stream.classify.cloud_frames`). :func:`simulate_thumbnail` is a quick generator of
+thumbnails alone, each pixel the mean of ``block`` x ``block`` detector pixels (4–60): sky
+(g = 18–21 mag/arcsec^2) + read noise; stars with log N ~ 0.3 m (20000 deg^-2 to g = 21, drawn
+to g = 23, zero point 27.2); flat-field and moonlight gradients of up to a few per cent. Its
+cloudy frames get an extinction map A(x, y) [mag] that dims the stars: either a patchy Gaussian
+random field with a power-law spectrum, ``depth * sigmoid(G / w)`` (0.15–2 mag peak), or the frame
+simulator's smooth sum of six plane waves around a mean of 0.3–1.5 mag
+(:mod:`ast3stream.simulate.atmosphere`); the sky is attenuated by a random fraction of A and may
+get scattered light ~ A.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.ndimage import gaussian_filter
 
-from .model import CloudResNet
+from .model import CloudResNet, ResNet18Features
 from .train import fit, load_weights, pick_device, predict_proba
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -125,53 +134,96 @@ def _thumbnail_chunk(job) -> dict[str, np.ndarray]:
     return dict(thumbs=thumbs, label=label, depth=depth)
 
 
-def to_input(thumbs: np.ndarray) -> np.ndarray:
-    """Network input (N, 1, H, W): the [0, 1] thumbnail centred on 0."""
+class CloudNet(CloudResNet):
+    """:class:`~.model.CloudResNet` with ``in_ch`` input channels (3: thumbnail, transparency, coverage)."""
+
+    def __init__(self, in_ch: int = 3, width: int = 32, stem_pool: int = 4, dropout: float = 0.5):
+        super().__init__(width, stem_pool, dropout)
+        self.config["in_ch"] = in_ch
+        self.features = ResNet18Features(in_ch, width, 7, 1, stem_pool)
+
+    @classmethod
+    def from_image_model(cls, model: CloudResNet) -> "CloudNet":
+        """Three-channel copy of a thumbnail-only model, the new stem channels starting at 0."""
+        new = cls(3, **model.config)
+        state = model.state_dict()
+        w = state["features.stem.0.weight"]
+        state["features.stem.0.weight"] = torch.cat([w, torch.zeros_like(w).repeat(1, 2, 1, 1)], 1)
+        new.load_state_dict(state)
+        return new
+
+
+def to_input(thumbs: np.ndarray, tmaps: np.ndarray | None = None) -> np.ndarray:
+    """Network input (N, 3, H, W) from [0, 1] thumbnails (N, H, W) and transparency maps (N, g, g)
+    [mag] (NaN: not measured; None: none at all); a single (H, W) thumbnail gives N = 1."""
     t = np.nan_to_num(np.asarray(thumbs, np.float32), nan=0.5)
-    return (t - 0.5)[:, None] if t.ndim == 3 else (t - 0.5)[None, None]
+    if t.ndim == 2:
+        t = t[None]
+        tmaps = None if tmaps is None else np.asarray(tmaps)[None]
+    x = np.zeros((len(t), 3) + t.shape[1:], np.float32)
+    x[:, 0] = t - 0.5
+    if tmaps is not None:
+        m = np.asarray(tmaps, np.float32)
+        k = t.shape[1] // m.shape[1]
+        m = m.repeat(k, axis=1).repeat(k, axis=2)
+        x[:, 1] = np.nan_to_num(m, nan=0.0)
+        x[:, 2] = np.isfinite(m)
+    return x
 
 
-def rotations(thumbs: np.ndarray) -> np.ndarray:
-    """The four 90-degree rotations of each thumbnail (4N, H, W); :func:`~.train.fit`'s random
-    flips complete the dihedral group (clouds and star fields have no preferred orientation)."""
-    return np.concatenate([np.rot90(thumbs, k, axes=(1, 2)) for k in range(4)])
+def rotations(a: np.ndarray) -> np.ndarray:
+    """The four 90-degree rotations of each (N, H, W) image or map (4N, H, W); :func:`~.train.fit`'s
+    random flips complete the dihedral group (clouds and star fields have no preferred orientation)."""
+    return np.concatenate([np.rot90(a, k, axes=(1, 2)) for k in range(4)])
 
 
-def train_cloud(thumbs: np.ndarray, label: np.ndarray, val_thumbs: np.ndarray, val_label: np.ndarray,
-                init: str | Path | None = None, **fit_kwargs):
-    """Train (or fine-tune the weights at ``init``) on [0, 1] thumbnails augmented by
-    :func:`rotations`; ``fit`` keeps the epoch of least validation loss. Returns (model, history)."""
-    model = load_weights(init)[0] if init is not None else CloudResNet()
-    x, y = to_input(rotations(thumbs)), np.tile(np.asarray(label, np.int64), 4)
-    history = fit(model, x, y, to_input(val_thumbs), np.asarray(val_label, np.int64), **fit_kwargs)
+def train_cloud(thumbs: np.ndarray, tmaps: np.ndarray, label: np.ndarray, val_thumbs: np.ndarray,
+                val_tmaps: np.ndarray, val_label: np.ndarray, init: str | Path | None = None,
+                drop_maps: float = 0.0, **fit_kwargs):
+    """Train (or fine-tune the weights at ``init``, a thumbnail-only model too) on thumbnails and
+    transparency maps augmented by :func:`rotations`, a ``drop_maps`` fraction of them (seeded by
+    ``fit_kwargs['seed']``) without the map so that the thumbnail alone still gives a verdict;
+    ``fit`` keeps the epoch of least validation loss. Returns (model, history)."""
+    model = CloudNet()
+    if init is not None:
+        info = json.loads(Path(init).with_suffix(".json").read_text())
+        model = (load_cloud_model(init, "cpu")[0] if "in_ch" in info["config"]
+                 else CloudNet.from_image_model(load_weights(init)[0]))
+    maps = rotations(tmaps).astype(np.float32)
+    maps[np.random.default_rng(fit_kwargs.get("seed", 0)).random(len(maps)) < drop_maps] = np.nan
+    x, y = to_input(rotations(thumbs), maps), np.tile(np.asarray(label, np.int64), 4)
+    history = fit(model, x, y, to_input(val_thumbs, val_tmaps), np.asarray(val_label, np.int64), **fit_kwargs)
     return model, history
 
 
 def load_cloud_model(path: str | Path | None = None, device: str = "auto"):
     """(model, info, device) for ``cloud.pt``; FileNotFoundError if absent."""
     path = Path(path) if path is not None else MODELS_DIR / "cloud.pt"
-    if not path.with_suffix(".pt").exists():
+    path = path.with_suffix(".pt")
+    if not path.exists():
         raise FileNotFoundError(f"no cloud-classifier weights at {path}")
     dev = pick_device(device)
-    model, info = load_weights(path, dev)
-    return model, info, dev
+    info = json.loads(path.with_suffix(".json").read_text())
+    model = CloudNet(**info["config"])
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.to(dev).eval(), info, dev
 
 
-def predict_cloudy(thumbnail: np.ndarray) -> float | None:
-    """P(cloudy) for one (256, 256) zscale thumbnail in [0, 1]; None if no model is shipped."""
+def predict_cloudy(thumbnail: np.ndarray, transparency: np.ndarray | None = None) -> float | None:
+    """P(cloudy) for one (256, 256) zscale thumbnail in [0, 1] and its transparency map
+    (:func:`ast3stream.quality.transparency.transparency_map`); None if no model is shipped."""
     if "model" not in _CACHE:
         try:
             _CACHE["model"] = load_cloud_model(device="cpu")
         except FileNotFoundError:
             return None
     model, _, dev = _CACHE["model"]
-    return float(predict_proba(model, to_input(thumbnail), dev)[0])
+    return float(predict_proba(model, to_input(thumbnail, transparency), dev)[0])
 
 
 def cloud_model_version() -> str | None:
     path = MODELS_DIR / "cloud.json"
     if not path.exists():
         return None
-    import json
-
     return json.loads(path.read_text())["version"]

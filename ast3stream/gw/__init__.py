@@ -1,10 +1,10 @@
 """Gravitational-wave Target of Opportunity: LVK notices, sky maps, ranked survey fields."""
 from ast3stream.gw.fields import field_probabilities, galaxy_weights, make_grid
-from ast3stream.gw.notices import GWNotice, read_notice
+from ast3stream.gw.notices import BadNotice, GWNotice, read_notice
 from ast3stream.gw.plot import plot_plan
-from ast3stream.gw.skymap import credible_area, credible_level_at, probdensity_at, read_skymap
+from ast3stream.gw.skymap import BadSkymap, credible_area, credible_level_at, probdensity_at, read_skymap
 from ast3stream.gw.too import field_size, too_fields
 
-__all__ = ["GWNotice", "credible_area", "credible_level_at", "field_probabilities", "field_size",
-           "galaxy_weights", "make_grid", "plot_plan", "probdensity_at", "read_notice", "read_skymap",
+__all__ = ["BadNotice", "BadSkymap", "GWNotice", "credible_area", "credible_level_at", "field_probabilities",
+           "field_size", "galaxy_weights", "make_grid", "plot_plan", "probdensity_at", "read_notice", "read_skymap",
            "too_fields"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from ast3stream.gw.notices import BadNotice
 from ast3stream.gw.plot import plot_plan
 from ast3stream.gw.too import ingest
 
@@ -40,7 +41,11 @@ def ingest_command(args) -> int:
     cfg = _settings(args)
     fields = Table.read(args.fields, format="ascii.csv") if args.fields else None
     galaxies = Table.read(args.galaxies, format="ascii.csv") if args.galaxies else None
-    notice, table = ingest(args.file, Database.from_settings(cfg), cfg, fields, galaxies, args.skymap_dir)
+    try:
+        notice, table = ingest(args.file, Database.from_settings(cfg), cfg, fields, galaxies, args.skymap_dir)
+    except (OSError, BadNotice) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
     if table is None:
         print(f"{notice.superevent_id}: RETRACTION, its ToO fields are removed")
         return 0

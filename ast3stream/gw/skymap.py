@@ -22,30 +22,67 @@ from astropy_healpix import HEALPix, level_ipix_to_uniq, uniq_to_level_ipix
 DISTANCE_COLUMNS = ("DISTMU", "DISTSIGMA", "DISTNORM")
 
 
+class BadSkymap(ValueError):
+    """Bytes or a file that are not a usable HEALPix probability map; the message says why."""
+
+
 def read_skymap(source: str | Path | bytes) -> Table:
-    """A multi-order map from a FITS file or FITS bytes (gzipped or not; flat or NUNIQ)."""
+    """A multi-order map from a FITS file or FITS bytes (gzipped or not; flat or NUNIQ).
+
+    Raises :class:`BadSkymap` for anything but a HEALPix map of finite, non-negative
+    probabilities that add up to 1 (within 1 %).
+    """
     data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    with fits.open(io.BytesIO(data)) as hdul:
-        hdu = next(h for h in hdul if isinstance(h, fits.BinTableHDU))
-        header, cols = hdu.header, hdu.columns.names
-        table = {name: np.asarray(hdu.data[name]).ravel() for name in cols}
+    try:
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        with fits.open(io.BytesIO(data)) as hdul:
+            hdu = next((h for h in hdul if isinstance(h, fits.BinTableHDU)), None)
+            if hdu is None:
+                raise BadSkymap("no binary table HDU")
+            header, cols = hdu.header, hdu.columns.names
+            table = {name: np.asarray(hdu.data[name]).ravel() for name in cols}
+    except BadSkymap:
+        raise
+    except Exception as exc:  # gzip, zlib and astropy raise many types on damaged bytes
+        raise BadSkymap(f"not a FITS sky map ({type(exc).__name__}: {exc})") from exc
     meta = {k: header[k] for k in ("OBJECT", "DATE-OBS", "MJD-OBS", "CREATOR", "DISTMEAN", "DISTSTD",
                                    "INSTRUME", "ORDERING") if k in header}
     if str(header.get("ORDERING", "")).upper() == "NUNIQ":
+        if not {"UNIQ", "PROBDENSITY"} <= set(table):
+            raise BadSkymap(f"NUNIQ map without UNIQ and PROBDENSITY columns (has {cols})")
         out = Table({k: table[k] for k in ("UNIQ", "PROBDENSITY", *DISTANCE_COLUMNS) if k in table}, meta=meta)
+        uniq = np.asarray(out["UNIQ"])
+        if uniq.dtype.kind not in "iu" or len(uniq) == 0 or uniq.min() < 4 or uniq.max() >= 16 * 4**29:
+            raise BadSkymap("UNIQ values are not NUNIQ indices of HEALPix orders 0-29")
     else:
         out = _from_flat(table, cols, header, meta)
     out["UNIQ"] = out["UNIQ"].astype(np.int64)
+    density = np.asarray(out["PROBDENSITY"])
+    if density.dtype.kind not in "iuf" or not np.isfinite(density).all() or (density < 0).any():
+        raise BadSkymap("probabilities are not all finite and non-negative")
+    total = float(probabilities(out).sum())
+    if abs(total - 1) > 0.01:
+        raise BadSkymap(f"probabilities add up to {total:.4g}, not 1")
     return out
 
 
 def _from_flat(table: dict, cols: list[str], header: fits.Header, meta: dict) -> Table:
-    nside = int(header["NSIDE"])
+    nside = header.get("NSIDE")
+    if not isinstance(nside, int) or isinstance(nside, bool) or not 1 <= nside <= 2**29 or nside & (nside - 1):
+        raise BadSkymap(f"NSIDE = {nside!r} is not a power of 2")
+    if table[cols[0]].dtype.kind not in "iuf":
+        raise BadSkymap(f"the first column of a flat map is not a probability (columns {cols})")
     prob = table[cols[0]].astype(np.float64)          # PROB / PROBABILITY: probability per pixel
+    if prob.size != 12 * nside**2:
+        raise BadSkymap(f"flat map has {prob.size} pixels, NSIDE = {nside} needs {12 * nside**2}")
+    ordering = str(header.get("ORDERING", "RING")).upper()
+    if ordering not in ("RING", "NESTED"):
+        raise BadSkymap(f"ORDERING = {ordering!r} is not RING, NESTED or NUNIQ")
+    if not np.isfinite(prob).all() or (prob < 0).any():
+        raise BadSkymap("probabilities are not all finite and non-negative")
     ipix = np.arange(prob.size, dtype=np.int64)
-    if str(header.get("ORDERING", "RING")).upper() == "RING":
+    if ordering == "RING":
         ipix = HEALPix(nside, order="ring").ring_to_nested(ipix)
     keep = prob > 0
     level = int(np.log2(nside))

@@ -1,5 +1,8 @@
 """Frame quality: Pearson r against the catalogue (eq. 4), thumbnail, cloud verdict and flags.
 
+The cloud CNN sees the thumbnail and the catalogue stars' transparency map
+(:mod:`.transparency`).
+
 eq. 4: ``r = sum (m - <m>)(m_ref - <m_ref>) / sqrt(sum (m - <m>)^2 sum (m_ref - <m_ref>)^2)`` over
 the clean stars matched to the catalogue in ``[mag_min, mag_max]`` (calibrated ``mag`` after the
 spatial residual, *all* of them: the zero-point's outlier rejection is not applied, so patchy
@@ -7,8 +10,10 @@ cloud lowers r).
 
 Flags: ``bad_wcs`` (no solution or ``rms_arcsec > astrometry.max_rms_arcsec``), ``low_pcc``
 (``pcc < quality.pcc_min`` or no pcc), ``cloudy`` (the classifier's ``cloud_prob >=
-quality.cloud_threshold``, or the zero point ``quality.cloudy_zp_deficit`` mag below the clear-sky
-``detector.zeropoint``, or the zero-point scatter above ``quality.cloudy_zp_rms``).
+quality.cloud_threshold`` when ``quality.cloud_cnn_flags``, or the zero point
+``quality.cloudy_zp_deficit`` mag below the clear-sky one (:func:`~.transparency.clear_zero_point`:
+``detector.zeropoint`` at the exposure time and airmass), or the zero-point scatter above
+``quality.cloudy_zp_rms``).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from astropy.table import Table
 from ..config import Settings
 from ..image import Frame
 from .thumbnail import thumbnail, write_thumbnail
+from .transparency import clear_zero_point, transparency_map
 
 
 def pearson_r(m: np.ndarray, m_ref: np.ndarray) -> float:
@@ -31,14 +37,14 @@ def pearson_r(m: np.ndarray, m_ref: np.ndarray) -> float:
     return float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
 
 
-def cloud_probability(thumb: np.ndarray) -> float | None:
-    """``ast3stream.classify.cloud.predict_cloudy(thumb)`` when that module exists, else None."""
+def cloud_probability(thumb: np.ndarray, transparency: np.ndarray | None = None) -> float | None:
+    """``ast3stream.classify.cloud.predict_cloudy(thumb, transparency)`` when that module exists, else None."""
     try:
         module = importlib.import_module("ast3stream.classify.cloud")
     except ImportError:
         return None
     try:
-        p = module.predict_cloudy(thumb)
+        p = module.predict_cloudy(thumb, transparency)
     except (FileNotFoundError, OSError, RuntimeError):
         return None
     return None if p is None else float(p)
@@ -67,15 +73,14 @@ def assess(frame: Frame, sources: Table, refcat, stats: dict, cfg: Settings, thu
     if thumbnail_dir is not None:
         name = str(frame.primary.get("EXPID", "frame"))
         out.update(write_thumbnail(thumb, thumbnail_dir, name))
-    out["cloud_prob"] = cloud_probability(thumb)
+    zp_clear = clear_zero_point(frame.primary, cfg)
+    out["cloud_prob"] = cloud_probability(thumb, transparency_map(sources, frame.shape, zp_clear, cfg))
 
     rms = stats.get("rms_arcsec")
     if rms is None or not np.isfinite(rms) or rms > cfg.astrometry.max_rms_arcsec:
         out["flags"].append("bad_wcs")
     if not np.isfinite(pcc) or pcc < qc.pcc_min:
         out["flags"].append("low_pcc")
-    exptime = float(frame.primary.get("EXPTIME", cfg.detector.exptime))
-    zp_clear = cfg.detector.zeropoint + 2.5 * np.log10(exptime / cfg.detector.exptime)
     zp = stats.get("zp")
     deficit = zp_clear - zp if zp is not None and np.isfinite(zp) else None
     out["zp_deficit"] = deficit

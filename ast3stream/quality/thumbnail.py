@@ -15,12 +15,18 @@ from astropy.visualization import ZScaleInterval
 from ..image import Frame
 
 
+def thumbnail_box(shape: tuple[int, int], size: int = 256) -> tuple[int, int, int, int]:
+    """``(oy, ox, fy, fx)``: thumbnail pixel (i, j) is the mean of frame rows ``oy + i fy ...`` and
+    columns ``ox + j fx ...`` (``fy``/``fx`` at least 1; offsets 0 for a frame smaller than ``size``)."""
+    ny, nx = shape
+    fy, fx = max(ny // size, 1), max(nx // size, 1)
+    return max((ny - fy * size) // 2, 0), max((nx - fx * size) // 2, 0), fy, fx
+
+
 def thumbnail(frame: Frame, size: int = 256) -> np.ndarray:
     """Float32 ``size x size`` image scaled to [0, 1] by zscale."""
-    ny, nx = frame.shape
-    fy, fx = max(ny // size, 1), max(nx // size, 1)
-    oy, ox = (ny - fy * size) // 2, (nx - fx * size) // 2
-    data = frame.data[max(oy, 0):max(oy, 0) + fy * size, max(ox, 0):max(ox, 0) + fx * size]
+    oy, ox, fy, fx = thumbnail_box(frame.shape, size)
+    data = frame.data[oy:oy + fy * size, ox:ox + fx * size]
     if data.shape != (fy * size, fx * size):       # smaller than the thumbnail: pad with the median
         pad = np.full((fy * size, fx * size), np.median(frame.data), np.float32)
         pad[:data.shape[0], :data.shape[1]] = data

@@ -27,6 +27,50 @@ class BadFrameError(ValueError):
         self.reason = reason
 
 
+#: the smallest trimmed frame reduced [px a side]: cosmic-ray and trail search need some room
+MIN_SIDE = 32
+#: frames with more of their trimmed pixels saturated are rejected
+MAX_SATURATED_FRACTION = 0.5
+
+
+def check_pixels(raw: np.ndarray, where: str) -> None:
+    """Raise :class:`BadFrameError` unless ``raw`` is a 2-D real image with finite pixels."""
+    if raw.ndim != 2:
+        raise BadFrameError(f"{where}: {raw.ndim}-D pixel array, a raw frame is 2-D")
+    if raw.dtype.kind not in "iuf":
+        raise BadFrameError(f"{where}: pixel type {raw.dtype} is not an integer or real image")
+    if raw.dtype.kind == "f":
+        bad = raw.size - np.count_nonzero(np.isfinite(raw))
+        if bad:
+            raise BadFrameError(f"{where}: {bad} NaN or infinite pixel(s) in the raw frame (corrupt read-out)")
+
+
+def check_signal(data: np.ndarray, saturated: np.ndarray, where: str) -> None:
+    """Raise :class:`BadFrameError` for a trimmed frame that is too small, constant or mostly saturated."""
+    if min(data.shape) < MIN_SIDE:
+        raise BadFrameError(f"{where}: trimmed frame {data.shape[1]}x{data.shape[0]} is smaller than "
+                            f"{MIN_SIDE}x{MIN_SIDE} px")
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise BadFrameError(f"{where}: no signal, every trimmed pixel is {lo:g} after the overscan")
+    fraction = np.count_nonzero(saturated) / saturated.size
+    if fraction > MAX_SATURATED_FRACTION:
+        raise BadFrameError(f"{where}: {100 * fraction:.0f}% of the pixels are saturated")
+
+
+def header_number(header, key: str, default: float, where: str, minimum: float = 0.0,
+                  inclusive: bool = False) -> float:
+    """A finite header value above ``minimum`` (at or above it if ``inclusive``), else :class:`BadFrameError`."""
+    value = header.get(key, default)
+    try:
+        number = np.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = np.nan
+    if not np.isfinite(number) or number < minimum or (number == minimum and not inclusive):
+        raise BadFrameError(f"{where}: {key} = {value!r} is not a number {'>=' if inclusive else '>'} {minimum:g}")
+    return number
+
+
 @dataclass
 class RawImage:
     """An overscan-corrected, trimmed raw image (not yet bias/flat corrected)."""
@@ -53,8 +97,13 @@ def subtract_overscan(raw: np.ndarray, biassec: str, trimsec: str,
                       saturation: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
     """Trimmed float32 image minus the per-row (or per-column) median of the overscan, and the
     boolean map of trimmed pixels whose raw value is ``>= saturation`` (one pass over the frame)."""
-    by, bx = section_slices(biassec)
-    ty, tx = section_slices(trimsec)
+    try:
+        by, bx = section_slices(biassec)
+        ty, tx = section_slices(trimsec)
+    except ValueError as exc:
+        raise BadFrameError(str(exc)) from None
+    if min(by.start, bx.start, ty.start, tx.start) < 0:
+        raise BadFrameError(f"sections {trimsec}/{biassec} start at 0; FITS sections are 1-based")
     if by.stop > raw.shape[0] or bx.stop > raw.shape[1] or ty.stop > raw.shape[0] or tx.stop > raw.shape[1]:
         raise BadFrameError(f"sections {trimsec}/{biassec} do not fit a {raw.shape[1]}x{raw.shape[0]} frame")
     shape = (ty.stop - ty.start, tx.stop - tx.start)
@@ -85,7 +134,9 @@ def read_raw(path, cfg: Settings) -> RawImage:
             if not hdus:
                 raise BadFrameError(f"{path}: no 2-D image HDU")
             if len(hdus) > 1 and all("DETSEC" in h.header and "BIASSEC" in h.header for h in hdus):
-                return _assemble(hdul[0].header, hdus, cfg)
+                image = _assemble(hdul[0].header, hdus, cfg, path)
+                check_signal(image.data, image.saturated, path)
+                return image
             hdu = hdus[0]
             header = hdul[0].header.copy() if hdu is not hdul[0] else fits.Header()
             header.update(hdu.header)
@@ -99,26 +150,33 @@ def read_raw(path, cfg: Settings) -> RawImage:
                     raise BadFrameError(f"{path}: {raw.shape[1]}x{raw.shape[0]} frame without TRIMSEC/BIASSEC; "
                                         f"{det.name} frames are {det.nx_raw}x{det.ny_raw}")
                 trimsec, biassec = det.trimsec, det.biassec
-            gain = float(header.get("GAIN", det.gain))
-            saturation = float(header.get("SATURATE", det.saturation))
-            data, saturated = subtract_overscan(raw, biassec, trimsec, saturation)
+            gain = header_number(header, "GAIN", det.gain, path)
+            saturation = header_number(header, "SATURATE", det.saturation, path)
+            read_noise = header_number(header, "RDNOISE", header.get("READNOIS", det.read_noise), path, inclusive=True)
+            check_pixels(raw, path)
+            try:
+                data, saturated = subtract_overscan(raw, biassec, trimsec, saturation)
+            except BadFrameError as exc:
+                raise BadFrameError(f"{path}: {exc}") from None
     except BadFrameError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
-        raise BadFrameError(f"{path}: unreadable FITS ({exc})") from exc
-    read_noise = float(header.get("RDNOISE", header.get("READNOIS", det.read_noise)))
+    except Exception as exc:  # astropy and cfitsio raise many types on a damaged file
+        raise BadFrameError(f"{path}: unreadable FITS ({type(exc).__name__}: {exc})") from exc
+    check_signal(data, saturated, path)
     return RawImage(data, saturated, header, gain, read_noise, saturation, trimsec)
 
 
-def _assemble(primary: fits.Header, hdus: list, cfg: Settings) -> RawImage:
+def _assemble(primary: fits.Header, hdus: list, cfg: Settings, path) -> RawImage:
     """Overscan-correct each amplifier, convert it to electrons and place it at its DETSEC."""
     pieces = []
-    for hdu in hdus:
+    for i, hdu in enumerate(hdus):
         h = hdu.header
+        where = f"{path}[{hdu.name or i}]"
         binx, biny = (int(v) for v in str(h.get("CCDSUM", primary.get("CCDSUM", "1 1"))).split()[:2])
         datasec = h.get("DATASEC", h.get("TRIMSEC"))
-        gain = float(h.get("GAIN", primary.get("GAIN", cfg.detector.gain)))
-        sat = float(h.get("SATURATE", primary.get("SATURATE", cfg.detector.saturation)))
+        gain = header_number(h, "GAIN", primary.get("GAIN", cfg.detector.gain), where)
+        sat = header_number(h, "SATURATE", primary.get("SATURATE", cfg.detector.saturation), where)
+        check_pixels(hdu.data, where)
         amp, saturated = subtract_overscan(hdu.data, h["BIASSEC"], datasec, sat)
         amp *= gain
         flip_y, flip_x = section_flips(h["DETSEC"])
@@ -138,5 +196,5 @@ def _assemble(primary: fits.Header, hdus: list, cfg: Settings) -> RawImage:
         data[y0 - oy:y0 - oy + amp.shape[0], x0 - ox:x0 - ox + amp.shape[1]] = amp
         saturated[y0 - oy:y0 - oy + amp.shape[0], x0 - ox:x0 - ox + amp.shape[1]] = sat
     header = primary.copy()
-    read_noise = float(primary.get("RDNOISE", cfg.detector.read_noise))
+    read_noise = header_number(primary, "RDNOISE", cfg.detector.read_noise, path, inclusive=True)
     return RawImage(data, saturated, header, 1.0, read_noise, min(p[4] for p in pieces), f"[1:{nx},1:{ny}]")

@@ -49,16 +49,34 @@ def flag_grown(where: np.ndarray, mask: np.ndarray, bit: int, radius: int = 0) -
     _flag_grown(where, mask, mask.dtype.type(bit), int(radius))
 
 
-def _approximate_wcs(header: fits.Header, trimsec: str) -> fits.Header:
-    """The raw header's celestial WCS, shifted to the trimmed pixel grid (empty if none)."""
+def _approximate_wcs(header: fits.Header, trimsec: str, where) -> fits.Header:
+    """The raw header's celestial WCS, shifted to the trimmed pixel grid (empty if none).
+
+    A WCS that is there but unusable (unknown or unpaired axis types, not RA/Dec, a singular
+    or non-finite matrix, a pointing off the sky) raises :class:`BadFrameError`.
+    """
     if "CTYPE1" not in header:
         return fits.Header()
     import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(header).celestial
     ty, tx = section_slices(trimsec)
-    wcs = wcs.slice((ty, tx))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header).celestial
+            if wcs.naxis != 2 or wcs.world_axis_physical_types != ["pos.eq.ra", "pos.eq.dec"]:
+                raise ValueError(f"celestial axes {list(wcs.wcs.ctype)} are not RA, Dec (in this order)")
+            wcs = wcs.slice((ty, tx))
+            scale = np.abs(np.linalg.det(wcs.pixel_scale_matrix))
+            x, y = (tx.stop - tx.start - 1) / 2, (ty.stop - ty.start - 1) / 2
+            ra, dec = wcs.all_pix2world(x, y, 0)
+            back = wcs.all_world2pix(ra, dec, 0)
+    except Exception as exc:  # wcslib raises its own types for each kind of nonsense
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise BadFrameError(f"{where}: unusable WCS in the raw header ({reason})") from exc
+    if not (np.isfinite(scale) and scale > 0 and np.isfinite([ra, dec]).all()
+            and np.hypot(back[0] - x, back[1] - y) < 1):
+        raise BadFrameError(f"{where}: unusable WCS in the raw header (no finite, invertible sky position "
+                            "at the frame centre)")
     return wcs.to_header(relax=True)
 
 
@@ -68,6 +86,7 @@ def reduce_raw(raw_path, calib: Calibration | None, cfg: Settings, timings: dict
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     raw = read_raw(raw_path, cfg)
+    header = _approximate_wcs(raw.header, raw.trimsec, raw_path)
     data = raw.data
     timings["overscan"] = time.perf_counter() - t0
 
@@ -107,7 +126,6 @@ def reduce_raw(raw_path, calib: Calibration | None, cfg: Settings, timings: dict
     primary["NTRAILS"] = (len(trails), "satellite/aircraft trail segments masked")
     if calib is not None:
         primary["NBADPIX"] = (int(calib.meta.get("NBADPIX", calib.bpm.sum())), "bad pixels from the calibration")
-    header = _approximate_wcs(raw.header, raw.trimsec)
     header["BUNIT"] = "electron"
     header["GAIN"] = (1.0, "e-/unit: the image is in electrons")
     header["RDNOISE"] = (raw.read_noise, "[e-] read noise")

@@ -28,6 +28,7 @@ from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from ..catalogs.mpcorb import Orbit, read_mpcorb
 from ..config import Settings
 from . import atmosphere, catalogs, orbits, pointing, render
 from .detector import Camera, camera, layout, read_out
@@ -98,8 +99,8 @@ class Night:
         return Table.read(self.out_dir / "truth" / "transients.ecsv")
 
     @cached_property
-    def orbits(self) -> list[orbits.Orbit]:
-        return orbits.read_mpcorb(self.out_dir / "MPCORB.DAT")
+    def orbits(self) -> list[Orbit]:
+        return read_mpcorb(self.out_dir / "MPCORB.DAT")
 
     @cached_property
     def camera(self) -> Camera:
@@ -393,7 +394,7 @@ def write_exposure(night: Night | str | Path, which: int | str, dest: str | Path
         mag = v[1] + sim.asteroid_g_minus_v
         f = float(10 ** (-0.4 * (mag - zp_at(x[1:2], y[1:2])[0])))
         render.add_trailed(img, x[0], y[0], x[2], y[2], f, psf)
-        record("asteroid", [orb.desig], ra[1:2], dec[1:2], x[1:2], y[1:2], mag, f,
+        record("asteroid", [orb.designation], ra[1:2], dec[1:2], x[1:2], y[1:2], mag, f,
                math.hypot(x[2] - x[0], y[2] - y[0]), math.degrees(math.atan2(y[2] - y[0], x[2] - x[0])))
 
     # satellite trail (above the clouds)

@@ -20,6 +20,7 @@ import ephem
 import numpy as np
 from scipy.optimize import least_squares
 
+from ..catalogs.mpcorb import unpack_epoch
 from ..config import DetectorConfig
 from .pointing import MJD_DJD, OBLIQUITY, observer
 
@@ -34,10 +35,6 @@ MPCORB_HEADER = ("Des'n  AbsMag  G    Epoch M         Perihelion      Node      
 def pack_epoch(year: int, month: int, day: int) -> str:
     """MPC packed date, e.g. 2025-11-21 -> ``K25BL``."""
     return "IJK"[year // 100 - 18] + f"{year % 100:02d}" + DIGITS[month] + DIGITS[day]
-
-
-def unpack_epoch(packed: str) -> tuple[int, int, int]:
-    return ("IJK".index(packed[0]) + 18) * 100 + int(packed[1:3]), DIGITS.index(packed[3]), DIGITS.index(packed[4])
 
 
 def provisional(year: int, month: int, day: int, k: int) -> tuple[str, str]:
@@ -70,17 +67,10 @@ class Orbit:
                 f"{self.peri % 360:9.5f}  {self.node % 360:9.5f}  {self.incl:9.5f}  {self.e:9.7f} "
                 f"{n:11.8f} {self.a:11.7f}  0 {'MPCSIM':<9s} {25:5d} {1:3d} {'8 days':>9s} 0.40 M-v 3Ek 0000 {self.name}")
 
-    @classmethod
-    def parse(cls, line: str) -> "Orbit":
-        return cls(line[0:7].strip(), line[155:].strip(), float(line[8:13]), float(line[14:19]), line[20:25],
-                   float(line[26:35]), float(line[37:46]), float(line[48:57]), float(line[59:68]),
-                   float(line[70:79]), float(line[92:103]))
-
     def body(self) -> ephem.EllipticalBody:
         b = ephem.EllipticalBody()
         b._inc, b._Om, b._om, b._a, b._e, b._M = self.incl, self.node, self.peri, self.a, self.e, self.M
-        y, m, d = unpack_epoch(self.epoch)
-        b._epoch_M = ephem.Date(f"{y}/{m}/{d}")
+        b._epoch_M = ephem.Date(unpack_epoch(self.epoch) - MJD_DJD)
         b._epoch = ephem.J2000
         b._H, b._G = self.H, self.G
         return b
@@ -128,8 +118,7 @@ def orbit_through(ra: float, dec: float, mjd: float, v_mag: float, desig: str, n
         uarg = math.pi - uarg
     node = lam - math.atan2(math.cos(incl) * math.sin(uarg), math.cos(uarg))
     ecc_anom = 2 * math.atan2(math.sqrt(1 - e) * math.sin(nu / 2), math.sqrt(1 + e) * math.cos(nu / 2))
-    y, m, d = unpack_epoch(epoch)
-    t_epoch = float(ephem.Date(f"{y}/{m}/{d}")) + MJD_DJD
+    t_epoch = unpack_epoch(epoch)
     mean = math.degrees(ecc_anom - e * math.sin(ecc_anom)) - GAUSS_DEG / a**1.5 * (mjd - t_epoch)
     orb = Orbit(desig, name, 0.0, 0.15, epoch, mean % 360, math.degrees(uarg - nu) % 360,
                 math.degrees(node) % 360, math.degrees(incl), e, a)
@@ -143,10 +132,3 @@ def orbit_through(ra: float, dec: float, mjd: float, v_mag: float, desig: str, n
     orb.M, orb.node = sol.x[0] % 360, sol.x[1] % 360
     orb.H = round(v_mag - radec(orb.body(), det, mjd)[2], 2)
     return orb
-
-
-def read_mpcorb(path) -> list[Orbit]:
-    """Orbits from an MPCORB file (header lines before the dashes, if any, are skipped)."""
-    lines = open(path).read().splitlines()
-    return [Orbit.parse(s) for s in lines if len(s) > 103 and s[20:25].strip() and s[0] != "-"
-            and not s.startswith("Des'n")]

@@ -1,0 +1,260 @@
+"""Fault injection: after each fault every exposure has alerted exactly once.
+
+One small simulated night (one field: a template visit, a science visit, and a visit of a
+field put on the ToO list, so both lanes run) is dropped into the watched folder of a
+running stack on the real embedded broker while a fault hits it:
+
+* a worker is killed (SIGKILL) in the middle of an exposure and started again;
+* every broker client is restarted: the worker (with the watcher) is stopped (SIGTERM)
+  mid-night and started again beside a second worker, so the consumer group rebalances
+  (two partitions per topic) with the night half done;
+* the broker itself is restarted mid-night (Tansu on S3 storage, a local moto server).
+
+After recovery the pipeline's consumer group has consumed everything, and: every exposure
+finished, the files dropped are the exposures known, each (exposure, lane) that should
+alert did, the alert ids on the topic are unique and are those of the ``alerts`` table,
+which are those of the candidates above the score threshold, and nothing was dead-lettered.
+Errors of infrastructure that comes back (database or broker away) hold a message: the
+step is tried again, never dead-lettered.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+from astropy.table import Table
+
+from agents.app import source_topic
+from agents.retry import retrying, transient
+from agents.broker import EmbeddedBroker, die_with_parent, free_port
+from agents.demo import play, read_topic
+from agents.runner import Stack, wait_for
+from agents.topics import topic
+from ast3stream.alerts import decode
+from ast3stream.config import Settings
+from ast3stream.db import Database, DatabaseUnavailable
+from ast3stream.pipeline import LANES, SLOW_STAGES, STAGES, StageError
+from ast3stream.rawfile import detector_from_header
+
+
+SCALE = 0.06
+TIMEOUT = 600
+
+
+def test_infrastructure_errors_hold_the_message_and_other_errors_do_not(monkeypatch):
+    monkeypatch.setattr("agents.retry.RETRY_FIRST_S", 0.01)
+    outages = [DatabaseUnavailable("database away"), KafkaConnectionError("broker away"), KafkaTimeoutError()]
+    calls = []
+
+    async def step(topic, *, key):
+        calls.append(len(calls))
+        if outages:
+            raise outages.pop(0)
+        return f"published to {topic} with key {key}"
+
+    assert asyncio.run(retrying("test", step, "alerts", key="o1")) == "published to alerts with key o1"
+    assert len(calls) == 4
+
+    async def bad_frame():
+        calls.append(len(calls))
+        raise StageError("no WCS solution")
+
+    with pytest.raises(StageError):
+        asyncio.run(retrying("test", bad_frame))
+    assert len(calls) == 5  # tried once
+    assert not transient(MessageSizeTooLargeError())
+    try:
+        raise RuntimeError("stage failed") from DatabaseUnavailable("away")
+    except RuntimeError as exc:
+        assert transient(exc)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    from ast3stream.simulate import simulate_night
+
+    out = tmp_path_factory.mktemp("night")
+    return out, simulate_night(out, n_exposures=3, scale=SCALE, seed=11, n_fields=1)
+
+
+def _settings(root: Path, sim: Path, prefix: str, bootstrap: str, **kafka) -> Settings:
+    cfg = Settings.load(None, paths={"data_dir": root, "refcat": sim / "refcat.fits", "galaxies": sim / "galaxies.csv",
+                                     "mpcorb": sim / "MPCORB.DAT", "fields": sim / "fields.csv",
+                                     "calib_dir": sim / "calib"},
+                        kafka={"prefix": prefix, "bootstrap": bootstrap, **kafka},
+                        watcher={"stable_s": 0.5, "giveup_s": 3.0})
+    cfg.detector = detector_from_header(next((sim / "raw").glob("*.fits")), cfg.detector)
+    return cfg
+
+
+def _until(condition, what: str, timeout: float = TIMEOUT, stack: Stack | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if stack:
+            stack.check_workers()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _stages_done(db: Database, exposure_id: str) -> set[str]:
+    return {r["stage"] for r in db.rows("stage_runs", exposure_id=exposure_id) if r["end"] is not None}
+
+
+async def _unconsumed(cfg: Settings) -> int:
+    """Messages past the pipeline's committed offsets on the topics it reads (fetched: on S3
+    storage Tansu's end offsets are wrong)."""
+    names = {topic(cfg.kafka.prefix, "gw")} | {source_topic(cfg.kafka.prefix, s, lane)
+                                                for s in (*STAGES, *SLOW_STAGES) for lane in LANES}
+    tps = [TopicPartition(t, p) for t in sorted(names) for p in range(cfg.kafka.partitions)]
+    # assigned, never joined: reads the group's committed offsets and nothing else
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, group_id=f"{cfg.kafka.prefix}-pipeline",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, await consumer.committed(tp) or 0)
+        return sum(len(m) for m in (await consumer.getmany(timeout_ms=1000)).values())
+    finally:
+        await consumer.stop()
+
+
+async def _members(cfg: Settings) -> int:
+    """Members of the pipeline's consumer group once it is stable (0 while it rebalances)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka.bootstrap)
+    await admin.start()
+    try:
+        [group] = (await admin.describe_consumer_groups([f"{cfg.kafka.prefix}-pipeline"]))[0].groups
+        _, _, state, _, _, members, *_ = group
+        return len(members) if state == "Stable" else 0
+    finally:
+        await admin.close()
+
+
+def play_night(stack: Stack, db: Database, nt) -> list[str]:
+    """Drop the night's files; the last visit's field goes on the ToO list first (quick lane too)."""
+    raws = [Path(e.path) for e in nt.exposures]
+    play(raws[:-1], stack.cfg.watch_dir)
+    _until(lambda: db.count("exposures") == len(raws) - 1, "the first exposures to be registered", stack=stack)
+    db.store_too_fields("S250101x", Table({"field_id": [nt.exposures[-1].field_id], "prob": [0.4],
+                                           "cum_prob": [0.4]}))
+    play(raws[-1:], stack.cfg.watch_dir)
+    return [e.expid for e in nt.exposures]
+
+
+def recover(stack: Stack, db: Database, ids: list[str]) -> tuple[list[dict], list]:
+    """Wait until every exposure finished and every message was consumed; the alerts and dead letters."""
+    assert wait_for(db, ids, TIMEOUT, stack, progress=lambda s: None) == []
+    _until(lambda: asyncio.run(_unconsumed(stack.cfg)) == 0, "the consumer group to catch up", stack=stack)
+    prefix, bootstrap = stack.cfg.kafka.prefix, stack.cfg.kafka.bootstrap
+    alerts = [decode(m.value) for m in asyncio.run(read_topic(bootstrap, topic(prefix, "alerts"), 3.0))]
+    dead = asyncio.run(read_topic(bootstrap, topic(prefix, "deadletter"), 1.0))
+    return alerts, dead
+
+
+def assert_exactly_once(cfg: Settings, db: Database, nt, alerts: list[dict], dead: list) -> None:
+    assert not dead and db.count("dead_letters") == 0, [m.value[:300] for m in dead]
+    assert db.count("exposures") == len(nt.exposures)
+    statuses = Counter(r["status"] for r in db.rows("exposures"))
+    assert statuses == {"template": 1, "alerted": len(nt.exposures) - 1}, statuses
+    template, science, too = (e.expid for e in nt.exposures)
+    alerted = Counter((a["candidate"]["exposure_id"], a["candidate"]["lane"]) for a in alerts)
+    assert set(alerted) == {(science, "dip"), (too, "qip"), (too, "dip")}, alerted
+    ids = [str(a["alertId"]) for a in alerts]
+    assert len(ids) == len(set(ids)), Counter(ids).most_common(3)
+    recorded = db.rows("alerts")
+    assert set(ids) == {r["alert_id"] for r in recorded}
+    expected = {c["candidate_id"] for c in db.rows("candidates") if c["score"] >= cfg.alerts.min_score}
+    assert {r["candidate_id"] for r in recorded} == expected
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_killed_worker_mid_exposure_loses_nothing_and_duplicates_nothing(night, broker, tmp_path):
+    sim, nt = night
+    cfg = _settings(tmp_path, sim, "fkill", broker.bootstrap)
+    with Stack(cfg) as stack:
+        db = Database.from_settings(cfg)
+        ids = play_night(stack, db, nt)
+        target = ids[1]  # the science visit: killed while it is inside the pipeline
+        _until(lambda: "astrometry" in _stages_done(db, target), "astrometry of the science visit", stack=stack)
+        assert "alert" not in _stages_done(db, target)
+        stack.kill_worker(0)
+        stack.start_worker(0)
+        alerts, dead = recover(stack, db, ids)
+    assert_exactly_once(cfg, db, nt, alerts, dead)
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_restarted_clients_and_a_rebalance_lose_nothing_and_duplicate_nothing(night, broker, tmp_path):
+    sim, nt = night
+    cfg = _settings(tmp_path, sim, "fclients", broker.bootstrap, partitions=2)
+    with Stack(cfg) as stack:
+        db = Database.from_settings(cfg)
+        ids = play_night(stack, db, nt)
+        _until(lambda: "sources" in _stages_done(db, ids[1]), "sources of the science visit", stack=stack)
+        stack.kill_worker(0, signal.SIGTERM)  # the worker and its watcher stop cleanly
+        assert stack.procs[0].returncode == 0
+        stack.start_worker(0)
+        assert stack.add_worker() == 1  # a second worker joins: the group rebalances mid-night
+        _until(lambda: asyncio.run(_members(cfg)) == 2, "both workers in the consumer group", stack=stack)
+        assert "alert" not in _stages_done(db, ids[2])
+        alerts, dead = recover(stack, db, ids)
+        joined = (stack.log_dir / "worker1.log").read_text(errors="replace")
+    assert_exactly_once(cfg, db, nt, alerts, dead)
+    assert "Traceback" not in joined
+
+
+@pytest.fixture
+def s3_env(tmp_path):
+    """A local S3 server (moto) with a bucket ``tansu``: the environment Tansu needs to use it."""
+    pytest.importorskip("moto.server", reason="moto[server] gives the local S3 server")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
+                            stdout=open(tmp_path / "moto.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=die_with_parent)
+    try:
+        _until(lambda: _listening(port), "the S3 server", timeout=60)
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/tansu", method="PUT"))
+        yield {"AWS_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_restarted_broker_loses_nothing_and_duplicates_nothing(night, s3_env, tmp_path):
+    sim, nt = night
+    with EmbeddedBroker(log_path=tmp_path / "broker.log", storage="s3://tansu/", env=s3_env) as broker:
+        cfg = _settings(tmp_path, sim, "frestart", broker.bootstrap)
+        with Stack(cfg) as stack:
+            db = Database.from_settings(cfg)
+            ids = play_night(stack, db, nt)
+            _until(lambda: "sources" in _stages_done(db, ids[1]), "sources of the science visit", stack=stack)
+            broker.stop()  # every client loses its connections mid-night
+            time.sleep(2)
+            broker.start()
+            alerts, dead = recover(stack, db, ids)
+    assert_exactly_once(cfg, db, nt, alerts, dead)
