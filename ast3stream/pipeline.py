@@ -249,7 +249,7 @@ def subtraction(ev: StageEvent, ctx: Context) -> StageResult:
     """Template lookup (or registration), Lanczos alignment, SFFT subtraction, noise check."""
     from .alignment import align
     from .subtraction import subtract
-    from .templates import bin_frame, is_acceptable
+    from .templates import is_acceptable
 
     start = _begin(ev, ctx, "subtraction")
     cfg = ctx.cfg
@@ -275,10 +275,9 @@ def subtraction(ev: StageEvent, ctx: Context) -> StageResult:
             _finish(ev, ctx, "subtraction", cfg.subtraction.version, start, status=status)
             return StageResult()  # the template itself yields no candidates
     science = Frame.read(ev.product("calibrated"))
-    if ev.lane == "qip":
-        science = bin_frame(science, cfg.detector.qip_binning)
     template = Frame.read(tmpl["path"])
-    aligned = align(science, template, cfg)
+    # QIP: aligned at full resolution, then binned (less correlated noise than binning first)
+    aligned = align(science, template, cfg, binning=cfg.detector.qip_binning if ev.lane == "qip" else 1)
     diff = subtract(aligned, template, cfg)
     out = ctx.products(ev)
     aligned.write(out / "aligned.fits")

@@ -15,7 +15,8 @@ and bogus detections of the DIP and QIP lanes.
    counted but left out of the efficiencies, which so refer to the unmasked area.
 4. Printed per lane: efficiency vs ``m - maglim`` (and fitted vs the difference image's limit);
    per frame the 50 % completeness magnitude ``m50`` (logistic fit) against the science frame's
-   ``maglim`` and the difference image's own 5-sigma limit; recovered - injected magnitude (median, robust scatter, median error,
+   ``maglim``, against the lane frame's own limit (QIP: ``maglim`` less the PSF-fit SNR that 3x3 binning
+   loses, :func:`binning_loss`) and against the difference image's own 5-sigma limit; recovered - injected magnitude (median, robust scatter, median error,
    median pull) per bin; bogus detections per frame = detections matching neither an
    injection nor a simulator truth transient / asteroid (of the science or template epoch).
    Written: ``injection.json`` and ``efficiency.png`` in ``--out``.
@@ -38,7 +39,8 @@ from ast3stream.rawfile import detector_from_header
 from ast3stream.reduction import Calibration
 from ast3stream.simulate import simulate_night
 from ast3stream.single import process_single
-from ast3stream.templates import bin_frame
+from ast3stream.detection.photometry import gaussian_psf
+from ast3stream.templates import bin_array, bin_frame
 
 RADIUS = {"dip": 1.5, "qip": 1.0}
 EDGES = np.arange(-3.0, 1.01, 0.25)
@@ -79,6 +81,20 @@ def bogus(cands, inj, known, n_bin: int) -> np.ndarray:
     return ~ok
 
 
+def binning_loss(fwhm: float, n: int, n_phase: int = 200, seed: int = 0) -> float:
+    """Magnitudes of PSF-fit depth lost by ``n x n`` binning (sky-limited): ``-2.5 log10`` of the
+    phase-averaged ratio of optimal SNRs, binned over full resolution, for a Gaussian of ``fwhm`` px."""
+    if n == 1:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    r = 5 * n * int(np.ceil(fwhm))
+    ratio = []
+    for dx, dy in rng.uniform(-0.5, 0.5, (n_phase, 2)):
+        p = gaussian_psf(dx, dy, fwhm, r)
+        ratio.append(np.sqrt((bin_array(p, n) ** 2).sum() / n ** 2 / (p ** 2).sum()))
+    return float(-2.5 * np.log10(np.mean(ratio)))
+
+
 def bias_table(inj: Table, edges) -> Table:
     """Per bin of ``m - maglim``: median and robust scatter of ``mag_rec - mag``, median error and pull."""
     rows = []
@@ -107,10 +123,9 @@ def run(args) -> dict:
     refcat = RefCat.from_file(out / "sim" / "refcat.fits")
     print(f"simulated {len(night.exposures)} exposures at scale {args.scale} in {time.time() - t0:.0f} s")
     rng = np.random.default_rng(args.seed)
-    frames, templates, injected, per_frame = {}, {}, [], []
+    templates, injected, per_frame = {}, [], []
     for e in night.exposures:
         frame, rep = process_single(e.path, cfg, calib, refcat)
-        frames[e.expid] = (frame, rep)
         if e.field_id not in templates:
             templates[e.field_id] = (e.expid, {"dip": frame, "qip": bin_frame(frame, cfg.detector.qip_binning)})
             continue
@@ -128,6 +143,8 @@ def run(args) -> dict:
             fit = completeness_fit(inj["mag"][use], inj["found"][use])
             inj["expid"], inj["lane"], inj["dm_lim"] = e.expid, lane, inj["mag"] - maglim
             inj["dm_diff"] = inj["mag"] - float(cands.meta["maglim"])
+            maglim_lane = maglim - binning_loss(fwhm, n_bin)
+            inj["dm_lane"] = inj["mag"] - maglim_lane
             injected.append(inj)
             per_frame.append(dict(expid=e.expid, template=tpl_id, lane=lane, n_inject=len(inj),
                                   n_usable=int(use.sum()), n_found=int(inj["found"].sum()), n_cands=len(cands),
@@ -136,6 +153,7 @@ def run(args) -> dict:
                                   maglim=maglim, maglim_diff=float(cands.meta["maglim"]), m50=fit["m50"],
                                   width=fit["width"], eff_max=fit["eff_max"], m50_minus_maglim=fit["m50"] - maglim,
                                   m50_minus_maglim_diff=fit["m50"] - float(cands.meta["maglim"]),
+                                  maglim_lane=maglim_lane, m50_minus_maglim_lane=fit["m50"] - maglim_lane,
                                   errscale=diff.stats["errscale"], apcorr=diff.stats["apcorr"],
                                   psf_fwhm=diff.stats["psf_fwhm"], x2nrm_rstd=diff.stats["x2nrm_rstd"],
                                   seconds=time.time() - t1))
@@ -153,10 +171,11 @@ def run(args) -> dict:
         fit = completeness_fit(s["dm_lim"], s["found"])
         eff_diff = efficiency(s["dm_diff"], s["found"], EDGES)
         fit_diff = completeness_fit(s["dm_diff"], s["found"])
+        fit_lane = completeness_fit(s["dm_lane"], s["found"])
         bias = bias_table(s, EDGES)
         result["lanes"][lane] = dict(
             efficiency=[dict(r) for r in eff], fit_dm_lim=fit, efficiency_diff=[dict(r) for r in eff_diff],
-            fit_dm_diff=fit_diff, bias=[dict(r) for r in bias],
+            fit_dm_diff=fit_diff, fit_dm_lane=fit_lane, bias=[dict(r) for r in bias],
             m50_minus_maglim_median=float(np.median(f["m50_minus_maglim"])),
             m50_minus_maglim_diff_median=float(np.median(f["m50_minus_maglim_diff"])),
             bogus_per_frame=float(np.mean(f["n_bogus"])))
@@ -169,8 +188,10 @@ def run(args) -> dict:
                     t[c].format = ".3f"
             t.pprint(max_lines=-1, max_width=-1)
         print(f"logistic fit over all frames: m50 - maglim = {fit['m50']:+.3f} mag, width {fit['width']:.3f}, "
-              f"eff_max {fit['eff_max']:.3f}; m50 - maglim(difference) = {fit_diff['m50']:+.3f} mag")
-        g = f["expid", "maglim", "maglim_diff", "m50", "m50_minus_maglim", "m50_minus_maglim_diff", "n_cands",
+              f"eff_max {fit['eff_max']:.3f}; m50 - maglim(lane frame) = {fit_lane['m50']:+.3f} mag; "
+              f"m50 - maglim(difference) = {fit_diff['m50']:+.3f} mag")
+        g = f["expid", "maglim", "maglim_lane", "maglim_diff", "m50", "m50_minus_maglim", "m50_minus_maglim_lane",
+              "m50_minus_maglim_diff", "n_cands",
               "n_bogus", "n_bogus_neg", "errscale", "apcorr", "x2nrm_rstd"]
         for c in g.colnames[1:]:
             if g[c].dtype.kind == "f":

@@ -1,13 +1,19 @@
 """Subtraction time for QIP- and DIP-size synthetic images, next to sfft's own Customized_Packet.
 
-    python -m bench.subtraction [--sizes qip,dip,1024] [--backend auto|numpy|cupy] [--no-packet]
+    python -m bench.subtraction [--sizes qip,dip,1024] [--backend auto|numpy|cupy] [--no-packet] [--compare 1024]
 
 For each size a synthetic template/science pair (:mod:`ast3stream.subtraction.synthetic`,
 kernel half-width 15, polynomial orders 2/2 from the default config) is made; printed are
 the alignment time, ``ast3stream.subtraction.subtract`` on its first call (SFFT compilation
 included) and warm, and ``sfft.CustomizedPacket.Customized_Packet.CP`` on the same
 sky-subtracted images and sub-area masks (FITS in, FITS out, as the package works), twice.
-``--sizes`` takes ``qip`` (4736x3552), ``dip`` (14206x10654) or ``N`` (N x N).
+``--sizes`` takes ``qip`` (4736x3552), ``dip`` (14206x10654) or ``N`` (N x N). The warm time is
+split by step (``Difference.stats['steps']``).
+
+With a GPU, ``--compare N`` subtracts one N x N pair with both backends in the same run and
+prints ``max |D_gpu - D_cpu| / sigma_D`` over unmasked pixels, for the SFFT step alone (same
+float64 inputs to both backends) and for the whole :func:`~ast3stream.subtraction.subtract`
+(whose sky background differs by design: ``sep`` on CPU, box medians on GPU).
 """
 from __future__ import annotations
 
@@ -20,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.table import Table
 
 from ast3stream.alignment import align
 from ast3stream.config import Settings
-from ast3stream.subtraction import gpu_available, subtract
+from ast3stream.subtraction import engine, gpu_available, subtract
 from ast3stream.subtraction.stars import subarea_labels
 from ast3stream.subtraction.synthetic import synthetic_pair
 
@@ -33,10 +40,17 @@ FWHM = {"qip": (1.6, 2.0), "dip": (3.0, 4.0)}
 
 
 def make_pair(name: str, seed: int = 0):
+    """Synthetic (science, template, truth); the science frame carries a source table (as calibrated
+    frames do from the sources stage), from the truth, for the alignment's star matching."""
     shape = SIZES.get(name) or (int(name), int(name))
     n_stars = int(shape[0] * shape[1] / 2500)
-    return synthetic_pair(shape, n_stars=n_stars, fwhm=FWHM.get(name, (3.0, 4.0)), shift=(0.4, -0.3),
-                          rotation_deg=0.01, seed=seed, transient=(shape[1] / 2, shape[0] / 2, 18.0))
+    science, template, truth = synthetic_pair(shape, n_stars=n_stars, fwhm=FWHM.get(name, (3.0, 4.0)),
+                                              shift=(0.4, -0.3), rotation_deg=0.01, seed=seed,
+                                              transient=(shape[1] / 2, shape[0] / 2, 18.0))
+    sky_noise = np.sqrt(np.median(science.data) * 4 * np.pi * (FWHM.get(name, (3.0, 4.0))[1] / 2.3548) ** 2)
+    science.sources = Table(dict(x=truth["x_sci"], y=truth["y_sci"], flux=truth["flux"],
+                                 fluxerr=np.sqrt(truth["flux"] + sky_noise ** 2), flag=np.zeros(len(truth), int)))
+    return science, template, truth
 
 
 def run_packet(aligned, template, truth, fwhm, gpu: bool, cfg) -> float:
@@ -63,20 +77,40 @@ def run_packet(aligned, template, truth, fwhm, gpu: bool, cfg) -> float:
         return time.perf_counter() - t0
 
 
+def compare_backends(n: int, cfg) -> dict:
+    """GPU against CPU on one ``n x n`` pair: ``max |D_gpu - D_cpu| / sigma_D`` (and the 99.9th percentile)
+    over unmasked pixels, for the SFFT solve alone and for the whole subtraction."""
+    import cupy as cp
+
+    science, template, _ = make_pair(str(n), seed=1)
+    aligned = align(science, template, cfg, gpu=False)
+    d_cpu, d_gpu = subtract(aligned, template, cfg, gpu=False), subtract(aligned, template, cfg, gpu=True)
+    good = (d_cpu.mask == 0) & (d_gpu.mask == 0)
+    z = np.abs(d_gpu.diff - d_cpu.diff)[good] / d_cpu.noise[good]
+    rng = np.random.default_rng(2)
+    I, J = (np.ascontiguousarray(f.data.T, np.float64) - np.median(f.data) for f in (template, aligned))
+    m = rng.uniform(size=I.shape) < 0.2  # same sub-area pixels for both backends
+    mI, mJ = np.where(m, I, 0.0), np.where(m, J, 0.0)
+    sol_c, core_c = engine.solve(I, J, mI, mJ, cfg, gpu=False)
+    sol_g, core_g = engine.solve(*(cp.asarray(a) for a in (I, J, mI, mJ)), cfg, gpu=True)
+    zc = (np.abs(core_g.get() - core_c).T / d_cpu.noise)[good]
+    return dict(compare_size=n, subtract_max_z=float(z.max()), subtract_p999_z=float(np.quantile(z, 0.999)),
+                sfft_max_z=float(zc.max()), sfft_p999_z=float(np.quantile(zc, 0.999)),
+                solution_max_rel=float(np.abs(sol_g - sol_c).max() / np.abs(sol_c).max()))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="qip,dip")
     ap.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
     ap.add_argument("--no-packet", action="store_true", help="skip sfft's Customized_Packet")
     ap.add_argument("--repeat", type=int, default=2, help="warm subtract calls")
-    ap.add_argument("--tile", default=None, help="NYxNX tile shape override, e.g. 5456x7168")
+    ap.add_argument("--tile", default=None, help="NYxNX tile shapes to compare, e.g. 4096x3072,5400x4860")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--compare", type=int, default=0, help="GPU vs CPU on one N x N pair (needs a GPU)")
     args = ap.parse_args(argv)
-    sub_cfg = dict(backend=args.backend)
-    if args.tile:
-        ny, nx = (int(v) for v in args.tile.lower().split("x"))
-        sub_cfg.update(tile_ny=ny, tile_nx=nx)
-    cfg = Settings(subtraction=sub_cfg)
+    cfg = Settings(subtraction=dict(backend=args.backend))
+    tiles = [tuple(int(v) for v in t.lower().split("x")) for t in args.tile.split(",")] if args.tile else [None]
     gpu = args.backend == "cupy" or (args.backend == "auto" and gpu_available())
     device = "cpu"
     if gpu:
@@ -88,31 +122,40 @@ def main(argv=None) -> None:
     for name in args.sizes.split(","):
         t0 = time.perf_counter()
         science, template, truth = make_pair(name)
-        row = dict(size=name, shape=list(template.shape), device=device, make_s=time.perf_counter() - t0)
+        base = dict(size=name, shape=list(template.shape), device=device, make_s=time.perf_counter() - t0)
         for key in ("align_first_s", "align_warm_s"):
             t0 = time.perf_counter()
             aligned = align(science, template, cfg)
-            row[key] = time.perf_counter() - t0
-        d = subtract(aligned, template, cfg)
-        row["subtract_first_s"] = d.stats["seconds"]
-        row["subtract_warm_s"] = min(subtract(aligned, template, cfg).stats["seconds"]
-                                     for _ in range(args.repeat))
-        row.update({k: d.stats[k] for k in ("n_tiles", "tile_shape", "n_stars", "x2nrm_rstd", "flux_ratio")})
-        cy, cx = template.shape[0] // 2, template.shape[1] // 2
-        row["transient_snr"] = float(d.snr[cy - 2:cy + 3, cx - 2:cx + 3].max())
-        del d
+            base[key] = time.perf_counter() - t0
+        rows = []
+        for tile in tiles:
+            tcfg = cfg if tile is None else cfg.model_copy(update={"subtraction": cfg.subtraction.model_copy(
+                update=dict(tile_ny=tile[0], tile_nx=tile[1]))})
+            row = dict(base)
+            d = subtract(aligned, template, tcfg)
+            row["subtract_first_s"] = d.stats["seconds"]
+            warm = min((subtract(aligned, template, tcfg).stats for _ in range(args.repeat)),
+                       key=lambda st: st["seconds"])
+            row["subtract_warm_s"], row["steps"] = warm["seconds"], {k: round(v, 3) for k, v in warm["steps"].items()}
+            row.update({k: d.stats[k] for k in ("n_tiles", "tile_shape", "n_stars", "x2nrm_rstd", "flux_ratio")})
+            cy, cx = template.shape[0] // 2, template.shape[1] // 2
+            row["transient_snr"] = float(d.snr[cy - 2:cy + 3, cx - 2:cx + 3].max())
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del d
+            if gpu:
+                cp.get_default_memory_pool().free_all_blocks()
         if not args.no_packet:
             for key in ("packet_first_s", "packet_second_s"):
                 try:
-                    row[key] = run_packet(aligned, template, truth, FWHM.get(name, (3.0, 4.0))[1], gpu, cfg)
+                    rows[0][key] = run_packet(aligned, template, truth, FWHM.get(name, (3.0, 4.0))[1], gpu, cfg)
                 except Exception as exc:  # e.g. out of GPU memory for a DIP frame in one pass
-                    row[key] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+                    rows[0][key] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
                     break
                 finally:
                     if gpu:
                         cp.get_default_memory_pool().free_all_blocks()
-        results.append(row)
-        print(json.dumps(row), flush=True)
+        results += rows
     print(f"\n{'size':>6} {'shape':>13} {'align':>7} {'sub 1st':>8} {'sub warm':>8} {'tiles':>5} "
           f"{'CP 1st':>8} {'CP 2nd':>8}")
     fmt = lambda v: f"{v:8.2f}" if isinstance(v, float) else f"{str(v)[:8]:>8}"  # noqa: E731
@@ -120,6 +163,15 @@ def main(argv=None) -> None:
         print(f"{r['size']:>6} {'x'.join(map(str, r['shape'])):>13} {r['align_warm_s']:7.2f} "
               f"{fmt(r['subtract_first_s'])} {fmt(r['subtract_warm_s'])} {r['n_tiles']:>5} "
               f"{fmt(r.get('packet_first_s', '-'))} {fmt(r.get('packet_second_s', '-'))}")
+    for r in results:
+        print(f"{r['size']} warm steps [s]: " + ", ".join(f"{k} {v:.2f}" for k, v in r["steps"].items()))
+    if args.compare and gpu:
+        cmp = compare_backends(args.compare, cfg)
+        results.append(cmp)
+        print(f"\nGPU vs CPU on {args.compare}x{args.compare}: max |D_gpu - D_cpu| / sigma_D = "
+              f"{cmp['subtract_max_z']:.2e} (99.9 %: {cmp['subtract_p999_z']:.2e}) whole subtraction, "
+              f"{cmp['sfft_max_z']:.2e} (99.9 %: {cmp['sfft_p999_z']:.2e}) SFFT alone; "
+              f"kernel solution max rel. diff {cmp['solution_max_rel']:.2e}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -10,7 +10,7 @@ from ast3stream.config import Settings
 from ast3stream.image import Frame
 from ast3stream.subtraction import subtract
 from ast3stream.subtraction.synthetic import synthetic_pair
-from ast3stream.subtraction.tiles import tiles
+from ast3stream.subtraction.tiles import fft_length, fft_shape, tiles
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: small kernel: the CPU NumPy backend's cost grows with the number of kernel unknowns
@@ -24,6 +24,12 @@ def test_tiles_one_shape_weights_sum_to_one():
     for sy, sx, w in layout:
         total[sy, sx] += w
     assert np.allclose(total, 1.0)
+
+
+def test_fft_shape_is_7_smooth():
+    assert fft_shape((3552, 4736)) == (3584, 4800)  # QIP frame: 3552 = 2^5 3 37
+    assert fft_shape((4096, 3072)) == (4096, 3072)
+    assert fft_length(1021) == 1024 and fft_length(1) == 1
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """Put a science frame on the template's pixel grid (Lanczos-3, flux conserving, masks too)."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from scipy.interpolate import RegularGridInterpolator
@@ -8,6 +10,7 @@ from scipy.spatial import cKDTree
 
 from ..image import Frame, MaskBits
 from ..subtraction.backend import use_gpu
+from ..templates.binning import bin_array, bin_header
 from .lanczos import pixel_map, resample_cupy, resample_numba
 from .measure import bright_stars
 
@@ -21,22 +24,44 @@ def _terms(u, v, degree: int) -> np.ndarray:
     return np.column_stack([u ** (n - k) * v ** k for n in range(degree + 1) for k in range(n + 1)])
 
 
+_STARS: dict = {}
+
+
+def frame_stars(frame: Frame, snr_min: float = 50.0):
+    """``(x, y)`` of a frame's clean stars above ``snr_min``: from its ``SRC`` table (the sources
+    stage's windowed centroids) when it has one, else :func:`~.measure.bright_stars`; cached while
+    ``frame.data`` lives (a template serves many exposures)."""
+    key = id(frame.data)
+    if key not in _STARS:
+        src = frame.sources
+        if src is not None and {"x", "y", "flux", "fluxerr", "flag"} <= set(src.colnames):
+            flux, err = np.asarray(src["flux"], float), np.asarray(src["fluxerr"], float)
+            ok = (np.asarray(src["flag"]) == 0) & (flux > snr_min * np.where(err > 0, err, np.inf))
+            _STARS[key] = (np.asarray(src["x"], float)[ok], np.asarray(src["y"], float)[ok])
+        else:
+            _STARS[key] = tuple(np.asarray(c) for c in bright_stars(frame.data, frame.mask, snr_min)[:2])
+        weakref.finalize(frame.data, _STARS.pop, key, None)
+    return _STARS[key]
+
+
 def refine_map(science: Frame, template: Frame, xmap, ymap, step: int, degree: int, search_px: float,
-               match_px: float):
+               match_px: float, binning: int = 1):
     """Correct a WCS pixel map with the template's own stars as the astrometric reference.
 
-    Bright stars of both frames (:func:`~.measure.bright_stars`) are paired: the template stars
+    Bright stars of both frames (:func:`frame_stars`) are paired: the template stars
     are mapped into the science frame through ``(xmap, ymap)``, the mode of all pair offsets
     within ``search_px`` gives the bulk shift; pairs within ``2 match_px`` after it give an affine
     fit, and pairs within ``match_px`` of that the final fit of ``dx, dy`` (science px) as
     polynomials of ``degree`` in the template's normalised coordinates (pairs beyond 3.5 sigma
     clipped; the degree drops while there are fewer than 5 pairs per coefficient). Returns
     ``(xmap, ymap, info)``; ``info`` has ``n`` pairs, ``degree`` and the ``rms`` [px] of the fit
-    (``n = 0`` and the map unchanged without 5 pairs).
+    (``n = 0`` and the map unchanged without 5 pairs). With ``binning`` n the map is on the
+    n times finer grid of :func:`~.lanczos.pixel_map` and the template stars are put on it.
     """
     info = dict(n=0, degree=-1, rms=float("nan"))
-    xs, ys, _ = bright_stars(science.data, science.mask)
-    xt, yt, _ = bright_stars(template.data, template.mask)
+    xs, ys = frame_stars(science)
+    xt, yt = frame_stars(template)
+    xt, yt = (xt + 0.5) * binning - 0.5, (yt + 0.5) * binning - 0.5
     if len(xs) < 5 or len(xt) < 5:
         return xmap, ymap, info
     gy, gx = np.arange(xmap.shape[0]) * step, np.arange(xmap.shape[1]) * step
@@ -52,7 +77,7 @@ def refine_map(science: Frame, template: Frame, xmap, ymap, step: int, degree: i
     hist, ex, ey = np.histogram2d(dx, dy, bins=nb, range=[[-search_px, search_px]] * 2)
     kx, ky = np.unravel_index(np.argmax(hist), hist.shape)
     sx, sy = (ex[kx] + ex[kx + 1]) / 2, (ey[ky] + ey[ky + 1]) / 2
-    ny, nx = template.shape
+    ny, nx = (s * binning for s in template.shape)
     u, v = 2 * xt / nx - 1, 2 * yt / ny - 1
     fx, fy = np.full(len(xt), sx), np.full(len(xt), sy)
     for deg, radius in ((min(degree, 1), 2 * match_px), (degree, match_px)):
@@ -89,8 +114,14 @@ def _fit_offsets(u, v, rx, ry, degree: int, n_iter: int = 4):
     return cx, cy, use, res
 
 
-def align(science: Frame, template: Frame, cfg, gpu: bool | None = None) -> Frame:
+def align(science: Frame, template: Frame, cfg, gpu: bool | None = None, binning: int = 1) -> Frame:
     """Resample ``science`` onto ``template``'s grid; returns a Frame with the template's WCS.
+
+    With ``binning`` n > 1 (the QIP lane: ``template`` is the n x n binned template, ``science``
+    at full resolution) the science is resampled onto the n times finer grid of the template and
+    then binned (:func:`~ast3stream.templates.bin_array`): resampling the well-sampled image and
+    summing afterwards keeps the binned noise nearly uncorrelated and the PSF undistorted, where
+    Lanczos resampling of an undersampled binned image would not.
 
     With ``cfg.subtraction.align_refine`` the WCS mapping is corrected by a polynomial fitted to
     the offsets of stars matched between the two frames (:func:`refine_map`) before resampling;
@@ -107,17 +138,21 @@ def align(science: Frame, template: Frame, cfg, gpu: bool | None = None) -> Fram
     if bad.any():
         data = np.where(bad, np.float32(0), data)
         mask = mask | (bad * np.uint16(MaskBits.BAD)).astype(np.uint16)
-    xmap, ymap = pixel_map(template.wcs, science.wcs, template.shape, sc.align_grid_step)
+    n = int(binning)
+    shape = (template.shape[0] * n, template.shape[1] * n)
+    xmap, ymap = pixel_map(template.wcs, science.wcs, shape, sc.align_grid_step, n)
     info = None
     if sc.align_refine:
         xmap, ymap, info = refine_map(science, template, xmap, ymap, sc.align_grid_step, sc.align_refine_degree,
-                                      sc.align_search_px, sc.align_match_px)
-    args = (data, mask, xmap, ymap, sc.align_grid_step, template.shape, sc.lanczos_a, sc.align_mask_weight)
-    if use_gpu(sc.backend) if gpu is None else gpu:
-        out, out_mask = (a.get() for a in resample_cupy(*args))
-    else:
-        out, out_mask = resample_numba(*args)
-    header = science.header.copy()
+                                      sc.align_search_px, sc.align_match_px, n)
+    args = (data, mask, xmap, ymap, sc.align_grid_step, shape, sc.lanczos_a, sc.align_mask_weight)
+    gpu = use_gpu(sc.backend) if gpu is None else gpu
+    out, out_mask = resample_cupy(*args) if gpu else resample_numba(*args)
+    if n > 1:
+        out, out_mask = bin_array(out, n), bin_array(out_mask, n, np.bitwise_or)
+    if gpu:
+        out, out_mask = out.get(), out_mask.get()
+    header = bin_header(science.header, n) if n > 1 else science.header.copy()
     for key in list(header):
         if key.startswith(_WCS_PREFIXES):
             del header[key]

@@ -26,17 +26,19 @@ from ..image import MaskBits
 EDGE = int(MaskBits.EDGE)
 
 
-def pixel_map(wcs_out: WCS, wcs_in: WCS, shape_out: tuple[int, int], step: int):
+def pixel_map(wcs_out: WCS, wcs_in: WCS, shape_out: tuple[int, int], step: int, binning: int = 1):
     """Input-image pixel coordinates of output-grid nodes ``0, step, 2 step ...`` (0-based).
 
     Returns ``(xmap, ymap)`` of shape ``(ny_nodes, nx_nodes)``; the nodes cover the whole
-    output image (the last node is at or beyond the last pixel).
+    output image (the last node is at or beyond the last pixel). With ``binning`` n the output
+    grid is n times finer than ``wcs_out``'s pixels: its pixel ``x`` is ``wcs_out``'s
+    ``(x + 0.5) / n - 0.5``, so that n x n binning it gives ``wcs_out``'s grid.
     """
     ny, nx = shape_out
     gx = np.arange(0, nx - 1 + step, step, dtype=np.float64)
     gy = np.arange(0, ny - 1 + step, step, dtype=np.float64)
     xx, yy = np.meshgrid(gx, gy)
-    ra, dec = wcs_out.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    ra, dec = wcs_out.all_pix2world((xx.ravel() + 0.5) / binning - 0.5, (yy.ravel() + 0.5) / binning - 0.5, 0)
     xi, yi = wcs_in.all_world2pix(ra, dec, 0, tolerance=1e-6, maxiter=50, quiet=True)
     return xi.reshape(xx.shape), yi.reshape(xx.shape)
 

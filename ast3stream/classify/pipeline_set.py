@@ -125,9 +125,8 @@ def pair_stamps(science: Frame, s_report: dict, template: Frame, t_truth, cfg, l
     out = {}
     for lane in lanes:
         n = cfg.detector.qip_binning if lane == "qip" else 1
-        sci = bin_frame(injected, n) if n > 1 else injected
         tmpl = bin_frame(template, n) if n > 1 else template
-        aligned = align(sci, tmpl, cfg)
+        aligned = align(injected, tmpl, cfg, binning=n)  # as the pipeline: align, then bin
         diff = subtract(aligned, tmpl, cfg)
         cands, stamps = detect(diff, aligned, tmpl, fwhm / n, zp, cfg, lane)
         w = WCS(diff.header)

@@ -127,34 +127,32 @@ def completeness_fit(mag, found) -> dict:
 def recover(science: Frame, template: Frame, psf: PSFModel, x, y, mag, zp: float, fwhm_px: float, cfg,
             lane: str, rng: np.random.Generator, radius: float):
     """Inject ``mag`` point sources at full-resolution science pixels ``(x, y)``, run one lane
-    (``n x n`` binning for QIP; ``template`` is that lane's template), align, subtract, detect,
-    and match within ``radius`` lane pixels.
+    (``template`` is that lane's template; QIP aligns at full resolution and bins ``n x n``),
+    align, subtract, detect, and match within ``radius`` lane pixels.
 
     Returns ``(injections, candidates, difference)``; ``injections`` has the lane-template
-    pixel ``x, y``, ``mag``, the injected ``flux`` (science electrons), ``usable`` (no mask bit
-    of the difference within ``cfg.detection.mask_radius_px``: detection rejects such sites, so
-    efficiencies refer to the usable area), ``found``, the matched candidate's ``cand`` index,
+    pixel ``x, y``, ``mag``, the injected ``flux`` (science electrons), ``usable`` (at least
+    ``cfg.detection.edge_px`` lane pixels inside and no mask bit of the difference within
+    ``cfg.detection.mask_radius_px``: detection rejects other sites, so efficiencies refer to the
+    usable area), ``found``, the matched candidate's ``cand`` index,
     ``mag_rec``, ``flux_rec`` and ``flux_err``.
     """
     from ..alignment import align
     from ..subtraction import subtract
-    from ..templates import bin_frame
     from .detect import detect
 
     flux = 10 ** (-0.4 * (np.asarray(mag, float) - zp))
     sci = inject(science, psf, x, y, flux, rng)
     n = cfg.detector.qip_binning if lane == "qip" else 1
-    if n > 1:
-        sci = bin_frame(sci, n)
-    aligned = align(sci, template, cfg)
+    aligned = align(sci, template, cfg, binning=n)
     diff = subtract(aligned, template, cfg)
     cands, _ = detect(diff, aligned, template, fwhm_px / n, zp, cfg, lane)
     xt, yt = template.wcs.all_world2pix(*science.wcs.all_pix2world(x, y, 0), 0)
     j = match(cands, xt, yt, radius)
     found = j >= 0
-    r = cfg.detection.mask_radius_px
+    r, e = cfg.detection.mask_radius_px, cfg.detection.edge_px
     ny, nx = diff.mask.shape
-    usable = np.array([0 <= cx < nx and 0 <= cy < ny
+    usable = np.array([e <= cx < nx - e and e <= cy < ny - e
                        and not diff.mask[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].any()
                        for cx, cy in zip(np.rint(xt).astype(int), np.rint(yt).astype(int))])
     pick = lambda col: np.where(found, np.asarray(cands[col], float)[np.maximum(j, 0)], np.nan) \

@@ -16,36 +16,40 @@ import math
 import numpy as np
 from scipy.special import erf
 
+from .stamps import boxes, inside, to_host
 
-def gaussian_psf(dx: float, dy: float, fwhm: float, r: int) -> np.ndarray:
-    """Pixel-integrated unit Gaussian on a ``(2r+1)^2`` grid, centred ``(dx, dy)`` off the middle."""
+
+def gaussian_psf(dx, dy, fwhm: float, r: int) -> np.ndarray:
+    """Pixel-integrated unit Gaussian on a ``(2r+1)^2`` grid, centred ``(dx, dy)`` off the middle;
+    arrays ``dx, dy`` give a stack ``(N, 2r+1, 2r+1)``."""
     s = math.sqrt(2) * fwhm / 2.3548
     e = np.arange(-r - 0.5, r + 1.0)
-    px = np.diff(erf((e - dx) / s)) / 2
-    py = np.diff(erf((e - dy) / s)) / 2
-    return np.outer(py, px)
+    px = np.diff(erf((e - np.asarray(dx, float)[..., None]) / s), axis=-1) / 2
+    py = np.diff(erf((e - np.asarray(dy, float)[..., None]) / s), axis=-1) / 2
+    return py[..., :, None] * px[..., None, :]
 
 
 def psf_flux(data, noise, x, y, fwhm: float, mask=None, apcorr: float = 1.0):
-    """``(flux, flux_err)`` arrays at 0-based positions; NaN where the box leaves the image."""
+    """``(flux, flux_err)`` arrays at 0-based positions; NaN where the box leaves the image.
+
+    The images may be NumPy or CuPy arrays (only the boxes come to the host)."""
     x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
     r = int(math.ceil(1.5 * fwhm))
-    ny, nx = data.shape
     flux = np.full(len(x), np.nan)
     err = np.full(len(x), np.nan)
-    for k, (xi, yi) in enumerate(zip(x, y)):
-        cx, cy = int(round(xi)), int(round(yi))
-        if not (r <= cx < nx - r and r <= cy < ny - r):
-            continue
-        sl = (slice(cy - r, cy + r + 1), slice(cx - r, cx + r + 1))
-        p = gaussian_psf(xi - cx, yi - cy, fwhm, r)
-        iv = 1.0 / np.asarray(noise[sl], float) ** 2
-        if mask is not None:
-            iv = np.where(mask[sl] != 0, 0.0, iv)
-        norm = np.sum(p * p * iv)
-        if norm > 0:
-            flux[k] = np.sum(p * np.asarray(data[sl], float) * iv) / norm * apcorr
-            err[k] = apcorr / math.sqrt(norm)
+    cx, cy = np.rint(x).astype(int), np.rint(y).astype(int)
+    k = np.flatnonzero(inside(data.shape, cx, cy, r))
+    if k.size == 0:
+        return flux, err
+    p = gaussian_psf(x[k] - cx[k], y[k] - cy[k], fwhm, r)
+    iv = 1.0 / to_host(boxes(noise, cx[k], cy[k], r)).astype(float) ** 2
+    if mask is not None:
+        iv[to_host(boxes(mask, cx[k], cy[k], r)) != 0] = 0.0
+    norm = np.sum(p * p * iv, axis=(1, 2))
+    ok = norm > 0
+    d = to_host(boxes(data, cx[k], cy[k], r)).astype(float)
+    flux[k[ok]] = np.sum(p * d * iv, axis=(1, 2))[ok] / norm[ok] * apcorr
+    err[k[ok]] = apcorr / np.sqrt(norm[ok])
     return flux, err
 
 

@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from .tiles import fft_shape
+
 _CONFIGS: dict = {}
 
 
@@ -21,7 +23,10 @@ def _quiet():
 
 
 def sfft_config(shape_xy: tuple[int, int], cfg, gpu: bool):
-    """Compiled SFFT configuration for an ``(NX, NY)`` tile (cached for the process)."""
+    """Compiled SFFT configuration for an ``(NX, NY)`` tile (cached for the process).
+
+    numba's on-disk cache stays off: sfft's NumPy kernels are closures over the tile shape, and a
+    process that loads cached versions for two shapes fails (``NRT_adapt_ndarray_to_python``)."""
     from sfft.sfftcore.SFFTConfigure import SingleSFFTConfigure
 
     sc = cfg.subtraction
@@ -32,7 +37,7 @@ def sfft_config(shape_xy: tuple[int, int], cfg, gpu: bool):
                 NX=shape_xy[0], NY=shape_xy[1], KerHW=sc.kernel_half_width,
                 KerPolyOrder=sc.kernel_poly_order, BGPolyOrder=sc.background_poly_order,
                 ConstPhotRatio=True, BACKEND_4SUBTRACT="Cupy" if gpu else "Numpy",
-                NUM_CPU_THREADS_4SUBTRACT=threads(cfg), NUMBA_CACHE=True, VERBOSE_LEVEL=0)
+                NUM_CPU_THREADS_4SUBTRACT=threads(cfg), NUMBA_CACHE=False, VERBOSE_LEVEL=0)
     return _CONFIGS[key]
 
 
@@ -71,12 +76,13 @@ def kernel_at(solution: np.ndarray, shape_xy: tuple[int, int], cfg, x: float, y:
 
 
 def warm_up(cfg, shapes=None, gpu: bool = True) -> None:
-    """Compile SFFT for each ``(ny, nx)`` tile shape (``cfg.subtraction.warm_shapes`` by default)
+    """Compile SFFT for each ``(ny, nx)`` tile shape (padded to :func:`~.tiles.fft_shape`) (``cfg.subtraction.warm_shapes`` by default)
     and run one subtraction on noise, so a worker's first real image pays no compilation."""
     xp = np
     if gpu:
         import cupy as xp
     rng = np.random.default_rng(0)
-    for ny, nx in shapes or cfg.subtraction.warm_shapes:
+    for shape in shapes or cfg.subtraction.warm_shapes:
+        ny, nx = fft_shape(shape)
         a = xp.asarray(rng.normal(size=(nx, ny)))
         solve(a, a, a, a, cfg, gpu)

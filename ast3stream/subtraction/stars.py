@@ -14,6 +14,8 @@ import sep
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
+from ..detection.stamps import array_module, boxes, inside, mosaic, to_host
+
 
 def _radius(fwhm: float) -> float:
     return max(2.5 * fwhm, 4.0)
@@ -76,12 +78,13 @@ def select_stars(data_sub: np.ndarray, mask: np.ndarray, rms: np.ndarray, cfg) -
                       fwhm=fwhm[idx]), meta={"fwhm": fwhm_med})
 
 
-def pair_stars(stars: Table, sci_sub: np.ndarray, sci_mask: np.ndarray, sci_rms, cfg) -> Table:
+def pair_stars(stars: Table, sci_sub, sci_mask, sci_rms, cfg) -> Table:
     """Measure template ``stars`` on the aligned science image and flag the usable ones.
 
     Adds ``flux_sci``, ``flux_sci_err``, ``fwhm_sci``, ``ratio`` and boolean ``use``
     (clean and SNR-qualified in the science image, not prior-banned); ``meta['fwhm_sci']``
-    and ``meta['ratio']`` (median flux ratio) are set.
+    and ``meta['ratio']`` (median flux ratio) are set. The images (NumPy or CuPy) are measured
+    on a :func:`~ast3stream.detection.stamps.mosaic` of boxes around the stars.
     """
     sc = cfg.subtraction
     out = stars.copy()
@@ -91,14 +94,17 @@ def pair_stars(stars: Table, sci_sub: np.ndarray, sci_mask: np.ndarray, sci_rms,
             out[name] = np.zeros(0)
         out["use"] = np.zeros(0, bool)
         return out
-    x, y = np.asarray(stars["x"]), np.asarray(stars["y"])
+    r = int(np.ceil(_radius(stars.meta["fwhm"])))
+    (sci_sub, sci_mask, sci_rms), outside, x, y = mosaic([sci_sub, sci_mask, sci_rms], stars["x"], stars["y"], r + 2)
+    sci_mask = (sci_mask != 0) | outside
     f, fe, fw = measure(sci_sub, sci_mask, sci_rms, x, y, stars.meta["fwhm"])
-    ok = _clean(np.asarray(sci_mask, bool), x, y, int(np.ceil(_radius(stars.meta["fwhm"]))))
+    ok = _clean(sci_mask, x, y, r)
     ok &= f / fe > sc.star_snr_min
     ratio = f / np.asarray(stars["flux"])
     fwhm = float(stars.meta["fwhm"])
     sig_w = np.full(len(x), fwhm / 2.3548)
     xs, ys, _ = sep.winpos(np.ascontiguousarray(sci_sub, np.float32), x, y, sig_w)
+    xs, ys = xs - x + np.asarray(stars["x"]), ys - y + np.asarray(stars["y"])  # back to the image
     xt, yt = np.asarray(stars["xwin"]), np.asarray(stars["ywin"])
     if ok.sum() >= 5:
         med = np.median(ratio[ok])
@@ -115,37 +121,44 @@ def pair_stars(stars: Table, sci_sub: np.ndarray, sci_mask: np.ndarray, sci_rms,
     return out
 
 
-def subarea_labels(shape, x, y, radius: float) -> np.ndarray:
-    """int32 image: ``k + 1`` within ``radius`` of position ``k`` (later ones win), else 0."""
-    out = np.zeros(shape, np.int32)
-    r = int(np.ceil(radius))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+def subarea_labels(shape, x, y, radius: float, xp=np):
+    """int32 image (NumPy or CuPy ``xp``): ``k + 1`` within ``radius`` of position ``k`` (later
+    ones win), else 0."""
     ny, nx = shape
-    for k, (xi, yi) in enumerate(zip(x, y)):
-        cx, cy = int(round(xi)), int(round(yi))
-        disk = (xx + cx - xi) ** 2 + (yy + cy - yi) ** 2 <= radius ** 2
-        y0, x0 = cy - r, cx - r
-        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(cy + r + 1, ny), min(cx + r + 1, nx)
-        if sy1 > sy0 and sx1 > sx0:
-            view = out[sy0:sy1, sx0:sx1]
-            view[disk[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]] = k + 1
-    return out
+    out = xp.zeros(ny * nx, np.int32)
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) == 0:
+        return out.reshape(shape)
+    r = int(np.ceil(radius))
+    o = np.arange(-r, r + 1)
+    cx, cy = np.rint(x).astype(int), np.rint(y).astype(int)
+    xx, yy = (cx[:, None] + o)[:, None, :], (cy[:, None] + o)[:, :, None]
+    disk = (xx - x[:, None, None]) ** 2 + (yy - y[:, None, None]) ** 2 <= radius ** 2
+    disk &= (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
+    idx = (yy * nx + xx)[disk]
+    lab = np.broadcast_to(np.arange(1, len(x) + 1, dtype=np.int32)[:, None, None], disk.shape)[disk]
+    idx, first = np.unique(idx[::-1], return_index=True)  # the last (largest) label of each pixel
+    out[xp.asarray(idx)] = xp.asarray(lab[::-1][first])
+    return out.reshape(shape)
 
 
-def local_sky(data: np.ndarray, bad: np.ndarray, x, y, r_in: float, r_out: float) -> np.ndarray:
+def local_sky(data, bad, x, y, r_in: float, r_out: float) -> np.ndarray:
     """Median of unmasked pixels in the annulus ``r_in <= r < r_out`` around each position
-    (0 where none): the residual sky pedestal under each sub-area."""
-    r = int(np.ceil(r_out))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    ny, nx = data.shape
+    (0 where none or the annulus leaves the image): the residual sky pedestal under each
+    sub-area. ``data`` and ``bad`` may be CuPy arrays (the medians are taken on the GPU)."""
+    xp = array_module(data)
+    x, y = np.asarray(x, float), np.asarray(y, float)
     out = np.zeros(len(x))
-    for k, (xi, yi) in enumerate(zip(x, y)):
-        cx, cy = int(round(xi)), int(round(yi))
-        if not (r <= cx < nx - r and r <= cy < ny - r):
-            continue
-        rr = np.hypot(xx + cx - xi, yy + cy - yi)
-        sl = (slice(cy - r, cy + r + 1), slice(cx - r, cx + r + 1))
-        sel = (rr >= r_in) & (rr < r_out) & ~bad[sl]
-        if sel.sum() > 10:
-            out[k] = np.median(data[sl][sel])
+    r = int(np.ceil(r_out))
+    cx, cy = np.rint(x).astype(int), np.rint(y).astype(int)
+    k = np.flatnonzero(inside(data.shape, cx, cy, r))
+    if k.size == 0:
+        return out
+    o = np.arange(-r, r + 1)
+    rr = np.hypot((cx[k, None] + o - x[k, None])[:, None, :], (cy[k, None] + o - y[k, None])[:, :, None])
+    sel = xp.asarray((rr >= r_in) & (rr < r_out)) & ~boxes(bad, cx[k], cy[k], r)
+    vals = xp.where(sel, boxes(data, cx[k], cy[k], r), xp.nan).reshape(k.size, -1)
+    n = to_host(sel.reshape(k.size, -1).sum(axis=1))
+    med = to_host(xp.nanmedian(vals[xp.asarray(n > 10)], axis=1)) if (n > 10).any() else np.zeros(0)
+    out[k[n > 10]] = med
     return out

@@ -7,7 +7,7 @@ Steps (Hu et al. 2022 sparse-field mode with our own masks):
    (:mod:`.stars`); the sharper image ``I`` is convolved, ``J`` is not; in the masked
    pair (zero outside the sub-areas) each sub-area has its local annulus sky removed,
    since the fit cannot absorb pedestals that differ between sub-areas and the zeroed rest;
-3. per tile of one shape (:mod:`.tiles`) SFFT fits ``K`` and the differential background
+3. per tile of one shape (:mod:`.tiles`, zero-padded to FFT-friendly sides) SFFT fits ``K`` and the differential background
    on the sub-areas (polynomial orders from the config, or 0 with fewer than
    ``min_stars_varying`` stars in the tile) and returns ``D = J - K * I``; tiles are
    blended with linear ramps;
@@ -30,7 +30,6 @@ mask is the OR of both masks dilated by the larger FWHM (rounded, at least 1 px)
 """
 from __future__ import annotations
 
-import math
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -39,12 +38,13 @@ import numpy as np
 from astropy.io import fits
 
 from ..detection.photometry import error_scale, matched_fwhm, psf_flux
+from ..detection.stamps import array_module, mosaic
 from ..image import Frame, MaskBits
 from . import engine
 from .background import background
 from .backend import use_gpu
 from .stars import local_sky, pair_stars, select_stars, subarea_labels
-from .tiles import tile_shape, tiles
+from .tiles import fft_shape, tile_shape, tiles
 
 _UNUSABLE = np.uint16(0xFFFF & ~int(MaskBits.INTERP))
 
@@ -98,9 +98,25 @@ def _template(template: Frame, cfg, xp, gpu: bool):
 # --------------------------------------------------------------------------- subtraction
 
 
+class _Clock:
+    """Wall seconds per step (the GPU synchronised at each step's end), summed over repeats."""
+
+    def __init__(self, sync=None):
+        self.sync = sync or (lambda: None)
+        self.t0 = self.t = time.perf_counter()
+        self.steps: dict[str, float] = {}
+
+    def __call__(self, step: str) -> None:
+        self.sync()
+        t = time.perf_counter()
+        self.steps[step] = self.steps.get(step, 0.0) + t - self.t
+        self.t = t
+
+
 def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = None) -> Difference:
-    """SFFT difference ``science - template`` on the template grid (see the module docstring)."""
-    t0 = time.perf_counter()
+    """SFFT difference ``science - template`` on the template grid (see the module docstring).
+
+    ``stats['seconds']`` is the wall time, ``stats['steps']`` its split by step."""
     sc = cfg.subtraction
     gpu = use_gpu(sc.backend) if gpu is None else gpu
     if gpu:
@@ -111,12 +127,14 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         xp = np
         from scipy.ndimage import maximum_filter
         from scipy.signal import fftconvolve
-    host = (lambda a: a.get()) if gpu else np.asarray
+    clock = _Clock(xp.cuda.Stream.null.synchronize if gpu else None)
 
     tpl, stars = _template(template, cfg, xp, gpu)
+    clock("template")
     sci = _Prepared(science_aligned, cfg, xp)
-    sci_sub_host = host(sci.sub)
-    pairs = pair_stars(stars, sci_sub_host, host(sci.bad), host(sci.rms), cfg)
+    clock("background")
+    pairs = pair_stars(stars, sci.sub, sci.bad, sci.rms, cfg)
+    clock("stars")
     use = np.asarray(pairs["use"], bool)
     fwhm_ref, fwhm_sci = float(stars.meta["fwhm"]), float(pairs.meta["fwhm_sci"])
     if use.sum() < 3:
@@ -128,14 +146,14 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     bad = tpl.bad | sci.bad
     radius = max(sc.subarea_fwhm * fwhm_max, 6.0)
     xs, ys = np.asarray(pairs["x"][use]), np.asarray(pairs["y"][use])
-    label = xp.asarray(subarea_labels(bad.shape, xs, ys, radius))
+    label = subarea_labels(bad.shape, xs, ys, radius, xp)
     zero = xp.float32(0)
     Ifill, Jfill = xp.where(bad, zero, I.sub), xp.where(bad, zero, J.sub)
     inside = (label > 0) & ~bad
-    mI, mJ = ((xp.where(inside, P.sub - xp.asarray(np.r_[0, local_sky(host(P.sub), host(P.bad), xs, ys,
-                                                                             radius, radius + 6)],
+    mI, mJ = ((xp.where(inside, P.sub - xp.asarray(np.r_[0, local_sky(P.sub, P.bad, xs, ys, radius, radius + 6)],
                                                      dtype=xp.float32)[label], zero))
               for P in (I, J))
+    clock("subareas")
 
     shape = bad.shape
     hw = sc.kernel_half_width
@@ -145,13 +163,22 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     ratios = []
     constant = cfg.model_copy(update={"subtraction": sc.model_copy(
         update={"kernel_poly_order": 0, "background_poly_order": 0})})
+    ny_t, nx_t = layout[0][2].shape
+    fy, fx = fft_shape((ny_t, nx_t))
+    padded = xp.zeros((fx, fy), xp.float64)  # SFFT's [x, y] order
+
+    def T(a, sy, sx):
+        out = padded.copy()
+        out[:nx_t, :ny_t] = a[sy, sx].T
+        return out
+
     for sy, sx, w in layout:
-        T = lambda a: xp.ascontiguousarray(a[sy, sx].T, dtype=xp.float64)  # noqa: E731
         n_in = np.sum((xs >= sx.start) & (xs < sx.stop) & (ys >= sy.start) & (ys < sy.stop))
         tcfg = cfg if n_in >= sc.min_stars_varying else constant
-        sol, d = engine.solve(T(Ifill), T(Jfill), T(mI), T(mJ), tcfg, gpu)
-        ny_t, nx_t = sy.stop - sy.start, sx.stop - sx.start
-        k = engine.kernel_at(sol, (nx_t, ny_t), tcfg, (nx_t - 1) / 2, (ny_t - 1) / 2)
+        sol, d = engine.solve(*(T(a, sy, sx) for a in (Ifill, Jfill, mI, mJ)), tcfg, gpu)
+        d = d[:nx_t, :ny_t]
+        clock("sfft")
+        k = engine.kernel_at(sol, (fx, fy), tcfg, (nx_t - 1) / 2, (ny_t - 1) / 2)
         ratio = float(k.sum())
         ratios.append(ratio)
         var = J.var[sy, sx] + fftconvolve(I.var[sy, sx], xp.asarray(k ** 2, dtype=xp.float32), mode="same")
@@ -161,25 +188,45 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         wt = xp.asarray(w, dtype=xp.float32)
         diff[sy, sx] += wt * d.astype(xp.float32)
         noise[sy, sx] += wt * sig.astype(xp.float32)
+        clock("noise")
 
     mask = _output_mask(tpl.mask | sci.mask, max(1, round(fwhm_max)), hw, xp, maximum_filter)
     diff = xp.where(mask & _UNUSABLE, zero, diff)
     noise = xp.where(noise > 0, noise, xp.float32(np.inf))
-    Jsub, Jrms, bad_host = host(J.sub), host(J.rms), host(bad)
-    xs_use, ys_use = np.asarray(pairs["x"][use])[:200], np.asarray(pairs["y"][use])[:200]  # the brightest
-    psf_fwhm = matched_fwhm(Jsub, Jrms, xs_use, ys_use, fwhm_sci if conv == "REF" else fwhm_ref, bad_host)
+    clock("mask")
+    fwhm_j = fwhm_sci if conv == "REF" else fwhm_ref
+    # boxes for the PSF fits of matched_fwhm (FWHM <= 1.4 fwhm_j) and the total-flux aperture
+    r = int(np.ceil(1.4 * max(1.5, 2.5 * cfg.photometry.aperture_factor / 2 / 2.3548) * fwhm_j)) + 2
+    (Jsub, Jrms, Jbad), outside, xl, yl = mosaic([J.sub, J.rms, bad], xs[:200], ys[:200], r)  # the brightest
+    Jbad |= outside
+    psf_fwhm = matched_fwhm(Jsub, Jrms, xl, yl, fwhm_j, Jbad)
     stats = dict(backend="cupy" if gpu else "numpy", n_tiles=len(layout), tile_shape=list(layout[0][2].shape),
                  conv=conv, fwhm_sci=fwhm_sci, fwhm_ref=fwhm_ref, psf_fwhm=psf_fwhm,
                  flux_ratio=float(np.median(ratios)), n_stars=int(use.sum()),
                  n_banned=int(len(pairs) - use.sum()),
-                 apcorr=_aperture_correction(Jsub, Jrms, bad_host, xs_use, ys_use, psf_fwhm, cfg))
+                 apcorr=_aperture_correction(Jsub, Jrms, Jbad, xl, yl, psf_fwhm, cfg))
+    clock("calibration")
     stats |= x2nrm(diff, noise, mask, xp)
-    diff, noise, mask = host(diff).astype(np.float32), host(noise).astype(np.float32), host(mask).astype(np.uint16)
+    clock("x2nrm")
+    diff, noise, mask = (_to_host(a) for a in (diff, noise, mask.astype(xp.uint16, copy=False)))
+    clock("to_host")
     stats["errscale"] = error_scale(diff, noise, mask, psf_fwhm)
-    if gpu:
-        xp.cuda.Stream.null.synchronize()
-    stats["seconds"] = time.perf_counter() - t0
+    clock("errscale")
+    stats["seconds"] = clock.t - clock.t0
+    stats["steps"] = clock.steps
     return Difference(diff=diff, noise=noise, mask=mask, header=template.header.copy(), stats=stats)
+
+
+def _to_host(a) -> np.ndarray:
+    """NumPy copy of a NumPy or CuPy array; from the GPU through pinned (page-locked) memory, which
+    CuPy's pinned pool keeps for the next call, at full PCIe speed."""
+    if array_module(a) is np:
+        return a
+    import cupyx
+
+    out = cupyx.empty_pinned(a.shape, a.dtype)
+    a.get(out=out)
+    return out
 
 
 def _output_mask(mask, grow: int, border: int, xp, maximum_filter):

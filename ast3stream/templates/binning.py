@@ -11,6 +11,7 @@ coordinates and are unchanged).
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -21,11 +22,11 @@ from ..image import Frame
 _SIP = re.compile(r"^(A|B|AP|BP)_(\d+)_(\d+)$")
 
 
-def bin_array(data: np.ndarray, n: int, reduce=np.add) -> np.ndarray:
-    """Reduce ``n x n`` blocks with the ufunc ``reduce`` (sum for data, OR for masks)."""
+def bin_array(data, n: int, reduce=np.add):
+    """Combine ``n x n`` blocks with the binary ufunc ``reduce`` (sum for data, OR for masks);
+    NumPy or CuPy arrays."""
     ny, nx = (s // n * n for s in data.shape)
-    blocks = data[:ny, :nx].reshape(ny // n, n, nx // n, n)
-    return reduce.reduce(reduce.reduce(blocks, axis=3), axis=1)
+    return functools.reduce(reduce, (data[i:ny:n, j:nx:n] for i in range(n) for j in range(n)))
 
 
 def bin_header(header: fits.Header, n: int) -> fits.Header:
