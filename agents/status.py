@@ -1,29 +1,83 @@
-"""Consumer lag per topic for the pipeline's consumer group.
+"""Consumer lag: per topic from the broker, and per stage from the database.
 
-Note: on the embedded Tansu broker end offsets are only right when every batch holds one
-record (our producers send with ``linger_ms=0``); on Apache Kafka they are always right.
+:func:`topic_lag` compares the pipeline group's committed offsets with the end offsets. On
+the embedded Tansu broker end offsets are only right when every batch holds one record (our
+producers send with ``linger_ms=0``), and a deferred message re-published to its own topic
+counts twice; on Apache Kafka they are right. :func:`stage_backlog` needs no broker: each
+exposure makes one event per stage and lane, so the backlog of a stage's input topic at
+time t is what its source has emitted by t less what the stage has finished by t, both
+known from the ``exposures``, ``stage_runs`` and ``dead_letters`` tables.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ast3stream.config import Settings
+from ast3stream.db import Database
+from ast3stream.pipeline import LANES, SLOW_STAGES, STAGES
 
-from .topics import all_topics
+from .topics import stage_topic, topic
+
+
+def consumed_topics(prefix: str) -> list[str]:
+    """The topics the pipeline's agents read (the others are its outputs)."""
+    return [topic(prefix, "exposures"), topic(prefix, "exposures.too"), topic(prefix, "gw"),
+            *(stage_topic(prefix, s.source, lane) for s in STAGES if s.source != "ingest" for lane in LANES)]
 
 
 async def topic_lag(cfg: Settings) -> dict[str, int]:
+    """Messages not yet committed by the pipeline's consumer group, per topic it consumes (all partitions)."""
     group = f"{cfg.kafka.prefix}-pipeline"
     admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka.bootstrap)
     await admin.start()
     consumer = AIOKafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
-        tps = [TopicPartition(t, 0) for t in all_topics(cfg.kafka.prefix)]
+        tps = [TopicPartition(t, p) for t in consumed_topics(cfg.kafka.prefix) for p in range(cfg.kafka.partitions)]
+        # with explicit partitions: Tansu drops the connection on a fetch of all the group's offsets
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
         ends = await consumer.end_offsets(tps)
-        return {tp.topic: ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps}
+        lag: dict[str, int] = {}
+        for tp in tps:
+            done = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0
+            lag[tp.topic] = lag.get(tp.topic, 0) + ends[tp] - done
+        return lag
     finally:
         await consumer.stop()
         await admin.close()
+
+
+def stage_backlog(db: Database, times: Sequence[float]) -> dict[tuple[str, str], np.ndarray]:
+    """Events waiting for or in work at each stage and lane, at each of ``times`` (Unix s).
+
+    An exposure event counts from when the watcher saw the file (``detected_at``; ToO exposures
+    enter the QIP lane, the others the DIP lane), a stage's event from the end of its ``done``
+    run; the QIP quality run of a ToO exposure also hands it to the DIP lane (see
+    :func:`ast3stream.pipeline.quality`). A run counts as finished at its end, a dead letter at
+    ``failed_at``; a deferred run is not finished.
+    """
+    times = np.asarray(times, float)
+    exposures = db.rows("exposures")
+    runs = [r for r in db.rows("stage_runs") if r["end"] is not None]
+    done: dict[tuple[str, str], list[float]] = {}
+    finished: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        finished.setdefault((r["stage"], r["lane"]), []).append(r["end"])
+        if r["status"] == "done":
+            done.setdefault((r["stage"], r["lane"]), []).append(r["end"])
+    for d in db.rows("dead_letters"):
+        lane = "qip" if d["source_topic"].endswith((".qip", ".exposures.too")) else "dip"
+        finished.setdefault((d["stage"], lane), []).append(d["failed_at"])
+    done[("ingest", "qip")] = [e["detected_at"] for e in exposures if e["too"]]
+    done[("ingest", "dip")] = [e["detected_at"] for e in exposures if not e["too"]]
+    done[("quality", "dip")] = done.get(("quality", "dip"), []) + done.get(("quality", "qip"), [])
+
+    def upto(values: list[float]) -> np.ndarray:
+        return np.searchsorted(np.sort(values), times, side="right")
+
+    return {(s.name, lane): upto(done.get((s.source, lane), [])) - upto(finished.get((s.name, lane), []))
+            for s in (*STAGES, *SLOW_STAGES) for lane in LANES}

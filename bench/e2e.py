@@ -20,10 +20,9 @@ from astropy.table import Table
 
 from agents.demo import play
 from agents.runner import Stack, wait_for
-from ast3stream.config import Settings
 from ast3stream.db import Database
-from ast3stream.rawfile import detector_from_header
 from ast3stream.simulate import simulate_night
+from bench.night import first_alert_latency, night_settings, print_stage_times
 
 
 def main(argv=None) -> None:
@@ -40,11 +39,7 @@ def main(argv=None) -> None:
     night = simulate_night(sim, n_exposures=args.fields * args.visits, scale=args.scale, seed=args.seed,
                            n_fields=args.fields)
     print(f"simulated {len(night.exposures)} exposures at scale {args.scale} in {time.time() - t0:.1f} s")
-    cfg = Settings.load(None, paths={"data_dir": args.out / "run", "refcat": sim / "refcat.fits",
-                                     "galaxies": sim / "galaxies.csv", "mpcorb": sim / "MPCORB.DAT",
-                                     "fields": sim / "fields.csv", "calib_dir": sim / "calib"},
-                        watcher={"stable_s": 0.3})
-    cfg.detector = detector_from_header(night.exposures[0].path, cfg.detector)
+    cfg = night_settings(night, args.out / "run", watcher={"stable_s": 0.3})
     by_field: dict[str, list] = {}
     for e in night.exposures:
         by_field.setdefault(e.field_id, []).append(e)
@@ -64,19 +59,9 @@ def main(argv=None) -> None:
         play([Path(too.path)], cfg.watch_dir)
         wait_for(db, [e.expid for e in [*backlog, too]], 3600, stack, progress=lambda s: None)
 
-    runs = db.rows("stage_runs")
-    print(f"\nper-stage seconds (scale {args.scale}, {len(night.exposures)} exposures; 2-core CPU)")
-    print(f"{'stage':<13}{'lane':<5}{'n':>4}{'median':>9}{'p95':>9}")
-    stages = [s.name for s in __import__("ast3stream.pipeline", fromlist=["STAGES"]).STAGES]
-    for stage in stages:
-        for lane in ("qip", "dip"):
-            secs = [r["end"] - r["start"] for r in runs if r["stage"] == stage and r["lane"] == lane]
-            if secs:
-                print(f"{stage:<13}{lane:<5}{len(secs):>4}{statistics.median(secs):>9.2f}{np.percentile(secs, 95):>9.2f}")
-    alerts = db.rows("alerts")
-    first = {}
-    for a in alerts:
-        first[(a["exposure_id"], a["lane"])] = min(first.get((a["exposure_id"], a["lane"]), 1e9), a["latency_s"])
+    print_stage_times(db.rows("stage_runs"),
+                      f"per-stage seconds (scale {args.scale}, {len(night.exposures)} exposures; 2-core CPU)")
+    first = first_alert_latency(db)
     lat = [v for (eid, lane), v in first.items() if lane == "dip"]
     if lat:
         print(f"\nend-to-end (file closed -> first alert), DIP: median {statistics.median(lat):.1f} s, "
