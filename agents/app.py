@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 import traceback
 from concurrent.futures import Future
 
@@ -209,6 +210,16 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
     return app
 
 
+def warm_subtraction(cfg: Settings) -> None:
+    """Compile SFFT for ``subtraction.warm_shapes`` (15-50 s per shape on a CPU, more on a GPU)
+    before the worker joins its consumer group, so that no exposure waits for the compiler."""
+    from ast3stream.subtraction import use_gpu, warm_up
+
+    start = time.time()
+    warm_up(cfg, gpu=use_gpu(cfg.subtraction.backend))
+    log.warning("subtraction compiled for tile shapes %s in %.1f s", cfg.subtraction.warm_shapes, time.time() - start)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ast3stream worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="settings file (JSON or TOML)")
@@ -224,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     bootstrap = args.bootstrap or cfg.kafka.bootstrap
     if not bootstrap:
         parser.error("a worker needs a broker: --bootstrap or kafka.bootstrap (`ast3stream run` starts one)")
+    if cfg.subtraction.warm_shapes and (args.stages is None or "subtraction" in args.stages.split(",")):
+        warm_subtraction(cfg)
     app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None,
                    lanes=tuple(args.lanes.split(",")), watch=args.watch, web_port=args.web_port,
                    workers=args.workers)

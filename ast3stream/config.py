@@ -210,7 +210,7 @@ class SubtractionConfig(BaseModel):
     ban_ratio_floor: float = 0.02       #: systematic floor of the relative flux-ratio error
     ban_shift_floor_px: float = 0.05    #: systematic floor of the centroid-shift error [px]
     threads: int = 0                    #: CPU threads for numba/FFTW; 0 = all
-    warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes to compile when a GPU worker starts
+    warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes a subtraction worker compiles before consuming
 
 
 class DetectionConfig(BaseModel):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ def main(argv=None) -> None:
     night = simulate_night(sim, n_exposures=args.fields * args.visits, scale=args.scale, seed=args.seed,
                            n_fields=args.fields)
     print(f"simulated {len(night.exposures)} exposures at scale {args.scale} in {time.time() - t0:.1f} s")
+    shutil.rmtree(args.out / "run", ignore_errors=True)  # a fresh database: nothing is a duplicate
     cfg = night_settings(night, args.out / "run", watcher={"stable_s": 0.3})
     by_field: dict[str, list] = {}
     for e in night.exposures:
