@@ -133,3 +133,29 @@ def small_night_alerts(small_night, tmp_path_factory):
         process_exposure(exp.path, ctx)
     assert sorted(r["status"] for r in ctx.db.rows("exposures")) == ["alerted", "alerted", "template"]
     return {r["alert_id"]: r["digest"] for r in ctx.db.rows("alerts")}
+
+
+@pytest.fixture(scope="session")
+def solved_night(tmp_path_factory):
+    """Two simulated exposures (scale 0.1, seed 1) reduced, extracted and astrometrically solved:
+    ``(night, [(exposure, frame, sources, clean_stars, wcs, stats)])``; copy a frame before changing it."""
+    from ast3stream.astrometry import solve
+    from ast3stream.catalogs.refcat import RefCat
+    from ast3stream.config import Settings
+    from ast3stream.reduction import Calibration, reduce_raw
+    from ast3stream.simulate import simulate_night
+    from ast3stream.sources import clean_star_list, extract
+
+    night = simulate_night(tmp_path_factory.mktemp("solved"), n_exposures=2, scale=0.1, seed=1)
+    cfg = Settings()
+    d = night.out_dir / "calib"
+    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg)
+    ref = RefCat.from_file(night.out_dir / "refcat.fits")
+    out = []
+    for exp in night.exposures:
+        frame = reduce_raw(exp.path, cal, cfg)
+        src = extract(frame, cfg)
+        clean = clean_star_list(src, cfg)
+        wcs, stats = solve(frame, clean, ref, cfg)
+        out.append((exp, frame, src, clean, wcs, stats))
+    return night, out

@@ -1,4 +1,5 @@
 """Astrometry: triangle matching from a header WCS off by minutes and degrees, TAN-SIP, RMS."""
+import copy
 import glob
 import warnings
 from pathlib import Path
@@ -15,31 +16,19 @@ from ast3stream.astrometry import AstrometryError, apply_wcs, fit_similarity, ma
 from ast3stream.catalogs.refcat import RefCat
 from ast3stream.config import Settings
 from ast3stream.image import Frame
-from ast3stream.reduction import Calibration, reduce_raw
-from ast3stream.sources import clean_star_list, extract
+from ast3stream.sources import extract
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory):
-    from ast3stream.simulate import simulate_night
-    return simulate_night(tmp_path_factory.mktemp("sim"), n_exposures=2, scale=0.1, seed=1)
+def night(solved_night):
+    return solved_night[0]
 
 
 @pytest.fixture(scope="module")
-def solved(night):
-    cfg = Settings()
-    d = night.out_dir / "calib"
-    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg)
-    ref = RefCat.from_file(night.out_dir / "refcat.fits")
-    out = []
-    for exp in night.exposures:
-        frame = reduce_raw(exp.path, cal, cfg)
-        clean = clean_star_list(extract(frame, cfg), cfg)
-        wcs, stats = solve(frame, clean, ref, cfg)
-        out.append((exp, frame, clean, wcs, stats))
-    return out
+def solved(solved_night):
+    return [(exp, copy.deepcopy(frame), clean, wcs, stats) for exp, frame, _, clean, wcs, stats in solved_night[1]]
 
 
 def test_triangle_match_recovers_similarity():

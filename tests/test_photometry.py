@@ -1,29 +1,24 @@
 """Photometry: aperture (eq. 1), chi-square zero point (eq. 2), residual (eq. 3), limit, PSF."""
+import copy
+
 import numpy as np
 import pytest
 
-from ast3stream.astrometry import apply_wcs, solve
+from ast3stream.astrometry import apply_wcs
 from ast3stream.catalogs.refcat import RefCat
 from ast3stream.config import Settings
 from ast3stream.photometry import calibrate, zero_point
 from ast3stream.photometry.psf import build_psf, psf_photometry
-from ast3stream.reduction import Calibration, reduce_raw
-from ast3stream.sources import clean_star_list, extract
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory):
-    from ast3stream.simulate import simulate_night
-    night = simulate_night(tmp_path_factory.mktemp("sim"), n_exposures=2, scale=0.1, seed=1)
+def calibrated(solved_night):
+    night, solved = solved_night
     cfg = Settings()
-    d = night.out_dir / "calib"
-    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg)
     ref = RefCat.from_file(night.out_dir / "refcat.fits")
     out = []
-    for exp in night.exposures:
-        frame = reduce_raw(exp.path, cal, cfg)
-        src = extract(frame, cfg)
-        wcs, _ = solve(frame, clean_star_list(src, cfg), ref, cfg)
+    for exp, frame, src, _, wcs, _ in solved:
+        frame = copy.deepcopy(frame)
         apply_wcs(frame, wcs)
         table, stats = calibrate(frame, src, ref, cfg)
         out.append((night, exp, frame, table, stats))
