@@ -253,6 +253,12 @@ class Database:
             with self.engine.begin() as conn:
                 conn.execute(tab.update().where(tab.c.exposure_id == exposure_id).values(**values))
 
+    def _not_dead_lettered(self):
+        """Condition on ``exposures``: no dead letter names it (stopped, whatever its status says)."""
+        dead = self.t["dead_letters"]
+        return self.t["exposures"].c.exposure_id.notin_(
+            sa.select(dead.c.exposure_id).where(dead.c.exposure_id.is_not(None)))
+
     @_retried
     def earlier_undecided(self, field_id: str, mjd: float) -> list[str]:
         """Exposures of a field taken before ``mjd`` that have not reached the template decision.
@@ -260,11 +266,10 @@ class Database:
         Their status is still before subtraction (``registered`` … ``calibrated``); ``template``,
         ``no_template``, ``alerted``, ``failed`` and dead-lettered exposures are decided.
         """
-        tab, dead = self.t["exposures"], self.t["dead_letters"]
+        tab = self.t["exposures"]
         stmt = sa.select(tab.c.exposure_id).where(
             (tab.c.field_id == field_id) & (tab.c.mjd < mjd)
-            & tab.c.status.in_(("registered", "ingested", "reduced", "calibrated"))
-            & tab.c.exposure_id.notin_(sa.select(dead.c.exposure_id).where(dead.c.exposure_id.is_not(None)))
+            & tab.c.status.in_(("registered", "ingested", "reduced", "calibrated")) & self._not_dead_lettered()
         ).order_by(tab.c.mjd)
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(stmt)]
@@ -283,10 +288,7 @@ class Database:
             earlier = (exp.c.mjd < mjd) | (exp.c.exposure_id == exposure_id) if lane == "dip" else exp.c.mjd < mjd
             rows = conn.execute(sa.select(exp.c.exposure_id, exp.c.too).where(
                 (exp.c.field_id == field_id) & earlier
-                & exp.c.status.notin_(("template", "no_template", "failed")))).all()
-            dead = {r[0] for r in conn.execute(sa.select(self.t["dead_letters"].c.exposure_id).where(
-                self.t["dead_letters"].c.exposure_id.in_([r[0] for r in rows])))}
-            rows = [r for r in rows if r[0] not in dead]  # dead-lettered: stopped, whatever its status says
+                & exp.c.status.notin_(("template", "no_template", "failed")) & self._not_dead_lettered())).all()
             if not rows:
                 return []
             done = {(r[0], r[1]) for r in conn.execute(sa.select(runs.c.exposure_id, runs.c.lane).where(

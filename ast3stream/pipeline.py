@@ -142,6 +142,14 @@ def _finish(ev: StageEvent, ctx: Context, stage: str, version: str, start: float
     return out
 
 
+def _wait_for_earlier(ev: StageEvent, ctx: Context, stage: str, earlier: list[str], max_wait_s: float,
+                      why: str) -> None:
+    """Raise :class:`Deferred` while ``earlier`` work of the field is pending, for at most
+    ``max_wait_s`` from this stage's first deferral (recorded in the database)."""
+    if earlier and time.time() - ctx.db.deferred_since(ev.exposure_id, ev.lane, stage) < max_wait_s:
+        raise Deferred(f"field {ev.field_id}: {', '.join(earlier)} {why}")
+
+
 def reduction(ev: StageEvent, ctx: Context) -> StageResult:
     """Overscan/bias, flat, bad pixels, saturation, cosmic rays, satellite trails."""
     from .reduction import reduce_raw
@@ -260,10 +268,8 @@ def subtraction(ev: StageEvent, ctx: Context) -> StageResult:
         # the template is the field's EARLIEST acceptable image: an exposure that overtook the
         # field's earlier ones (a ToO, a second worker) waits until they have been judged, for
         # at most template.max_wait_s from its first deferral
-        earlier = ctx.db.earlier_undecided(ev.field_id, ev.mjd)
-        if earlier and time.time() - ctx.db.deferred_since(ev.exposure_id, ev.lane, "subtraction") \
-                < cfg.template.max_wait_s:
-            raise Deferred(f"{len(earlier)} earlier exposure(s) of field {ev.field_id} not judged for the template yet")
+        _wait_for_earlier(ev, ctx, "subtraction", ctx.db.earlier_undecided(ev.field_id, ev.mjd),
+                          cfg.template.max_wait_s, "not judged for the template yet")
     if tmpl is None:
         ok, why = is_acceptable(ev.metrics, ev.flags, cfg)
         if ok:
@@ -380,10 +386,9 @@ def crossmatch(ev: StageEvent, ctx: Context) -> StageResult:
     cfg = ctx.cfg
     if ev.field_id and ev.mjd is not None:
         # associate in observing order (see Database.unassociated_before), waiting at most order_wait_s
-        before = ctx.db.unassociated_before(ev.field_id, ev.mjd, ev.exposure_id, ev.lane)
-        if before and time.time() - ctx.db.deferred_since(ev.exposure_id, ev.lane, "crossmatch") \
-                < cfg.crossmatch.order_wait_s:
-            raise Deferred(f"earlier exposure lanes of field {ev.field_id} not associated yet: {', '.join(before)}")
+        _wait_for_earlier(ev, ctx, "crossmatch", ctx.db.unassociated_before(ev.field_id, ev.mjd, ev.exposure_id,
+                                                                            ev.lane),
+                          cfg.crossmatch.order_wait_s, "not associated yet")
     cands = Table.read(ev.product("candidates"))
     mjd = (ev.mjd or 0.0) + cfg.detector.exptime / 2 / 86400
     cands = xmatch(cands, mjd, cfg, galaxies=ctx.galaxies, asteroids=ctx.orbits)
