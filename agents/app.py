@@ -1,20 +1,21 @@
-"""The faust app: one thin agent per stage and lane, plus the watcher task.
+"""The faust app: the exposure agents that run each exposure's chain, plus the GW and watcher tasks.
 
-Every agent does the same four things: decode the incoming event, run its stage function
-from :mod:`ast3stream.pipeline` on a worker thread, publish the results and wait for the
-broker's acknowledgement, then move on (faust commits the offset once the agent has moved
-past a message, so a crash redelivers the message in progress; a stopping worker or one
-losing partitions to a rebalance first finishes the message in progress). Infrastructure
-that is away for a while (the database, see :class:`~ast3stream.db.DatabaseUnavailable`, or
-the broker) holds the message: the step that failed is tried again with backoff, never
-dead-lettered. Any other exception sends the original message and the reason to the
-dead-letter topic; processing continues.
+An exposure agent consumes ``{prefix}.exposures`` (deep lane) or ``{prefix}.exposures.too``
+(ToO: quick lane, then deep lane) and runs the exposure's whole chain in memory
+(:class:`agents.chain.Chain`), up to ``worker.in_flight`` exposures at a time. faust commits
+the offset once the agent has moved past a message, so a crash redelivers the exposure in
+progress, which runs again with the same ids. A worker given only some stages
+(``--stages``) also consumes the handoff events of the stage before its first one.
+Infrastructure that is away for a while (the database, see
+:class:`~agents.db.DatabaseUnavailable`, or the broker) holds the message: the step that
+failed is tried again with backoff, never dead-lettered. Any other exception sends the
+original message and the reason to the dead-letter topic; processing continues.
 
-CPU work runs on a small priority pool: quick-lane (QIP) work always goes before
+Stage work runs on a small priority pool: quick-lane (QIP) work always goes before
 deep-lane (DIP) work, and later stages before earlier ones, so a ToO exposure overtakes a
-DIP backlog and every exposure drains through the pipe before new ones start.
+DIP backlog and exposures in flight drain before new ones start.
 
-Run a worker with ``python -m agents.app --config settings.json [--stages ...] [--lanes ...] [--watch]``
+Run a worker with ``python -m agents.app --config settings.json [--stages ...] [--watch]``
 (``ast3stream worker`` is the same); several workers on several machines may share the load,
 each with its own ``--web-port``.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -37,12 +39,14 @@ from aiokafka import AIOKafkaProducer
 from ast3stream import events as evmod
 from ast3stream.config import Settings
 from ast3stream.events import ExposureEvent, MalformedMessage, StageEvent
-from ast3stream.pipeline import LANES, SLOW_STAGES, STAGES, Context, Deferred, Stage, StageError
+from ast3stream.pipeline import STAGES
 
+from .chain import Chain, Resources, StageFailed
 from .retry import retrying
 from .topics import stage_topic, topic
 
 log = logging.getLogger("ast3stream.agents")
+
 
 class PriorityPool:
     """A thread pool whose queue is ordered by priority (lower first), FIFO within a priority."""
@@ -75,33 +79,32 @@ class PriorityPool:
                     fut.set_exception(exc)
 
 
-def source_topic(prefix: str, stage: Stage, lane: str) -> str:
-    if stage.source == "ingest":
-        return topic(prefix, "exposures.too" if lane == "qip" else "exposures")
-    return stage_topic(prefix, stage.source, lane)
+def handoff_sources(stages: set[str]) -> list[str]:
+    """The stages whose handoff events a worker running ``stages`` consumes: the stage before
+    each stretch of its own that does not start at reduction."""
+    names = [s.name for s in STAGES]
+    return [prev for prev, name in zip(names, names[1:]) if name in stages and prev not in stages]
 
 
-def add_gw_agent(app: faust.App, ctx: Context, prefix: str, dead_letter) -> None:
+def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter) -> None:
     """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list."""
     from ast3stream.gw.too import ingest
-
-    stage = Stage("gw", None, "gw")
 
     async def gw_agent(stream):
         async for event in stream.events():
             message = event.message
             try:
-                notice, table = await retrying("gw", asyncio.to_thread, ingest, message.value, ctx.db, ctx.cfg)
+                notice, table = await retrying("gw", asyncio.to_thread, ingest, message.value, res.db, res.cfg)
                 log.warning("GW %s %s: %s", notice.superevent_id, notice.alert_type,
                             "retracted" if table is None else f"{len(table)} ToO fields")
             except Exception as exc:
-                await dead_letter(stage, message, f"GW notice rejected: {type(exc).__name__}: {exc}", exc, None)
+                await dead_letter("gw", message, f"GW notice rejected: {type(exc).__name__}: {exc}", exc, None)
 
     app.agent(app.topic(topic(prefix, "gw")), name="gw", concurrency=1)(gw_agent)
 
 
-def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lanes: tuple[str, ...] = LANES,
-             watch: bool = False, web_port: int | None = None, workers: int | None = None) -> faust.App:
+def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, watch: bool = False,
+             web_port: int | None = None, workers: int | None = None) -> faust.App:
     prefix = cfg.kafka.prefix
     app = faust.App(
         f"{prefix}-pipeline", broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
@@ -113,82 +116,67 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
         consumer_auto_offset_reset="earliest", datadir=str(cfg.paths.data_dir / "faust"),
         stream_wait_empty=True, broker_max_poll_interval=3600.0,
     )
-    ctx = Context(cfg)
+    res = Resources(cfg)
     pool = PriorityPool(workers or max(1, os.cpu_count() or 1))
-    chosen = [s for s in (*STAGES, *SLOW_STAGES) if stages is None or s.name in stages]
+    own = {s.name for s in STAGES} if stages is None else set(stages) & {s.name for s in STAGES}
 
     async def publish(name: str, key: bytes, value: bytes):
         fut = await app.topic(topic(prefix, name)).send(key=key, value=value)
-        return await fut  # RecordMetadata once the broker has the message
+        await fut  # RecordMetadata once the broker has the message
 
-    async def dead_letter(stage: Stage, message, reason: str, exc: BaseException, exposure_id: str | None):
-        log.warning("%s: dead letter for %s: %s", stage.name, exposure_id or "?", reason)
-        value = evmod.deadletter(message.topic, stage.name, reason, type(exc).__name__, key=message.key,
+    def submit(priority: tuple, fn, *args, **kwargs):
+        return asyncio.wrap_future(pool.submit(priority, functools.partial(fn, *args, **kwargs)))
+
+    chain = Chain(res, publish, submit, stages=own)
+
+    async def dead_letter(stage: str, message, reason: str, exc: BaseException, exposure_id: str | None):
+        log.warning("%s: dead letter for %s: %s", stage, exposure_id or "?", reason)
+        value = evmod.deadletter(message.topic, stage, reason, type(exc).__name__, key=message.key,
                                  value=message.value, partition=message.partition, offset=message.offset,
                                  exposure_id=exposure_id,
                                  traceback="".join(traceback.format_exception(exc))[-8000:])
-        await retrying(stage.name, publish, "deadletter", message.key or b"", value)
-        await retrying(stage.name, asyncio.to_thread, ctx.db.record_dead_letter, message.topic, stage.name,
-                       exposure_id, reason)
+        await retrying(stage, publish, "deadletter", message.key or b"", value)
+        await retrying(stage, asyncio.to_thread, res.db.record_dead_letter, message.topic, stage, exposure_id, reason)
         if exposure_id:
-            await retrying(stage.name, asyncio.to_thread, ctx.db.update_exposure, exposure_id, status="failed")
+            await retrying(stage, asyncio.to_thread, res.db.update_exposure, exposure_id, status="failed")
 
-    def add_agent(stage: Stage, lane: str, rank: int):
-        src = app.topic(source_topic(prefix, stage, lane))
-        priority = (0 if lane == "qip" else 1, -rank if stage not in SLOW_STAGES else 99)
-
-        name = f"{stage.name}-{lane}"
-
-        def run(incoming: StageEvent):
-            return asyncio.wrap_future(pool.submit(priority, stage.func, incoming, ctx))
-
+    def add_agent(name: str, source: str, run, decode, concurrency: int):
         async def agent(stream):
             async for event in stream.events():
                 message = event.message
                 exposure_id = None
                 try:
-                    if stage.source == "ingest":
-                        exp = ExposureEvent.decode(message.value)
-                        incoming = StageEvent.from_exposure(exp, lane)
-                    else:
-                        incoming = StageEvent.decode(message.value)
+                    incoming = decode(message.value)
                     exposure_id = incoming.exposure_id
-                    # each step is retried on its own, so a retry never repeats a published output
-                    result = await retrying(name, run, incoming)
-                    for out in result.events:
-                        await retrying(name, publish, f"{stage.name}.{out.lane}", out.exposure_id.encode(),
-                                       out.encode())
-                    for m in result.messages:
-                        await retrying(name, publish, m.name, m.key, m.value)
-                        if m.on_published:
-                            await retrying(name, asyncio.to_thread, m.on_published)
-                except Deferred as exc:  # offer it again later, behind what is queued now
-                    log.info("%s: %s deferred: %s", stage.name, exposure_id, exc)
-                    await asyncio.sleep(exc.retry_after)
-                    await retrying(name, publish, message.topic[len(prefix) + 1:], message.key or b"", message.value)
+                    if isinstance(incoming, StageEvent) and not incoming.handoff:
+                        continue  # progress of a worker that goes on itself
+                    await run(incoming)
                 except MalformedMessage as exc:
-                    await dead_letter(stage, message, str(exc), exc, exposure_id)
-                except StageError as exc:
-                    await dead_letter(stage, message, f"{stage.name}: {exc}", exc, exposure_id)
+                    await dead_letter(name, message, str(exc), exc, exposure_id)
+                except StageFailed as exc:
+                    await dead_letter(exc.stage, message, str(exc), exc.cause, exposure_id)
                 except Exception as exc:  # anything else: keep the message and the reason, go on
-                    await dead_letter(stage, message, f"{stage.name} failed: {type(exc).__name__}: {exc}",
-                                      exc, exposure_id)
+                    await dead_letter(name, message, f"{name} failed: {type(exc).__name__}: {exc}", exc, exposure_id)
 
-        app.agent(src, name=name, concurrency=1)(agent)
+        app.agent(app.topic(source), name=name, concurrency=concurrency)(agent)
 
-    for rank, stage in enumerate(chosen):
-        for lane in lanes:
-            add_agent(stage, lane, rank)
+    if "reduction" in own:
+        for lane, name in (("dip", "exposures"), ("qip", "exposures.too")):
+            add_agent(f"chain-{lane}", topic(prefix, name), chain.run, ExposureEvent.decode, cfg.worker.in_flight)
+    for source in handoff_sources(own):
+        for lane in ("qip", "dip"):
+            add_agent(f"resume-{source}-{lane}", stage_topic(prefix, source, lane), chain.resume, StageEvent.decode,
+                      cfg.worker.in_flight)
 
     if stages is None or "gw" in stages:
-        add_gw_agent(app, ctx, prefix, dead_letter)
+        add_gw_agent(app, res, prefix, dead_letter)
 
     if watch:
         @app.timer(cfg.products.prune_every_s)
         async def prune_products():
             from ast3stream.products import prune
 
-            n = await asyncio.to_thread(prune, cfg.products_dir, ctx.db, cfg.products.retention_days)
+            n = await asyncio.to_thread(prune, cfg.products_dir, res.db, cfg.products.retention_days)
             if n:
                 log.warning("pruned %d intermediate product files", n)
 
@@ -201,7 +189,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, lan
                                             max_request_size=cfg.kafka.max_message_bytes)
                 await producer.start()
                 try:
-                    await Watcher(cfg.watch_dir, ctx, producer, prefix).run()
+                    await Watcher(cfg.watch_dir, res, producer, prefix).run()
                 finally:
                     await producer.stop()
 
@@ -225,7 +213,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="settings file (JSON or TOML)")
     parser.add_argument("--bootstrap", help="Kafka bootstrap address (default: kafka.bootstrap)")
     parser.add_argument("--stages", help="comma-separated stage names (default: all)")
-    parser.add_argument("--lanes", default="qip,dip")
     parser.add_argument("--watch", action="store_true", help="also run the folder watcher")
     parser.add_argument("--web-port", type=int)
     parser.add_argument("--workers", type=int, help="threads for stage work (default: CPU count)")
@@ -237,9 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("a worker needs a broker: --bootstrap or kafka.bootstrap (`ast3stream run` starts one)")
     if cfg.subtraction.warm_shapes and (args.stages is None or "subtraction" in args.stages.split(",")):
         warm_subtraction(cfg)
-    app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None,
-                   lanes=tuple(args.lanes.split(",")), watch=args.watch, web_port=args.web_port,
-                   workers=args.workers)
+    app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None, watch=args.watch,
+                   web_port=args.web_port, workers=args.workers)
     from faust.worker import Worker
 
     logging.basicConfig(level=args.loglevel.upper().replace("WARN", "WARNING"))

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from astropy.table import Table
 
 from ast3stream.config import Settings
-from ast3stream.db import Database
+from agents.db import Database
 from ast3stream.rawfile import detector_from_header
 
 from .runner import Stack, wait_for
@@ -119,7 +119,7 @@ def _masked_in_difference(cfg: Settings, db: Database, exposure_id: str, truth: 
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    path = cfg.products_dir / (db.namespace or "live") / exposure_id / "dip" / "difference.fits"
+    path = cfg.products_dir / (db.namespace or "live") / exposure_id / "dip" / "bundle.fits"
     if not len(truth) or not path.exists():
         return np.zeros(len(truth), bool)
     with fits.open(path) as hdul:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ast3stream.config import Settings
-from ast3stream.db import Database
+from agents.db import Database
 from ast3stream.events import ExposureEvent, MalformedMessage
 
 from .runner import Stack, wait_for

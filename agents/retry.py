@@ -11,7 +11,7 @@ import logging
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError, KafkaUnavailableError, ProducerClosed
 
-from ast3stream.db import DatabaseUnavailable
+from agents.db import DatabaseUnavailable
 
 log = logging.getLogger("ast3stream.agents")
 

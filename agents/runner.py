@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ast3stream.config import Settings
-from ast3stream.db import Database
+from agents.db import Database
 
 from .broker import EmbeddedBroker, die_with_parent, ensure_topics_sync, free_port
 from .topics import topic_configs

@@ -17,16 +17,20 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ast3stream.config import Settings
-from ast3stream.db import Database
-from ast3stream.pipeline import LANES, SLOW_STAGES, STAGES
+from agents.db import Database
+from ast3stream.pipeline import LANES, SLOW, STAGES
 
 from .topics import stage_topic, topic
 
+#: the stage whose output each stage takes ("ingest": the exposure event); PSF photometry runs after photometry
+SOURCES = {"reduction": "ingest", **{b.name: a.name for a, b in zip(STAGES, STAGES[1:])}, SLOW.name: "photometry"}
+
 
 def consumed_topics(prefix: str) -> list[str]:
-    """The topics the pipeline's agents read (the others are its outputs)."""
+    """The topics the pipeline's agents read (the others are their outputs), handoffs between
+    workers that run only some stages included."""
     return [topic(prefix, "exposures"), topic(prefix, "exposures.too"), topic(prefix, "gw"),
-            *(stage_topic(prefix, s.source, lane) for s in STAGES if s.source != "ingest" for lane in LANES)]
+            *(stage_topic(prefix, s.name, lane) for s in STAGES[:-1] for lane in LANES)]
 
 
 async def topic_lag(cfg: Settings) -> dict[str, int]:
@@ -57,7 +61,7 @@ def stage_backlog(db: Database, times: Sequence[float]) -> dict[tuple[str, str],
     An exposure event counts from when the watcher saw the file (``detected_at``; ToO exposures
     enter the QIP lane, the others the DIP lane), a stage's event from the end of its ``done``
     run; the QIP quality run of a ToO exposure also hands it to the DIP lane (see
-    :func:`ast3stream.pipeline.quality`). A run counts as finished at its end, a dead letter at
+    :class:`agents.chain.Chain`). A run counts as finished at its end, a dead letter at
     ``failed_at``; a deferred run is not finished.
     """
     times = np.asarray(times, float)
@@ -79,5 +83,5 @@ def stage_backlog(db: Database, times: Sequence[float]) -> dict[tuple[str, str],
     def upto(values: list[float]) -> np.ndarray:
         return np.searchsorted(np.sort(values), times, side="right")
 
-    return {(s.name, lane): upto(done.get((s.source, lane), [])) - upto(finished.get((s.name, lane), []))
-            for s in (*STAGES, *SLOW_STAGES) for lane in LANES}
+    return {(s.name, lane): upto(done.get((SOURCES[s.name], lane), [])) - upto(finished.get((s.name, lane), []))
+            for s in (*STAGES, SLOW) for lane in LANES}

@@ -4,7 +4,8 @@
 ``{p}.exposures``          raw exposures from the watcher (normal survey: DIP lane)
 ``{p}.exposures.too``      priority exposures: fields on the ToO list (QIP lane first)
 ``{p}.{stage}.{lane}``     output of ``stage`` in lane ``qip`` or ``dip`` (see ``STAGES``)
-``{p}.alerts``             every alert (Avro, key = object id)
+``{p}.candidates``         every candidate with its real/bogus score, alert or not (Avro, key = object id)
+``{p}.alerts``             every alert: candidates above the threshold (Avro, key = object id)
 ``{p}.alerts.{lane}``      alerts of one lane
 ``{p}.gcn``                GCN-style optical-counterpart notices (JSON)
 ``{p}.gw``                 incoming gravitational-wave notices (LVK JSON / VOEvent)
@@ -34,7 +35,7 @@ def stage_topic(prefix: str, stage: str, lane: str) -> str:
 
 def topic_names() -> list[str]:
     """Every topic of a deployment, without the prefix."""
-    return ["exposures", "exposures.too", "alerts", "gcn", "gw", "deadletter",
+    return ["exposures", "exposures.too", "candidates", "alerts", "gcn", "gw", "deadletter",
             *(f"alerts.{lane}" for lane in LANES),
             *(f"{s.name}.{lane}" for s in STAGES for lane in LANES)]
 
@@ -47,7 +48,7 @@ def retention_days(kafka: KafkaConfig, name: str) -> float:
     """How long topic ``name`` (without the prefix) keeps its messages."""
     if name.startswith("exposures"):
         return kafka.exposures_retention_days
-    if name.startswith("alerts") or name in ("gcn", "gw"):
+    if name.startswith("alerts") or name in ("candidates", "gcn", "gw"):
         return kafka.alerts_retention_days
     if name == "deadletter":
         return kafka.deadletter_retention_days

@@ -22,7 +22,7 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 from ast3stream import events as ev
-from ast3stream.pipeline import Context
+from .chain import Resources
 from ast3stream.rawfile import IncompleteFile, check_complete, describe
 
 from .retry import transient
@@ -49,7 +49,7 @@ class _Handler(FileSystemEventHandler):
 class Watcher:
     """Watch ``folder`` and publish exposure events with ``producer`` (an aiokafka producer)."""
 
-    def __init__(self, folder: Path, ctx: Context, producer, prefix: str):
+    def __init__(self, folder: Path, ctx: Resources, producer, prefix: str):
         self.folder = Path(folder)
         self.ctx = ctx
         self.cfg = ctx.cfg.watcher

@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import Settings
 
 # subcommands contributed by the science packages: each module has add_cli(subparsers)
-_PLUGINS = ("ast3stream.simulate.cli", "ast3stream.single", "ast3stream.classify.cli",
+_PLUGINS = ("ast3stream.simulate.cli", "ast3stream.front", "ast3stream.classify.cli",
             "ast3stream.gw.cli", "ast3stream.alerts.cli")
 
 
@@ -33,7 +33,7 @@ def cmd_run(args) -> int:
     cfg = _settings(args)
     with Stack(cfg, workers=args.workers) as stack:
         print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}; Ctrl-C to stop", flush=True)
-        from .db import Database
+        from agents.db import Database
         from agents.runner import wait_for
 
         db = Database.from_settings(cfg)
@@ -68,18 +68,17 @@ def cmd_worker(args) -> int:
 
 
 def cmd_process(args) -> int:
-    from .alerts import write_avro_file
-    from .alerts import decode
-    from .pipeline import Context, process_exposure
+    from agents.chain import Resources, process_exposure
+
+    from .alerts import decode, write_avro_file
 
     cfg = _settings(args)
     if args.calib:
         cfg.paths.calib_dir = Path(args.calib)
     if args.refcat:
         cfg.paths.refcat = Path(args.refcat)
-    ctx = Context(cfg)
-    messages = process_exposure(args.raw, ctx)
-    alerts = [decode(m.value) for m in messages if m.name == "alerts"]
+    messages = process_exposure(args.raw, Resources(cfg))
+    alerts = [decode(value) for name, _, value in messages if name == "alerts"]
     out = Path(args.out or cfg.products_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = write_avro_file(alerts, out / f"{Path(args.raw).name.split('.')[0]}.alerts.avro")
@@ -88,7 +87,7 @@ def cmd_process(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .db import Database
+    from agents.db import Database
 
     cfg = _settings(args)
     db = Database.from_settings(cfg)
@@ -115,10 +114,12 @@ def cmd_status(args) -> int:
 
 
 def cmd_template(args) -> int:
-    from .db import Database
+    from agents.chain import Resources
+    from agents.templates import set_template
 
     cfg = _settings(args)
-    db = Database.from_settings(cfg)
+    res = Resources(cfg)
+    db = res.db
     if args.action == "list":
         for r in db.rows("templates"):
             print(f"{r['field_id']:<12} {r['lane']:<4} {r['exposure_id']:<36} maglim={r['maglim']} pcc={r['pcc']} {r['path']}")
@@ -127,22 +128,18 @@ def cmd_template(args) -> int:
         if not exp:
             print(f"unknown exposure {args.exposure}", file=sys.stderr)
             return 2
-        from .pipeline import rebuild_template
-
-        rebuild_template(cfg, db, args.exposure)
+        set_template(res, args.exposure)
     elif args.action == "rebuild":
-        from .pipeline import rebuild_template
-
         rows = db.rows("templates", field_id=args.field, lane="dip")
         if not rows:
             print(f"no template for field {args.field}", file=sys.stderr)
             return 2
-        rebuild_template(cfg, db, rows[0]["exposure_id"])
+        set_template(res, rows[0]["exposure_id"])
     return 0
 
 
 def cmd_products(args) -> int:
-    from .db import Database
+    from agents.db import Database
     from .products import prune
 
     cfg = _settings(args)

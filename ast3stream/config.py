@@ -101,6 +101,13 @@ class WatcherConfig(BaseModel):
     giveup_s: float = 10.0              #: a file still incomplete after this long goes to the dead letters
 
 
+class WorkerConfig(BaseModel):
+    """One worker process (``ast3stream worker``): how much it holds in memory at once."""
+
+    in_flight: int = 2                  #: exposures whose chains run at the same time (per exposures topic)
+    templates_in_memory: int = 8        #: fields' templates kept in memory (each lane counts once)
+
+
 class ReductionConfig(BaseModel):
     version: str = "1"
     combine_sigma: float = 3.0          #: clipping of the master bias/flat combination
@@ -265,7 +272,9 @@ class TrainingConfig(BaseModel):
 class AlertConfig(BaseModel):
     version: str = "1"
     schema_version: str = "1.0"
-    min_score: float = 0.0              #: alerts below this real/bogus score are not published
+    #: real/bogus score an alert needs (every candidate still goes to ``candidates`` and the
+    #: database); None = the lane model's calibrated threshold, stored with its version
+    min_score: float | None = None
     cutout_size: int = 63
     gcn_min_score: float = 0.8
     publisher: str = "ast3stream"       #: ``publisher`` field of every alert packet
@@ -341,6 +350,7 @@ class Settings(BaseSettings):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     watcher: WatcherConfig = Field(default_factory=WatcherConfig)
     products: ProductsConfig = Field(default_factory=ProductsConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
     reduction: ReductionConfig = Field(default_factory=ReductionConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     astrometry: AstrometryConfig = Field(default_factory=AstrometryConfig)

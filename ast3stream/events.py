@@ -97,6 +97,7 @@ class StageEvent:
     timings: list[dict] = field(default_factory=list)
     namespace: str = ""
     event_id: str = ""
+    handoff: bool = False
     schema_version: str = "1.0"
 
     @classmethod
@@ -119,7 +120,7 @@ class StageEvent:
         lane = lane or self.lane
         versions = {**self.versions, stage: version}
         ev = StageEvent(**{**asdict(self), "stage": stage, "stage_version": version, "lane": lane,
-                           "versions": versions, "products": dict(self.products),
+                           "versions": versions, "handoff": False, "products": dict(self.products),
                            "metrics": dict(self.metrics), "flags": list(self.flags),
                            "timings": [*self.timings, {"stage": stage, "lane": lane, "start": start, "end": time.time()}]})
         ev.event_id = stage_event_id(self.exposure_id, lane, versions)

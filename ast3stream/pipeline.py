@@ -1,33 +1,32 @@
-"""The pipeline's stages as plain functions on events and files (no Kafka here).
+"""The pipeline's stages as pure functions of an exposure held in memory (no Kafka, no database).
 
-Each stage takes the :class:`~ast3stream.events.StageEvent` of the previous stage and a
-:class:`Context`, does its science through the library, writes its products under
-``<products>/<namespace>/<exposure_id>/<lane>/`` and returns a :class:`StageResult`: the
-events for the next stage and any outgoing messages (alerts, notices). The agents in
-``agents/`` publish those; :func:`process_exposure` runs the same chain in-process for
-notebooks and the ``ast3stream process`` command.
+One exposure runs a *front half* once — reduction → sources → astrometry → photometry →
+quality — and then, per lane, a *back half* — subtraction → detection → crossmatch →
+classify → alert. Lanes: ``qip`` (quick: 3×3-binned, ToO exposures only, first) and ``dip``
+(deep: full resolution, every exposure).
 
-Lanes: ``dip`` (deep, full resolution, every exposure) and ``qip`` (quick, 3x3-binned,
-ToO exposures only). A ToO exposure is reduced once on the quick lane and forks into
-both lanes after the quality stage.
+Each stage function takes the exposure's in-memory state (:class:`Exposure`, and for the
+back half its :class:`Lane`), the inputs the stream layer looked up for it (a template, the
+field's known objects, light-curve histories …) and the configuration *sections* it needs
+as keywords (``sources=SourcesConfig(...)``), never the whole settings. It fills the state
+and returns a :class:`StageOutput`: metrics, flags, a status, the durable products to keep,
+outgoing alerts, and the *state operations* (:class:`UpdateExposure`, :class:`ClaimTemplate`,
+:class:`UpsertCandidate`, :class:`UpsertObject`, :class:`AddPhotometry`) that the stream layer
+applies to the database (``agents.chain``). :data:`STAGES` lists them with the sections and
+inputs each needs; ``agents.chain`` runs them for the stream, ``ast3stream process`` and
+``ast3stream reduce``.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 
-from .config import Settings
-from .db import Database
-from .events import ExposureEvent, StageEvent
 from .image import Frame
 
 LANES = ("qip", "dip")
@@ -37,415 +36,144 @@ class StageError(RuntimeError):
     """A stage cannot process this exposure; the reason goes to the dead-letter topic."""
 
 
-class Deferred(RuntimeError):
-    """Not yet: the event must be offered again after ``retry_after`` seconds."""
-
-    def __init__(self, reason: str, retry_after: float = 1.0):
-        super().__init__(reason)
-        self.retry_after = retry_after
+# --------------------------------------------------------------------------------------
+# the exposure in memory
 
 
 @dataclass
-class Message:
-    """An outgoing message that is not a stage event: ``name`` is the topic name without prefix."""
+class Lane:
+    """One lane's back half: the template in force and what the stages made from it."""
 
     name: str
-    key: bytes
-    value: bytes
-    on_published: Callable[[], None] | None = None
+    template: Any = None            #: a :class:`TemplateInForce`
+    aligned: Frame | None = None    #: the science frame on the template's pixel grid
+    difference: Any = None          #: :class:`ast3stream.subtraction.Difference`
+    candidates: Table | None = None
+    stamps: np.ndarray | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_version: str = ""
+
+    @property
+    def binning(self) -> int:
+        return self.template.binning if self.template is not None else 1
 
 
 @dataclass
-class StageResult:
-    events: list[StageEvent] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)
+class Exposure:
+    """Everything the chain knows about one exposure, in memory.
 
+    ``frame`` is the reduced image in electrons; astrometry attaches its WCS in place and
+    photometry sets ``frame.sources`` to the calibrated source table.
+    """
 
-class Context:
-    """Settings, database and lazily loaded, shared resources (catalogues, models)."""
-
-    def __init__(self, cfg: Settings, db: Database | None = None):
-        self.cfg = cfg
-        self.db = db or Database.from_settings(cfg)
-        self._lock = threading.Lock()
-        self._cache: dict = {}
-
-    def _get(self, key, factory):
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = factory()
-            return self._cache[key]
-
-    def products(self, ev: StageEvent) -> Path:
-        ns = self.db.namespace or "live"
-        path = self.cfg.products_dir / ns / ev.exposure_id / ev.lane
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    exposure_id: str
+    raw_path: str
+    field_id: str | None = None
+    mjd: float | None = None        #: start of the exposure (MJD UTC)
+    too: bool = False
+    namespace: str = ""
+    frame: Frame | None = None
+    sources: Table | None = None    #: every sep source
+    stars: Table | None = None      #: the clean star list
+    photometry: Table | None = None
+    thumbnail: np.ndarray | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    lanes: dict[str, Lane] = field(default_factory=dict)
 
     @property
-    def calibration(self):
-        from .reduction import Calibration
+    def lane_names(self) -> tuple[str, ...]:
+        """The lanes this exposure takes, in the order they run."""
+        return ("qip", "dip") if self.too else ("dip",)
 
-        def load():
-            d = self.cfg.calib_dir
-            if (d / "master_bias.fits").exists() or any(d.glob("master*.fits")):
-                return Calibration.load(d)
-            bias, flats = sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits"))
-            if bias and flats:
-                cal = Calibration.build(bias, flats, self.cfg)
-                cal.save(d)
-                return cal
-            return None
-        return self._get("calib", load)
+    def lane(self, name: str) -> Lane:
+        return self.lanes.setdefault(name, Lane(name))
 
-    @property
-    def refcat(self):
-        from .catalogs.refcat import RefCat
-        return self._get("refcat", lambda: RefCat.from_file(self.cfg.refcat_path))
+    def mid_mjd(self, exptime_s: float) -> float:
+        return (self.mjd or 0.0) + exptime_s / 2 / 86400
 
-    @property
-    def galaxies(self):
-        from .catalogs.galaxies import GalaxyCatalog
-        path = self.cfg.galaxies_path
-        return self._get("galaxies", lambda: GalaxyCatalog.from_csv(path) if path.exists() else None)
 
-    @property
-    def orbits(self):
-        from .catalogs.mpcorb import read_mpcorb
-        path = self.cfg.mpcorb_path
-        return self._get("orbits", lambda: read_mpcorb(path) if path.exists() else None)
+@dataclass(frozen=True)
+class TemplateInForce:
+    """The template a lane subtracts: the frame (binned for QIP) and what the database knows of it."""
 
-    def classifier(self, lane: str):
-        from .classify import RealBogus
-        return self._get(("rb", lane), lambda: RealBogus.load(lane, device=self.cfg.classify.device))
+    exposure_id: str
+    frame: Frame
+    binning: int
+    key: str                        #: product-store key; with ``version`` the template cache's key
+    version: float                  #: when it was registered (a rebuild gives a new version)
+    stats: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------
-# stages
+# what a stage returns
 
 
-def _begin(ev: StageEvent, ctx: Context, stage: str) -> float:
-    return time.time()
+@dataclass(frozen=True)
+class UpdateExposure:
+    status: str | None = None
+    flags: tuple[str, ...] | None = None
+    quality: dict | None = None
 
 
-def _finish(ev: StageEvent, ctx: Context, stage: str, version: str, start: float, status: str = "done",
-            **changes) -> StageEvent:
-    out = ev.next(stage, version, start)
-    for key, value in changes.items():
-        if key == "products":
-            out.products.update({k: str(v) for k, v in value.items()})
-        elif key == "metrics":
-            out.metrics.update({k: float(v) for k, v in value.items() if v is not None and np.isfinite(v)})
-        elif key == "flags":
-            out.flags = sorted(set(out.flags) | set(value))
-    ctx.db.record_stage(ev.exposure_id, ev.lane, stage, version, start, out.timings[-1]["end"], status)
-    return out
+@dataclass(frozen=True)
+class ClaimTemplate:
+    """Make ``exposure_id`` the field's template of ``lane`` unless the field has one (atomic)."""
+
+    field_id: str
+    lane: str
+    exposure_id: str
+    key: str
+    stats: dict
 
 
-def _wait_for_earlier(ev: StageEvent, ctx: Context, stage: str, earlier: list[str], max_wait_s: float,
-                      why: str) -> None:
-    """Raise :class:`Deferred` while ``earlier`` work of the field is pending, for at most
-    ``max_wait_s`` from this stage's first deferral (recorded in the database)."""
-    if earlier and time.time() - ctx.db.deferred_since(ev.exposure_id, ev.lane, stage) < max_wait_s:
-        raise Deferred(f"field {ev.field_id}: {', '.join(earlier)} {why}")
+@dataclass(frozen=True)
+class UpsertCandidate:
+    row: dict
 
 
-def reduction(ev: StageEvent, ctx: Context) -> StageResult:
-    """Overscan/bias, flat, bad pixels, saturation, cosmic rays, satellite trails."""
-    from .reduction import reduce_raw
-
-    start = _begin(ev, ctx, "reduction")
-    frame = reduce_raw(Path(ev.raw_path), ctx.calibration, ctx.cfg)
-    path = frame.write(ctx.products(ev) / "reduced.fits")
-    ctx.db.update_exposure(ev.exposure_id, status="reduced")
-    return StageResult([_finish(ev, ctx, "reduction", ctx.cfg.reduction.version, start,
-                                products={"reduced": path})])
+@dataclass(frozen=True)
+class UpsertObject:
+    row: dict
 
 
-def sources(ev: StageEvent, ctx: Context) -> StageResult:
-    """sep extraction and the clean star list; the image FWHM."""
-    from .sources import clean_star_list, extract, image_fwhm
-
-    start = _begin(ev, ctx, "sources")
-    frame = Frame.read(ev.product("reduced"))
-    table = extract(frame, ctx.cfg)
-    clean = clean_star_list(table, ctx.cfg)
-    out = ctx.products(ev)
-    table.write(out / "sources.fits", overwrite=True)
-    clean.write(out / "stars.fits", overwrite=True)
-    return StageResult([_finish(ev, ctx, "sources", ctx.cfg.sources.version, start,
-                                products={"sources": out / "sources.fits", "stars": out / "stars.fits"},
-                                metrics={"fwhm_px": image_fwhm(clean), "n_sources": len(table),
-                                         "n_stars": len(clean)})])
+@dataclass(frozen=True)
+class AddPhotometry:
+    row: dict
 
 
-def astrometry(ev: StageEvent, ctx: Context) -> StageResult:
-    """Pattern match to the reference catalogue, TAN + SIP; the calibrated frame carries the WCS."""
-    from .astrometry import AstrometryError, apply_wcs, solve
-
-    start = _begin(ev, ctx, "astrometry")
-    frame = Frame.read(ev.product("reduced"))
-    stars = Table.read(ev.product("stars"))
-    try:
-        wcs, stats = solve(frame, stars, ctx.refcat, ctx.cfg)
-    except AstrometryError as exc:
-        ctx.db.update_exposure(ev.exposure_id, status="failed", flags=["bad_wcs"])
-        raise StageError(f"no WCS solution: {exc}") from exc
-    apply_wcs(frame, wcs)
-    frame.sources = Table.read(ev.product("sources"))
-    flags = ["bad_wcs"] if stats["rms_arcsec"] > ctx.cfg.astrometry.max_rms_arcsec else []
-    path = frame.write(ctx.products(ev) / "calibrated.fits")
-    return StageResult([_finish(ev, ctx, "astrometry", ctx.cfg.astrometry.version, start,
-                                products={"calibrated": path}, flags=flags,
-                                metrics={"rms_arcsec": stats["rms_arcsec"],
-                                         "n_astrom": stats.get("n_matched", np.nan)})])
+Op = UpdateExposure | ClaimTemplate | UpsertCandidate | UpsertObject | AddPhotometry
 
 
-def photometry(ev: StageEvent, ctx: Context) -> StageResult:
-    """Aperture photometry, chi-square zero point, spatial residual, limiting magnitude."""
-    from .photometry import calibrate
+@dataclass
+class OutgoingAlert:
+    """One candidate's packet: published to ``candidates`` always and to ``alerts*`` when ``passed``."""
 
-    start = _begin(ev, ctx, "photometry")
-    frame = Frame.read(ev.product("calibrated"))
-    table, stats = calibrate(frame, frame.sources, ctx.refcat, ctx.cfg)
-    path = ctx.products(ev) / "photometry.fits"
-    table.write(path, overwrite=True)
-    return StageResult([_finish(ev, ctx, "photometry", ctx.cfg.photometry.version, start,
-                                products={"photometry": path},
-                                metrics={k: stats[k] for k in ("zp", "zp_err", "maglim") if k in stats})])
-
-
-def psf_photometry(ev: StageEvent, ctx: Context) -> StageResult:
-    """PSF photometry on the slow lane: runs beside the alert path, never in front of it."""
-    from .photometry.psf import psf_photometry as run_psf
-
-    start = _begin(ev, ctx, "psf")
-    frame = Frame.read(ev.product("calibrated"))
-    table = run_psf(frame, Table.read(ev.product("photometry")), ctx.cfg)
-    path = ctx.products(ev) / "psf_photometry.fits"
-    table.write(path, overwrite=True)
-    _finish(ev, ctx, "psf", ctx.cfg.photometry.version, start, products={"psf": path})
-    return StageResult()
+    alert_id: str
+    candidate_id: str
+    object_id: str
+    score: float
+    passed: bool
+    value: bytes                    #: the encoded Avro packet
+    digest: str                     #: sha256 of ``value`` (the whole packet, history included)
+    notice: bytes | None = None     #: a GCN-style notice when the candidate qualifies
 
 
-def quality(ev: StageEvent, ctx: Context) -> StageResult:
-    """Pearson r against the catalogue, thumbnail and cloud verdict, flags; forks ToO into QIP and DIP."""
-    from .quality import assess
-
-    start = _begin(ev, ctx, "quality")
-    frame = Frame.read(ev.product("calibrated"))
-    phot = Table.read(ev.product("photometry"))
-    q = assess(frame, phot, ctx.refcat, dict(ev.metrics), ctx.cfg, thumbnail_dir=ctx.products(ev))
-    metrics = {"pcc": q.get("pcc")}
-    if q.get("cloud_prob") is not None:
-        metrics["cloud_prob"] = q["cloud_prob"]
-    out = _finish(ev, ctx, "quality", ctx.cfg.quality.version, start, metrics=metrics,
-                  flags=q.get("flags", []), products={k: v for k, v in q.items() if k.startswith("thumbnail") and v})
-    ctx.db.update_exposure(ev.exposure_id, status="calibrated", flags=out.flags,
-                           quality={k: v for k, v in out.metrics.items()})
-    events = [out]
-    if ev.too and ev.lane == "qip":
-        dip = StageEvent(**{**out.__dict__, "lane": "dip", "products": dict(out.products),
-                            "metrics": dict(out.metrics), "flags": list(out.flags),
-                            "versions": dict(out.versions), "timings": list(out.timings)})
-        dip.event_id = out.event_id[:-4] + "dip0"
-        events.append(dip)
-    return StageResult(events)
+@dataclass
+class StageOutput:
+    metrics: dict[str, float] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    status: str = "done"
+    ops: list = field(default_factory=list)
+    products: dict[str, Any] = field(default_factory=dict)  #: name -> object for the product store
+    alerts: list[OutgoingAlert] = field(default_factory=list)
 
 
-def subtraction(ev: StageEvent, ctx: Context) -> StageResult:
-    """Template lookup (or registration), Lanczos alignment, SFFT subtraction, noise check."""
-    from .alignment import align
-    from .subtraction import subtract
-    from .templates import is_acceptable
+def _legacy(**sections):
+    """The whole-settings object that library functions not yet converted to sections still take."""
+    from .config import Settings
 
-    start = _begin(ev, ctx, "subtraction")
-    cfg = ctx.cfg
-    tmpl = ctx.db.template(ev.field_id, ev.lane) if ev.field_id else None
-    if tmpl is not None and tmpl["exposure_id"] == ev.exposure_id:
-        tmpl = None  # redelivered after a crash: this exposure is the template, judged again below
-    if tmpl is None and ev.mjd is not None:
-        # the template is the field's EARLIEST acceptable image: an exposure that overtook the
-        # field's earlier ones (a ToO, a second worker) waits until they have been judged, for
-        # at most template.max_wait_s from its first deferral
-        _wait_for_earlier(ev, ctx, "subtraction", ctx.db.earlier_undecided(ev.field_id, ev.mjd),
-                          cfg.template.max_wait_s, "not judged for the template yet")
-    if tmpl is None:
-        ok, why = is_acceptable(ev.metrics, ev.flags, cfg)
-        if ok:
-            tmpl = _register_template(ev, ctx)
-        if tmpl is None or tmpl["exposure_id"] == ev.exposure_id:
-            status = "template" if ok else "no_template"
-            if ev.lane == "dip" or not ev.too:
-                ctx.db.update_exposure(ev.exposure_id, status=status)
-            _finish(ev, ctx, "subtraction", cfg.subtraction.version, start, status=status)
-            return StageResult()  # the template itself yields no candidates
-    science = Frame.read(ev.product("calibrated"))
-    template = Frame.read(tmpl["path"])
-    # QIP: aligned at full resolution, then binned (less correlated noise than binning first)
-    aligned = align(science, template, cfg, binning=cfg.detector.qip_binning if ev.lane == "qip" else 1)
-    diff = subtract(aligned, template, cfg)
-    out = ctx.products(ev)
-    aligned.write(out / "aligned.fits")
-    _write_difference(diff, out / "difference.fits")
-    metrics = {"x2nrm_mean": diff.stats.get("x2nrm_mean"), "x2nrm_std": diff.stats.get("x2nrm_std"),
-               "subtraction_s": diff.stats.get("seconds"), "template_zp": tmpl.get("zp"),
-               "template_fwhm_px": tmpl.get("fwhm_px")}
-    return StageResult([_finish(ev, ctx, "subtraction", cfg.subtraction.version, start,
-                                products={"aligned": out / "aligned.fits", "difference": out / "difference.fits",
-                                          "template": tmpl["path"]},
-                                metrics={k: v for k, v in metrics.items() if v is not None})])
-
-
-def _register_template(ev: StageEvent, ctx: Context) -> dict:
-    """Claim this exposure as the field's template for both lanes (QIP: a 3x3-binned copy)."""
-    from .templates import bin_frame
-
-    frame = Frame.read(ev.product("calibrated"))
-    stats = dict(maglim=ev.metrics.get("maglim"), pcc=ev.metrics.get("pcc"), zp=ev.metrics.get("zp"))
-    dip = ctx.db.claim_template(ev.field_id, "dip", ev.exposure_id, ev.product("calibrated"),
-                                fwhm_px=ev.metrics.get("fwhm_px"), **stats)
-    qip_path = ctx.cfg.products_dir / (ctx.db.namespace or "live") / "templates" / f"{ev.field_id}_qip.fits"
-    if dip["exposure_id"] == ev.exposure_id and not qip_path.exists():
-        bin_frame(frame, ctx.cfg.detector.qip_binning).write(qip_path)
-    n = ctx.cfg.detector.qip_binning
-    qip = ctx.db.claim_template(ev.field_id, "qip", dip["exposure_id"], str(qip_path),
-                                fwhm_px=(ev.metrics.get("fwhm_px") or np.nan) / n, **stats)
-    return dip if ev.lane == "dip" else qip
-
-
-def rebuild_template(cfg: Settings, db: Database, exposure_id: str) -> dict:
-    """Make a calibrated exposure the template of its field (both lanes), replacing any other."""
-    from .templates import bin_frame
-
-    exp = db.rows("exposures", exposure_id=exposure_id)[0]
-    ns = db.namespace or "live"
-    path = next((cfg.products_dir / ns / exposure_id / lane / "calibrated.fits" for lane in ("dip", "qip")
-                 if (cfg.products_dir / ns / exposure_id / lane / "calibrated.fits").exists()), None)
-    if path is None:
-        raise FileNotFoundError(f"{exposure_id} has no calibrated image under {cfg.products_dir / ns}")
-    q = exp["quality"] or {}
-    stats = dict(maglim=q.get("maglim"), pcc=q.get("pcc"), zp=q.get("zp"))
-    db.set_template(exp["field_id"], "dip", exposure_id, str(path), fwhm_px=q.get("fwhm_px"), **stats)
-    qip_path = cfg.products_dir / ns / "templates" / f"{exp['field_id']}_qip.fits"
-    n = cfg.detector.qip_binning
-    bin_frame(Frame.read(path), n).write(qip_path)
-    db.set_template(exp["field_id"], "qip", exposure_id, str(qip_path),
-                    fwhm_px=(q.get("fwhm_px") or np.nan) / n, **stats)
-    return db.template(exp["field_id"], "dip")
-
-
-def _write_difference(diff, path: Path) -> None:
-    hdus = fits.HDUList([fits.PrimaryHDU(),
-                         fits.ImageHDU(diff.diff.astype(np.float32), diff.header, name="DIFF"),
-                         fits.ImageHDU(diff.noise.astype(np.float32), diff.header, name="NOISE"),
-                         fits.ImageHDU(diff.mask.astype(np.uint16), name="MASK")])
-    for k, v in diff.stats.items():
-        if isinstance(v, (int, float, str, bool)) and len(k) <= 8:
-            hdus[0].header[k.upper()] = v
-    tmp = path.with_name(path.name + ".part")
-    hdus.writeto(tmp, overwrite=True)
-    tmp.replace(path)
-
-
-def read_difference(path: str | Path):
-    from .subtraction import Difference
-
-    with fits.open(path, memmap=False) as hdul:
-        stats = {k.lower(): v for k, v in hdul[0].header.items() if k not in ("SIMPLE", "BITPIX", "NAXIS", "EXTEND")}
-        return Difference(diff=np.asarray(hdul["DIFF"].data, dtype=np.float32),
-                          noise=np.asarray(hdul["NOISE"].data, dtype=np.float32),
-                          mask=np.asarray(hdul["MASK"].data, dtype=np.uint16),
-                          header=hdul["DIFF"].header.copy(), stats=stats)
-
-
-def detection(ev: StageEvent, ctx: Context) -> StageResult:
-    """Candidates on the difference image with the paper's cuts; 4-channel stamps."""
-    from .detection import detect
-
-    start = _begin(ev, ctx, "detection")
-    diff = read_difference(ev.product("difference"))
-    science = Frame.read(ev.product("aligned"))
-    template = Frame.read(ev.product("template"))
-    fwhm = ev.metrics.get("fwhm_px", 3.0) / (ctx.cfg.detector.qip_binning if ev.lane == "qip" else 1)
-    cands, stamps = detect(diff, science, template, fwhm, ev.metrics["zp"], ctx.cfg, ev.lane)
-    out = ctx.products(ev)
-    cands.write(out / "candidates.fits", overwrite=True)
-    np.save(out / "stamps.npy", stamps)
-    return StageResult([_finish(ev, ctx, "detection", ctx.cfg.detection.version, start,
-                                products={"candidates": out / "candidates.fits", "stamps": out / "stamps.npy"},
-                                metrics={"n_candidates": len(cands)})])
-
-
-def crossmatch(ev: StageEvent, ctx: Context) -> StageResult:
-    """Host galaxies, known asteroids; association into transient objects; forced photometry."""
-    from .crossmatch import crossmatch as xmatch
-    from .lightcurves import associate
-
-    start = _begin(ev, ctx, "crossmatch")
-    cfg = ctx.cfg
-    if ev.field_id and ev.mjd is not None:
-        # associate in observing order (see Database.unassociated_before), waiting at most order_wait_s
-        _wait_for_earlier(ev, ctx, "crossmatch", ctx.db.unassociated_before(ev.field_id, ev.mjd, ev.exposure_id,
-                                                                            ev.lane),
-                          cfg.crossmatch.order_wait_s, "not associated yet")
-    cands = Table.read(ev.product("candidates"))
-    mjd = (ev.mjd or 0.0) + cfg.detector.exptime / 2 / 86400
-    cands = xmatch(cands, mjd, cfg, galaxies=ctx.galaxies, asteroids=ctx.orbits)
-    objects = Table(rows=[(o["object_id"], o["ra"], o["dec"]) for o in ctx.db.objects_near(ev.field_id)],
-                    names=("object_id", "ra", "dec"), dtype=(str, float, float))
-    idx = associate(cands, objects, cfg.crossmatch.object_radius_arcsec) if len(cands) else np.array([], int)
-    object_ids = []
-    for row, i in zip(cands, idx):
-        oid = objects["object_id"][i] if i >= 0 else _object_id(row["ra"], row["dec"], ev)
-        object_ids.append(str(oid))
-    cands["object_id"] = np.array(object_ids, dtype="U32") if object_ids else np.array([], dtype="U32")
-    _update_light_curves(ev, ctx, cands, mjd)
-    path = ctx.products(ev) / "crossmatched.fits"
-    cands.write(path, overwrite=True)
-    return StageResult([_finish(ev, ctx, "crossmatch", cfg.crossmatch.version, start,
-                                products={"crossmatched": path})])
-
-
-def _object_id(ra: float, dec: float, ev: StageEvent) -> str:
-    """A new transient's name: survey prefix + discovery year + position hash (stable across replays)."""
-    text = f"{round(ra, 5):.5f}{round(dec, 5):+.5f}"
-    return "A3" + hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def _update_light_curves(ev: StageEvent, ctx: Context, cands: Table, mjd: float) -> None:
-    from .lightcurves import forced_photometry
-
-    maglim = ev.metrics.get("maglim")
-    seen = set()
-    for row in cands:
-        if row["sign"] < 0 or row["ssnamenr"]:
-            continue
-        oid = str(row["object_id"])
-        seen.add(oid)
-        prev = {o["object_id"]: o for o in ctx.db.objects_near(ev.field_id)}.get(oid)
-        ctx.db.upsert_object(dict(object_id=oid, ra=float(row["ra"]), dec=float(row["dec"]), field_id=ev.field_id,
-                                  n_det=(prev["n_det"] + 1) if prev else 1,
-                                  first_mjd=min(prev["first_mjd"], mjd) if prev else mjd,
-                                  last_mjd=max(prev["last_mjd"], mjd) if prev else mjd))
-        ctx.db.add_photometry(dict(object_id=oid, exposure_id=ev.exposure_id, lane=ev.lane, mjd=mjd,
-                                   mag=float(row["mag"]), mag_err=float(row["mag_err"]), flux=float(row["flux"]),
-                                   flux_err=float(row["flux_err"]), maglim=maglim, forced=False, detected=True))
-    # forced photometry at known objects of this field that were not detected now
-    others = [o for o in ctx.db.objects_near(ev.field_id) if o["object_id"] not in seen]
-    if not others or "difference" not in ev.products:
-        return
-    from astropy.wcs import WCS
-
-    diff = read_difference(ev.product("difference"))
-    x, y = WCS(diff.header).all_world2pix([o["ra"] for o in others], [o["dec"] for o in others], 0)
-    fwhm = ev.metrics.get("fwhm_px", 3.0) / (ctx.cfg.detector.qip_binning if ev.lane == "qip" else 1)
-    forced = forced_photometry(diff, x, y, fwhm, ev.metrics["zp"])
-    for o, f in zip(others, forced):
-        ctx.db.add_photometry(dict(object_id=o["object_id"], exposure_id=ev.exposure_id, lane=ev.lane, mjd=mjd,
-                                   mag=_finite(f["mag"]), mag_err=_finite(f["mag_err"]), flux=_finite(f["flux"]),
-                                   flux_err=_finite(f["flux_err"]), maglim=_finite(f["upper_limit"]),
-                                   forced=True, detected=bool(f["detected"])))
+    return Settings.model_construct(**sections)
 
 
 def _finite(v):
@@ -456,89 +184,256 @@ def _finite(v):
     return v if np.isfinite(v) else None
 
 
-def classify(ev: StageEvent, ctx: Context) -> StageResult:
-    """Real/bogus scores from the rotation-invariant ResNet-18 of the lane."""
-    start = _begin(ev, ctx, "classify")
-    cands = Table.read(ev.product("crossmatched"))
-    stamps = np.load(ev.product("stamps"))
-    model = ctx.classifier(ev.lane)
-    cands["rb"] = model.score(stamps) if len(cands) else np.array([], dtype=np.float32)
-    cands.meta["RBMODEL"] = model.version
-    path = ctx.products(ev) / "classified.fits"
-    cands.write(path, overwrite=True)
-    out = _finish(ev, ctx, "classify", ctx.cfg.classify.version, start, products={"classified": path})
-    out.versions["rb_model"] = model.version
-    return StageResult([out])
+# --------------------------------------------------------------------------------------
+# front half
 
 
-def alert(ev: StageEvent, ctx: Context) -> StageResult:
-    """Avro alert packets with cutouts and light-curve history; GCN notices for GW fields."""
+def reduction(exp: Exposure, *, calibration, detector, reduction) -> StageOutput:
+    """Overscan/bias, flat, bad pixels, saturation, cosmic rays, satellite trails."""
+    from .reduction import reduce_raw
+
+    exp.frame = reduce_raw(Path(exp.raw_path), calibration, _legacy(detector=detector, reduction=reduction))
+    return StageOutput(ops=[UpdateExposure(status="reduced")])
+
+
+def sources(exp: Exposure, *, sources) -> StageOutput:
+    """sep extraction and the clean star list; the image FWHM."""
+    from .sources import clean_star_list, extract, image_fwhm
+
+    cfg = _legacy(sources=sources)
+    exp.sources = extract(exp.frame, cfg)
+    exp.stars = clean_star_list(exp.sources, cfg)
+    return StageOutput(metrics={"fwhm_px": image_fwhm(exp.stars), "n_sources": len(exp.sources),
+                                "n_stars": len(exp.stars)})
+
+
+def astrometry(exp: Exposure, *, refcat, astrometry) -> StageOutput:
+    """Pattern match to the reference catalogue, TAN + SIP; the frame carries the WCS."""
+    from .astrometry import AstrometryError, apply_wcs, solve
+
+    try:
+        wcs, stats = solve(exp.frame, exp.stars, refcat, _legacy(astrometry=astrometry))
+    except AstrometryError as exc:
+        raise StageError(f"no WCS solution: {exc}") from exc
+    apply_wcs(exp.frame, wcs)
+    return StageOutput(flags=["bad_wcs"] if stats["rms_arcsec"] > astrometry.max_rms_arcsec else [],
+                       metrics={"rms_arcsec": stats["rms_arcsec"], "n_astrom": stats.get("n_matched", np.nan)})
+
+
+def photometry(exp: Exposure, *, refcat, photometry) -> StageOutput:
+    """Aperture photometry, chi-square zero point, spatial residual, limiting magnitude."""
+    from .photometry import calibrate
+
+    exp.photometry, stats = calibrate(exp.frame, exp.sources, refcat, _legacy(photometry=photometry))
+    exp.frame.sources = exp.photometry
+    return StageOutput(metrics={k: stats[k] for k in ("zp", "zp_err", "maglim") if k in stats})
+
+
+def quality(exp: Exposure, *, refcat, quality, photometry, astrometry, detector) -> StageOutput:
+    """Pearson r against the catalogue, thumbnail and cloud verdict, flags."""
+    from .quality import assess
+
+    q = assess(exp.frame, exp.photometry, refcat, dict(exp.metrics),
+               _legacy(quality=quality, photometry=photometry, astrometry=astrometry, detector=detector))
+    exp.thumbnail = q["thumbnail_image"]
+    metrics = {"pcc": q.get("pcc"), "cloud_prob": q.get("cloud_prob")}
+    flags = sorted(set(exp.flags) | set(q.get("flags", [])))
+    quality_row = {**exp.metrics, **{k: v for k, v in metrics.items() if v is not None}}
+    return StageOutput(metrics=metrics, flags=list(q.get("flags", [])), products={"thumbnail": exp.thumbnail},
+                       ops=[UpdateExposure(status="calibrated", flags=tuple(flags), quality=quality_row)])
+
+
+def psf(exp: Exposure, *, photometry, sources) -> StageOutput:
+    """PSF photometry with a position-dependent PSF: beside the alert path, never in front of it."""
+    from .photometry.psf import psf_photometry
+
+    table = psf_photometry(exp.frame, exp.photometry, _legacy(photometry=photometry, sources=sources))
+    return StageOutput(products={"psf": table})
+
+
+# --------------------------------------------------------------------------------------
+# templates
+
+
+def template_frames(exp: Exposure, *, detector) -> dict[str, Frame]:
+    """The frames this exposure registers as its field's templates: ``dip`` (the calibrated
+    frame, sources included) and ``qip`` (binned ``qip_binning`` × ``qip_binning``)."""
+    from .templates import bin_frame
+
+    return {"dip": exp.frame, "qip": bin_frame(exp.frame, detector.qip_binning)}
+
+
+def template_stats(exp: Exposure, lane: str, *, detector) -> dict:
+    """The numbers the template table keeps for a lane (FWHM in that lane's pixels)."""
+    n = detector.qip_binning if lane == "qip" else 1
+    fwhm = exp.metrics.get("fwhm_px")
+    return dict(maglim=exp.metrics.get("maglim"), pcc=exp.metrics.get("pcc"), zp=exp.metrics.get("zp"),
+                fwhm_px=fwhm / n if fwhm is not None else None)
+
+
+def acceptable_template(exp: Exposure, *, template) -> tuple[bool, str]:
+    """Whether this exposure may be its field's template (:func:`ast3stream.templates.is_acceptable`)."""
+    from .templates import is_acceptable
+
+    return is_acceptable(exp.metrics, exp.flags, _legacy(template=template))
+
+
+# --------------------------------------------------------------------------------------
+# back half (per lane)
+
+
+def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOutput:
+    """Lanczos alignment onto the template's grid (QIP: aligned at full resolution, then
+    binned: less correlated noise than binning first) and SFFT subtraction."""
+    from .alignment import align
+    from .subtraction import subtract
+
+    cfg = _legacy(subtraction=subtraction, detector=detector)
+    tmpl = lane.template
+    lane.aligned = align(exp.frame, tmpl.frame, cfg, binning=tmpl.binning)
+    lane.difference = subtract(lane.aligned, tmpl.frame, cfg)
+    stats = lane.difference.stats
+    metrics = {"x2nrm_mean": stats.get("x2nrm_mean"), "x2nrm_std": stats.get("x2nrm_std"),
+               "subtraction_s": stats.get("seconds"), "template_zp": tmpl.stats.get("zp"),
+               "template_fwhm_px": tmpl.stats.get("fwhm_px")}
+    lane.metrics.update({k: v for k, v in metrics.items() if _finite(v) is not None})
+    return StageOutput(metrics=lane.metrics)
+
+
+def detection(exp: Exposure, lane: Lane, *, detection, detector) -> StageOutput:
+    """Candidates on the difference image with the paper's cuts; 4-channel stamps."""
+    from .detection import detect
+
+    fwhm = exp.metrics.get("fwhm_px", 3.0) / lane.binning
+    lane.candidates, lane.stamps = detect(lane.difference, lane.aligned, lane.template.frame, fwhm,
+                                          exp.metrics["zp"], _legacy(detection=detection, detector=detector),
+                                          lane.name)
+    return StageOutput(metrics={"n_candidates": len(lane.candidates)})
+
+
+def crossmatch(exp: Exposure, lane: Lane, *, objects: Table, galaxies, asteroids, crossmatch,
+               detector) -> StageOutput:
+    """Host galaxies and known asteroids; association with the field's known ``objects``
+    (``object_id``, ``ra``, ``dec``, ``n_det``, ``first_mjd``, ``last_mjd``) into transients;
+    light-curve points (detections, forced photometry at known objects not detected now)."""
+    from .crossmatch import crossmatch as xmatch
+    from .lightcurves import associate, forced_photometry
+
+    mjd = exp.mid_mjd(detector.exptime)
+    cands = xmatch(lane.candidates, mjd, _legacy(crossmatch=crossmatch, detector=detector),
+                   galaxies=galaxies, asteroids=asteroids)
+    idx = associate(cands, objects, crossmatch.object_radius_arcsec) if len(cands) else np.array([], int)
+    ids = [str(objects["object_id"][i]) if i >= 0 else object_id(row["ra"], row["dec"]) for row, i in zip(cands, idx)]
+    cands["object_id"] = np.array(ids, dtype="U32") if ids else np.array([], dtype="U32")
+    lane.candidates = cands
+    known = {str(o["object_id"]): o for o in objects}
+    maglim = exp.metrics.get("maglim")
+    ops: list = []
+    seen: set[str] = set()
+    for row in cands:
+        if row["sign"] < 0 or row["ssnamenr"]:
+            continue
+        oid = str(row["object_id"])
+        prev = known.get(oid)
+        if oid not in seen:  # two candidates of one exposure on one object count as one epoch
+            ops.append(UpsertObject(dict(
+                object_id=oid, ra=float(row["ra"]), dec=float(row["dec"]), field_id=exp.field_id,
+                n_det=int(prev["n_det"]) + 1 if prev else 1,
+                first_mjd=min(float(prev["first_mjd"]), mjd) if prev else mjd,
+                last_mjd=max(float(prev["last_mjd"]), mjd) if prev else mjd)))
+        seen.add(oid)
+        ops.append(AddPhotometry(dict(object_id=oid, exposure_id=exp.exposure_id, lane=lane.name, mjd=mjd,
+                                      mag=float(row["mag"]), mag_err=float(row["mag_err"]), flux=float(row["flux"]),
+                                      flux_err=float(row["flux_err"]), maglim=maglim, forced=False,
+                                      detected=True)))
+    others = [o for o in objects if str(o["object_id"]) not in seen]
+    if others:
+        from astropy.wcs import WCS
+
+        x, y = WCS(lane.difference.header).all_world2pix([o["ra"] for o in others], [o["dec"] for o in others], 0)
+        forced = forced_photometry(lane.difference, x, y, exp.metrics.get("fwhm_px", 3.0) / lane.binning,
+                                   exp.metrics["zp"])
+        for o, f in zip(others, forced):
+            ops.append(AddPhotometry(dict(object_id=str(o["object_id"]), exposure_id=exp.exposure_id, lane=lane.name,
+                                          mjd=mjd, mag=_finite(f["mag"]), mag_err=_finite(f["mag_err"]),
+                                          flux=_finite(f["flux"]), flux_err=_finite(f["flux_err"]),
+                                          maglim=_finite(f["upper_limit"]), forced=True,
+                                          detected=bool(f["detected"]))))
+    return StageOutput(ops=ops)
+
+
+def object_id(ra: float, dec: float) -> str:
+    """A new transient's id: survey prefix + a hash of its position (stable across replays)."""
+    text = f"{round(ra, 5):.5f}{round(dec, 5):+.5f}"
+    return "A3" + hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def classify(exp: Exposure, lane: Lane, *, model) -> StageOutput:
+    """Real/bogus scores from the lane's classifier."""
+    cands = lane.candidates
+    cands["rb"] = model.score(lane.stamps) if len(cands) else np.array([], dtype=np.float32)
+    lane.model_version = model.version
+    return StageOutput()
+
+
+def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict | None, threshold: float,
+          file_closed_at: float, alerts, detector) -> StageOutput:
+    """Avro packets with cutouts and light-curve history for every candidate (``passed`` when
+    its score reaches ``threshold``); GCN-style notices for qualifying candidates of GW fields.
+
+    ``history``: ``object_id`` → earlier light-curve rows; ``too``: the field's active ToO entry.
+    """
     from .alerts import alert_id as make_alert_id
     from .alerts import build_alert, encode, make_cutout
     from .alerts.gcn import build_notice, validate_notice
 
-    start = _begin(ev, ctx, "alert")
-    cfg = ctx.cfg
-    cands = Table.read(ev.product("classified"))
-    model_version = cands.meta.get("RBMODEL", ev.versions.get("rb_model", ""))
-    science = Frame.read(ev.product("aligned"))
-    template = Frame.read(ev.product("template"))
-    diff = read_difference(ev.product("difference"))
-    # the GW association of a ToO exposure (decided when it was ingested, so a replay agrees)
-    too = ctx.db.too_event_for_field(ev.field_id) if ev.too else None
-    mjd = (ev.mjd or 0.0) + cfg.detector.exptime / 2 / 86400
-    messages: list[Message] = []
+    cands = lane.candidates
+    mjd = exp.mid_mjd(detector.exptime)
+    science, template, diff = lane.aligned, lane.template.frame, lane.difference
+    size = alerts.cutout_size // lane.binning | 1
+    out = StageOutput()
+    now = time.time()
     for i, row in enumerate(cands):
-        if row["rb"] < cfg.alerts.min_score:
-            continue
         cand = {name: _plain(row[name]) for name in cands.colnames}
-        aid = str(make_alert_id(ev.exposure_id, ev.lane, int(i), ev.versions))
-        cand_id = f"{ev.exposure_id}:{ev.lane}:{i}"
-        ctx.db.upsert_candidate(dict(candidate_id=cand_id, exposure_id=ev.exposure_id, lane=ev.lane,
-                                     object_id=cand["object_id"], mjd=mjd, ra=cand["ra"], dec=cand["dec"],
-                                     x=cand["x"], y=cand["y"], mag=cand["mag"], mag_err=cand["mag_err"],
-                                     snr=cand["snr"], sign=int(cand["sign"]), score=cand["rb"],
-                                     model_version=model_version, maglim=ev.metrics.get("maglim"),
-                                     extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr")}))
-        if ctx.db.alert_published(aid):
-            continue  # redelivered: this alert already went out
-        size = cfg.alerts.cutout_size // (cfg.detector.qip_binning if ev.lane == "qip" else 1) | 1
-        cutouts = {name: make_cutout(img, science.header if name != "difference" else diff.header,
-                                     cand["x"], cand["y"], size)
-                   for name, img in (("science", science.data), ("template", template.data),
-                                     ("difference", diff.diff))}
-        # history = the object's earlier epochs known when the alert is made
-        prv = [p for p in ctx.db.light_curve(cand["object_id"]) if p["mjd"] < mjd]
-        meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=ev.exposure_id, lane=ev.lane,
-                    field_id=ev.field_id, mjd=mjd, model_version=model_version, too=ev.too,
-                    exptime=cfg.detector.exptime, filter=cfg.detector.filter,
-                    stage_versions=ev.versions, metrics=dict(ev.metrics), flags=list(ev.flags),
+        aid = str(make_alert_id(exp.exposure_id, lane.name, int(i), versions))
+        cand_id = f"{exp.exposure_id}:{lane.name}:{i}"
+        out.ops.append(UpsertCandidate(dict(
+            candidate_id=cand_id, exposure_id=exp.exposure_id, lane=lane.name, object_id=cand["object_id"], mjd=mjd,
+            ra=cand["ra"], dec=cand["dec"], x=cand["x"], y=cand["y"], mag=cand["mag"], mag_err=cand["mag_err"],
+            snr=cand["snr"], sign=int(cand["sign"]), score=cand["rb"], model_version=lane.model_version,
+            maglim=exp.metrics.get("maglim"),
+            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr")})))
+        cutouts = {name: make_cutout(img, hdr, cand["x"], cand["y"], size)
+                   for name, img, hdr in (("science", science.data, science.header),
+                                          ("template", template.data, template.header),
+                                          ("difference", diff.diff, diff.header))}
+        prv = [p for p in history.get(cand["object_id"], []) if p["mjd"] < mjd]
+        meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=exp.exposure_id, lane=lane.name,
+                    field_id=exp.field_id, mjd=mjd, model_version=lane.model_version, too=exp.too,
+                    exptime=detector.exptime, filter=detector.filter, stage_versions=versions,
+                    metrics={**exp.metrics, **lane.metrics}, flags=list(exp.flags),
                     gw_event=too["event_id"] if too else None, gw_prob=too["prob"] if too else None,
-                    namespace=ev.namespace)
+                    namespace=exp.namespace)
         packet = build_alert(cand, prv, cand, cutouts, meta)
         value = encode(packet)
-        key = str(cand["object_id"]).encode()
-        digest = hashlib.sha256(value).hexdigest()  # history included: association runs in observing order
-
-        def mark(aid=aid, cand_id=cand_id, oid=cand["object_id"], score=cand["rb"], digest=digest):
-            ctx.db.record_alert(dict(alert_id=aid, candidate_id=cand_id, object_id=oid, exposure_id=ev.exposure_id,
-                                     lane=ev.lane, score=score, digest=digest,
-                                     published_at=time.time(), latency_s=time.time() - ev.file_closed_at))
-        messages.append(Message("alerts", key, value, mark))
-        messages.append(Message(f"alerts.{ev.lane}", key, value))
-        if too and cand["rb"] >= cfg.alerts.gcn_min_score and cand["sign"] > 0:
+        passed = cand["rb"] is not None and cand["rb"] >= threshold
+        notice = None
+        if passed and too and cand["rb"] >= alerts.gcn_min_score and cand["sign"] > 0:
             notice = build_notice(packet, too)
             validate_notice(notice)
-            messages.append(Message("gcn", key, json.dumps(notice).encode()))
-    from .products import write_bundle
+            import json
 
-    summary = {"EXPID": ev.exposure_id, "LANE": ev.lane, "FIELD": ev.field_id, "MJD-MID": mjd, "TOO": ev.too,
-               "RBMODEL": model_version, "NCAND": len(cands), "FLAGS": ",".join(ev.flags),
-               **{k.upper()[:8]: v for k, v in ev.metrics.items()}}
-    write_bundle(ctx.products(ev) / f"{ev.exposure_id}_{ev.lane}.fits", summary, diff, science, template, cands)
-    ctx.db.update_exposure(ev.exposure_id, status="alerted")
-    _finish(ev, ctx, "alert", cfg.alerts.version, start, metrics={"n_alerts": len(messages)})
-    return StageResult(messages=messages)
+            notice = json.dumps(notice).encode()
+        out.alerts.append(OutgoingAlert(alert_id=aid, candidate_id=cand_id, object_id=str(cand["object_id"]),
+                                        score=float(cand["rb"]), passed=passed, value=value,
+                                        digest=hashlib.sha256(value).hexdigest(), notice=notice))
+    summary = {"EXPID": exp.exposure_id, "LANE": lane.name, "FIELD": exp.field_id, "MJD-MID": mjd, "TOO": exp.too,
+               "RBMODEL": lane.model_version, "NCAND": len(cands), "NALERT": sum(a.passed for a in out.alerts),
+               "RBTHRESH": threshold, "FLAGS": ",".join(exp.flags),
+               **{k.upper()[:8]: v for k, v in {**exp.metrics, **lane.metrics}.items()}}
+    out.products["bundle"] = (summary, diff, science, template, cands)
+    out.metrics = {"n_alerts": float(sum(a.passed for a in out.alerts)), "alert_build_s": time.time() - now}
+    return out
 
 
 def _plain(v):
@@ -551,56 +446,48 @@ def _plain(v):
     return v
 
 
+# --------------------------------------------------------------------------------------
+# the stage table
+
+
 @dataclass(frozen=True)
 class Stage:
+    """A stage: its function, whether it runs per lane, the configuration sections it takes
+    (keyword = section name) and the inputs the stream layer must look up for it."""
+
     name: str
-    func: Callable[[StageEvent, Context], StageResult]
-    source: str  # the stage whose output this stage consumes ("ingest" = exposures)
+    func: Callable[..., StageOutput]
+    per_lane: bool
+    sections: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    version_section: str | None = None
+
+    @property
+    def section(self) -> str:
+        return self.version_section or self.name
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("reduction", reduction, "ingest"),
-    Stage("sources", sources, "reduction"),
-    Stage("astrometry", astrometry, "sources"),
-    Stage("photometry", photometry, "astrometry"),
-    Stage("quality", quality, "photometry"),
-    Stage("subtraction", subtraction, "quality"),
-    Stage("detection", detection, "subtraction"),
-    Stage("crossmatch", crossmatch, "detection"),
-    Stage("classify", classify, "crossmatch"),
-    Stage("alert", alert, "classify"),
+    Stage("reduction", reduction, False, ("detector", "reduction"), ("calibration",)),
+    Stage("sources", sources, False, ("sources",)),
+    Stage("astrometry", astrometry, False, ("astrometry",), ("refcat",)),
+    Stage("photometry", photometry, False, ("photometry",), ("refcat",)),
+    Stage("quality", quality, False, ("quality", "photometry", "astrometry", "detector"), ("refcat",)),
+    Stage("subtraction", subtraction, True, ("subtraction", "detector")),
+    Stage("detection", detection, True, ("detection", "detector")),
+    Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids")),
+    Stage("classify", classify, True, (), ("model",)),
+    Stage("alert", alert, True, ("alerts", "detector"),
+          ("versions", "history", "too", "threshold", "file_closed_at"), version_section="alerts"),
 )
-SLOW_STAGES: tuple[Stage, ...] = (Stage("psf", psf_photometry, "photometry"),)
+#: runs after the alerts of every lane, at the lowest priority
+SLOW = Stage("psf", psf, False, ("photometry", "sources"), version_section="photometry")
+FRONT = tuple(s for s in STAGES if not s.per_lane)
+BACK = tuple(s for s in STAGES if s.per_lane)
 
 
-def ingest(path: str | Path, ctx: Context, file_closed_at: float | None = None) -> ExposureEvent:
-    """The exposure event for a complete raw file (what the watcher publishes)."""
-    from .rawfile import describe
-
-    return describe(Path(path), ctx, file_closed_at)
-
-
-def process_exposure(path: str | Path, ctx: Context, lanes: tuple[str, ...] | None = None) -> list[Message]:
-    """Run every stage on one raw file in-process (no broker); return the outgoing messages.
-
-    Each outgoing message's ``on_published`` hook is called, as the alert agent does after
-    the broker acknowledges it.
-    """
-    exp = ingest(path, ctx)
-    ctx.db.register_exposure(exp)
-    ctx.db.mark_published(exp.exposure_id)
-    queue = [StageEvent.from_exposure(exp, "qip" if exp.too else "dip")]
-    by_source = {s.source: s for s in STAGES}
-    messages: list[Message] = []
-    while queue:
-        ev = queue.pop(0)
-        stage = by_source.get(ev.stage)
-        if stage is None:
-            continue
-        result = stage.func(ev, ctx)
-        queue.extend(e for e in result.events if lanes is None or e.lane in lanes)
-        for m in result.messages:
-            if m.on_published:
-                m.on_published()
-        messages.extend(result.messages)
-    return messages
+def stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")

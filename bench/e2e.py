@@ -21,7 +21,7 @@ from astropy.table import Table
 
 from agents.demo import play
 from agents.runner import Stack, wait_for
-from ast3stream.db import Database
+from agents.db import Database
 from ast3stream.simulate import simulate_night
 from bench.night import first_alert_latency, night_settings, print_stage_times
 

@@ -4,7 +4,7 @@ and bogus detections of the DIP and QIP lanes.
     python -m bench.injection [--scale 0.1] [--fields 2] [--visits 3] [--n-inject 250] [--out DIR]
 
 1. A night is simulated (:func:`ast3stream.simulate.simulate_night`) and every exposure runs the
-   single-frame stages (:func:`ast3stream.single.process_single`): calibrated frame, ``zp``,
+   single-frame stages (:func:`ast3stream.front.reduce_file`): calibrated frame, ``zp``,
    ``maglim`` (the frame's 5-sigma PSF limit), ``fwhm_px``.
 2. Each field's first visit is its template (full resolution for DIP, 3x3 binned for QIP).
 3. Into every later visit ``--n-inject`` point sources of the frame's own PSF model
@@ -38,7 +38,7 @@ from ast3stream.detection.injection import (completeness_fit, efficiency, frame_
 from ast3stream.rawfile import detector_from_header
 from ast3stream.reduction import Calibration
 from ast3stream.simulate import simulate_night
-from ast3stream.single import process_single
+from ast3stream.front import reduce_file
 from ast3stream.detection.photometry import gaussian_psf
 from ast3stream.templates import bin_array, bin_frame
 
@@ -125,7 +125,8 @@ def run(args) -> dict:
     rng = np.random.default_rng(args.seed)
     templates, injected, per_frame = {}, [], []
     for e in night.exposures:
-        frame, rep = process_single(e.path, cfg, calib, refcat)
+        exp, rep = reduce_file(e.path, cfg, calibration=calib, refcat=refcat)
+        frame = exp.frame
         if e.field_id not in templates:
             templates[e.field_id] = (e.expid, {"dip": frame, "qip": bin_frame(frame, cfg.detector.qip_binning)})
             continue

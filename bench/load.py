@@ -44,8 +44,8 @@ from astropy.time import Time
 from agents.demo import play
 from agents.runner import Stack, wait_for
 from agents.status import stage_backlog, topic_lag
-from ast3stream.db import Database
-from ast3stream.pipeline import LANES, SLOW_STAGES, STAGES
+from agents.db import Database
+from ast3stream.pipeline import LANES, SLOW, STAGES
 from ast3stream.simulate import simulate_night
 from ast3stream.simulate.night import Night
 from bench.night import first_alert_latency, night_settings, print_stage_times
@@ -224,7 +224,7 @@ def report(results: dict[int, dict], args) -> None:
     for name, fmt in rows:
         print(f"{name:<22}" + "".join(f"{fmt(results[w]):>26}" for w in ws))
     print("\nlag per stage input [messages] from the database: max while feeding (1st half, 2nd half), end of feed")
-    order = [f"{s.name}.{lane}" for lane in LANES for s in (*STAGES, *SLOW_STAGES)]
+    order = [f"{s.name}.{lane}" for lane in LANES for s in (*STAGES, SLOW)]
     names = [n for n in order if any(n in r["lag"] for r in results.values())]
     for name in names:
         cells = []

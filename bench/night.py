@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ast3stream.config import Settings
-from ast3stream.db import Database
-from ast3stream.pipeline import SLOW_STAGES, STAGES
+from agents.db import Database
+from ast3stream.pipeline import SLOW, STAGES
 from ast3stream.rawfile import detector_from_header
 from ast3stream.simulate.night import Night
 
@@ -28,7 +28,7 @@ def night_settings(night: Night, data_dir: Path, **sections) -> Settings:
 def print_stage_times(runs: list[dict], title: str) -> None:
     """Median and p95 seconds of every stage and lane over the finished ``stage_runs`` rows."""
     print(f"\n{title}\n{'stage':<13}{'lane':<5}{'n':>5}{'median':>9}{'p95':>9}")
-    for stage in (*STAGES, *SLOW_STAGES):
+    for stage in (*STAGES, SLOW):
         for lane in ("qip", "dip"):
             secs = [r["end"] - r["start"] for r in runs
                     if r["stage"] == stage.name and r["lane"] == lane and r["end"] is not None]

@@ -42,7 +42,7 @@ def worker(directory: Path, repeat: int) -> None:
     from ast3stream.catalogs.refcat import RefCat
     from ast3stream.config import Settings
     from ast3stream.reduction import Calibration
-    from ast3stream.single import process_single
+    from ast3stream.front import reduce_file
 
     raw = sorted((directory / "raw").glob("*.fits"))[0]
     calib = Calibration.load(directory / "calib")
@@ -50,7 +50,7 @@ def worker(directory: Path, repeat: int) -> None:
     reports = []
     for _ in range(repeat):
         cpu = time.process_time()
-        _, report = process_single(raw, Settings(), calib, refcat, directory / "out")
+        _, report = reduce_file(raw, Settings(), calibration=calib, refcat=refcat, out_dir=directory / "out")
         report["cpu_s"] = time.process_time() - cpu
         report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
         reports.append(report)

@@ -126,9 +126,9 @@ def night_settings(small_night, tmp_path):
 @pytest.fixture(scope="session")
 def small_night_alerts(small_night, tmp_path_factory):
     """``{alert_id: digest}`` of ``small_night`` run in-process on SQLite: what any other run must reproduce."""
-    from ast3stream.pipeline import Context, process_exposure
+    from agents.chain import Resources, process_exposure
 
-    ctx = Context(_night_settings(small_night, tmp_path_factory.mktemp("small_night_sqlite")))
+    ctx = Resources(_night_settings(small_night, tmp_path_factory.mktemp("small_night_sqlite")))
     for exp in small_night[1].exposures:
         process_exposure(exp.path, ctx)
     assert sorted(r["status"] for r in ctx.db.rows("exposures")) == ["alerted", "alerted", "template"]

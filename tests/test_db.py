@@ -1,7 +1,7 @@
 import pytest
 from astropy.table import Table
 
-from ast3stream.db import Database
+from agents.db import Database
 from ast3stream.events import ExposureEvent
 
 
@@ -92,9 +92,9 @@ def test_products_prune_keeps_templates_and_bundles(db_url, tmp_path):
 @pytest.mark.slow
 def test_a_night_gives_the_same_alerts_on_postgresql_as_on_sqlite(small_night, small_night_alerts, night_settings,
                                                                    pg_db_url):
-    from ast3stream.pipeline import Context, process_exposure
+    from agents.chain import Resources, process_exposure
 
-    ctx = Context(night_settings(database={"url": pg_db_url}))
+    ctx = Resources(night_settings(database={"url": pg_db_url}))
     for exp in small_night[1].exposures:
         process_exposure(exp.path, ctx)
     assert small_night_alerts

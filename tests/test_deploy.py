@@ -15,11 +15,11 @@ import yaml
 from agents.topics import DAY_MS, all_topics, topic_configs
 from ast3stream.cli import build_parser, cmd_topics
 from ast3stream.config import KafkaConfig, Settings
-from ast3stream.pipeline import SLOW_STAGES, STAGES
+from ast3stream.pipeline import SLOW, STAGES
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
-ALL_STAGES = {s.name for s in (*STAGES, *SLOW_STAGES)} | {"gw"}
+ALL_STAGES = {s.name for s in (*STAGES, SLOW)} | {"gw"}
 parser = functools.cache(build_parser)  # the real CLI parser (imports every command's module: build it once)
 
 

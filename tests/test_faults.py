@@ -35,16 +35,17 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 from astropy.table import Table
 
-from agents.app import source_topic
+from agents.status import consumed_topics
 from agents.retry import retrying, transient
 from agents.broker import EmbeddedBroker, die_with_parent, free_port
+from agents.chain import Resources
 from agents.demo import play, read_topic
 from agents.runner import Stack, wait_for
 from agents.topics import topic
 from ast3stream.alerts import decode
 from ast3stream.config import Settings
-from ast3stream.db import Database, DatabaseUnavailable
-from ast3stream.pipeline import LANES, SLOW_STAGES, STAGES, StageError
+from agents.db import Database, DatabaseUnavailable
+from ast3stream.pipeline import StageError
 from ast3stream.rawfile import detector_from_header
 
 
@@ -114,8 +115,7 @@ def _stages_done(db: Database, exposure_id: str) -> set[str]:
 async def _unconsumed(cfg: Settings) -> int:
     """Messages past the pipeline's committed offsets on the topics it reads (fetched: on S3
     storage Tansu's end offsets are wrong)."""
-    names = {topic(cfg.kafka.prefix, "gw")} | {source_topic(cfg.kafka.prefix, s, lane)
-                                                for s in (*STAGES, *SLOW_STAGES) for lane in LANES}
+    names = set(consumed_topics(cfg.kafka.prefix))
     tps = [TopicPartition(t, p) for t in sorted(names) for p in range(cfg.kafka.partitions)]
     # assigned, never joined: reads the group's committed offsets and nothing else
     consumer = AIOKafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, group_id=f"{cfg.kafka.prefix}-pipeline",
@@ -175,7 +175,8 @@ def assert_exactly_once(cfg: Settings, db: Database, nt, alerts: list[dict], dea
     assert len(ids) == len(set(ids)), Counter(ids).most_common(3)
     recorded = db.rows("alerts")
     assert set(ids) == {r["alert_id"] for r in recorded}
-    expected = {c["candidate_id"] for c in db.rows("candidates") if c["score"] >= cfg.alerts.min_score}
+    res = Resources(cfg, db=db)
+    expected = {c["candidate_id"] for c in db.rows("candidates") if c["score"] >= res.threshold(c["lane"])}
     assert {r["candidate_id"] for r in recorded} == expected
 
 

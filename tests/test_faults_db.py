@@ -20,7 +20,7 @@ from agents.demo import play, read_topic
 from agents.runner import Stack, wait_for
 from agents.topics import topic
 from ast3stream.alerts import decode
-from ast3stream.db import Database, DatabaseUnavailable
+from agents.db import Database, DatabaseUnavailable
 from ast3stream.events import ExposureEvent
 
 TIMEOUT = 900

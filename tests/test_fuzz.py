@@ -614,7 +614,7 @@ def test_a_running_stack_dead_letters_every_bad_input_once_and_still_alerts(brok
     from agents.demo import play, read_topic
     from agents.runner import Stack, lanes_done
     from agents.topics import topic
-    from ast3stream.db import Database
+    from agents.db import Database
     from ast3stream.events import decode
 
     cfg = night_settings("stream", kafka={"prefix": "fuzz", "bootstrap": broker.bootstrap},

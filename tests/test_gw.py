@@ -146,7 +146,7 @@ def test_galaxy_weighting(shared_data):
 def test_too_ingest_plan_and_retract_from_the_command_line(shared_data, tmp_path, capsys):
     from ast3stream.cli import main
     from ast3stream.config import Settings
-    from ast3stream.db import Database
+    from agents.db import Database
 
     data = tmp_path / "run"
     data.mkdir()

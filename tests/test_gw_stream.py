@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaProducer
 from agents.demo import read_topic
 from agents.runner import Stack
 from agents.topics import topic
-from ast3stream.db import Database
+from agents.db import Database
 from ast3stream.events import decode
 from ast3stream.gw import field_size, make_grid
 

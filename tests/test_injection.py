@@ -13,7 +13,7 @@ from ast3stream.image import Frame
 from ast3stream.rawfile import detector_from_header
 from ast3stream.reduction import Calibration
 from ast3stream.simulate import simulate_night
-from ast3stream.single import process_single
+from ast3stream.front import reduce_file
 from ast3stream.subtraction.synthetic import render_stars
 
 
@@ -39,7 +39,8 @@ def night(tmp_path_factory):
     calib = Calibration.build(sorted((out / "calib").glob("bias_*.fits")), sorted((out / "calib").glob("flat_*.fits")),
                               cfg)
     refcat = RefCat.from_file(out / "refcat.fits")
-    (tpl, _), (sci, rep) = (process_single(e.path, cfg, calib, refcat) for e in night.exposures)
+    (tpl, _), (sci, rep) = (reduce_file(e.path, cfg, calibration=calib, refcat=refcat) for e in night.exposures)
+    tpl, sci = tpl.frame, sci.frame
     return cfg, tpl, sci, rep
 
 

@@ -2,7 +2,7 @@
 import time
 
 from agents.status import stage_backlog
-from ast3stream.db import Database
+from agents.db import Database
 from ast3stream.events import ExposureEvent
 
 

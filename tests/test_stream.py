@@ -21,7 +21,7 @@ from agents.runner import Stack, wait_for
 from agents.topics import topic
 from ast3stream.alerts import decode
 from ast3stream.config import Settings
-from ast3stream.db import Database
+from agents.db import Database
 from ast3stream.events import decode as decode_event
 from ast3stream.rawfile import detector_from_header
 

@@ -13,7 +13,7 @@ from agents.demo import read_topic
 from agents.topics import all_topics, topic
 from agents.watcher import Watcher
 from ast3stream.events import ExposureEvent, decode
-from ast3stream.pipeline import Context
+from agents.chain import Resources
 
 pytestmark = pytest.mark.broker
 
@@ -36,7 +36,7 @@ def test_watcher_publishes_complete_files_once_and_dead_letters_bad_ones(broker,
     settings.kafka.prefix = "tw"
     settings.watcher.stable_s = 0.3
     settings.watcher.giveup_s = 1.5
-    ctx = Context(settings)
+    ctx = Resources(settings)
     ctx.db.store_too_fields("S200101a", Table({"field_id": ["f009"], "prob": [0.5], "cum_prob": [0.5]}))
     watch = settings.watch_dir
     (watch / "night1").mkdir(parents=True)

@@ -154,7 +154,7 @@ def build_from_pipeline(lanes, sim_dir: str | Path, n_real: int = 10_000, n_bogu
     from ..config import Settings
     from ..reduction import Calibration
     from ..simulate import Night, simulate_night
-    from ..single import process_single
+    from ..front import reduce_file
 
     sim_dir = Path(sim_dir)
     cfg = cfg or Settings.load(None, paths={"data_dir": str(sim_dir)})
@@ -172,7 +172,8 @@ def build_from_pipeline(lanes, sim_dir: str | Path, n_real: int = 10_000, n_bogu
     pairs = []
     for row in table:
         raw = Path(row["path"])
-        frame, report = process_single(raw if raw.is_absolute() else sim_dir / raw, cfg, cal, refcat)
+        exp, report = reduce_file(raw if raw.is_absolute() else sim_dir / raw, cfg, calibration=cal, refcat=refcat)
+        frame = exp.frame
         if report.get("zp") is None or "bad_wcs" in report["flags"]:
             log(f"skip {row['expid']}: {report['status']}")
             continue

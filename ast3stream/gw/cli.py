@@ -36,7 +36,7 @@ def add_cli(subparsers) -> None:
 
 def ingest_command(args) -> int:
     from ast3stream.cli import _settings
-    from ast3stream.db import Database
+    from agents.db import Database
 
     cfg = _settings(args)
     fields = Table.read(args.fields, format="ascii.csv") if args.fields else None
@@ -60,7 +60,7 @@ def ingest_command(args) -> int:
 
 def plan_command(args) -> int:
     from ast3stream.cli import _settings
-    from ast3stream.db import Database
+    from agents.db import Database
 
     cfg = _settings(args)
     rows = [r for r in Database.from_settings(cfg).too_fields() if args.event in (None, r["event_id"])]

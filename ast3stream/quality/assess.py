@@ -69,7 +69,7 @@ def assess(frame: Frame, sources: Table, refcat, stats: dict, cfg: Settings, thu
         out["n_pcc"] = int(sel.sum())
     out["pcc"] = pcc
 
-    thumb = thumbnail(frame, qc.thumbnail_size)
+    thumb = out["thumbnail_image"] = thumbnail(frame, qc.thumbnail_size)
     if thumbnail_dir is not None:
         name = str(frame.primary.get("EXPID", "frame"))
         out.update(write_thumbnail(thumb, thumbnail_dir, name))
