@@ -17,6 +17,9 @@ from .tiles import fft_shape
 
 _CONFIGS: dict = {}
 
+if not hasattr(np, "in1d"):  # sfft 1.7.3 calls np.in1d, which numpy 2.4 removed
+    np.in1d = np.isin
+
 
 def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
