@@ -49,7 +49,7 @@ def add_cli(subparsers) -> None:
     r.add_argument("--n-synth", type=int, default=400, help="simulator stamps per class and lane")
     r.add_argument("--target-fpr", type=float, default=0.01)
     for name, typ, default in (("epochs", int, 8), ("width", int, 16), ("seed", int, 0), ("heldout-field", int, 0),
-                               ("threads", int, 1)):
+                               ("threads", int, 1), ("workers", int, 1)):
         r.add_argument(f"--{name}", type=typ, default=default)
     r.add_argument("--arch", choices=("braai", "resnet18"), default="braai")
     r.add_argument("--device", default="cpu")
@@ -116,7 +116,8 @@ def _build_set(args) -> None:
         from .images import IMAGE_KINDS, build_from_images
 
         data, provenance = build_from_images(args.from_images, per_frame=args.per_frame, seed=cfg.seed,
-                                             exclude_radec=args.exclude_radec)
+                                             exclude_radec=args.exclude_radec, workers=args.workers)
+        provenance.pop("kinds")
         manifest = save_dataset(args.out, data, args.lane, kinds=IMAGE_KINDS, source="images",
                                 dirs=[str(d) for d in args.from_images], **provenance)
     elif args.from_alerts:
@@ -211,7 +212,7 @@ def _train_real(args) -> None:
     torch.set_num_threads(args.threads)
     alerts, a_manifest = load_dataset(args.alerts)
     images, i_manifest = load_dataset(args.images)
-    synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed)
+    synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers)
     res = crossval(alerts, images, synth, k=args.folds, epochs=args.epochs, width=args.width, seed=args.seed,
                    heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=args.arch, device=args.device)
     cpu = torch.device("cpu")
@@ -241,7 +242,7 @@ def _train_real(args) -> None:
     bright = (y_img == 1) & (images["snr"][hf] >= 8)
     report["heldout_field_fakes"]["frac_snr8_fakes_above_threshold"] = float(np.mean(p_img[bright] >= res["threshold"]))
     # the simulator, both lanes (fresh seed)
-    sim = synthetic_inputs(300, 300, args.seed + 1000)
+    sim = synthetic_inputs(300, 300, args.seed + 1000, workers=args.workers)
     p_sim = prob(logit_margin(model, sim["stamps"], cpu))
     report["simulator"] = dict(versus_baseline(sim["label"], p_sim, sim["snr"]),
                                accuracy=float(np.mean((p_sim >= 0.5) == (sim["label"] == 1))),

@@ -158,28 +158,43 @@ def frame_stamps(science: Frame, template: Frame, cfg, rng: np.random.Generator,
                 n_recovered=int((kinds == 0).sum()), injected_snr=snr.astype(np.float32), fwhm=fwhm)
 
 
+def _frame_job(job):
+    gi, field_name, template, frame, mjd, name, cfg, seed, per_frame, exclude_radec = job
+    try:
+        res = frame_stamps(frame, template, cfg, np.random.default_rng(seed), per_frame, exclude_radec=exclude_radec)
+    except (ValueError, RuntimeError, np.linalg.LinAlgError) as e:
+        return None, f"skip {name}: {e}"
+    res["group"] = np.full(len(res["label"]), gi, np.int16)
+    prov = dict(field=field_name, frame=name, mjd=mjd, fwhm=res["fwhm"], n_injected=res["n_injected"],
+                n_recovered=res["n_recovered"], n_bogus=int((res["label"] == 0).sum()))
+    return res, (f"{field_name} <- {name}: fwhm {res['fwhm']:.2f} px, {res['n_recovered']}/{res['n_injected']} "
+                 f"fakes recovered, {prov['n_bogus']} bogus"), prov
+
+
 def build_from_images(dirs, cfg=None, per_frame: int = 60, seed: int = 0, exclude_radec=(),
-                      max_frames: int | None = None, log=print) -> tuple[dict[str, np.ndarray], dict]:
-    """Stamps of every science frame of every field below ``dirs``; ``group`` = field index."""
+                      max_frames: int | None = None, workers: int = 1, log=print) -> tuple[dict[str, np.ndarray], dict]:
+    """Stamps of every science frame of every field below ``dirs``; ``group`` = field index.
+    Frame ``i`` uses the random seed ``seed * 1000 + i`` whatever ``workers``."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from ..config import Settings
 
     cfg = cfg or Settings(subtraction=dict(backend="numpy"))
-    rng = np.random.default_rng(seed)
+    jobs = [(gi, field[0][2], field[0][0], frame, mjd, name, cfg, 0, per_frame, tuple(map(tuple, exclude_radec)))
+            for gi, field in enumerate(image_fields(dirs, log))
+            for frame, mjd, name in field[1:max_frames and max_frames + 1]]
+    jobs = [j[:7] + (seed * 1000 + i,) + j[8:] for i, j in enumerate(jobs)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_frame_job, jobs))
+    else:
+        results = map(_frame_job, jobs)
     parts, prov = [], []
-    for gi, field in enumerate(image_fields(dirs, log)):
-        template = field[0][0]
-        for frame, mjd, name in field[1:max_frames and max_frames + 1]:
-            try:
-                res = frame_stamps(frame, template, cfg, rng, per_frame, exclude_radec=exclude_radec)
-            except (ValueError, RuntimeError, np.linalg.LinAlgError) as e:
-                log(f"skip {name}: {e}")
-                continue
-            res["group"] = np.full(len(res["label"]), gi, np.int16)
-            parts.append(res)
-            prov.append(dict(field=field[0][2], frame=name, mjd=mjd, fwhm=res["fwhm"], n_injected=res["n_injected"],
-                             n_recovered=res["n_recovered"], n_bogus=int((res["label"] == 0).sum())))
-            log(f"{field[0][2]} <- {name}: fwhm {res['fwhm']:.2f} px, {res['n_recovered']}/{res['n_injected']} fakes "
-                f"recovered, {int((res['label'] == 0).sum())} bogus")
+    for out in results:
+        log(out[1])
+        if out[0] is not None:
+            parts.append(out[0])
+            prov.append(out[2])
     if not parts:
         raise ValueError(f"no usable image pairs below {', '.join(map(str, dirs))}")
     data = {k: np.concatenate([p[k] for p in parts]) for k in ("stamps", "label", "kind", "snr", "group")}

@@ -34,9 +34,10 @@ TRAIN_SURVEYS = ("ztf", "pgir")
 
 
 def synthetic_inputs(n_real: int, n_bogus: int, seed: int, lanes=("qip", "dip"),
-                     snr_range=(5.0, 300.0)) -> dict[str, np.ndarray]:
+                     snr_range=(5.0, 300.0), workers: int = 1) -> dict[str, np.ndarray]:
     """Simulator stamps of each lane as model inputs (:func:`.dataset.build_synthetic`)."""
-    return concat(*(build_synthetic(lane, n_real, n_bogus, seed * 7 + i, snr_range) for i, lane in enumerate(lanes)))
+    return concat(*(build_synthetic(lane, n_real, n_bogus, seed * 7 + i, snr_range, workers=workers, chunk=250)
+                    for i, lane in enumerate(lanes)))
 
 
 ARCHES = {"braai": lambda width: RotationInvariantBraai("dip", width=width),
