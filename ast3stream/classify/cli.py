@@ -213,7 +213,8 @@ def _train_real(args) -> None:
     alerts, a_manifest = load_dataset(args.alerts)
     images, i_manifest = load_dataset(args.images)
     synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers)
-    res = crossval(alerts, images, synth, k=args.folds, epochs=args.epochs, width=args.width, seed=args.seed,
+    synth_val = synthetic_inputs(args.n_synth // 4, args.n_synth // 4, args.seed + 500, workers=args.workers)
+    res = crossval(alerts, images, synth, synth_val, k=args.folds, epochs=args.epochs, width=args.width, seed=args.seed,
                    heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=args.arch, device=args.device)
     cpu = torch.device("cpu")
     model, a, b = res["model"], res["a"], res["b"]
@@ -311,7 +312,12 @@ def _score(args) -> None:
     summary = dict(model=rb.version, threshold=rb.info.get("threshold"), n=len(records),
                    n_above_threshold=int(np.sum(scores >= (rb.info.get("threshold") or 0.5))))
     if ok.any():
-        summary["vs_reference"] = versus_baseline(ref[ok] > 0.5, scores[ok], peak_snr(np.stack(stamps)[ok]))
+        base = peak_snr(np.stack(stamps))
+        summary["vs_reference"] = versus_baseline(ref[ok] > 0.5, scores[ok], base[ok])
+        surveys = np.array([r["survey"] for r in records])
+        summary["vs_reference_by_survey"] = {
+            str(sv): versus_baseline(ref[ok & (surveys == sv)] > 0.5, scores[ok & (surveys == sv)], base[ok & (surveys == sv)])
+            for sv in np.unique(surveys[ok])}
     print(json.dumps(summary, default=float))
     if args.json:
         args.json.write_text(json.dumps(dict(alerts=[{k: v for k, v in r.items() if k != "ref"} for r in records],
