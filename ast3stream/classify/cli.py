@@ -49,7 +49,7 @@ def add_cli(subparsers) -> None:
     r.add_argument("--n-synth", type=int, default=400, help="simulator stamps per class and lane")
     r.add_argument("--target-fpr", type=float, default=0.01)
     for name, typ, default in (("epochs", int, 8), ("width", int, 16), ("seed", int, 0), ("heldout-field", int, 0),
-                               ("threads", int, 1), ("workers", int, 1)):
+                               ("threads", int, 1), ("workers", int, 1), ("batch-size", int, 128)):
         r.add_argument(f"--{name}", type=typ, default=default)
     r.add_argument("--arch", choices=("braai", "resnet18"), default="braai")
     r.add_argument("--device", default="cpu")
@@ -215,7 +215,8 @@ def _train_real(args) -> None:
     synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers)
     synth_val = synthetic_inputs(args.n_synth // 4, args.n_synth // 4, args.seed + 500, workers=args.workers)
     res = crossval(alerts, images, synth, synth_val, k=args.folds, epochs=args.epochs, width=args.width, seed=args.seed,
-                   heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=args.arch, device=args.device)
+                   heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=args.arch, device=args.device,
+                   batch_size=args.batch_size)
     cpu = torch.device("cpu")
     model, a, b = res["model"], res["a"], res["b"]
 
@@ -255,6 +256,7 @@ def _train_real(args) -> None:
                 calibration=dict(method="platt", a=a, b=b, n_val=res["n_val"], n_val_bogus=res["n_val_bogus"]),
                 threshold=res["threshold"], target_fpr=args.target_fpr, metrics=report,
                 training=dict(recipe="ast3stream.classify.recipe", arch=args.arch, folds=args.folds, epochs=args.epochs,
+                              batch_size=args.batch_size, device=args.device,
                               width=args.width, seed=args.seed, n_synth=args.n_synth, alert_set=a_manifest.get("version"),
                               image_set=i_manifest.get("version"), heldout_field=args.heldout_field,
                               synth_kinds=list(KINDS)))

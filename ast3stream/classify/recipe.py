@@ -46,9 +46,9 @@ ARCHES = {"braai": lambda width: RotationInvariantBraai("dip", width=width),
           "resnet18": lambda width: RotationInvariantResNet("dip", width=width, stem=(3, 1))}
 
 
-def _train(x, y, w, *, epochs, seed, width, arch="braai", device="cpu", lr=3e-3, log=print):
+def _train(x, y, w, *, epochs, seed, width, arch="braai", device="cpu", batch_size=128, lr=3e-3, log=print):
     model = ARCHES[arch](width)
-    hist = fit(model, x, y, epochs=epochs, batch_size=128, lr=lr, gamma=0.85, weight_decay=1e-3, seed=seed,
+    hist = fit(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, gamma=0.85, weight_decay=1e-3, seed=seed,
                device=device, weight=w, log=lambda s: None)
     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in hist[-1].items()}))
     return model.cpu().eval(), hist
@@ -64,7 +64,7 @@ def platt(margin: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def crossval(alerts: dict, images: dict, synth: dict, synth_val: dict, *, k: int = 3, epochs: int = 12, width: int = 16,
              seed: int = 0, heldout_field: int = 0, target_fpr: float = 0.01, arch: str = "braai",
-             device: str = "cpu", log=print) -> dict:
+             device: str = "cpu", batch_size: int = 128, log=print) -> dict:
     """Out-of-fold scores of every ZTF alert, fold-0 model, its calibration and threshold."""
     fold, heldout = folds(alerts, k)
     ok = np.isfinite(alerts["ref"])
@@ -79,7 +79,8 @@ def crossval(alerts: dict, images: dict, synth: dict, synth_val: dict, *, k: int
         y = np.concatenate([synth["label"], images["label"][img_train], alerts["label"][tr]]).astype(int)
         w = np.concatenate([np.ones(len(synth["label"]), np.float32), np.ones(img_train.sum(), np.float32),
                             alerts["weight"][tr] * 2])
-        model, _ = _train(x, y, w, epochs=epochs, seed=seed + f, width=width, arch=arch, device=device, log=log)
+        model, _ = _train(x, y, w, epochs=epochs, seed=seed + f, width=width, arch=arch, device=device,
+                          batch_size=batch_size, log=log)
         models.append(model)
         te = (fold == f) & (alerts["survey"] == "ztf")
         oof[te] = logit_margin(model, alerts["stamps"][te], torch.device("cpu"))
