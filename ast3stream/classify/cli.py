@@ -243,6 +243,7 @@ def _train_real(args) -> None:
     report["heldout_field_fakes"] = versus_baseline(y_img, p_img, images["snr"][hf])
     bright = (y_img == 1) & (images["snr"][hf] >= 8)
     report["heldout_field_fakes"]["frac_snr8_fakes_above_threshold"] = float(np.mean(p_img[bright] >= res["threshold"]))
+    groups["held-out field fakes"] = (y_img, p_img, images["snr"][hf])
     # the simulator, both lanes (fresh seed)
     sim = synthetic_inputs(300, 300, args.seed + 1000, workers=args.workers)
     p_sim = prob(logit_margin(model, sim["stamps"], cpu))
