@@ -147,20 +147,19 @@ def _train(args) -> None:
     from .dataset import concat, load_dataset
     from .evaluate import evaluate
     from .model import RotationInvariantResNet
-    from .stamps import normalise
     from .train import fit, load_weights, pick_device, predict_proba, save_weights
 
     cfg = _settings(args)
     sets = [load_dataset(path) for path in args.train]
     tr = concat(*(data for data, _ in sets))
     va, va_manifest = load_dataset(args.val)
-    x, xv = normalise(tr["stamps"]), normalise(va["stamps"])
+    x, xv = tr["stamps"], va["stamps"]                      # model inputs (classify.stamps)
     if args.init is not None:
         model, init_info = load_weights(args.init)
         if model.config["lane"] != args.lane:
             raise ValueError(f"{args.init} is a {model.config['lane']} model, not {args.lane}")
     else:
-        model, init_info = RotationInvariantResNet(args.lane, width=cfg.width), {}
+        model, init_info = RotationInvariantResNet(args.lane, width=cfg.width, stem=(3, 1)), {}
     history = fit(model, x, tr["label"], xv, va["label"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                   lr=cfg.lr, gamma=cfg.gamma, weight_decay=cfg.weight_decay, seed=cfg.seed,
                   device=args.device, max_seconds=args.max_seconds)
@@ -169,7 +168,7 @@ def _train(args) -> None:
     metrics = evaluate(va["label"], scores, va["snr"], va["kind"], va_manifest.get("kinds"),
                        out_png=out.with_suffix(".png"), title=f"rb-{args.lane} held-out {va_manifest.get('version')}")
     info = save_weights(model, out, f"rb-{args.lane}", stamp_size=int(x.shape[-1]),
-                        normalisation="ast3stream.classify.stamps.normalise",
+                        normalisation="ast3stream.classify.stamps.make_stamp",
                         training=dict(cfg.model_dump(), device=str(pick_device(args.device)),
                                       train_sets=[m.get("version") for _, m in sets],
                                       init=init_info.get("version"), history=history),
@@ -185,7 +184,7 @@ def _eval(args) -> None:
 
     rb = RealBogus.load(args.lane, args.device, path=args.weights)
     data, manifest = load_dataset(args.set)
-    scores = rb.score(data["stamps"])
+    scores = rb.score_inputs(data["stamps"])
     res = evaluate(data["label"], scores, data["snr"], data["kind"], manifest.get("kinds"),
                    out_json=args.out_json, out_png=args.out_png, title=f"{rb.version} on {manifest.get('version')}",
                    model_version=rb.version, set_version=manifest.get("version"))
