@@ -1,4 +1,5 @@
-"""Minor-planet orbits in the MPC's MPCORB.DAT layout, and their positions with ``ephem``.
+"""Minor-planet orbits in the MPC's MPCORB.DAT layout (positions: :mod:`.asteroids`; ``Orbit.body()``
+for ``ephem``).
 
 Fixed columns (1-based, MPC "Export Format"): designation 1-7, H 9-13, G 15-19, packed epoch
 21-25, mean anomaly 27-35, argument of perihelion 38-46, node 49-57, inclination 60-68,
@@ -9,12 +10,11 @@ Header lines (anything whose elements do not parse) are skipped.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import ephem
-from astropy.table import Table
 
 MJD_TO_DJD = 15019.5  #: ephem dates count days from 1899 Dec 31.5 = MJD 15019.5
 
@@ -23,6 +23,7 @@ def _digit(c: str) -> int:
     return int(c) if c.isdigit() else ord(c) - ord("A") + 10
 
 
+@lru_cache(maxsize=4096)
 def unpack_epoch(packed: str) -> float:
     """MPC packed date (``K25BL`` = 2025-11-21.0) -> MJD."""
     year = 100 * (ord(packed[0]) - ord("A") + 10) + int(packed[1:3])
@@ -88,35 +89,3 @@ def read_mpcorb(path: str | Path) -> list[Orbit]:
             desig = unpack_number(line[0:7])
             orbits.append(Orbit(desig, _name(line) or desig, h, g, epoch, *el))
     return orbits
-
-
-def asteroids_in_field(orbits: list[Orbit], mjd: float, ra: float, dec: float, radius_deg: float,
-                       site: tuple[float, float, float] | None = None) -> Table:
-    """Astrometric (J2000) positions and V magnitudes at ``mjd`` of the orbits within
-    ``radius_deg`` of ``(ra, dec)``; topocentric when ``site = (lon_deg, lat_deg, height_m)``.
-
-    ephem's ``a_ra``/``a_dec`` ignore the observer's place, so the parallax is added as the
-    difference between the topocentric apparent (``ra``) and geocentric apparent (``g_ra``)
-    places; for a near-Earth object at 0.05 AU it reaches a few arcminutes.
-    """
-    obs = ephem.Observer()
-    obs.date = ephem.Date(mjd - MJD_TO_DJD)
-    obs.epoch = ephem.J2000
-    if site is not None:
-        obs.lon, obs.lat, obs.elevation = math.radians(site[0]), math.radians(site[1]), site[2]
-    else:  # geocentric
-        obs.elevation = -6378137.0
-    obs.pressure = 0
-    rows = []
-    ra0, dec0 = math.radians(ra), math.radians(dec)
-    for orb in orbits:
-        b = orb.body()
-        b.compute(obs)
-        bra, bdec = float(b.a_ra) + (float(b.ra) - float(b.g_ra)), float(b.a_dec) + (float(b.dec) - float(b.g_dec))
-        d = math.degrees(ephem.separation((bra, bdec), (ra0, dec0)))
-        if d <= radius_deg:
-            rows.append((orb.designation, orb.name, math.degrees(bra) % 360.0, math.degrees(bdec), float(b.mag), d))
-    names = ("designation", "name", "ra", "dec", "mag", "sep_deg")
-    if not rows:
-        return Table(names=names, dtype=(str, str, float, float, float, float))
-    return Table(rows=rows, names=names)
