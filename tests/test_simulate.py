@@ -204,7 +204,7 @@ def test_same_seed_same_files_and_lazy_frames(night, tmp_path):
     again = simulate_night(tmp_path / "again", n_exposures=6, scale=0.1, seed=SEED, cloud_fraction=0.34,
                            too_fields=[1002])
     for rel in ("refcat.fits", "MPCORB.DAT", "galaxies.csv", "calib/flat_02.fits",
-                f"raw/{night.exposures[3].expid}.fits", f"truth/{night.exposures[3].expid}.ecsv"):
+                f"raw/{night.exposures[3].expid}.fits", f"truth/{night.exposures[3].expid}.fits"):
         assert (night.out_dir / rel).read_bytes() == (again.out_dir / rel).read_bytes(), rel
     lazy = write_exposure(Night.load(again.out_dir), night.exposures[4].expid, tmp_path / "lazy.fits")
     assert lazy.read_bytes() == night.exposures[4].path.read_bytes()
