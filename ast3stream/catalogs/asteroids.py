@@ -56,6 +56,9 @@ class Elements:
     def __len__(self) -> int:
         return len(self.a)
 
+    def subset(self, idx) -> "Elements":
+        return Elements(*(np.asarray(getattr(self, f))[idx] for f in self.__dataclass_fields__))
+
     @classmethod
     def from_orbits(cls, orbits) -> "Elements":
         """From :class:`~.mpcorb.Orbit` objects."""
@@ -114,9 +117,18 @@ def _one(k, t, n, m0, epoch, a, b, e, px, py, pz, qx, qy, qz, obs, out):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _places(idx, t, n, m0, epoch, a, b, e, px, py, pz, qx, qy, qz, obs, out):
+def _places_parallel(idx, t, n, m0, epoch, a, b, e, px, py, pz, qx, qy, qz, obs, out):
     for j in numba.prange(idx.size):
         _one(idx[j], t, n, m0, epoch, a, b, e, px, py, pz, qx, qy, qz, obs, out[j])
+
+
+@numba.njit(cache=True, nogil=True)
+def _places_serial(idx, t, n, m0, epoch, a, b, e, px, py, pz, qx, qy, qz, obs, out):
+    for j in range(idx.size):
+        _one(idx[j], t, n, m0, epoch, a, b, e, px, py, pz, qx, qy, qz, obs, out[j])
+
+
+PARALLEL_FROM = 100_000   #: fewer orbits than this run on one thread (a thread pool's start costs more)
 
 
 def _earth(mjd_tt: float) -> np.ndarray:
@@ -151,7 +163,7 @@ class AsteroidTable:
 
     def __init__(self, el: Elements, t_mid: float, *, nside: int = 64):
         keep = (np.asarray(el.e) < 1) & (np.asarray(el.a) > 0)
-        self.el = Elements(*(np.asarray(getattr(el, f))[keep] for f in Elements.__dataclass_fields__))
+        self.el = el.subset(keep)
         self.t_mid, self.nside = float(t_mid), int(nside)
         a, e = self.el.a.astype(float), self.el.e.astype(float)
         i, om, w = (np.radians(getattr(self.el, f).astype(float)) for f in ("incl", "node", "peri"))
@@ -197,7 +209,8 @@ class AsteroidTable:
         obs = _earth(t) + (site_vector(mjd_utc, site) if site is not None else 0.0)
         out = np.empty((len(idx), 4))
         if len(idx):
-            _places(np.asarray(idx, np.int64), t, *self._orbit, obs, out)
+            kernel = _places_parallel if len(idx) >= PARALLEL_FROM else _places_serial
+            kernel(np.asarray(idx, np.int64), t, *self._orbit, obs, out)
         return out
 
     def candidates(self, mjd: float, ra: float, dec: float, radius_deg: float) -> np.ndarray:

@@ -16,16 +16,11 @@ _TNS = (("tns_name", "name", ""), ("tns_type", "type", ""), ("tns_redshift", "re
 def _attach(out: Table, rows: Table | None, idx: np.ndarray, sep: np.ndarray, cols, sep_col: str) -> None:
     hit = idx >= 0
     for name, src, fill in cols:
-        if isinstance(fill, str):
-            vals = np.full(len(out), "", dtype=object)
-            if rows is not None and hit.any():
-                vals[hit] = [str(v) for v in np.asarray(rows[src])[idx[hit]]]
-            out[name] = vals.astype(str)
-        else:
-            vals = np.full(len(out), np.nan)
-            if rows is not None and hit.any():
-                vals[hit] = np.asarray(rows[src], float)[idx[hit]]
-            out[name] = vals
+        if rows is None or not hit.any():
+            out[name] = np.full(len(out), fill, dtype="U1" if isinstance(fill, str) else float)
+            continue
+        vals = np.asarray(rows[src])[np.where(hit, idx, 0)]
+        out[name] = np.where(hit, vals.astype(str), "") if isinstance(fill, str) else np.where(hit, vals.astype(float), np.nan)
     out[sep_col] = sep
 
 
