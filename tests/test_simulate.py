@@ -401,3 +401,17 @@ def test_fewer_exposures_than_fields(tmp_path):
     transients = Table.read(tmp_path / "truth" / "transients.ecsv")
     assert np.all(transients["field_id"] == fields["field_id"][0])
     assert night.exposures[0].path.exists()
+
+
+def test_threads_do_not_change_frames_and_a_complete_night_is_reused(tmp_path):
+    """One thread and many write the same bytes; ``reuse`` opens a complete night with the same
+    parameters without rewriting it, and re-simulates when a parameter differs."""
+    night = simulate_night(tmp_path / "a", n_exposures=1, scale=0.05, seed=SEED, threads=4, reuse=True)
+    path = night.exposures[0].path
+    one = write_exposure(night, 0, tmp_path / "one.fits", threads=1)
+    assert one.read_bytes() == path.read_bytes()
+    stamp = path.stat().st_mtime_ns
+    again = simulate_night(tmp_path / "a", n_exposures=1, scale=0.05, seed=SEED, reuse=True)
+    assert again.exposures[0].path.stat().st_mtime_ns == stamp
+    other = simulate_night(tmp_path / "a", n_exposures=1, scale=0.05, seed=SEED + 1, reuse=True)
+    assert other.seed == SEED + 1 and other.exposures[0].path.stat().st_mtime_ns != stamp
