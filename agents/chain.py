@@ -128,7 +128,8 @@ class Resources:
 
     def asteroids(self, mjd: float):
         """The night's asteroid table (built once per night, the previous night's dropped)."""
-        from ast3stream.catalogs.asteroids import AsteroidTable, night_midpoint, read_elements
+        from ast3stream.catalogs.asteroids import AsteroidTable, night_midpoint
+        from ast3stream.catalogs.mpcorb import read_elements
         path = self.cfg.mpcorb_path
         elements = self._get("orbits", lambda: read_elements(path) if path.exists() else None)
         if elements is None:

@@ -21,7 +21,8 @@ import numpy as np
 from astropy.table import Table
 
 from ast3stream.catalogs import sky
-from ast3stream.catalogs.asteroids import AsteroidTable, night_midpoint, read_elements
+from ast3stream.catalogs.asteroids import AsteroidTable, night_midpoint
+from ast3stream.catalogs.mpcorb import read_elements
 from ast3stream.config import CrossmatchConfig, DetectorConfig
 from ast3stream.crossmatch import crossmatch
 from ast3stream.simulate.orbits import MPCORB_HEADER, Orbit, pack_epoch

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from ast3stream.catalogs.asteroids import AsteroidTable, Elements, night_midpoint
+from ast3stream.catalogs.asteroids import AsteroidTable, night_midpoint
 from ast3stream.catalogs.galaxies import open_galaxies
 from ast3stream.catalogs.known import open_transients, open_variable_stars
-from ast3stream.catalogs.mpcorb import MJD_TO_DJD, read_mpcorb
+from ast3stream.catalogs.mpcorb import MJD_TO_DJD, Elements, read_mpcorb
 from ast3stream.catalogs.refcat import RefCat, open_refcat
 from ast3stream.catalogs.sky import SkyCatalog, separation_deg
 from ast3stream.config import CrossmatchConfig

@@ -14,8 +14,6 @@ Magnitudes: the IAU H, G system (Bowell et al. 1989).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import astropy.units as u
 import erfa
@@ -24,7 +22,7 @@ import numpy as np
 from astropy.table import Table
 from astropy_healpix import HEALPix
 
-from .mpcorb import read_mpcorb
+from .mpcorb import Elements
 from .sky import pixel_rows
 
 K_GAUSS = 0.01720209895            #: rad/day, n = k / a^1.5
@@ -35,42 +33,6 @@ AU_M = 149597870700.0
 SLOW_DEG_DAY = 1.0                #: faster movers (and those nearer than NEAR_AU) are checked every exposure
 NEAR_AU = 0.2
 RATE_STEP_D = 1 / 24              #: the night's rates are from positions this far either side of the midpoint
-
-
-@dataclass
-class Elements:
-    """Osculating elements of many orbits as arrays (angles in degrees, ``epoch`` MJD TT)."""
-
-    designation: np.ndarray
-    name: np.ndarray
-    H: np.ndarray
-    G: np.ndarray
-    epoch: np.ndarray
-    M: np.ndarray
-    peri: np.ndarray
-    node: np.ndarray
-    incl: np.ndarray
-    e: np.ndarray
-    a: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.a)
-
-    def subset(self, idx) -> "Elements":
-        return Elements(*(np.asarray(getattr(self, f))[idx] for f in self.__dataclass_fields__))
-
-    @classmethod
-    def from_orbits(cls, orbits) -> "Elements":
-        """From :class:`~.mpcorb.Orbit` objects."""
-        cols = ("designation", "name", "H", "G", "epoch_mjd", "M", "peri", "node", "incl", "e", "a")
-        vals = [np.array([getattr(o, c) for o in orbits], dtype=str if c in ("designation", "name") else float)
-                for c in cols]
-        return cls(*vals)
-
-
-def read_elements(path: str | Path) -> Elements:
-    """All parseable orbits of an MPCORB-format file as arrays."""
-    return Elements.from_orbits(read_mpcorb(path))
 
 
 def night_midpoint(mjd: float, site_lon: float) -> float:
