@@ -8,7 +8,7 @@ angle and the IAU 2006/2000A precession-nutation), the same place ``ephem`` give
 a_dec`` plus its topocentric parallax. Elements are the MPC's (J2000 ecliptic, epoch TT).
 Magnitudes: the IAU H, G system (Bowell et al. 1989).
 
->>> table = AsteroidTable.build(read_elements("MPCORB.DAT"), night_midpoint(mjd, lon))  # doctest: +SKIP
+>>> table = AsteroidTable.build(mpcorb.read_elements("MPCORB.DAT"), night_midpoint(mjd, lon))  # doctest: +SKIP
 >>> table.field(mjd, ra, dec, 1.1, site=(lon, lat, height))                          # doctest: +SKIP
 """
 from __future__ import annotations
