@@ -2,10 +2,12 @@
 
 An exposure agent consumes ``{prefix}.exposures`` (deep lane) or ``{prefix}.exposures.too``
 (ToO: quick lane, then deep lane) and runs the exposure's whole chain in memory
-(:class:`agents.chain.Chain`), up to ``worker.in_flight`` exposures at a time. faust commits
-the offset once the agent has moved past a message, so a crash redelivers the exposure in
-progress, which runs again with the same ids. A worker given only some stages
-(``--stages``) also consumes the handoff events of the stage before its first one.
+(:class:`agents.chain.Chain`), up to ``worker.in_flight`` exposures at a time. A message is
+acknowledged (and its offset committed) only once it has been dealt with: run, skipped or
+dead-lettered; so a crash or a stop redelivers the exposures in progress, which run again
+with the same ids. A worker also consumes the stage topics
+before the stages it owns: it carries on from handoff events (published by a worker given
+only some stages, ``--stages``) and skips progress events once it has checked them.
 Infrastructure that is away for a while (the database, see
 :class:`~agents.db.DatabaseUnavailable`, or the broker) holds the message: the step that
 failed is tried again with backoff, never dead-lettered. Any other exception sends the
@@ -80,10 +82,19 @@ class PriorityPool:
 
 
 def handoff_sources(stages: set[str]) -> list[str]:
-    """The stages whose handoff events a worker running ``stages`` consumes: the stage before
-    each stretch of its own that does not start at reduction."""
+    """The stages whose events a worker running ``stages`` consumes: every stage whose next
+    stage is its own. Only handoff events are run; the others (progress of a worker that
+    goes on itself) are checked and skipped, so every stage topic has a consumer and the
+    group's lag drains to zero."""
     names = [s.name for s in STAGES]
-    return [prev for prev, name in zip(names, names[1:]) if name in stages and prev not in stages]
+    return [prev for prev, name in zip(names, names[1:]) if name in stages]
+
+
+def known_exposure(db, ev: StageEvent) -> None:
+    """A stage event names an exposure this pipeline registered, else :class:`MalformedMessage`."""
+    if not db.count("exposures", exposure_id=ev.exposure_id):
+        raise MalformedMessage(f"{ev.stage} event of {ev.exposure_id!r}: no such exposure was registered "
+                               "(not an event of this pipeline)")
 
 
 def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter) -> None:
@@ -140,8 +151,9 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
         if exposure_id:
             await retrying(stage, asyncio.to_thread, res.db.update_exposure, exposure_id, status="failed")
 
-    def add_agent(name: str, source: str, run, decode, concurrency: int):
+    def add_agent(name: str, sources: list[str], run, decode, concurrency: int):
         async def agent(stream):
+            stream = stream.noack()  # acked once dealt with: a worker stopped mid-chain leaves it to be redelivered
             async for event in stream.events():
                 message = event.message
                 exposure_id = None
@@ -149,24 +161,27 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
                     incoming = decode(message.value)
                     exposure_id = incoming.exposure_id
                     if isinstance(incoming, StageEvent) and not incoming.handoff:
-                        continue  # progress of a worker that goes on itself
-                    await run(incoming)
+                        # progress of a worker that goes on itself: checked, then skipped
+                        await retrying(name, asyncio.to_thread, known_exposure, res.db, incoming)
+                    else:
+                        await run(incoming)
                 except MalformedMessage as exc:
                     await dead_letter(name, message, str(exc), exc, exposure_id)
                 except StageFailed as exc:
                     await dead_letter(exc.stage, message, str(exc), exc.cause, exposure_id)
                 except Exception as exc:  # anything else: keep the message and the reason, go on
                     await dead_letter(name, message, f"{name} failed: {type(exc).__name__}: {exc}", exc, exposure_id)
+                await stream.ack(event)
 
-        app.agent(app.topic(source), name=name, concurrency=concurrency)(agent)
+        app.agent(app.topic(*sources), name=name, concurrency=concurrency)(agent)
 
     if "reduction" in own:
         for lane, name in (("dip", "exposures"), ("qip", "exposures.too")):
-            add_agent(f"chain-{lane}", topic(prefix, name), chain.run, ExposureEvent.decode, cfg.worker.in_flight)
-    for source in handoff_sources(own):
+            add_agent(f"chain-{lane}", [topic(prefix, name)], chain.run, ExposureEvent.decode, cfg.worker.in_flight)
+    if sources := handoff_sources(own):
         for lane in ("qip", "dip"):
-            add_agent(f"resume-{source}-{lane}", stage_topic(prefix, source, lane), chain.resume, StageEvent.decode,
-                      cfg.worker.in_flight)
+            add_agent(f"resume-{lane}", [stage_topic(prefix, s, lane) for s in sources], chain.resume,
+                      StageEvent.decode, cfg.worker.in_flight)
 
     if stages is None or "gw" in stages:
         add_gw_agent(app, res, prefix, dead_letter)
@@ -174,11 +189,9 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
     if watch:
         @app.timer(cfg.products.prune_every_s)
         async def prune_products():
-            from ast3stream.products import prune
-
-            n = await asyncio.to_thread(prune, cfg.products_dir, res.db, cfg.products.retention_days)
+            n = await asyncio.to_thread(res.store.prune, res.db, cfg.products.retention_days)
             if n:
-                log.warning("pruned %d intermediate product files", n)
+                log.warning("pruned %d product files past retention", n)
 
         @app.task
         async def watcher_task():
@@ -228,8 +241,15 @@ def main(argv: list[str] | None = None) -> None:
                    web_port=args.web_port, workers=args.workers)
     from faust.worker import Worker
 
+    class Stopping(Worker):
+        def _schedule_shutdown(self, signal) -> None:
+            # stop within seconds: the exposures in flight are not committed, so they are
+            # redelivered and run again (a rebalance still waits for them, see stream_wait_empty)
+            app.conf.stream_wait_empty = False
+            super()._schedule_shutdown(signal)
+
     logging.basicConfig(level=args.loglevel.upper().replace("WARN", "WARNING"))
-    Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    Stopping(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
 
 
 if __name__ == "__main__":

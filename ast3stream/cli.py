@@ -28,25 +28,20 @@ def _settings(args) -> Settings:
 
 
 def cmd_run(args) -> int:
+    import signal
+    import threading
+
     from agents.runner import Stack
 
     cfg = _settings(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # what systemd, docker and Ctrl-C send
+        signal.signal(sig, lambda *_: stop.set())
     with Stack(cfg, workers=args.workers) as stack:
-        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}; Ctrl-C to stop", flush=True)
-        from agents.db import Database
-        from agents.runner import wait_for
-
-        db = Database.from_settings(cfg)
-        seen: set[str] = set()
-        try:
-            while True:
-                ids = [r["exposure_id"] for r in db.rows("exposures")]
-                new = [i for i in ids if i not in seen]
-                seen.update(new)
-                wait_for(db, new or [], timeout=1.0, stack=stack)
-                stack.check_workers()
-        except KeyboardInterrupt:
-            print("stopping", flush=True)
+        resumed = f"; resumed {len(stack.resumed)} unfinished exposures" if stack.resumed else ""
+        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}{resumed}; Ctrl-C to stop", flush=True)
+        stack.supervise(stop, progress=lambda line: print(line, flush=True))
+        print("stopping", flush=True)
     return 0
 
 
@@ -110,6 +105,12 @@ def cmd_status(args) -> int:
         print(f"{stage:<14}{lane:<6}{len(secs):>5}{secs[len(secs) // 2]:>10.2f}{secs[-1]:>9.2f}")
     for r in db.rows("exposures")[-args.limit:]:
         print(f"{r['exposure_id']:<36} {r['status']:<12} {','.join(r['flags'] or [])}")
+    from agents.store import ProductStore
+
+    ns = db.namespace or "live"
+    print(f"products ({ns}): {ProductStore.open(cfg.products_dir).disk_use(ns) / 1e6:.1f} MB; "
+          f"dead letters {db.count('dead_letters')}; copies not published {db.count('files', kind='duplicate')}; "
+          f"rejected files {db.count('files', kind='rejected')}")
     return 0
 
 
@@ -140,12 +141,13 @@ def cmd_template(args) -> int:
 
 def cmd_products(args) -> int:
     from agents.db import Database
-    from .products import prune
+    from agents.store import ProductStore
 
     cfg = _settings(args)
     days = cfg.products.retention_days if args.older_than_days is None else args.older_than_days
-    n = prune(cfg.products_dir, Database.from_settings(cfg), days)
-    print(f"removed {n} intermediate files older than {days} days")
+    store = ProductStore.open(cfg.products_dir)
+    n = store.prune(Database.from_settings(cfg), days)
+    print(f"removed {n} product files older than {days} days; {store.disk_use() / 1e6:.1f} MB left")
     return 0
 
 
