@@ -114,12 +114,20 @@ def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter) -> No
     app.agent(app.topic(topic(prefix, "gw")), name="gw", concurrency=1)(gw_agent)
 
 
+class PipelineApp(faust.App):
+    async def _consumer_wait_empty(self, consumer, logger) -> None:
+        # a rebalance waits for the exposures in flight (``stream_wait_empty``); a stop does not:
+        # it takes seconds, and their messages, not acknowledged, are redelivered and run again
+        if not self.should_stop:
+            await super()._consumer_wait_empty(consumer, logger)
+
+
 def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, watch: bool = False,
              web_port: int | None = None, workers: int | None = None) -> faust.App:
     prefix = cfg.kafka.prefix
-    app = faust.App(
+    app = PipelineApp(
         f"{prefix}-pipeline", broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
-        web_host="127.0.0.1", web_port=web_port or cfg.kafka.web_port, web_enabled=True,
+        web_host="127.0.0.1", web_bind="127.0.0.1", web_port=web_port or cfg.kafka.web_port, web_enabled=True,
         broker_session_timeout=cfg.kafka.session_timeout_s, broker_heartbeat_interval=cfg.kafka.heartbeat_s,
         broker_commit_every=1, broker_commit_interval=0.5, producer_linger_ms=0,
         producer_max_request_size=cfg.kafka.max_message_bytes, consumer_max_fetch_size=cfg.kafka.max_message_bytes,
@@ -241,15 +249,8 @@ def main(argv: list[str] | None = None) -> None:
                    web_port=args.web_port, workers=args.workers)
     from faust.worker import Worker
 
-    class Stopping(Worker):
-        def _schedule_shutdown(self, signal) -> None:
-            # stop within seconds: the exposures in flight are not committed, so they are
-            # redelivered and run again (a rebalance still waits for them, see stream_wait_empty)
-            app.conf.stream_wait_empty = False
-            super()._schedule_shutdown(signal)
-
     logging.basicConfig(level=args.loglevel.upper().replace("WARN", "WARNING"))
-    Stopping(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
 
 
 if __name__ == "__main__":

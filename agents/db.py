@@ -181,10 +181,10 @@ class Database:
             self.metadata.create_all(conn)
 
     @classmethod
-    def from_settings(cls, cfg, namespace: str | None = None) -> "Database":
+    def from_settings(cls, cfg, namespace: str | None = None, retry_s: float = 30.0) -> "Database":
         if not cfg.database.url:
             cfg.paths.data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(cfg.database_url, cfg.database.namespace if namespace is None else namespace)
+        return cls(cfg.database_url, cfg.database.namespace if namespace is None else namespace, retry_s)
 
     # -- generic ------------------------------------------------------------------------
     @_retried

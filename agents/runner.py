@@ -68,13 +68,14 @@ class Stack:
         ns = self.cfg.database.namespace
         self._lock = lock_data_dir(self.cfg.paths.data_dir / f"run{'-' + ns if ns else ''}.lock")
         try:
+            db = Database.from_settings(self.cfg, retry_s=5.0)  # unreachable: a clear error in seconds
             if not self.cfg.kafka.bootstrap:
                 self.broker = EmbeddedBroker(self.cfg.kafka.embedded_port, self.log_dir / "broker.log").start()
                 self.cfg.kafka.bootstrap = self.broker.bootstrap
             ensure_topics_sync(self.cfg.kafka.bootstrap, topic_configs(self.cfg.kafka),
                                self.cfg.kafka.partitions, self.cfg.kafka.replication)
             if self.broker is not None and self.broker.storage.startswith("memory"):
-                self.resumed = resume_unfinished(self.cfg, Database.from_settings(self.cfg))
+                self.resumed = resume_unfinished(self.cfg, db)
             self.settings_path = self.cfg.save(self.cfg.paths.data_dir / f"settings{'-' + ns if ns else ''}.json")
             self.procs = [None] * self.workers
             self._started = [0.0] * self.workers

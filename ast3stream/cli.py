@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ast3stream", description="Real-time transient detection pipeline")
     parser.add_argument("--config", help="settings file (TOML or JSON); also $AST3_CONFIG")
     parser.add_argument("--data-dir", help="working folder (database, products, watched folder)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="embedded broker + all agents + watcher, until Ctrl-C")
@@ -258,8 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; any error is one line on stderr saying what to fix (``--debug``: the traceback)."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    from .config import ConfigError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ConfigError, OSError)) or type(exc).__name__ in ("AlreadyRunning", "DatabaseUnavailable"):
+        return text[:500]
+    if type(exc).__module__.startswith(("aiokafka", "kafka")) or "Kafka" in type(exc).__name__:
+        return f"broker unreachable or refusing ({type(exc).__name__}: {text[:300]}): check kafka.bootstrap / --bootstrap"
+    return f"{type(exc).__name__}: {text[:500]}"
 
 
 if __name__ == "__main__":
