@@ -199,19 +199,33 @@ class Chain:
 
     # -- entry points -------------------------------------------------------------------
     async def run(self, ev: ExposureEvent) -> None:
-        """The whole chain of one exposure (from its raw file)."""
+        """The whole chain of one exposure (from its raw file); returns once its products are stored."""
         exp = Exposure(exposure_id=ev.exposure_id, raw_path=ev.path, field_id=ev.field_id, mjd=ev.mjd, too=ev.too,
                        namespace=ev.namespace)
         event = StageEvent.from_exposure(ev, exp.lane_names[0])
-        for st in FRONT:
-            if st.name not in self.stages:
-                return await self._handoff(exp, None, event)
-            event = await self._stage(st, exp, None, event)
-        await self._lanes(exp, event)
+        try:
+            for st in FRONT:
+                if st.name not in self.stages:
+                    return await self._handoff(exp, None, event)
+                event = await self._stage(st, exp, None, event)
+            await self._lanes(exp, event)
+        finally:
+            await self._stored(exp)
+
+    async def _stored(self, exp: Exposure) -> None:
+        """Wait for the exposure's product writes, so that its message is committed only after them."""
+        store = self.res.store
+        await asyncio.to_thread(store.flush, store.key(exp.namespace or "live", exp.exposure_id) + "/")
 
     async def resume(self, ev: StageEvent) -> None:
         """Carry on from another worker's handoff: the exposure's state is in the product store."""
         exp = await self._db(load_state, self.res.store, ev)
+        try:
+            await self._carry_on(exp, ev)
+        finally:
+            await self._stored(exp)
+
+    async def _carry_on(self, exp: Exposure, ev: StageEvent) -> None:
         if ev.stage == "quality" or not pl.stage(ev.stage).per_lane:
             rest = [s for s in FRONT if FRONT.index(s) > FRONT.index(pl.stage(ev.stage))]
             event = ev
@@ -520,8 +534,8 @@ def writer(name: str, obj) -> Callable:
     raise KeyError(f"no writer for product {name!r}")
 
 
-def product_key(store: ProductStore, exp: Exposure, lane: str, name: str) -> str:
-    return store.key(exp.namespace or "live", exp.exposure_id, lane, name)
+def product_key(store: ProductStore, exp: Exposure, lane: str, *name: str) -> str:
+    return store.key(exp.namespace or "live", exp.exposure_id, lane, *name)
 
 
 def template_key(store: ProductStore, namespace: str, field_id: str, exposure_id: str, lane: str) -> str:
@@ -537,7 +551,7 @@ def save_state(store: ProductStore, exp: Exposure, lane: Lane | None) -> dict[st
     out: dict[str, str] = {}
 
     def put(name: str, write) -> None:
-        out[f"state.{name}"] = store.put(product_key(store, exp, where, f"state/{name}"), write, sync=True)
+        out[f"state.{name}"] = store.put(product_key(store, exp, where, "state", name), write, sync=True)
 
     if exp.frame is not None:
         put("frame.fits", exp.frame.write)

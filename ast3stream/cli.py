@@ -28,25 +28,20 @@ def _settings(args) -> Settings:
 
 
 def cmd_run(args) -> int:
+    import signal
+    import threading
+
     from agents.runner import Stack
 
     cfg = _settings(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # what systemd, docker and Ctrl-C send
+        signal.signal(sig, lambda *_: stop.set())
     with Stack(cfg, workers=args.workers) as stack:
-        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}; Ctrl-C to stop", flush=True)
-        from agents.db import Database
-        from agents.runner import wait_for
-
-        db = Database.from_settings(cfg)
-        seen: set[str] = set()
-        try:
-            while True:
-                ids = [r["exposure_id"] for r in db.rows("exposures")]
-                new = [i for i in ids if i not in seen]
-                seen.update(new)
-                wait_for(db, new or [], timeout=1.0, stack=stack)
-                stack.check_workers()
-        except KeyboardInterrupt:
-            print("stopping", flush=True)
+        resumed = f"; resumed {len(stack.resumed)} unfinished exposures" if stack.resumed else ""
+        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}{resumed}; Ctrl-C to stop", flush=True)
+        stack.supervise(stop, progress=lambda line: print(line, flush=True))
+        print("stopping", flush=True)
     return 0
 
 
@@ -110,6 +105,12 @@ def cmd_status(args) -> int:
         print(f"{stage:<14}{lane:<6}{len(secs):>5}{secs[len(secs) // 2]:>10.2f}{secs[-1]:>9.2f}")
     for r in db.rows("exposures")[-args.limit:]:
         print(f"{r['exposure_id']:<36} {r['status']:<12} {','.join(r['flags'] or [])}")
+    from agents.store import ProductStore
+
+    ns = db.namespace or "live"
+    print(f"products ({ns}): {ProductStore.open(cfg.products_dir).disk_use(ns) / 1e6:.1f} MB; "
+          f"dead letters {db.count('dead_letters')}; copies not published {db.count('files', kind='duplicate')}; "
+          f"rejected files {db.count('files', kind='rejected')}")
     return 0
 
 
@@ -140,12 +141,13 @@ def cmd_template(args) -> int:
 
 def cmd_products(args) -> int:
     from agents.db import Database
-    from .products import prune
+    from agents.store import ProductStore
 
     cfg = _settings(args)
     days = cfg.products.retention_days if args.older_than_days is None else args.older_than_days
-    n = prune(cfg.products_dir, Database.from_settings(cfg), days)
-    print(f"removed {n} intermediate files older than {days} days")
+    store = ProductStore.open(cfg.products_dir)
+    n = store.prune(Database.from_settings(cfg), days)
+    print(f"removed {n} product files older than {days} days; {store.disk_use() / 1e6:.1f} MB left")
     return 0
 
 
@@ -179,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ast3stream", description="Real-time transient detection pipeline")
     parser.add_argument("--config", help="settings file (TOML or JSON); also $AST3_CONFIG")
     parser.add_argument("--data-dir", help="working folder (database, products, watched folder)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="embedded broker + all agents + watcher, until Ctrl-C")
@@ -256,8 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; any error is one line on stderr saying what to fix (``--debug``: the traceback)."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    from .config import ConfigError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ConfigError, OSError)) or type(exc).__name__ in ("AlreadyRunning", "DatabaseUnavailable"):
+        return text[:500]
+    if type(exc).__module__.startswith(("aiokafka", "kafka")) or "Kafka" in type(exc).__name__:
+        return f"broker unreachable or refusing ({type(exc).__name__}: {text[:300]}): check kafka.bootstrap / --bootstrap"
+    return f"{type(exc).__name__}: {text[:500]}"
 
 
 if __name__ == "__main__":

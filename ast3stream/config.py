@@ -1,9 +1,12 @@
 """Configuration: the one typed place for every setting of the pipeline.
 
 Settings come, in increasing priority, from the defaults below, an optional TOML file
-(``AST3_CONFIG=path.toml`` or ``--config``), and environment variables such as
+(``AST3_CONFIG=path.toml`` or ``--config``), environment variables such as
 ``AST3_KAFKA__BOOTSTRAP=host:9092`` or ``AST3_DATABASE__URL=postgresql+psycopg://...``
-(sections are separated by a double underscore).
+(sections are separated by a double underscore), and the command line (``--data-dir``,
+``--bootstrap``): command line > environment > file > defaults. A key that is not a
+setting (in the file or an ``AST3_`` variable) is an error naming the closest valid one,
+and out-of-range values (a partition count below 1, a zero poll interval) are refused.
 
 Conventions used across the package (stated here once):
 
@@ -17,13 +20,14 @@ Conventions used across the package (stated here once):
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Lane = Literal["qip", "dip"]
@@ -55,8 +59,8 @@ class KafkaConfig(BaseModel):
 
     bootstrap: str | None = None
     prefix: str = "ast3"                #: per-deployment topic prefix, see ``agents.topics``
-    partitions: int = 1
-    replication: int = 1
+    partitions: int = Field(1, ge=1)
+    replication: int = Field(1, ge=1)
     embedded_port: int = 0              #: 0 = pick a free port
     session_timeout_s: float = 2.0      #: short: Tansu's group joins take half of it
     heartbeat_s: float = 0.5
@@ -92,22 +96,22 @@ class PathsConfig(BaseModel):
 
 
 class ProductsConfig(BaseModel):
-    retention_days: float = 30.0        #: intermediate stage files of finished exposures are pruned after this
-    prune_every_s: float = 3600.0       #: how often the watching worker prunes
+    retention_days: float = Field(30.0, ge=0)  #: files other than bundles, alerts and templates go after this
+    prune_every_s: float = Field(3600.0, gt=0)  #: how often the watching worker prunes
 
 
 class WatcherConfig(BaseModel):
     patterns: list[str] = ["*.fits", "*.fit", "*.fits.fz", "*.fz"]
-    stable_s: float = 1.0               #: size must stay unchanged this long
-    poll_s: float = 0.25
-    giveup_s: float = 10.0              #: a file still incomplete after this long goes to the dead letters
+    stable_s: float = Field(1.0, ge=0)  #: size must stay unchanged this long
+    poll_s: float = Field(0.25, gt=0)
+    giveup_s: float = Field(120.0, gt=0)  #: a file incomplete and unchanged this long goes to the dead letters
 
 
 class WorkerConfig(BaseModel):
     """One worker process (``ast3stream worker``): how much it holds in memory at once."""
 
-    in_flight: int = 2                  #: exposures whose chains run at the same time (per exposures topic)
-    templates_in_memory: int = 8        #: fields' templates kept in memory (each lane counts once)
+    in_flight: int = Field(2, ge=1)     #: exposures whose chains run at the same time (per exposures topic)
+    templates_in_memory: int = Field(8, ge=1)  #: fields' templates kept in memory (each lane counts once)
 
 
 class ReductionConfig(BaseModel):
@@ -371,20 +375,27 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> "Settings":
-        """Defaults < TOML file (``path`` or ``$AST3_CONFIG``) < environment < ``overrides``."""
+        """Defaults < TOML file (``path`` or ``$AST3_CONFIG``) < environment < ``overrides`` (the
+        command line). Raises :class:`ConfigError` (one line) for an unreadable file, an unknown
+        key or a bad value."""
         path = path or os.environ.get("AST3_CONFIG")
         data: dict = {}
         if path:
-            with open(path, "rb") as fh:
-                data = json.load(fh) if str(path).endswith(".json") else tomllib.load(fh)
-        for section, values in overrides.items():
-            if isinstance(values, dict):
-                data.setdefault(section, {}).update(values)
-            else:
-                data[section] = values
-        env = cls()  # environment only
-        merged = _deep_merge(data, env.model_dump(exclude_unset=True))
-        return cls(**merged)
+            try:
+                with open(path, "rb") as fh:
+                    data = json.load(fh) if str(path).endswith(".json") else tomllib.load(fh)
+            except (OSError, ValueError) as exc:  # tomllib and json errors are ValueErrors
+                raise ConfigError(f"settings file {path}: {exc}") from None
+            _check_keys(data, cls, f"settings file {path}: ")
+        _check_env(cls)
+        try:
+            env = cls()  # environment only
+            merged = _deep_merge(_deep_merge(data, env.model_dump(exclude_unset=True)), overrides)
+            return cls(**merged)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(f"setting {where}: {err['msg']} (got {err.get('input')!r})") from None
 
     # convenient resolved paths -------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -427,6 +438,46 @@ class Settings(BaseSettings):
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.paths.data_dir / 'ast3stream.db').resolve()}"
+
+
+class ConfigError(ValueError):
+    """A settings file, variable or value that is not right: the message says which and why."""
+
+
+def _closest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(valid))}"
+
+
+def _check_keys(data: dict, model, where: str, prefix: str = "") -> None:
+    """Every key of ``data`` is a field of ``model`` (recursively), else :class:`ConfigError`."""
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}unknown setting {prefix + key!r}{_closest(key, fields)}")
+        sub = fields[key].annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            _check_keys(value, sub, where, f"{prefix}{key}.")
+
+
+def _check_env(model) -> None:
+    """Every ``AST3_SECTION__KEY`` variable names a setting (``AST3_CONFIG`` names the file)."""
+    fields = model.model_fields
+    for name in os.environ:
+        if not name.startswith("AST3_"):
+            continue
+        section, _, key = name[len("AST3_"):].lower().partition("__")
+        if not key:  # not of the AST3_SECTION__KEY form: a typo for it, or not a setting (AST3_CONFIG)
+            if (sec := section.split("_")[0]) in fields:
+                raise ConfigError(f"environment variable {name}: sections and keys are separated by a double "
+                                  f"underscore: AST3_{sec.upper()}__{section[len(sec) + 1:].upper()}")
+            continue
+        if section not in fields:
+            raise ConfigError(f"environment variable {name}: unknown section {section!r}{_closest(section, fields)}")
+        sub = fields[section].annotation.model_fields
+        if key.split("__")[0] not in sub:
+            raise ConfigError(f"environment variable {name}: unknown setting {section + '.' + key!r}"
+                              f"{_closest(key, sub)}")
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
