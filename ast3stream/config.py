@@ -221,7 +221,8 @@ class SubtractionConfig(BaseModel):
 
 
 class DetectionConfig(BaseModel):
-    version: str = "2"
+    version: str = "3"                  #: 3: own matched filter and footprints (numba/CuPy) instead of sep
+    backend: Literal["auto", "cupy", "numpy"] = "auto"  #: where the image arithmetic runs (auto: GPU if present)
     thresh: float = 5.0                 #: PSF-fit SNR a candidate needs on the difference image
     prethresh: float = 3.0              #: matched-filter detection threshold [sigma] before the SNR cut
     minarea: int = 4                    #: ISOAREA >= 4 full-resolution px (QIP: / binning^2, at least 1)

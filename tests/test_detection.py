@@ -24,7 +24,8 @@ def test_detect_transient_and_stamps():
     aligned = align(sci, tpl, CFG)
     d = subtract(aligned, tpl, CFG)
     for lane, size in (("qip", 31), ("dip", 91)):
-        cands, stamps = detect(d, aligned, tpl, 4.0, 27.0, CFG, lane)
+        cands, stamps = detect(d, aligned, tpl, 4.0, 27.0, CFG.detection, lane=lane,
+                               binning=CFG.detector.qip_binning if lane == "qip" else 1)
         assert stamps.shape == (len(cands), 4, size, size) and stamps.dtype == np.float32
     near = np.hypot(cands["x"] - 190.3, cands["y"] - 200.6) < 1.0
     assert near.sum() == 1

@@ -8,21 +8,23 @@ from ast3stream.image import Frame
 from ast3stream.reduction import Calibration, reduce_raw
 from ast3stream.sources import clean_star_list, extract, image_fwhm
 
+CFG = Settings()
+
 
 @pytest.fixture(scope="module")
 def reduced(tmp_path_factory):
     from ast3stream.simulate import simulate_night
     night = simulate_night(tmp_path_factory.mktemp("sim"), n_exposures=1, scale=0.1, seed=1, n_fields=1)
     d = night.out_dir / "calib"
-    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), Settings())
+    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), CFG.reduction, CFG.detector)
     exp = night.exposures[0]
-    return night, exp, reduce_raw(exp.path, cal, Settings())
+    return night, exp, reduce_raw(exp.path, cal, CFG.reduction, CFG.detector)
 
 
 def test_extract_finds_stars_at_truth(reduced):
     night, exp, frame = reduced
     cfg = Settings()
-    table = extract(frame, cfg)
+    table = extract(frame, cfg.sources)
     for col in ("x", "y", "flux", "fluxerr", "a", "b", "theta", "fwhm", "elongation", "flag", "stellarity", "mag_inst"):
         assert col in table.colnames
     truth = night.truth(exp.expid)
@@ -35,8 +37,8 @@ def test_extract_finds_stars_at_truth(reduced):
 def test_clean_list_and_fwhm(reduced):
     night, exp, frame = reduced
     cfg = Settings()
-    table = extract(frame, cfg)
-    clean = clean_star_list(table, cfg)
+    table = extract(frame, cfg.sources)
+    clean = clean_star_list(table, cfg.sources)
     assert 20 < len(clean) < len(table)
     assert np.all(clean["flag"] == 0)
     assert np.all(clean["flux"] / clean["fluxerr"] > cfg.sources.snr_min)
@@ -57,7 +59,7 @@ def test_stellarity_separates_galaxies():
     for x0, y0 in gal:                                   # exponential discs between them
         img += (300 * np.exp(-np.hypot(xx - x0, yy - y0) / 4.0)).astype(np.float32)
     frame = Frame(img, np.zeros(img.shape, np.uint16))
-    table = extract(frame, Settings())
+    table = extract(frame, CFG.sources)
     d, j = cKDTree(np.column_stack([table["x"], table["y"]])).query(gal)
     assert np.all(d < 2)
     stars = np.setdiff1d(np.arange(len(table)), j)

@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_limits
 
 from ..catalogs.refcat import as_refcat
-from ..config import Settings
+from ..config import AstrometryConfig, DetectorConfig
 from ..image import Frame
 from .fit import fit_shift, fit_tan_sip, n_terms, tan_project
 from .match import match_triangles
@@ -57,12 +57,13 @@ def _fit(x, y, ra, dec, crpix, crval, order, shape, wcs0: WCS, ac, inverse: bool
 
 
 @threadpool_limits.wrap(limits=1, user_api="blas")
-def solve(frame: Frame, clean_sources, refcat, cfg: Settings) -> tuple[WCS, dict]:
+def solve(frame: Frame, clean_sources, refcat, params: AstrometryConfig,
+          detector: DetectorConfig) -> tuple[WCS, dict]:
     """Fit TAN-SIP to the clean star list; raises :class:`AstrometryError` when no solution.
 
     The many small least-squares problems run on one BLAS thread (several threads contend and
     are slower on a busy machine)."""
-    ac = cfg.astrometry
+    ac = params
     ny, nx = frame.shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
@@ -85,8 +86,8 @@ def solve(frame: Frame, clean_sources, refcat, cfg: Settings) -> tuple[WCS, dict
     n_det = min(ac.n_brightest, len(stars))
     off = ac.max_offset_arcmin * 60 / scale0
     # the catalogue's bright end cut where the brightest clean star lies at the nominal zero point
-    zp_nominal = cfg.detector.zeropoint + 2.5 * np.log10(float(frame.primary.get("EXPTIME", cfg.detector.exptime))
-                                                         / cfg.detector.exptime)
+    zp_nominal = detector.zeropoint + 2.5 * np.log10(float(frame.primary.get("EXPTIME", detector.exptime))
+                                                     / detector.exptime)
     m_bright = zp_nominal - 2.5 * np.log10(max(float(stars["flux"][0]), 1.0)) - 0.3
     region = (rx > -off) & (rx < nx + off) & (ry > -off) & (ry < ny + off) & (np.asarray(ref["mag"]) >= m_bright)
     n_ref = int(np.clip(n_det * (nx + 2 * off) * (ny + 2 * off) / (nx * ny), n_det, 40 * n_det))

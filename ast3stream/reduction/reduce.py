@@ -15,7 +15,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ..config import Settings
+from ..config import DetectorConfig, ReductionConfig
 from ..image import Frame, MaskBits
 from .calibration import Calibration
 from .cosmics import detect_cosmics
@@ -80,12 +80,13 @@ def _approximate_wcs(header: fits.Header, trimsec: str, where) -> fits.Header:
     return wcs.to_header(relax=True)
 
 
-def reduce_raw(raw_path, calib: Calibration | None, cfg: Settings, timings: dict | None = None) -> Frame:
+def reduce_raw(raw_path, calib: Calibration | None, params: ReductionConfig, detector: DetectorConfig,
+               timings: dict | None = None) -> Frame:
     """Reduce one raw exposure; ``timings`` (optional) receives the seconds of each step."""
-    rc = cfg.reduction
+    rc = params
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
-    raw = read_raw(raw_path, cfg)
+    raw = read_raw(raw_path, detector)
     header = _approximate_wcs(raw.header, raw.trimsec, raw_path)
     data = raw.data
     timings["overscan"] = time.perf_counter() - t0

@@ -19,7 +19,7 @@ import numpy as np
 import sep
 from astropy.table import Table
 
-from ..config import Settings
+from ..config import SourcesConfig
 from ..image import Frame
 
 MASKED = 0x100   #: flag bit: the Kron aperture holds masked (bad/saturated/cosmic/trail) pixels
@@ -107,9 +107,9 @@ def stellarity(r50: np.ndarray, concentration: np.ndarray, reference: np.ndarray
     return np.exp(-0.5 * d2)
 
 
-def extract(frame: Frame, cfg: Settings) -> Table:
+def extract(frame: Frame, params: SourcesConfig) -> Table:
     """Detect and measure sources on a reduced frame (electrons); see the module docstring."""
-    sc = cfg.sources
+    sc = params
     data = np.ascontiguousarray(frame.data, dtype=np.float32)
     mask = bit_mask(frame.mask, sc.mask_bits)
     bkg = sep.Background(data, mask=mask, bw=sc.mesh, bh=sc.mesh, fw=3, fh=3)
