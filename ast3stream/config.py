@@ -128,7 +128,7 @@ class ReductionConfig(BaseModel):
 
 
 class SourcesConfig(BaseModel):
-    version: str = "1"
+    version: str = "2"                  #: 2: rows in order of y (strips), ``id`` follows it
     thresh: float = 3.0                 #: per-pixel sigma above background (sep/SExtractor DETECT_THRESH)
     minarea: int = 5
     mesh: int = 256                     #: sep background mesh [px] (SExtractor BACK_SIZE; sep's time falls with it)
@@ -139,6 +139,7 @@ class SourcesConfig(BaseModel):
     snr_min: float = 20.0               #: FLUX_AUTO / FLUXERR_AUTO cut of the clean list
     clip_sigma: float = 3.0
     drop_least_stellar: float = 0.2     #: fraction of least star-like sources dropped
+    workers: int = 0                    #: processes measuring a full-size frame in strips (0 = one per core, 1 = in process)
 
 
 class AstrometryConfig(BaseModel):
