@@ -121,6 +121,7 @@ class ReductionConfig(BaseModel):
     cosmic_niter: int = 2
     cosmic_tile: int = 4                #: L.A.Cosmic runs on the cells of this size holding candidates
     cosmic_pad: int = 5                 #: margin around each cell [px]
+    workers: int = 0                    #: processes cleaning a full-size frame's cosmics (0 = one per core, 1 = in process)
     trails: bool = True
     trail_threshold: float = 1.5        #: sigma of the binned image for the Hough transform
     trail_min_length_px: float = 200.0

@@ -116,3 +116,21 @@ def test_satellite_trail_masked(night, calib):
     trail = (frame.mask & MaskBits.TRAIL) > 0
     assert trail[np.rint(y[inside]).astype(int), np.rint(x[inside]).astype(int)].mean() > 0.9
     assert trail.mean() < 0.05
+
+
+def test_cosmics_in_worker_processes_as_in_process(night, monkeypatch):
+    import importlib
+
+    from ast3stream.sources import strips
+
+    cosmics = importlib.import_module("ast3stream.reduction.cosmics")
+    monkeypatch.setattr(cosmics, "GROUP_CELLS", 64)                  # several groups on a small frame
+    frame = reduce_raw(night.exposures[0].path, None, CFG.reduction.model_copy(update={"cosmics": False}), CFG.detector)
+    runs = []
+    for workers in (None, strips.pool(2)):
+        data = frame.data.copy()
+        hits = cosmics.detect_cosmics(data, frame.mask, 2.5, 1e30, workers=workers)
+        runs.append((hits, data))
+    assert len(runs[0][0]) > 100
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])

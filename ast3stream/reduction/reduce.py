@@ -17,6 +17,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ..config import DetectorConfig, ReductionConfig
 from ..image import Frame, MaskBits
+from ..sources.extract import STRIP_MIN_PIXELS
+from ..sources.strips import n_workers, pool
 from .calibration import Calibration
 from .cosmics import detect_cosmics
 from .overscan import BadFrameError, read_raw
@@ -106,8 +108,9 @@ def reduce_raw(raw_path, calib: Calibration | None, params: ReductionConfig, det
     ncosmic = 0
     if rc.cosmics:
         t0 = time.perf_counter()
+        n = n_workers(rc.workers) if data.size >= STRIP_MIN_PIXELS else 1
         hits = detect_cosmics(data, mask, raw.read_noise, 1e30, rc.cosmic_sigclip, rc.cosmic_objlim,
-                              rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad)
+                              rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad, workers=pool(n))
         mask[hits[:, 0], hits[:, 1]] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
         ncosmic = len(hits)
         timings["cosmics"] = time.perf_counter() - t0

@@ -53,11 +53,12 @@ def _warm(_=None) -> int:
 
 
 def pool(n: int) -> ProcessPoolExecutor | None:
-    """The process pool of ``n`` workers (created and warmed on the first call; ``None`` for ``n <= 1``)."""
+    """The process pool of at least ``n`` workers (created and warmed on the first call, grown when
+    a caller asks for more; ``None`` for ``n <= 1``)."""
     global _POOL, _POOL_SIZE
     if n <= 1:
         return None
-    if _POOL is None or _POOL_SIZE != n:
+    if _POOL is None or _POOL_SIZE < n:
         if _POOL is not None:
             _POOL.shutdown(wait=False, cancel_futures=True)
         ctx = multiprocessing.get_context("forkserver")
