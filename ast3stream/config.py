@@ -144,14 +144,14 @@ class SourcesConfig(BaseModel):
 
 
 class AstrometryConfig(BaseModel):
-    version: str = "1"
+    version: str = "2"                  #: 2: fit on max_fit_stars spread over the frame
     sip_order: int = 4
     max_offset_arcmin: float = 15.0
     max_rotation_deg: float = 5.0
     scale_tolerance: float = 0.03
     match_radius_arcsec: float = 2.0
     n_brightest: int = 60               #: stars used for pattern matching
-    max_fit_stars: int = 2000           #: the brightest clean stars used for the TAN-SIP fit
+    max_fit_stars: int = 500            #: clean stars for the TAN-SIP fit: the brightest of each cell of a grid
     max_rms_arcsec: float = 0.5         #: above this the solution is flagged ``bad_wcs``
     min_stars_linear: int = 10          #: fewer matches: only CRVAL of the header WCS is refitted
 
