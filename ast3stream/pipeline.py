@@ -383,7 +383,8 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     ``history``: ``object_id`` → earlier light-curve rows; ``too``: the field's active ToO entry.
     """
     from .alerts import alert_id as make_alert_id
-    from .alerts import build_alert, encode, make_cutout
+    from .alerts import build_alert, encode
+    from .alerts.cutouts import CutoutMaker
     from .alerts.gcn import build_notice, validate_notice
 
     cands = lane.candidates
@@ -392,6 +393,10 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     size = alerts.cutout_size // lane.binning | 1
     out = StageOutput()
     now = time.time()
+    makers = {name: CutoutMaker(img, hdr) for name, img, hdr in (("science", science.data, science.header),
+                                                                ("template", template.data, template.header),
+                                                                ("difference", diff.diff, diff.header))} \
+        if len(cands) else {}
     for i, row in enumerate(cands):
         cand = {name: _plain(row[name]) for name in cands.colnames}
         aid = str(make_alert_id(exp.exposure_id, lane.name, int(i), versions))
@@ -402,10 +407,7 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
             snr=cand["snr"], sign=int(cand["sign"]), score=cand["rb"], model_version=lane.model_version,
             maglim=exp.metrics.get("maglim"),
             extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr")})))
-        cutouts = {name: make_cutout(img, hdr, cand["x"], cand["y"], size)
-                   for name, img, hdr in (("science", science.data, science.header),
-                                          ("template", template.data, template.header),
-                                          ("difference", diff.diff, diff.header))}
+        cutouts = {name: make(cand["x"], cand["y"], size) for name, make in makers.items()}
         prv = [p for p in history.get(cand["object_id"], []) if p["mjd"] < mjd]
         meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=exp.exposure_id, lane=lane.name,
                     field_id=exp.field_id, mjd=mjd, model_version=lane.model_version, too=exp.too,

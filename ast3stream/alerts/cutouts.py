@@ -11,6 +11,8 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.nddata.utils import NoOverlapError, overlap_slices
 from astropy.wcs import WCS
 
+from ..detection.stamps import to_host
+
 #: header keywords copied from the image into every stamp when present
 KEEP = ("MJD-OBS", "DATE-OBS", "EXPTIME", "FILTER", "EXPID", "FIELD", "BUNIT", "GAIN", "MAGZP")
 
@@ -52,7 +54,7 @@ class CutoutMaker:
         stamp = np.full((size, size), np.nan, ">f4")
         try:
             big, small = overlap_slices(self.data.shape, (size, size), (y, x), mode="partial")
-            stamp[small] = self.data[big]
+            stamp[small] = to_host(self.data[big])     # the image may be on a GPU (CuPy)
             y0, x0 = big[0].start - small[0].start, big[1].start - small[1].start
         except NoOverlapError:
             y0, x0 = int(round(y)) - size // 2, int(round(x)) - size // 2
