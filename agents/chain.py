@@ -108,7 +108,7 @@ class Resources:
                 return Calibration.load(d)
             bias, flats = sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits"))
             if bias and flats:
-                cal = Calibration.build(bias, flats, self.cfg)
+                cal = Calibration.build(bias, flats, self.cfg.reduction, self.cfg.detector)
                 cal.save(d)
                 return cal
             return None
