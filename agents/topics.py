@@ -20,7 +20,6 @@ largest message size.
 from __future__ import annotations
 
 from ast3stream.config import KafkaConfig
-from ast3stream.pipeline import LANES, STAGES
 
 DAY_MS = 86_400_000
 
@@ -35,6 +34,8 @@ def stage_topic(prefix: str, stage: str, lane: str) -> str:
 
 def topic_names() -> list[str]:
     """Every topic of a deployment, without the prefix."""
+    from ast3stream.pipeline import LANES, STAGES   # the pipeline's stages (not needed by a light client)
+
     return ["exposures", "exposures.too", "candidates", "alerts", "gcn", "gw", "deadletter",
             *(f"alerts.{lane}" for lane in LANES),
             *(f"{s.name}.{lane}" for s in STAGES for lane in LANES)]

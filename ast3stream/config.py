@@ -271,7 +271,7 @@ class TrainingConfig(BaseModel):
 
 class AlertConfig(BaseModel):
     version: str = "1"
-    schema_version: str = "1.0"
+    schema_version: str = "2.0"         #: alert schema written (ast3stream/schemas/alert/CHANGES.md)
     #: real/bogus score an alert needs (every candidate still goes to ``candidates`` and the
     #: database); None = the lane model's calibrated threshold, stored with its version
     min_score: float | None = None

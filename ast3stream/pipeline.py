@@ -413,7 +413,7 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
                     exptime=detector.exptime, filter=detector.filter, stage_versions=versions,
                     metrics={**exp.metrics, **lane.metrics}, flags=list(exp.flags),
                     gw_event=too["event_id"] if too else None, gw_prob=too["prob"] if too else None,
-                    namespace=exp.namespace)
+                    namespace=exp.namespace, schema_version=alerts.schema_version)
         packet = build_alert(cand, prv, cand, cutouts, meta)
         value = encode(packet)
         passed = cand["rb"] is not None and cand["rb"] >= threshold

@@ -87,7 +87,7 @@ def test_every_real_alert_reads_through_our_reader(shared_data):
 
 def test_our_alert_is_read_by_plain_fastavro_with_only_the_avsc(alert, tmp_path):
     path = write_avro_file([alert, alert], tmp_path / "alerts.avro")
-    top = schema_path("1.0")
+    top = schema_path("2.0")
     assert top.parent.parent == SCHEMA_DIR
     schema = fastavro.schema.load_schema(str(top))            # only the .avsc files
     with open(path, "rb") as fh:
@@ -95,7 +95,7 @@ def test_our_alert_is_read_by_plain_fastavro_with_only_the_avsc(alert, tmp_path)
     assert len(records) == 2 and records[0] == alert
     # the Kafka message: 5-byte Confluent frame + schemaless Avro, also readable with only the .avsc
     msg = encode(alert)
-    assert msg[0] == 0 and int.from_bytes(msg[1:5], "big") == 100
+    assert msg[0] == 0 and int.from_bytes(msg[1:5], "big") == 200
     assert fastavro.schemaless_reader(io.BytesIO(msg[5:]), schema, None) == alert
     assert decode(msg) == alert and read_avro_file(path)[1] == alert
 
@@ -103,14 +103,17 @@ def test_our_alert_is_read_by_plain_fastavro_with_only_the_avsc(alert, tmp_path)
 def test_alert_content(alert, image):
     c, x = alert["candidate"], alert["crossmatch"]
     assert alert["objectId"] == "A3deadbeef00" and alert["alertId"] == c["candid"] > 0
-    assert c["isdiffpos"] is True and c["score"] == pytest.approx(0.93) and c["maglim"] == pytest.approx(20.6)
-    assert c["fwhm_image"] == pytest.approx(2.9) and c["lane"] == "dip" and c["model_version"] == "rb-1"
-    assert x["host_id"] == "43495" and x["ssnamenr"] is None and x["ss_mag"] is None
+    assert alert["candid"] == c["candid"] and c["jd"] == pytest.approx(60500.1 + 2400000.5)
+    assert c["isdiffpos"] == "t" and c["drb"] == pytest.approx(0.93) and c["diffmaglim"] == pytest.approx(20.6)
+    assert c["fwhm_image"] == pytest.approx(2.9) and c["lane"] == "dip" and c["drbversion"] == "rb-1"
+    assert (c["band"], c["fid"]) == ("g", 1) and c["magpsf"] == pytest.approx(18.3) and c["magzpsci"] == pytest.approx(27.1)
+    assert c["ssnamenr"] is None and c["ssmagnr"] is None and (c["xpos"], c["ypos"]) == pytest.approx((X, Y))
+    assert x["host_id"] == "43495"
     assert x["gw_event"] == "S240116o" and x["gw_field_prob"] == pytest.approx(0.0017)
     assert alert["versions"] == {"detect": "1", "classify": "1"}
     limit, det = alert["prv_candidates"]
-    assert limit["mag"] is None and limit["maglim"] == pytest.approx(20.5) and not limit["detected"]
-    assert det["isdiffpos"] is True and det["mag"] == pytest.approx(18.9)
+    assert limit["magpsf"] is None and limit["diffmaglim"] == pytest.approx(20.5) and not limit["detected"]
+    assert det["isdiffpos"] == "t" and det["magpsf"] == pytest.approx(18.9) and det["fid"] == 1
 
 
 def test_cutouts_decode_to_fits_with_wcs(alert, image):
@@ -147,13 +150,18 @@ def test_decode_rejects_what_is_not_an_alert(alert):
             decode(bad)
 
 
-def test_a_newer_minor_schema_reads_older_alerts(alert):
-    """Compatible evolution: a 1.1 that adds a defaulted field resolves 1.0 data."""
-    newer = copy.deepcopy(fastavro.schema.load_schema(str(schema_path("1.0"))))
-    newer["fields"][4]["type"]["fields"].append({"name": "new_thing", "type": ["null", "float"], "default": None})
-    payload = encode(alert)[5:]
-    got = fastavro.schemaless_reader(io.BytesIO(payload), load_schema("1.0"), fastavro.parse_schema(newer))
-    assert got["candidate"]["new_thing"] is None and got["candidate"]["mag"] == alert["candidate"]["mag"]
+def test_minor_versions_read_each_other(alert):
+    """Compatible evolution: a 2.1 that adds a defaulted field reads 2.0 data, and 2.0 reads 2.1 data."""
+    newer = copy.deepcopy(fastavro.schema.load_schema(str(schema_path("2.0"))))
+    cand = next(f["type"] for f in newer["fields"] if f["name"] == "candidate")
+    cand["fields"].append({"name": "new_thing", "type": ["null", "float"], "default": None})
+    newer, older = fastavro.parse_schema(newer), load_schema("2.0")
+    got = fastavro.schemaless_reader(io.BytesIO(encode(alert)[5:]), older, newer)
+    assert got["candidate"]["new_thing"] is None and got["candidate"]["magpsf"] == alert["candidate"]["magpsf"]
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, newer, {**got, "candidate": {**got["candidate"], "new_thing": 1.5}})
+    back = fastavro.schemaless_reader(io.BytesIO(buf.getvalue()), newer, older)
+    assert back == alert
 
 
 def test_filters(alert):
@@ -162,7 +170,8 @@ def test_filters(alert):
     assert not AlertFilter(max_mag=18.0)(alert)
     assert not AlertFilter(has_host=False)(alert)
     rock = copy.deepcopy(alert)
-    rock["crossmatch"].update(ssnamenr="1234", ss_sep_arcsec=2.0, gw_event=None)
+    rock["candidate"].update(ssnamenr="1234", ssdistnr=2.0)
+    rock["crossmatch"]["gw_event"] = None
     assert not AlertFilter(not_asteroid=True)(rock) and not AlertFilter(in_gw_field=True)(rock)
     assert AlertFilter(in_gw_field=False)(rock)
 
@@ -190,7 +199,7 @@ def test_listen_through_the_embedded_broker(alert, broker, tmp_path):
     topic = "listen-test.alerts"
     ensure_topics_sync(broker.bootstrap, [topic])
     faint = copy.deepcopy(alert)
-    faint["candidate"]["score"] = 0.1
+    faint["candidate"]["drb"] = 0.1
     faint["alertId"] = faint["candidate"]["candid"] = 42
 
     async def produce():

@@ -5,7 +5,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ast3stream.alerts.reader import AlertView, view
-from ast3stream.gw.skymap import credible_level_at
 
 
 @dataclass
@@ -45,6 +44,8 @@ class AlertFilter:
 
     def _in_gw(self, v: AlertView) -> bool:
         if self.skymap is not None:
+            from ast3stream.gw.skymap import credible_level_at
+
             return bool(credible_level_at(self.skymap, v.ra, v.dec) <= self.credible_level)
         return v.gw_event is not None
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import fastavro
 import fastavro.schema
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "alert"
+from ast3stream.events import SCHEMA_DIR as SCHEMAS
+
+SCHEMA_DIR = SCHEMAS / "alert"
 
 
 def versions() -> list[str]:
