@@ -43,6 +43,7 @@ from ast3stream.pipeline import STAGES
 
 from .chain import Chain, Resources, StageFailed
 from .retry import retrying
+from .security import faust_credentials, kafka_options
 from .topics import stage_topic, topic
 
 log = logging.getLogger("ast3stream.agents")
@@ -115,6 +116,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
         topic_allow_declare=False, topic_disable_leader=True, store="memory://",
         consumer_auto_offset_reset="earliest", datadir=str(cfg.paths.data_dir / "faust"),
         stream_wait_empty=True, broker_max_poll_interval=3600.0,
+        broker_credentials=faust_credentials(cfg.security),
     )
     res = Resources(cfg)
     pool = PriorityPool(workers or max(1, os.cpu_count() or 1))
@@ -186,7 +188,8 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
             async def watch():
                 producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0,
-                                            max_request_size=cfg.kafka.max_message_bytes)
+                                            max_request_size=cfg.kafka.max_message_bytes,
+                                            **kafka_options(cfg.security))
                 await producer.start()
                 try:
                     await Watcher(cfg.watch_dir, res, producer, prefix).run()

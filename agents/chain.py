@@ -131,6 +131,18 @@ class Resources:
         path = self.cfg.mpcorb_path
         return self._get("orbits", lambda: read_mpcorb(path) if path.exists() else None)
 
+    @property
+    def wire(self):
+        """How alerts are framed on each topic (:class:`~ast3stream.alerts.serialize.AlertWire`),
+        with the schema registry of ``alerts.registry_url`` when one is configured."""
+        from ast3stream.alerts.serialize import AlertWire
+
+        from .security import registry
+
+        a = self.cfg.alerts
+        return self._get("wire", lambda: AlertWire(self.cfg.kafka.prefix, a.framing, a.topic_framing,
+                                                   registry(a, self.cfg.security)))
+
     def classifier(self, lane: str):
         from ast3stream.classify import RealBogus
         return self._get(("rb", lane), lambda: RealBogus.load(lane, device=self.cfg.classify.device))
@@ -403,13 +415,14 @@ class Chain:
         """Every candidate to ``candidates``; those above the threshold to ``alerts`` and
         ``alerts.{lane}`` (once: an alert recorded as published is not sent again), notices
         to ``gcn``; then the lane's bundle and alert packets to the product store."""
+        wire = self.res.wire
         for a in out.alerts:
             key = a.object_id.encode()
-            await self._send("candidates", key, a.value)
+            await self._send("candidates", key, wire.encode(a.packet, "candidates"))
             if not a.passed or await self._db(self.db.alert_published, a.alert_id):
                 continue
-            await self._send("alerts", key, a.value)
-            await self._send(f"alerts.{lane.name}", key, a.value)
+            for name in ("alerts", f"alerts.{lane.name}"):   # framing and schema id per topic
+                await self._send(name, key, wire.encode(a.packet, name))
             if a.notice is not None:
                 await self._send("gcn", key, a.notice)
             now = time.time()

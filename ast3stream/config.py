@@ -23,7 +23,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Lane = Literal["qip", "dip"]
@@ -279,6 +279,41 @@ class AlertConfig(BaseModel):
     gcn_min_score: float = 0.8
     publisher: str = "ast3stream"       #: ``publisher`` field of every alert packet
     position_error_arcsec: float = 0.5  #: position uncertainty quoted in GCN notices
+    #: message framing of the alert topics: ``confluent`` (schema id + schemaless Avro, as Rubin) or
+    #: ``container`` (one Avro container per message, as ZTF); ``topic_framing`` overrides it per
+    #: topic name without the prefix, e.g. ``{"alerts.dip" = "container"}`` (see ast3stream.alerts.serialize)
+    framing: Literal["confluent", "container"] = "confluent"
+    topic_framing: dict[str, Literal["confluent", "container"]] = {}
+    #: Confluent/Karapace schema registry; the alert schema is registered on start. None = embedded ids
+    registry_url: str | None = None
+
+
+class SecurityConfig(BaseModel):
+    """Kafka, schema-registry and PostgreSQL security (see ``agents.security``). Passwords and
+    secrets come only from the environment (``AST3_SECURITY__KAFKA_PASSWORD``) or from a file
+    (``*_file``): a settings file that holds one is refused."""
+
+    kafka_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_password_file: Path | None = None
+    oauth_token_url: str | None = None  #: OAUTHBEARER: OAuth 2 client-credentials token endpoint
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_client_secret_file: Path | None = None
+    oauth_scope: str | None = None
+    ssl_cafile: Path | None = None      #: CA bundle for the brokers' (and the registry's) certificates
+    ssl_certfile: Path | None = None    #: client certificate (mutual TLS)
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    registry_password_file: Path | None = None
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_sslrootcert: Path | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
 
 
 class GWConfig(BaseModel):
@@ -363,6 +398,7 @@ class Settings(BaseSettings):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     gw: GWConfig = Field(default_factory=GWConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
@@ -374,6 +410,10 @@ class Settings(BaseSettings):
         if path:
             with open(path, "rb") as fh:
                 data = json.load(fh) if str(path).endswith(".json") else tomllib.load(fh)
+            secrets = [k for k, v in data.get("security", {}).items() if k.endswith(("password", "secret")) and v]
+            if secrets:
+                raise ValueError(f"{path}: security.{secrets[0]} must come from the environment or a *_file, "
+                                 "not a settings file")
         for section, values in overrides.items():
             if isinstance(values, dict):
                 data.setdefault(section, {}).update(values)
@@ -388,7 +428,8 @@ class Settings(BaseSettings):
         """Write these settings as JSON (what a worker process is started with)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=1))
+        secrets = {k for k in SecurityConfig.model_fields if k.endswith(("password", "secret"))}
+        path.write_text(self.model_dump_json(indent=1, exclude={"security": secrets}))  # workers get them from the environment
         return path
 
     @property

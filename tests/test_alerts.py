@@ -20,8 +20,11 @@ from astropy.wcs import WCS
 from ast3stream.alerts import (AlertFilter, alert_id, build_alert, decode, encode, load_schema, make_cutout,
                                read_alerts, read_avro_file, read_cutout, view, write_avro_file)
 from ast3stream.alerts.output import table_header, table_row, to_json, write_files
-from ast3stream.alerts.schema import SCHEMA_DIR, schema_path
+from ast3stream.alerts.registry import RegistryError, SchemaRegistry
+from ast3stream.alerts.schema import SCHEMA_DIR, raw_schema, schema_path
+from ast3stream.alerts.serialize import AlertWire, read_message
 from ast3stream.events import MalformedMessage
+from registry_server import Registry
 
 X, Y, SIZE = 57.3, 40.6, 31
 
@@ -98,6 +101,108 @@ def test_our_alert_is_read_by_plain_fastavro_with_only_the_avsc(alert, tmp_path)
     assert msg[0] == 0 and int.from_bytes(msg[1:5], "big") == 200
     assert fastavro.schemaless_reader(io.BytesIO(msg[5:]), schema, None) == alert
     assert decode(msg) == alert and read_avro_file(path)[1] == alert
+
+
+def ztf_consumer(value: bytes) -> dict:
+    """What a ZTF-style consumer (ALeRCE, SkyPortal ingestion) does with a message: plain
+    fastavro on the bytes, ZTF field names, the stamp as gzipped FITS."""
+    packet = next(fastavro.reader(io.BytesIO(value)))
+    c = packet["candidate"]
+    with fits.open(io.BytesIO(gzip.decompress(packet["cutoutDifference"]["stampData"]))) as hdul:
+        shape = hdul[0].data.shape
+    return {"objectId": packet["objectId"], "candid": packet["candid"], "mjd": c["jd"] - 2400000.5,
+            "mag": c["magpsf"], "err": c["sigmapsf"], "fid": c["fid"], "positive": c["isdiffpos"] == "t",
+            "drb": c["drb"], "asteroid": c["ssnamenr"] is not None, "stamp": shape}
+
+
+def test_container_framing_is_what_ztf_consumers_read(alert):
+    value = AlertWire("ast3", framing="container").encode(alert, "alerts")
+    got = ztf_consumer(value)
+    assert got == {"objectId": "A3deadbeef00", "candid": alert["candid"], "mjd": pytest.approx(60500.1),
+                   "mag": pytest.approx(18.3), "err": pytest.approx(0.05), "fid": 1, "positive": True,
+                   "drb": pytest.approx(0.93), "asteroid": False, "stamp": (SIZE, SIZE)}
+    assert decode(value) == alert
+
+
+def test_fields_named_as_ztf_have_ztf_types(alert, shared_data):
+    """Every field that shares a name with ZTF's schema has a type ZTF's readers accept: our
+    packet resolves to a reader schema whose common fields carry ZTF's own type definitions."""
+    ztf = {name: {f["name"]: f for f in json.loads((shared_data / "schemas" / "ztf" / f"{name}.avsc").read_text())["fields"]}
+           for name in ("candidate", "prv_candidate", "cutout")}
+    reader = copy.deepcopy(raw_schema("2.0"))
+    common = {}
+    for field in reader["fields"]:
+        types = field["type"] if isinstance(field["type"], list) else [field["type"]]
+        for t in types:
+            if isinstance(t, dict) and t.get("type") == "array":
+                t = t["items"]
+            name = t.get("name", "").split(".")[-1] if isinstance(t, dict) else None
+            if name in ztf:
+                t["fields"] = [ztf[name][f["name"]] for f in t["fields"] if f["name"] in ztf[name]]
+                common[name] = [f["name"] for f in t["fields"]]
+    assert {"jd", "fid", "candid", "isdiffpos", "ra", "dec", "magpsf", "sigmapsf", "diffmaglim", "drb",
+            "drbversion", "ssnamenr", "ssdistnr", "ssmagnr", "ndethist", "jdstarthist", "magzpsci"} <= set(common["candidate"])
+    assert {"jd", "fid", "magpsf", "diffmaglim", "isdiffpos"} <= set(common["prv_candidate"])
+    got = fastavro.schemaless_reader(io.BytesIO(encode(alert)[5:]), load_schema("2.0"), fastavro.parse_schema(reader))
+    assert got["candidate"] == {k: alert["candidate"][k] for k in common["candidate"]}
+    assert got["prv_candidates"][1]["magpsf"] == alert["prv_candidates"][1]["magpsf"]
+
+
+def test_registry_ids_and_a_confluent_deserializer(alert):
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    with Registry() as reg:
+        reg.register("other-value", json.dumps({"type": "string"}))
+        client = SchemaRegistry(reg.url)
+        wire = AlertWire("ast3", registry=client)
+        value = wire.encode(alert, "alerts")
+        sid = int.from_bytes(value[1:5], "big")
+        assert sid == 2 and reg.subjects == {"other-value": [1], "ast3.alerts-value": [2]}
+        assert wire.encode(alert, "alerts.dip")[1:5] == value[1:5]     # same schema, same id
+        assert decode(value, registry=client) == alert
+        with pytest.raises(MalformedMessage, match="schema id 2"):
+            decode(value)                                               # no registry: says which id
+        deserialize = AvroDeserializer(SchemaRegistryClient({"url": reg.url}))
+        got = deserialize(value, SerializationContext("ast3.alerts", MessageField.VALUE))
+        assert got["candid"] == alert["candid"] and got["candidate"] == alert["candidate"]
+        assert got["cutoutScience"]["stampData"] == alert["cutoutScience"]["stampData"]
+    assert AlertWire("ast3").encode(alert, "alerts")[1:5] == (200).to_bytes(4, "big")   # embedded id
+
+
+def test_registry_credentials_are_sent_and_never_echoed():
+    with Registry(username="alice", password="s3cret-pw") as reg:
+        assert SchemaRegistry(reg.url, username="alice", password="s3cret-pw").register("a-value", raw_schema("2.0")) == 1
+        with pytest.raises(RegistryError, match="HTTP 401") as err:
+            SchemaRegistry(reg.url, username="alice", password="wrong-pw").schema(1)
+        assert "wrong-pw" not in str(err.value)
+
+
+def test_a_wire_framed_rubin_alert_decodes_via_the_registry(shared_data):
+    """The real Rubin alert in Confluent framing (schema id 900 = lsst v9.0, whose wire layout is
+    v10.0's: the v10.0 schema from ../shared consumes exactly its bytes)."""
+    data = (shared_data / "alerts/more/multi/boom/tests/data/alerts/lsst/7912941781254298.avro").read_bytes()
+    rubin = fastavro.schema.load_schema(str(shared_data / "schemas/rubin/10/0/lsst.v10_0.alert.avsc"), _write_hint=False)
+    with Registry() as reg:
+        reg.register("lsst-alerts-value", json.dumps(rubin), schema_id=900)
+        writer, record = read_message(data, registry=SchemaRegistry(reg.url))
+    assert writer["name"] == "lsst.v10_0.alert"
+    src = record["diaSource"]
+    assert (src["diaSourceId"], src["band"]) == (7912941781254298, "r") and src["midpointMjdTai"] == pytest.approx(60961.233, abs=1e-3)
+    local = read_message(data, schemas={900: rubin})[1]                        # a local schema store
+    assert local["diaSource"]["diaSourceId"] == src["diaSourceId"] and local["cutoutDifference"] == record["cutoutDifference"]
+    with pytest.raises(MalformedMessage, match="schema id 900.*no registry"):
+        read_message(data)
+    with pytest.raises(MalformedMessage, match="not an ast3stream alert.*lsst"):
+        decode_with(data, rubin)
+
+
+def decode_with(data: bytes, schema: dict) -> dict:
+    """decode() through a registry that knows the writer: a foreign alert is refused by name."""
+    with Registry() as reg:
+        reg.register("x-value", json.dumps(schema), schema_id=900)
+        return decode(data, registry=SchemaRegistry(reg.url))
 
 
 def test_alert_content(alert, image):
@@ -206,7 +311,7 @@ def test_listen_through_the_embedded_broker(alert, broker, tmp_path):
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
         await producer.start()
         try:
-            for value in (encode(alert), b"not an alert", encode(faint), encode(alert)):
+            for value in (encode(alert), b"not an alert", encode(faint), encode(alert, framing="container")):
                 await producer.send_and_wait(topic, value, key=b"A3deadbeef00")
         finally:
             await producer.stop()
