@@ -173,6 +173,15 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
     if stages is None or "gw" in stages:
         add_gw_agent(app, res, prefix, dead_letter)
 
+    if stages is None or "filters" in stages:
+        @app.task
+        async def filter_streams():
+            from .filterstream import FilterStream
+
+            kafka = cfg.kafka.model_copy(update={"bootstrap": bootstrap})
+            stream = FilterStream(kafka, registry=res.wire.registry, client_options=kafka_options(cfg.security))
+            await retrying("filters", stream.run)
+
     if watch:
         @app.timer(cfg.products.prune_every_s)
         async def prune_products():

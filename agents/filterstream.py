@@ -91,7 +91,10 @@ async def _read_filters(consumer: AIOKafkaConsumer, name: str, specs: dict, to_e
                     specs[key] = FilterSpec.from_json(msg.value)
                 except FilterError as exc:
                     log.warning("filter %s ignored: %s", key, exc)
-        if not to_end or all(await consumer.position(tp) >= end for tp, end in ends.items()):
+        if not to_end:
+            return
+        positions = [await consumer.position(tp) for tp in ends]
+        if all(pos >= end for pos, end in zip(positions, ends.values())):
             return
 
 

@@ -19,7 +19,7 @@ from ast3stream.pipeline import SLOW, STAGES
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
-ALL_STAGES = {s.name for s in (*STAGES, SLOW)} | {"gw"}
+ALL_STAGES = {s.name for s in (*STAGES, SLOW)} | {"gw", "filters"}
 parser = functools.cache(build_parser)  # the real CLI parser (imports every command's module: build it once)
 
 

@@ -125,6 +125,8 @@ class Expression:
             raise FilterError(f"filter expression {self.text!r}: only plain names and dotted fields are allowed")
         parts.append(node.id)
         path = tuple(reversed(parts))
+        if any(part.startswith("_") for part in path):
+            raise FilterError(f"filter expression {self.text!r}: names may not start with '_'")
         if len(path) == 1 and path[0] not in (*VIEW_NAMES, "asteroid"):
             raise FilterError(f"filter expression {self.text!r}: unknown name {path[0]!r}; use one of "
                               f"{', '.join((*VIEW_NAMES, 'asteroid'))} or a record path such as candidate.drb")
