@@ -50,6 +50,7 @@ from ast3stream.pipeline import (BACK, FRONT, SLOW, STAGES, AddPhotometry, Claim
                                  StageError, TemplateInForce, UpdateExposure, UpsertCandidate, UpsertObject)
 
 from .db import Database
+from .metrics import METRICS
 from .retry import retrying
 from .store import ProductStore
 
@@ -295,6 +296,7 @@ class Chain:
             await self._send_alerts(exp, lane, out, event.file_closed_at)
         await self._db(self.db.record_stage, exp.exposure_id, event.lane, st.name, version, start,
                        nxt.timings[-1]["end"], out.status)
+        METRICS.stage(st.name, event.lane, nxt.timings[-1]["end"] - start)
         await self._progress(nxt)
         return nxt
 
@@ -429,6 +431,7 @@ class Chain:
             await self._db(self.db.record_alert, dict(
                 alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=exp.exposure_id,
                 lane=lane.name, score=a.score, digest=a.digest, published_at=now, latency_s=now - file_closed_at))
+            METRICS.alert(lane.name, now - file_closed_at)
         passed = [a.value for a in out.alerts if a.passed]
         if passed:
             store = self.res.store

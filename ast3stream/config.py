@@ -61,6 +61,7 @@ class KafkaConfig(BaseModel):
     session_timeout_s: float = 2.0      #: short: Tansu's group joins take half of it
     heartbeat_s: float = 0.5
     web_port: int = 6066                #: faust's web port (each worker needs its own)
+    web_host: str = "127.0.0.1"         #: faust's web server (``/metrics``): 0.0.0.0 for Prometheus on another host
     max_message_bytes: int = 16 * 1024 * 1024  #: also set as each topic's ``max.message.bytes``
     # topic retention (``retention.ms``), set when ``agents.broker.ensure_topics`` creates a topic
     retention_days: float = 7.0         #: stage topics ``{p}.{stage}.{lane}``: products on disk outlive them
