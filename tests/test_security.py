@@ -133,3 +133,52 @@ def test_registry_and_postgres_tls_settings(tls_files):
     args = database_connect_args(SecurityConfig(database_sslmode="verify-full", database_sslrootcert=cert,
                                                 database_sslcert=cert, database_sslkey=key))
     assert args == {"sslmode": "verify-full", "sslrootcert": str(cert), "sslcert": str(cert), "sslkey": str(key)}
+
+
+@pytest.mark.broker
+def test_a_client_connects_with_scram_over_tls(tls_files):
+    """The real thing: our settings -> aiokafka -> TLS -> SASL/SCRAM-SHA-512 -> a broker: topic
+    creation, an alert produced and read back through ``alerts()``; a wrong password and a
+    PLAINTEXT client are refused."""
+    from aiokafka.errors import KafkaError
+
+    from agents.broker import ensure_topics
+    from agents.listen import alerts
+    from ast3stream.alerts import build_alert, encode
+    from sasl_gateway import SaslGateway
+
+    cert, key = tls_files
+    packet = build_alert({"x": 1.0, "y": 2.0, "ra": 10.0, "dec": 20.0, "mag": 18.0, "mag_err": 0.1, "snr": 9.0,
+                          "sign": 1, "rb": 0.9, "object_id": "A3sasl"}, [], None, {},
+                         {"exposure_id": "e1", "lane": "dip", "mjd": 60500.0})
+
+    def sec(password: str, protocol: str = "SASL_SSL") -> dict:
+        return kafka_options(SecurityConfig(kafka_protocol=protocol, kafka_sasl_mechanism="SCRAM-SHA-512",
+                                            kafka_username="alice", kafka_password=password, ssl_cafile=cert))
+
+    async def round_trip(opts: dict, bootstrap: str) -> list[dict]:
+        await ensure_topics(bootstrap, ["sasl.alerts"], client_options=opts)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, **opts)
+        await producer.start()
+        try:
+            await producer.send_and_wait("sasl.alerts", encode(packet), key=b"A3sasl")
+        finally:
+            await producer.stop()
+        return [a async for a in alerts(bootstrap, ["sasl.alerts"], from_beginning=True, timeout_s=3.0, **opts)]
+
+    async def refused(opts: dict, bootstrap: str) -> bool:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=3000, **opts)
+        try:
+            await asyncio.wait_for(producer.start(), 10)
+        except (KafkaError, asyncio.TimeoutError, OSError):
+            return True
+        finally:
+            await producer.stop()
+        return False
+
+    with SaslGateway({"alice": "alice-pw"}, cert, key) as gw:
+        got = asyncio.run(round_trip(sec("alice-pw"), gw.bootstrap))
+        assert [a["objectId"] for a in got] == ["A3sasl"] and got[0] == packet
+        assert gw.failures == [] and set(gw.authenticated) == {"alice"} and len(gw.authenticated) >= 3
+        assert asyncio.run(refused(sec("wrong-pw"), gw.bootstrap)) and gw.failures[-1] == "wrong password"
+        assert asyncio.run(refused({}, gw.bootstrap))                       # PLAINTEXT to a TLS listener
