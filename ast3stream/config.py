@@ -287,6 +287,9 @@ class AlertConfig(BaseModel):
     topic_framing: dict[str, Literal["confluent", "container"]] = {}
     #: Confluent/Karapace schema registry; the alert schema is registered on start. None = embedded ids
     registry_url: str | None = None
+    #: processing timestamps in each packet (``timing``: file closed, alert built, latency); outside
+    #: the packet digest, but a replay's packets then differ from the live ones in these fields
+    timestamps: bool = False
 
 
 class SecurityConfig(BaseModel):

@@ -414,7 +414,8 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
                     exptime=detector.exptime, filter=detector.filter, stage_versions=versions,
                     metrics={**exp.metrics, **lane.metrics}, flags=list(exp.flags),
                     gw_event=too["event_id"] if too else None, gw_prob=too["prob"] if too else None,
-                    namespace=exp.namespace, schema_version=alerts.schema_version)
+                    namespace=exp.namespace, schema_version=alerts.schema_version,
+                    timing=_timing(file_closed_at) if alerts.timestamps else None)
         packet = build_alert(cand, prv, cand, cutouts, meta)
         value = encode(packet)
         passed = cand["rb"] is not None and cand["rb"] >= threshold
@@ -435,6 +436,11 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     out.products["bundle"] = (summary, diff, science, template, cands)
     out.metrics = {"n_alerts": float(sum(a.passed for a in out.alerts)), "alert_build_s": time.time() - now}
     return out
+
+
+def _timing(file_closed_at: float) -> dict:
+    built = time.time()
+    return {"file_closed_at": file_closed_at, "alert_built_at": built, "latency_s": built - file_closed_at}
 
 
 def _plain(v):

@@ -267,6 +267,18 @@ def test_cutouts_decode_to_fits_with_wcs(alert, image):
     assert make_cutout(data, header, X, Y, SIZE) == make_cutout(data, header, X, Y, SIZE)   # deterministic
 
 
+def test_packet_digest_covers_content_not_framing_or_timing(alert):
+    from ast3stream.alerts import packet_digest
+
+    timed = copy.deepcopy(alert)
+    timed["timing"] = {"file_closed_at": 1.7e9, "alert_built_at": 1.7e9 + 25.0, "latency_s": 25.0}
+    assert decode(encode(timed, framing="container"))["timing"]["latency_s"] == 25.0
+    assert packet_digest(timed) == packet_digest(alert) == packet_digest(decode(encode(alert, framing="container")))
+    other = copy.deepcopy(alert)
+    other["candidate"]["magpsf"] += 0.5
+    assert packet_digest(other) != packet_digest(alert)
+
+
 def test_alert_ids_are_deterministic():
     a = alert_id("exp1", "qip", 3, {"detect": "1", "classify": "1"})
     assert a == alert_id("exp1", "qip", 3, {"classify": "1", "detect": "1"})

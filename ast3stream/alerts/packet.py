@@ -22,8 +22,8 @@ ALIASES = {"sign": "isdiffpos", "elongation": "elong", "fluxerr": "flux_err", "m
            "stage_versions": "versions"}
 #: ZTF's filter ids (``fid``); any other band is 0
 ZTF_FID = {"g": 1, "r": 2, "i": 3}
-#: fields left out of :func:`packet_digest`: none yet (a packet holds no wall-clock times)
-VOLATILE: tuple[str, ...] = ()
+#: fields left out of :func:`packet_digest`: wall-clock times, which differ in a replay
+VOLATILE = ("timing",)
 
 
 def alert_id(exposure_id: str, lane: str, cand: int | tuple[float, float],
@@ -56,7 +56,8 @@ def build_alert(candidate: Mapping, prv_candidates: Sequence[Mapping], crossmatc
     a ``maglim``); ``crossmatch``: ``host_*``, ``ss*``, ``gw_*`` values; ``cutouts``: gzipped
     FITS stamps keyed ``science``/``template``/``difference``; ``meta``: exposure-level values
     (``exposure_id``, ``lane``, ``mjd``, ``model_version``, ``field_id``, ``too``, ``flags``,
-    ``versions``, ``object_id``, ``alert_id``, ``gw_event``, ``gw_prob`` ..., ``namespace``, and
+    ``versions``, ``object_id``, ``alert_id``, ``gw_event``, ``gw_prob`` ..., ``namespace``,
+    ``timing`` = ``{file_closed_at, alert_built_at, latency_s}`` (Unix s; optional), and
     ``metrics`` = image numbers such as ``maglim``, ``fwhm_px``, ``zp``). Row values win over
     ``meta``, ``meta`` over ``metrics``; NaN becomes null; missing optional fields get the
     schema default. Our names are mapped to ZTF's (:data:`ALIASES`; ``mjd``/``first_mjd`` to
@@ -92,6 +93,7 @@ def build_alert(candidate: Mapping, prv_candidates: Sequence[Mapping], crossmatc
         stamp = cutouts.get(kind, cutouts.get(name))
         alert[name] = None if stamp is None else {
             "fileName": f"candid{cand['candid']}_{kind}.fits.gz", "stampData": bytes(stamp)}
+    alert["timing"] = _conform(_record(schema, "timing"), meta["timing"]) if meta.get("timing") else None
     return alert
 
 
