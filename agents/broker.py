@@ -139,5 +139,5 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str] | Mapping[str, Map
 
 
 def ensure_topics_sync(bootstrap: str, topics: Iterable[str] | Mapping[str, Mapping[str, str]],
-                       partitions: int = 1, replication: int = 1) -> list[str]:
-    return asyncio.run(ensure_topics(bootstrap, topics, partitions, replication))
+                       partitions: int = 1, replication: int = 1, client_options: Mapping | None = None) -> list[str]:
+    return asyncio.run(ensure_topics(bootstrap, topics, partitions, replication, client_options))

@@ -157,6 +157,7 @@ def cmd_products(args) -> int:
 
 def cmd_topics(args) -> int:
     from agents.broker import ensure_topics_sync
+    from agents.security import kafka_options
     from agents.topics import DAY_MS, topic_configs
 
     cfg = _settings(args)
@@ -167,7 +168,8 @@ def cmd_topics(args) -> int:
         if not k.bootstrap:
             print("topics create needs a broker: --bootstrap or AST3_KAFKA__BOOTSTRAP", file=sys.stderr)
             return 2
-        created = set(ensure_topics_sync(k.bootstrap, configs, k.partitions, k.replication))
+        created = set(ensure_topics_sync(k.bootstrap, configs, k.partitions, k.replication,
+                                         kafka_options(cfg.security)))
     for name, c in configs.items():
         state = "" if args.action == "plan" else ("created" if name in created else "exists")
         print(f"{name:<32} partitions={k.partitions} replication={k.replication} "
