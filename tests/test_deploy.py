@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
 import shlex
 from pathlib import Path
@@ -295,9 +296,11 @@ def wheel_venv(tmp_path_factory):
     return py
 
 
-def test_the_wheel_reads_alerts_with_light_dependencies_only(wheel_venv, tmp_path, shared_data):
+@pytest.mark.broker
+def test_the_wheel_reads_alerts_with_light_dependencies_only(wheel_venv, tmp_path, shared_data, broker):
     """``pip install ast3stream`` (no extras): schemas load from the wheel, our alert decodes and
-    views, real ZTF alert files show through the CLI; numpy, astropy, torch and faust are absent."""
+    views, real ZTF alert files show through the CLI, ``alerts listen`` reads both framings from
+    the embedded broker; numpy, astropy, torch and faust are absent."""
     import os
     import subprocess
     from functools import partial
@@ -332,3 +335,22 @@ print([m for m in ("numpy", "astropy", "torch", "faust", "sqlalchemy") if import
     assert helped.returncode == 0 and "filters" in helped.stdout and "simulate" in helped.stdout
     heavy = run([cli, "simulate", "--out", "x"])
     assert heavy.returncode != 0 and "pip install 'ast3stream[pipeline]'" in heavy.stderr
+    from aiokafka import AIOKafkaProducer
+
+    from agents.broker import ensure_topics
+
+    async def produce():
+        await ensure_topics(broker.bootstrap, ["wheel.alerts"])
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            for framing in ("confluent", "container"):
+                await producer.send_and_wait("wheel.alerts", encode(alert, framing=framing), key=b"A3wheel")
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    listened = run([cli, "alerts", "listen", "--bootstrap", broker.bootstrap, "--topic", "wheel.alerts",
+                    "--from-beginning", "--format", "json", "--max", "2", "--timeout", "20"])
+    assert listened.returncode == 0, listened.stderr
+    assert [json.loads(line)["candid"] for line in listened.stdout.splitlines()] == [alert["candid"]] * 2
