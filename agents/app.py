@@ -44,7 +44,9 @@ from ast3stream.events import ExposureEvent, MalformedMessage, StageEvent
 from ast3stream.pipeline import STAGES
 
 from .chain import Chain, Resources, StageFailed
+from .metrics import CONTENT_TYPE, METRICS
 from .retry import retrying
+from .security import faust_credentials, kafka_options
 from .topics import stage_topic, topic
 
 log = logging.getLogger("ast3stream.agents")
@@ -127,15 +129,18 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
     prefix = cfg.kafka.prefix
     app = PipelineApp(
         f"{prefix}-pipeline", broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
-        web_host="127.0.0.1", web_bind="127.0.0.1", web_port=web_port or cfg.kafka.web_port, web_enabled=True,
+        web_host=cfg.kafka.web_host, web_bind=cfg.kafka.web_host, web_port=web_port or cfg.kafka.web_port,
+        web_enabled=True,
         broker_session_timeout=cfg.kafka.session_timeout_s, broker_heartbeat_interval=cfg.kafka.heartbeat_s,
         broker_commit_every=1, broker_commit_interval=0.5, producer_linger_ms=0,
         producer_max_request_size=cfg.kafka.max_message_bytes, consumer_max_fetch_size=cfg.kafka.max_message_bytes,
         topic_allow_declare=False, topic_disable_leader=True, store="memory://",
         consumer_auto_offset_reset="earliest", datadir=str(cfg.paths.data_dir / "faust"),
         stream_wait_empty=True, broker_max_poll_interval=3600.0,
+        broker_credentials=faust_credentials(cfg.security),
     )
     res = Resources(cfg)
+    kafka = cfg.kafka.model_copy(update={"bootstrap": bootstrap})   # the broker this worker uses
     pool = PriorityPool(workers or max(1, os.cpu_count() or 1))
     own = {s.name for s in STAGES} if stages is None else set(stages) & {s.name for s in STAGES}
 
@@ -150,6 +155,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
     async def dead_letter(stage: str, message, reason: str, exc: BaseException, exposure_id: str | None):
         log.warning("%s: dead letter for %s: %s", stage, exposure_id or "?", reason)
+        METRICS.dead_letter(stage)
         value = evmod.deadletter(message.topic, stage, reason, type(exc).__name__, key=message.key,
                                  value=message.value, partition=message.partition, offset=message.offset,
                                  exposure_id=exposure_id,
@@ -194,6 +200,26 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
     if stages is None or "gw" in stages:
         add_gw_agent(app, res, prefix, dead_letter)
 
+    @app.page("/metrics")
+    async def metrics(web, request):
+        """Prometheus text: stage and end-to-end latency histograms, alerts, dead letters, lag."""
+        from .status import topic_lag
+
+        try:
+            METRICS.set_lag(await topic_lag(cfg.model_copy(update={"kafka": kafka})))
+        except Exception as exc:  # the broker away: the other metrics still come
+            log.warning("metrics: consumer lag unavailable: %s", exc)
+        return web.bytes(METRICS.text(), content_type=CONTENT_TYPE)
+
+    if stages is None or "filters" in stages:
+        @app.task
+        async def filter_streams():
+            from .filterstream import FilterStream
+
+            stream = FilterStream(kafka, registry=res.wire.registry, client_options=kafka_options(cfg.security),
+                                  metrics=METRICS)
+            await retrying("filters", stream.run)
+
     if watch:
         @app.timer(cfg.products.prune_every_s)
         async def prune_products():
@@ -207,7 +233,8 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
             async def watch():
                 producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0,
-                                            max_request_size=cfg.kafka.max_message_bytes)
+                                            max_request_size=cfg.kafka.max_message_bytes,
+                                            **kafka_options(cfg.security))
                 await producer.start()
                 try:
                     await Watcher(cfg.watch_dir, res, producer, prefix).run()

@@ -27,7 +27,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Lane = Literal["qip", "dip"]
@@ -65,6 +65,7 @@ class KafkaConfig(BaseModel):
     session_timeout_s: float = 2.0      #: short: Tansu's group joins take half of it
     heartbeat_s: float = 0.5
     web_port: int = 6066                #: faust's web port (each worker needs its own)
+    web_host: str = "127.0.0.1"         #: faust's web server (``/metrics``): 0.0.0.0 for Prometheus on another host
     max_message_bytes: int = 16 * 1024 * 1024  #: also set as each topic's ``max.message.bytes``
     # topic retention (``retention.ms``), set when ``agents.broker.ensure_topics`` creates a topic
     retention_days: float = 7.0         #: stage topics ``{p}.{stage}.{lane}``: products on disk outlive them
@@ -281,7 +282,7 @@ class TrainingConfig(BaseModel):
 
 class AlertConfig(BaseModel):
     version: str = "1"
-    schema_version: str = "1.0"
+    schema_version: str = "2.0"         #: alert schema written (ast3stream/schemas/alert/CHANGES.md)
     #: real/bogus score an alert needs (every candidate still goes to ``candidates`` and the
     #: database); None = the lane model's calibrated threshold, stored with its version
     min_score: float | None = None
@@ -289,6 +290,44 @@ class AlertConfig(BaseModel):
     gcn_min_score: float = 0.8
     publisher: str = "ast3stream"       #: ``publisher`` field of every alert packet
     position_error_arcsec: float = 0.5  #: position uncertainty quoted in GCN notices
+    #: message framing of the alert topics: ``confluent`` (schema id + schemaless Avro, as Rubin) or
+    #: ``container`` (one Avro container per message, as ZTF); ``topic_framing`` overrides it per
+    #: topic name without the prefix, e.g. ``{"alerts.dip" = "container"}`` (see ast3stream.alerts.serialize)
+    framing: Literal["confluent", "container"] = "confluent"
+    topic_framing: dict[str, Literal["confluent", "container"]] = {}
+    #: Confluent/Karapace schema registry; the alert schema is registered on start. None = embedded ids
+    registry_url: str | None = None
+    #: processing timestamps in each packet (``timing``: file closed, alert built, latency); outside
+    #: the packet digest, but a replay's packets then differ from the live ones in these fields
+    timestamps: bool = False
+
+
+class SecurityConfig(BaseModel):
+    """Kafka, schema-registry and PostgreSQL security (see ``agents.security``). Passwords and
+    secrets come only from the environment (``AST3_SECURITY__KAFKA_PASSWORD``) or from a file
+    (``*_file``): a settings file that holds one is refused."""
+
+    kafka_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_password_file: Path | None = None
+    oauth_token_url: str | None = None  #: OAUTHBEARER: OAuth 2 client-credentials token endpoint
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_client_secret_file: Path | None = None
+    oauth_scope: str | None = None
+    ssl_cafile: Path | None = None      #: CA bundle for the brokers' (and the registry's) certificates
+    ssl_certfile: Path | None = None    #: client certificate (mutual TLS)
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    registry_password_file: Path | None = None
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_sslrootcert: Path | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
 
 
 class GWConfig(BaseModel):
@@ -373,6 +412,7 @@ class Settings(BaseSettings):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     gw: GWConfig = Field(default_factory=GWConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
@@ -390,6 +430,10 @@ class Settings(BaseSettings):
             except (OSError, ValueError) as exc:  # tomllib and json errors are ValueErrors
                 raise ConfigError(f"settings file {path}: {exc}") from None
             _check_keys(data, cls, f"settings file {path}: ")
+            secrets = [k for k, v in data.get("security", {}).items() if k.endswith(("password", "secret")) and v]
+            if secrets:
+                raise ConfigError(f"settings file {path}: security.{secrets[0]} must come from the environment "
+                                  "or a *_file, not a settings file")
         _check_env(cls)
         try:
             env = cls()  # environment only
@@ -405,7 +449,8 @@ class Settings(BaseSettings):
         """Write these settings as JSON (what a worker process is started with)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=1))
+        secrets = {k for k in SecurityConfig.model_fields if k.endswith(("password", "secret"))}
+        path.write_text(self.model_dump_json(indent=1, exclude={"security": secrets}))  # workers get them from the environment
         return path
 
     @property

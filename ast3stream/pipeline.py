@@ -154,9 +154,10 @@ class OutgoingAlert:
     object_id: str
     score: float
     passed: bool
-    value: bytes                    #: the encoded Avro packet
-    digest: str                     #: sha256 of ``value`` (the whole packet, history included)
+    value: bytes                    #: the encoded Avro packet (embedded schema id; topics re-frame ``packet``)
+    digest: str                     #: :func:`~ast3stream.alerts.packet_digest` (the whole packet, history included)
     notice: bytes | None = None     #: a GCN-style notice when the candidate qualifies
+    packet: dict | None = None      #: the alert record, framed per topic by ``agents.chain``
 
 
 @dataclass
@@ -384,7 +385,7 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     ``history``: ``object_id`` → earlier light-curve rows; ``too``: the field's active ToO entry.
     """
     from .alerts import alert_id as make_alert_id
-    from .alerts import build_alert, encode
+    from .alerts import build_alert, encode, packet_digest
     from .alerts.cutouts import CutoutMaker
     from .alerts.gcn import build_notice, validate_notice
 
@@ -415,7 +416,8 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
                     exptime=detector.exptime, filter=detector.filter, stage_versions=versions,
                     metrics={**exp.metrics, **lane.metrics}, flags=list(exp.flags),
                     gw_event=too["event_id"] if too else None, gw_prob=too["prob"] if too else None,
-                    namespace=exp.namespace)
+                    namespace=exp.namespace, schema_version=alerts.schema_version,
+                    timing=_timing(file_closed_at) if alerts.timestamps else None)
         packet = build_alert(cand, prv, cand, cutouts, meta)
         value = encode(packet)
         passed = cand["rb"] is not None and cand["rb"] >= threshold
@@ -428,7 +430,7 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
             notice = json.dumps(notice).encode()
         out.alerts.append(OutgoingAlert(alert_id=aid, candidate_id=cand_id, object_id=str(cand["object_id"]),
                                         score=float(cand["rb"]), passed=passed, value=value,
-                                        digest=hashlib.sha256(value).hexdigest(), notice=notice))
+                                        digest=packet_digest(packet), notice=notice, packet=packet))
     summary = {"EXPID": exp.exposure_id, "LANE": lane.name, "FIELD": exp.field_id, "MJD-MID": mjd, "TOO": exp.too,
                "RBMODEL": lane.model_version, "NCAND": len(cands), "NALERT": sum(a.passed for a in out.alerts),
                "RBTHRESH": threshold, "FLAGS": ",".join(exp.flags),
@@ -436,6 +438,11 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     out.products["bundle"] = (summary, diff, science, template, cands)
     out.metrics = {"n_alerts": float(sum(a.passed for a in out.alerts)), "alert_build_s": time.time() - now}
     return out
+
+
+def _timing(file_closed_at: float) -> dict:
+    built = time.time()
+    return {"file_closed_at": file_closed_at, "alert_built_at": built, "latency_s": built - file_closed_at}
 
 
 def _plain(v):
