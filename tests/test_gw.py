@@ -14,6 +14,7 @@ from astropy_healpix import HEALPix, uniq_to_level_ipix
 
 from ast3stream.gw import (credible_area, credible_level_at, field_probabilities, make_grid, plot_plan,
                            probdensity_at, read_notice, too_fields)
+from ast3stream.config import GWConfig
 from ast3stream.gw.skymap import probabilities
 
 W, H = 14206 * 0.41 / 3600, 10654 * 0.41 / 3600      # AST3-3 field [deg]
@@ -37,7 +38,7 @@ def test_retraction(shared_data):
     n = read_notice((shared_data / "gw" / "skyportal" / "igwn_gwalert_retraction.json").read_bytes())
     assert n.is_retraction and n.superevent_id == "MS260605l" and n.skymap is None
     with pytest.raises(ValueError, match="retraction"):
-        too_fields(n, make_grid(W, H, 0, 10), _Cfg())
+        too_fields(n, make_grid(W, H, 0, 10), GWConfig(), W, H)
 
 
 def test_voevent_with_local_skymap(shared_data, tmp_path):
@@ -181,10 +182,3 @@ def test_plot_plan(s240116o, tmp_path):
     path = plot_plan(ranked, tmp_path / "plan.png", s240116o.skymap, title="S240116o")
     assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 20000
 
-
-class _Cfg:
-    """The settings too_fields reads."""
-
-    class gw:
-        field_width_deg, field_height_deg, order, rank_by = W, H, None, "prob"
-        min_field_probability, max_fields = 1e-3, 50

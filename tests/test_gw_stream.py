@@ -20,7 +20,7 @@ def test_gw_agent_stores_ranks_and_retracts_too_fields(broker, settings, shared_
     settings.kafka.prefix = "gwt"
     fields_csv = settings.paths.data_dir / "fields.csv"
     fields_csv.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(*field_size(settings), dec_min=-90, dec_max=90).write(fields_csv, format="ascii.csv")
+    make_grid(*field_size(settings.detector, settings.gw), dec_min=-90, dec_max=90).write(fields_csv, format="ascii.csv")
     settings.paths.fields = fields_csv
     notices = shared_data / "gw" / "skyportal"
 
