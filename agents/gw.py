@@ -116,17 +116,17 @@ class GWState:
                          cum_prob=float(r["cum_prob"]), rank=i, retracted=False, created_at=now,
                          galaxy_score=_plain(float(r["galaxy_score"])) if "galaxy_score" in r.colnames else None)
                     for i, r in enumerate(fields, start=1)])
-            known = conn.execute(sa.select(self.events_t.c.n_notices, self.events_t.c.first_received_at)
+            new = conn.execute(sa.select(self.notices_t.c.notice_id)
+                               .where(self.notices_t.c.notice_id == notice["notice_id"])).first() is None
+            if new:
+                conn.execute(self.notices_t.insert().values(**notice))
+            known = conn.execute(sa.select(self.events_t.c.n_notices)
                                  .where(self.events_t.c.event_id == event["event_id"])).first()
             if known is None:
                 conn.execute(self.events_t.insert().values(**event, n_notices=1, first_received_at=now))
             else:
                 conn.execute(self.events_t.update().where(self.events_t.c.event_id == event["event_id"])
-                             .values(**event, n_notices=(known[0] or 0) + 1))
-            exists = conn.execute(sa.select(self.notices_t.c.notice_id)
-                                  .where(self.notices_t.c.notice_id == notice["notice_id"])).first()
-            if exists is None:
-                conn.execute(self.notices_t.insert().values(**notice))
+                             .values(**event, n_notices=(known[0] or 0) + int(new)))
 
     @_retried
     def expire(self, now: float | None = None) -> list[str]:

@@ -14,7 +14,8 @@ from astropy_healpix import HEALPix, uniq_to_level_ipix
 
 from ast3stream.gw import (credible_area, credible_level_at, field_probabilities, make_grid, plot_plan,
                            probdensity_at, read_notice, too_fields)
-from ast3stream.config import GWConfig
+from agents.db import Database
+from ast3stream.config import GWConfig, Settings
 from ast3stream.gw.skymap import probabilities
 
 W, H = 14206 * 0.41 / 3600, 10654 * 0.41 / 3600      # AST3-3 field [deg]
@@ -144,25 +145,55 @@ def test_galaxy_weighting(shared_data):
     assert np.all(np.isfinite(scored["galaxy_score"])) and scored["galaxy_score"].sum() <= 1 + 1e-9
 
 
-def test_too_ingest_plan_and_retract_from_the_command_line(shared_data, tmp_path, capsys):
+def test_fresh_folder_ingest_then_an_observable_plan_for_the_night(shared_data, tmp_path, capsys):
+    """The issue's first must-show: on an empty data folder, ``too ingest`` the real S240116o notice
+    (written grid), then ``too plan --site yaoan --night 2024-01-16``: every visit is checked again
+    here with astropy (altitude, airmass, Sun), and the plan's cumulative probability is the union."""
+    import json
+
+    from astropy.coordinates import AltAz, SkyCoord, get_sun
+    from astropy.time import Time
+
     from ast3stream.cli import main
-    from ast3stream.config import Settings
-    from agents.db import Database
+    from ast3stream.gw.observe import SITES
 
     data = tmp_path / "run"
-    data.mkdir()
-    make_grid(W, H, -30, 90).write(data / "fields.csv", format="ascii.csv")
-    prelim = shared_data / "gw" / "skyportal" / "igwn_gwalert_preliminary.json"
-    assert main(["--data-dir", str(data), "too", "ingest", str(prelim), "--plot", str(tmp_path / "p.png")]) == 0
-    db = Database.from_settings(Settings.load(None, paths={"data_dir": data}))
-    rows = db.too_fields()
-    assert rows and {r["event_id"] for r in rows} == {"MS260605l"} and rows[0]["rank"] == 1
-    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["--data-dir", str(data), "too", "plan", "--out", str(tmp_path / "plan.png")]) == 0
-    assert "MS260605l" in capsys.readouterr().out and (tmp_path / "plan.png").exists()
-    retraction = shared_data / "gw" / "skyportal" / "igwn_gwalert_retraction.json"
-    assert main(["--data-dir", str(data), "too", "ingest", str(retraction)]) == 0
-    assert db.too_fields() == []
+    notice = shared_data / "gw" / "lvk" / "S240116o-preliminary_fink-modified-times.json"
+    assert main(["--data-dir", str(data), "too", "ingest", str(notice), "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "S240116o PRELIMINARY: fields (given by hand (not significant (FAR 66.2 per year)))" in out
+    grid = Table.read(data / "fields.csv", format="ascii.csv", converters={"field_id": str})
+    assert len(grid) == 26344 and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["--data-dir", str(data), "too", "plan", "--site", "yaoan", "--night", "2024-01-16"]) == 0
+    assert "S240116o (PRELIMINARY): 88 visits of 44 of its 50 fields" in capsys.readouterr().out
+    folder = data / "products" / "gw" / "S240116o"
+    plan = json.loads((folder / "plan-S240116o-2024-01-16.json").read_text())
+    assert (folder / "plan-S240116o-2024-01-16.png").stat().st_size > 20000
+    assert len(Table.read(folder / "plan-S240116o-2024-01-16.csv", format="ascii.csv")) == len(plan["visits"]) == 88
+    visits = plan["visits"]
+    t = Time([v["mjd"] for v in visits], format="mjd")
+    site = SITES["yaoan"].location
+    frame = AltAz(obstime=t, location=site)
+    alt = SkyCoord([v["ra"] for v in visits] * u.deg, [v["dec"] for v in visits] * u.deg).transform_to(frame).alt.deg
+    assert alt.min() >= 30 and get_sun(t).transform_to(frame).alt.deg.max() <= -18
+    assert plan["night_start"] <= visits[0]["start"] and visits[-1]["end"] <= plan["night_end"]
+    assert all(v["airmass"] <= 2 for v in visits) and [v["order"] for v in visits] == list(range(1, 89))
+    starts = [Time(v["start"]).mjd for v in visits]
+    assert np.all(np.diff(starts) > 0)                                          # time-ordered, one at a time
+    for f in {v["field_id"] for v in visits}:
+        mine = [Time(v["start"]).mjd for v in visits if v["field_id"] == f]
+        assert len(mine) == 2 and (mine[1] - mine[0]) * 1440 >= 60             # two visits an hour apart
+    # the 6 fields left out are on the southern arc of the map (RA 17 h, Dec -40): never 30 deg up that night
+    ranked = Database.from_settings(Settings.load(None, paths={"data_dir": data})).too_fields()
+    pos = {str(f): (ra, dec) for f, ra, dec in zip(grid["field_id"], grid["ra"], grid["dec"])}
+    left = [pos[r["field_id"]] for r in ranked if r["field_id"] not in {v["field_id"] for v in visits}]
+    assert len(left) == 6 and all(dec < -35 for _, dec in left)
+    night = Time(np.linspace(Time(plan["night_start"]).mjd, Time(plan["night_end"]).mjd, 60), format="mjd")
+    up = SkyCoord([ra for ra, _ in left] * u.deg, [dec for _, dec in left] * u.deg)[:, None].transform_to(
+        AltAz(obstime=night[None, :], location=site)).alt.deg
+    assert up.max() < 30
+    cum = [v["cum_prob"] for v in visits]
+    assert np.all(np.diff(cum) >= -1e-12) and 0.055 < cum[-1] < ranked[-1]["cum_prob"] == pytest.approx(0.0682, abs=1e-4)
 
 
 def test_gw_field_filter_on_real_ztf_alerts(s240116o, shared_data):
