@@ -82,6 +82,11 @@ def field_probabilities(skymap: Table, fields: Table, width_deg: float, height_d
     fields 1..rank) and ``galaxy_score`` (NaN without ``galaxies``).
     """
     order = auto_order(width_deg, height_deg) if order is None else order
+    if len(fields) == 0:
+        out = Table(fields, copy=True)
+        for name, dtype in (("rank", np.int64), ("prob", float), ("cum_prob", float), ("galaxy_score", float)):
+            out[name] = np.zeros(0, dtype)
+        return out
     field_idx, pix_serial, contrib, geometry = _memberships(skymap, fields, width_deg, height_deg, order)
     prob = np.bincount(field_idx, weights=contrib, minlength=len(fields))
 

@@ -16,15 +16,14 @@ only), whatever the rest of the notice says.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ast3stream.gw.notices import GWNotice
 
 YEAR_S = 365.25 * 86400
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     follow: bool
     reason: str
 
