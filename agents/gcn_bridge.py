@@ -1,4 +1,4 @@
-"""GCN Kafka in: LVK notices from GCN republished unchanged to ``{prefix}.gw``.
+"""GCN Kafka in (LVK notices republished unchanged to ``{prefix}.gw``) and, optionally, out.
 
 Consumes the ``gw.gcn.topics`` of GCN's broker (``igwn.gwalert``: LVK JSON with the base64
 multi-order map; ``gcn.classic.voevent.LVC_*``: VOEvent XML) with GCN's own settings:
@@ -7,7 +7,8 @@ client id and secret from ``GCN_CLIENT_ID`` / ``GCN_CLIENT_SECRET`` (never logge
 message's bytes go to ``{prefix}.gw`` as they are, keyed by the GCN topic they came from, and
 the GCN offset is committed only once our broker has them (at least once; the GW stage is
 idempotent). With ``oauth = false`` it talks plaintext to any Kafka broker (tests point it at
-the embedded broker playing GCN).
+the embedded broker playing GCN). With ``gw.gcn.publish_topic`` our own GCN-style notices
+(``{prefix}.gcn``) go out the same way to that topic on GCN's broker.
 """
 from __future__ import annotations
 
@@ -61,26 +62,40 @@ def client_settings(gcn, env=os.environ) -> dict:
 
 
 async def bridge(gcn, bootstrap: str, prefix: str, stop: asyncio.Event | None = None) -> int:
-    """Forward GCN notices to ``{prefix}.gw`` on ``bootstrap`` until ``stop`` is set; the number forwarded."""
-    consumer = AIOKafkaConsumer(*gcn.topics, bootstrap_servers=gcn.bootstrap, group_id=gcn.group_id,
+    """Forward GCN notices to ``{prefix}.gw`` on ``bootstrap`` until ``stop`` is set, and, with
+    ``gcn.publish_topic``, our ``{prefix}.gcn`` notices out to GCN; the number of messages moved."""
+    security = client_settings(gcn)
+    routes = [(AIOKafkaConsumer(*gcn.topics, bootstrap_servers=gcn.bootstrap, group_id=gcn.group_id,
                                 enable_auto_commit=False, auto_offset_reset=gcn.offset_reset,
-                                max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20, **client_settings(gcn))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_request_size=16 << 20)
-    out, n = topic(prefix, "gw"), 0
-    await consumer.start()
-    await producer.start()
-    log.warning("GCN bridge: %s on %s -> %s", ", ".join(gcn.topics), gcn.bootstrap, out)
+                                max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20, **security),
+               AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_request_size=16 << 20),
+               lambda m: (topic(prefix, "gw"), m.topic.encode()))]
+    if gcn.publish_topic:
+        routes.append((AIOKafkaConsumer(topic(prefix, "gcn"), bootstrap_servers=bootstrap,
+                                        group_id=f"{gcn.group_id}-out", enable_auto_commit=False,
+                                        auto_offset_reset="earliest"),
+                       AIOKafkaProducer(bootstrap_servers=gcn.bootstrap, linger_ms=0, **security),
+                       lambda m: (gcn.publish_topic, None)))
+    for consumer, producer, _ in routes:
+        await consumer.start()
+        await producer.start()
+    log.warning("GCN bridge: %s on %s -> %s%s", ", ".join(gcn.topics), gcn.bootstrap, topic(prefix, "gw"),
+                f"; {topic(prefix, 'gcn')} -> {gcn.publish_topic}" if gcn.publish_topic else "")
+    n = 0
     try:
         while stop is None or not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batches.items():
-                for m in messages:
-                    await producer.send_and_wait(out, m.value, key=m.topic.encode())
-                    n += 1
-                    log.info("GCN %s offset %d -> %s (%d bytes)", m.topic, m.offset, out, len(m.value or b""))
-            if batches:
-                await consumer.commit()
+            for consumer, producer, where in routes:
+                batches = await consumer.getmany(timeout_ms=250)
+                for messages in batches.values():
+                    for m in messages:
+                        out, key = where(m)
+                        await producer.send_and_wait(out, m.value, key=key)
+                        n += 1
+                        log.info("%s offset %d -> %s (%d bytes)", m.topic, m.offset, out, len(m.value or b""))
+                if batches:
+                    await consumer.commit()
     finally:
-        await consumer.stop()
-        await producer.stop()
+        for consumer, producer, _ in routes:
+            await consumer.stop()
+            await producer.stop()
     return n

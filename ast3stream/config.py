@@ -308,6 +308,8 @@ class GCNKafkaConfig(BaseModel):
     oauth: bool = True                  #: SASL_SSL OAUTHBEARER (GCN); False = plaintext (a test broker)
     group_id: str = "ast3stream-gw"
     offset_reset: Literal["latest", "earliest"] = "latest"  #: where a new consumer group starts (not old notices)
+    #: also forward our ``{prefix}.gcn`` notices to this topic on ``bootstrap`` (GCN's Kafka, same credentials); None = off
+    publish_topic: str | None = None
     topics: tuple[str, ...] = ("igwn.gwalert", "gcn.classic.voevent.LVC_EARLY_WARNING",
                                "gcn.classic.voevent.LVC_PRELIMINARY", "gcn.classic.voevent.LVC_INITIAL",
                                "gcn.classic.voevent.LVC_UPDATE", "gcn.classic.voevent.LVC_RETRACTION")

@@ -150,3 +150,41 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
         assert wait(lambda: len(routed()) == 2 and sum(1 for _ in asyncio.run(
             read_topic(broker.bootstrap, topic("gwt", "exposures"), 0.5))) == 2)
         assert [a[2] for a in actions()] == ["ignored", "ignored", "fields", "fields", "retracted"]
+
+
+def test_bridge_both_ways_and_gcn_credentials(broker, settings, shared_data):
+    """The bridge on its own: GCN's ``igwn.gwalert`` into ``{prefix}.gw`` unchanged, our ``{prefix}.gcn``
+    out to the configured GCN topic; GCN credentials come from the environment only."""
+    from agents.gcn_bridge import GCNToken, bridge, client_settings
+
+    gcn = settings.gw.gcn.model_copy(update=dict(bootstrap=broker.bootstrap, oauth=False, offset_reset="earliest",
+                                                 group_id="gwb", topics=("gwb.igwn.gwalert",),
+                                                 publish_topic="gwb.gcn.notices.ast3"))
+    ensure_topics_sync(broker.bootstrap, ["gwb.igwn.gwalert", "gwb.gw", "gwb.gcn", "gwb.gcn.notices.ast3"])
+    lvk = (shared_data / "gw" / "lvk" / "S240116o-preliminary_fink-modified-times.json").read_bytes()
+    ours = b'{"$schema": "urn:ast3stream:schemas:gcn:optical_counterpart:1.0"}'
+
+    async def scenario():
+        stop = asyncio.Event()
+        task = asyncio.create_task(bridge(gcn, broker.bootstrap, "gwb", stop))
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0, max_request_size=16 << 20)
+        await producer.start()
+        await producer.send_and_wait("gwb.igwn.gwalert", lvk)
+        await producer.send_and_wait("gwb.gcn", ours)
+        await producer.stop()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            got = (await read_topic(broker.bootstrap, "gwb.gw", 0.5), await read_topic(broker.bootstrap,
+                                                                                       "gwb.gcn.notices.ast3", 0.5))
+            if all(got):
+                break
+        stop.set()
+        return got, await task
+
+    (inbound, outbound), moved = asyncio.run(scenario())
+    assert moved == 2 and [m.value for m in inbound] == [lvk] and [m.value for m in outbound] == [ours]
+    with pytest.raises(RuntimeError, match="GCN_CLIENT_ID and GCN_CLIENT_SECRET"):
+        client_settings(settings.gw.gcn, env={})
+    secure = client_settings(settings.gw.gcn, env={"GCN_CLIENT_ID": "id", "GCN_CLIENT_SECRET": "s3cret"})
+    assert secure["security_protocol"] == "SASL_SSL" and secure["sasl_mechanism"] == "OAUTHBEARER"
+    assert isinstance(secure["sasl_oauth_token_provider"], GCNToken) and "s3cret" not in repr(secure)
