@@ -247,3 +247,31 @@ def test_coverage_by_depth_and_kilonova_ranking(s240116o):
     assert listed["asteroid"]["kn_score"] == 0 and "known asteroid 1234" in listed["asteroid"]["kn_reasons"]
     assert listed["bogus"]["kn_score"] == 0 and "real/bogus 0.2 below 0.5" in listed["bogus"]["kn_reasons"]
     assert "S240116o: 7 exposures of 6 fields" in summary(report)
+
+
+def test_schedule_respects_moon_sun_altitude_and_horizon():
+    """Full Moon night (2024-01-25) at Yaoan: a field on the Moon, one at the Sun, one that never
+    rises 30 deg are never scheduled; a field well placed is visited twice; a high local horizon
+    leaves nothing."""
+    from astropy.coordinates import get_body, get_sun
+    from astropy.time import Time
+
+    from ast3stream.config import GWPlanConfig
+    from ast3stream.gw.observe import SITES, night_window, schedule
+
+    yaoan = SITES["yaoan"]
+    start, end = night_window(yaoan, "2024-01-25")
+    mid = start + (end - start) / 2
+    moon = get_body("moon", mid, yaoan.location)
+    sun = get_sun(mid)
+    fields = Table({"field_id": ["moon", "sun", "south", "good"],
+                    "ra": [moon.ra.deg, sun.ra.deg, 30.0, (moon.ra.deg + 90) % 360],
+                    "dec": [moon.dec.deg, sun.dec.deg, -75.0, 30.0], "prob": [0.4, 0.3, 0.2, 0.1]})
+    plan = GWPlanConfig()
+    sched = schedule(fields, yaoan, start, end, plan)
+    assert sched.meta["moon_illum"] > 0.95
+    assert list(sched["field_id"]) == ["good", "good"]
+    assert (Time(sched["start"][1]) - Time(sched["start"][0])).to_value("min") >= plan.revisit_gap_min - 1e-6
+    assert all(m >= plan.moon_sep_full_deg for m in sched["moon_sep_deg"])
+    walled = GWPlanConfig(horizon=((0.0, 80.0), (180.0, 80.0)))
+    assert len(schedule(fields, yaoan, start, end, walled)) == 0

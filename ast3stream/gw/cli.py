@@ -21,7 +21,7 @@ from astropy.time import Time
 
 SHOWN = ("rank", "field_id", "ra", "dec", "prob", "cum_prob", "galaxy_score")
 PLAN_SHOWN = ("order", "field_id", "visit", "start", "ra", "dec", "alt_deg", "airmass", "moon_sep_deg", "prob",
-              "cum_prob")
+              "galaxy_score", "cum_prob")
 
 
 def add_cli(subparsers) -> None:
@@ -144,7 +144,8 @@ def plan_command(args) -> int:
         for f, m in zip(seen["field_id"], seen["mjd"]):
             n, last = done.get(f, (0, None))
             done[f] = (n + 1, max(last, Time(m, format="mjd")) if last is not None else Time(m, format="mjd"))
-        sched = schedule(fields, where, start, end, plan, done=done)
+        by = cfg.gw.rank_by if np.isfinite(np.asarray(fields["galaxy_score"], float)).any() else "prob"
+        sched = schedule(fields, where, start, end, plan, done=done, priority=by)
         skymap = event_skymap(ev)
         sched["cum_prob"] = (covered_probability(skymap, sched, width, height) if skymap is not None
                              else np.cumsum(np.where(sched["visit"] == 1, sched["prob"], 0.0)))

@@ -10,7 +10,7 @@ is below ``sun_alt_deg``, and the Moon, when it is above the horizon, is at leas
 
 Greedy scheduling: each slot takes, among the observable fields that still need a visit and
 whose last visit is at least ``revisit_gap_min`` ago, the one with the fewest visits so far,
-then the highest probability (first visits of the whole list before revisits: the team wants
+then the highest priority (probability, or the galaxy-weighted score) (first visits of the whole list before revisits: the team wants
 the probability covered first, then the light curve). Visits already made (``done``) count.
 """
 from __future__ import annotations
@@ -91,17 +91,22 @@ def visibility(fields: Table, where: Site, times: Time, plan) -> dict[str, np.nd
                 moon_illum=moon_illum)
 
 
-def schedule(fields: Table, where: Site, start: Time, end: Time, plan, done: dict | None = None) -> Table:
-    """Time-ordered visits of ``fields`` (``field_id``, ``ra``, ``dec``, ``prob``, best first
-    within ``plan.max_fields``) between ``start`` and ``end``.
+def schedule(fields: Table, where: Site, start: Time, end: Time, plan, done: dict | None = None,
+             priority: str = "prob") -> Table:
+    """Time-ordered visits of ``fields`` (``field_id``, ``ra``, ``dec``, ``prob``; the best
+    ``plan.max_fields`` by ``priority``: ``prob`` or ``galaxy_score``) between ``start`` and ``end``.
 
     ``done``: field_id -> (visits already made, time of the last one as Time) for fields
     observed before. Returns one row per visit: ``order``, ``field_id``, ``ra``, ``dec``,
     ``visit`` (1 = first), ``start`` / ``end`` (ISO UTC), ``mjd`` (mid-exposure), ``alt_deg``,
-    ``airmass``, ``moon_sep_deg``, ``sun_alt_deg``, ``exptime_s``, ``prob``; ``meta`` holds the
-    window and the site.
+    ``airmass``, ``moon_sep_deg``, ``sun_alt_deg``, ``exptime_s``, ``prob``, ``galaxy_score`` (NaN
+    when not known); ``meta`` holds the window and the site.
     """
-    fields = fields[np.argsort(-np.asarray(fields["prob"], float), kind="stable")][: plan.max_fields]
+    key = np.nan_to_num(np.asarray(fields[priority], float))
+    fields = fields[np.argsort(-key, kind="stable")][: plan.max_fields]
+    key = np.nan_to_num(np.asarray(fields[priority], float))
+    galaxy = np.asarray(fields["galaxy_score"], float) if "galaxy_score" in fields.colnames else np.full(len(fields),
+                                                                                                       np.nan)
     slot = (plan.exptime_s + plan.overhead_s) / 86400
     n_slots = max(0, int(np.floor((end.mjd - start.mjd) / slot)))
     t0 = start.mjd + np.arange(n_slots) * slot                  # slot starts
@@ -118,7 +123,7 @@ def schedule(fields: Table, where: Site, start: Time, end: Time, plan, done: dic
         cand = np.flatnonzero(vis["ok"][:, j] & (visits < plan.revisits) & (t0[j] - last >= gap))
         if cand.size == 0:
             continue
-        i = cand[np.lexsort((-prob[cand], visits[cand]))[0]]
+        i = cand[np.lexsort((-key[cand], visits[cand]))[0]]
         visits[i] += 1
         last[i] = t0[j]
         rows.append(dict(order=len(rows) + 1, field_id=ids[i], ra=float(fields["ra"][i]), dec=float(fields["dec"][i]),
@@ -126,11 +131,11 @@ def schedule(fields: Table, where: Site, start: Time, end: Time, plan, done: dic
                          end=Time(t0[j] + plan.exptime_s / 86400, format="mjd").isot, mjd=float(mid[j].mjd),
                          alt_deg=float(vis["alt"][i, j]), airmass=float(vis["airmass"][i, j]),
                          moon_sep_deg=float(vis["moon_sep"][i, j]), sun_alt_deg=float(vis["sun_alt"][j]),
-                         exptime_s=plan.exptime_s, prob=float(prob[i])))
+                         exptime_s=plan.exptime_s, prob=float(prob[i]), galaxy_score=float(galaxy[i])))
     names = ["order", "field_id", "ra", "dec", "visit", "start", "end", "mjd", "alt_deg", "airmass", "moon_sep_deg",
-             "sun_alt_deg", "exptime_s", "prob"]
+             "sun_alt_deg", "exptime_s", "prob", "galaxy_score"]
     out = Table(rows=[[r[n] for n in names] for r in rows], names=names) if rows else Table(names=names, dtype=[
-        int, str, float, float, int, str, str, float, float, float, float, float, float, float])
+        int, str, float, float, int, str, str, float, float, float, float, float, float, float, float])
     out.meta.update(site=where.name, lat=where.lat, lon=where.lon, height=where.height, night_start=start.isot,
                     night_end=end.isot, n_fields=len(fields),
                     moon_illum=float(np.mean(vis["moon_illum"])) if n_slots else None)
