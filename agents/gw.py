@@ -6,9 +6,9 @@ Tables (no namespace prefix: like ``too_fields`` they are inputs shared by live 
                 ``ignored``), the latest notice's type, FAR, classification, areas, distance, the
                 stored sky map (``skymap_path``), ``expires_at``, and its ToO list's size and probability.
 ``gw_notices``  every notice received (key: sha256 of its bytes, so a redelivery is one row): its
-                type, origin (topic or file), whether it was followed and why (``reason``), and
-                what it did (``action``: ``fields``, ``retracted``, ``ignored``, ``superseded``,
-                ``no skymap``).
+                type, first origin (topic or file) and time, whether it was followed and why
+                (``reason``), and what it did the last time it came (``action``: ``fields``,
+                ``retracted``, ``ignored``, ``superseded``, ``no skymap``).
 ``too_fields``  (in :mod:`agents.db`) the ToO list that routes exposures to the priority lane.
                 A followed PRELIMINARY / INITIAL / UPDATE *replaces* the event's list in one
                 transaction (fields no longer in it stop being ToO); a RETRACTION or expiry
@@ -120,6 +120,9 @@ class GWState:
                                .where(self.notices_t.c.notice_id == notice["notice_id"])).first() is None
             if new:
                 conn.execute(self.notices_t.insert().values(**notice))
+            else:        # the same notice again (redelivered, or given by hand): its latest outcome
+                conn.execute(self.notices_t.update().where(self.notices_t.c.notice_id == notice["notice_id"]).values(
+                    **{k: v for k, v in notice.items() if k not in ("notice_id", "received_at", "origin")}))
             known = conn.execute(sa.select(self.events_t.c.n_notices)
                                  .where(self.events_t.c.event_id == event["event_id"])).first()
             if known is None:

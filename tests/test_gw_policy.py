@@ -81,7 +81,9 @@ def test_ingest_redelivery_order_missing_map_and_expiry(shared_data, tmp_path):
     assert db.too_fields() == [] and state.event("S190425z")["status"] == "expired"
 
 
-def test_ignored_by_policy_unless_given_by_hand(shared_data, tmp_path):
+def test_ignored_by_policy_unless_given_by_hand(shared_data, tmp_path, capsys):
+    from ast3stream.cli import main
+
     cfg = Settings.load(None, paths={"data_dir": tmp_path / "run"})
     db = Database.from_settings(cfg)
     mock = shared_data / "gw" / "skyportal" / "igwn_gwalert_preliminary.json"
@@ -93,3 +95,8 @@ def test_ignored_by_policy_unless_given_by_hand(shared_data, tmp_path):
     assert GWState(db).event("MS260605l")["status"] == "active" and db.too_fields()
     retraction = shared_data / "gw" / "skyportal" / "igwn_gwalert_retraction.json"
     assert ingest(retraction, db, cfg, enforce_policy=False).action == "retracted" and db.too_fields() == []
+    capsys.readouterr()
+    assert main(["--data-dir", str(tmp_path / "run"), "too", "events"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("MS260605l retracted (RETRACTION)")
+    assert [line.split()[1:3] for line in lines[1:]] == [["PRELIMINARY", "fields"], ["RETRACTION", "retracted"]]
