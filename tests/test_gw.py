@@ -273,5 +273,7 @@ def test_schedule_respects_moon_sun_altitude_and_horizon():
     assert list(sched["field_id"]) == ["good", "good"]
     assert (Time(sched["start"][1]) - Time(sched["start"][0])).to_value("min") >= plan.revisit_gap_min - 1e-6
     assert all(m >= plan.moon_sep_full_deg for m in sched["moon_sep_deg"])
+    seen = schedule(fields, yaoan, start, end, plan, done={"good": (1, Time(sched["start"][0]))})
+    assert list(seen["field_id"]) == ["good"] and seen["visit"][0] == 2       # observed once already: one more
     walled = GWPlanConfig(horizon=((0.0, 80.0), (180.0, 80.0)))
     assert len(schedule(fields, yaoan, start, end, walled)) == 0
