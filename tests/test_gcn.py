@@ -61,8 +61,9 @@ def test_notice_from_a_stored_too_row_or_an_id(alert):
         assert notice["data"]["targets"][0]["gcn_crossmatch"][0]["ref_ID"] == "S240116o"
 
 
-def test_our_notices_are_valid_gcn_optical_alert_notices(alert, gw, shared_data):
-    """Checked against the real GCN schema, resolving its relative $refs from the shared copy."""
+@pytest.fixture(scope="module")
+def boom(shared_data):
+    """GCN's optical alert schema (gcn/notices/boom), its relative $refs resolved from the shared copy."""
     from referencing import Registry, Resource
 
     root = shared_data / "schemas" / "gcn" / "gcn" / "notices"
@@ -71,10 +72,14 @@ def test_our_notices_are_valid_gcn_optical_alert_notices(alert, gw, shared_data)
         schema = json.loads(path.read_text())
         resources.append((schema["$id"], Resource.from_contents(schema)))
     registry = Registry().with_resources(resources)
-    boom = json.loads((root / "boom" / "alert.schema.json").read_text())
-    validator = jsonschema.Draft202012Validator(boom, registry=registry)
+    schema = json.loads((root / "boom" / "alert.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema, registry=registry)
     validator.validate(json.loads((root / "boom" / "alert.example.json").read_text()))
-    validator.validate(build_notice(alert, gw, created=CREATED))
+    return validator
+
+
+def test_our_notices_are_valid_gcn_optical_alert_notices(alert, gw, boom):
+    boom.validate(build_notice(alert, gw, created=CREATED))
 
 
 @pytest.mark.parametrize("breakage", ["no_ra", "messenger", "no_mag_or_limit", "extra_key", "bad_time", "no_gw"])
@@ -115,10 +120,11 @@ def test_which_alerts_get_a_notice(alert):
     assert notice_schema()["$id"] == build_notice(alert, "S1", created=CREATED)["$schema"]
 
 
-def test_kilonova_assessment_in_the_notice(gw, shared_data, tmp_path):
+def test_kilonova_assessment_in_the_notice(gw, boom, tmp_path):
     """A candidate at the densest pixel of the mock BNS map with a host at the map's distance there
     scores high, with its reasons; the same with a host at 5x the distance is vetoed. The stored
-    map of a ToO row gives the same assessment as the notice's own map; both notices are valid."""
+    map of a ToO row gives the same assessment as the notice's own map; the notices are valid
+    against our schema and GCN's."""
     from ast3stream.config import GWConfig
     from ast3stream.gw.skymap import rows_at, write_skymap
 
@@ -139,6 +145,7 @@ def test_kilonova_assessment_in_the_notice(gw, shared_data, tmp_path):
         packet = build_alert(cand, prv, cand, {}, meta)
         notices[name] = build_notice(packet, gw, created=CREATED, gw=GWConfig())
         validate_notice(notices[name])
+        boom.validate(notices[name])
     near = notices["near"]["data"]["targets"][0]
     ref = near["gcn_crossmatch"][0]["reference"]
     assert near["classification_scores"]["kilonova"] == pytest.approx(ref["kilonova_score"], abs=1e-4)
