@@ -82,6 +82,8 @@ class PathsConfig(BaseModel):
     refcat: Path | None = None          #: reference star catalogue (FITS/CSV/ECSV); None = ``<data_dir>/refcat.fits``
     galaxies: Path | None = None        #: GLADE+-like galaxy catalogue; None = ``<data_dir>/galaxies.csv``
     mpcorb: Path | None = None          #: MPCORB-format orbits; None = ``<data_dir>/MPCORB.DAT``
+    variable_stars: Path | None = None  #: GCVS Parquet; None = ``<data_dir>/gcvs.parquet``
+    transients: Path | None = None      #: TNS Parquet; None = ``<data_dir>/tns.parquet``
     fields: Path | None = None          #: survey field grid; None = ``<data_dir>/fields.csv``
 
     def resolve(self, name: str, default: str) -> Path:
@@ -244,6 +246,7 @@ class CrossmatchConfig(BaseModel):
     order_wait_s: float = 600.0         #: an exposure waits at most this for the field's earlier ones to associate
     asteroid_search_deg: float = 3.0    #: asteroids are computed within this radius of the field centre
     variable_radius_arcsec: float = 2.0 #: GCVS veto radius (needs pyarrow)
+    transient_radius_arcsec: float = 2.0  #: known (TNS) transient radius
 
 
 class ClassifyConfig(BaseModel):

@@ -311,17 +311,18 @@ def detection(exp: Exposure, lane: Lane, *, detection, detector) -> StageOutput:
     return StageOutput(metrics={"n_candidates": len(lane.candidates)})
 
 
-def crossmatch(exp: Exposure, lane: Lane, *, objects: Table, galaxies, asteroids, crossmatch,
-               detector) -> StageOutput:
-    """Host galaxies and known asteroids; association with the field's known ``objects``
+def crossmatch(exp: Exposure, lane: Lane, *, objects: Table, galaxies, asteroids, variable_stars, transients,
+               crossmatch, detector) -> StageOutput:
+    """Host galaxies, known asteroids (the night's :class:`~.catalogs.asteroids.AsteroidTable`),
+    variable stars and known transients; association with the field's known ``objects``
     (``object_id``, ``ra``, ``dec``, ``n_det``, ``first_mjd``, ``last_mjd``) into transients;
     light-curve points (detections, forced photometry at known objects not detected now)."""
     from .crossmatch import crossmatch as xmatch
     from .lightcurves import associate, forced_photometry
 
     mjd = exp.mid_mjd(detector.exptime)
-    cands = xmatch(lane.candidates, mjd, _legacy(crossmatch=crossmatch, detector=detector),
-                   galaxies=galaxies, asteroids=asteroids)
+    cands = xmatch(lane.candidates, mjd, crossmatch, (detector.site_lon, detector.site_lat, detector.site_height),
+                   galaxies=galaxies, asteroids=asteroids, variable_stars=variable_stars, transients=transients)
     idx = associate(cands, objects, crossmatch.object_radius_arcsec) if len(cands) else np.array([], int)
     ids = [str(objects["object_id"][i]) if i >= 0 else object_id(row["ra"], row["dec"]) for row, i in zip(cands, idx)]
     cands["object_id"] = np.array(ids, dtype="U32") if ids else np.array([], dtype="U32")
@@ -475,7 +476,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("quality", quality, False, ("quality", "photometry", "astrometry", "detector"), ("refcat",)),
     Stage("subtraction", subtraction, True, ("subtraction", "detector")),
     Stage("detection", detection, True, ("detection", "detector")),
-    Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids")),
+    Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids", "variable_stars", "transients")),
     Stage("classify", classify, True, (), ("model",)),
     Stage("alert", alert, True, ("alerts", "detector", "gw"),
           ("versions", "history", "too", "threshold", "file_closed_at"), version_section="alerts"),
