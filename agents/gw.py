@@ -295,7 +295,7 @@ def observed(db: Database, cfg, since_mjd: float | None = None) -> Table:
 
 def candidates_of(db: Database, exposure_ids) -> Table:
     """Positive candidates of those exposures, one per object (its latest), with ``rb``, ``ssnamenr``,
-    ``host_id``, ``host_dist_mpc`` and the light curve's ``rate_mag_per_day``."""
+    ``var_name``, ``tns_name``, ``host_id``, ``host_dist_mpc`` and the light curve's ``rate_mag_per_day``."""
     from ast3stream.gw.kilonova import light_curve_rate
 
     ids, latest = set(exposure_ids), {}
@@ -309,10 +309,11 @@ def candidates_of(db: Database, exposure_ids) -> Table:
         rate = light_curve_rate([p for p in db.light_curve(oid) if p.get("detected")])
         rows.append((oid, c["candidate_id"], float(c["ra"]), float(c["dec"]), float(c["mjd"]),
                      np.nan if c["mag"] is None else float(c["mag"]), np.nan if c["score"] is None else float(c["score"]),
-                     str(x.get("ssnamenr") or ""), str(x.get("host_id") or ""),
+                     str(x.get("ssnamenr") or ""), str(x.get("var_name") or ""), str(x.get("tns_name") or ""),
+                     str(x.get("host_id") or ""),
                      np.nan if x.get("host_dist_mpc") is None else float(x["host_dist_mpc"]),
                      np.nan if rate is None else rate))
-    return Table(rows=rows, names=["object_id", "candidate_id", "ra", "dec", "mjd", "mag", "rb", "ssnamenr", "host_id",
-                                   "host_dist_mpc", "rate_mag_per_day"],
-                 dtype=[str, str, float, float, float, float, float, str, str, float, float])
+    return Table(rows=rows, names=["object_id", "candidate_id", "ra", "dec", "mjd", "mag", "rb", "ssnamenr", "var_name",
+                                   "tns_name", "host_id", "host_dist_mpc", "rate_mag_per_day"],
+                 dtype=[str, str, float, float, float, float, float, str, str, str, str, float, float])
 

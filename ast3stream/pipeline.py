@@ -403,7 +403,8 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
             ra=cand["ra"], dec=cand["dec"], x=cand["x"], y=cand["y"], mag=cand["mag"], mag_err=cand["mag_err"],
             snr=cand["snr"], sign=int(cand["sign"]), score=cand["rb"], model_version=lane.model_version,
             maglim=exp.metrics.get("maglim"),
-            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "host_dist_mpc", "ssnamenr")})))
+            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "host_dist_mpc", "ssnamenr", "var_name",
+                                            "tns_name")})))
         cutouts = {name: make_cutout(img, hdr, cand["x"], cand["y"], size)
                    for name, img, hdr in (("science", science.data, science.header),
                                           ("template", template.data, template.header),

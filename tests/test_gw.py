@@ -218,7 +218,7 @@ def test_plot_plan(s240116o, tmp_path):
 def test_coverage_by_depth_and_kilonova_ranking(s240116o):
     """Exposures of the top fields at three depths: the covered probability is the union of their
     footprints (the ranked list's cum_prob), deeper cuts cover less; candidates in those fields are
-    ranked with their reasons, the asteroid and the bogus one vetoed, and the one outside the 90 %
+    ranked with their reasons, the asteroid, the variable star and the bogus one vetoed, and the one outside the 90 %
     region is not listed."""
     from ast3stream.gw.coverage import coverage_report, summary
 
@@ -227,11 +227,11 @@ def test_coverage_by_depth_and_kilonova_ranking(s240116o):
                        "field_id": [*ranked["field_id"], ranked["field_id"][0]],
                        "ra": [*ranked["ra"], ranked["ra"][0]], "dec": [*ranked["dec"], ranked["dec"][0]],
                        "mjd": 60325.5 + np.arange(7) / 100, "maglim": [20.2, 20.2, 21.1, 21.1, 19.6, np.nan, 21.6]})
-    cands = Table({"object_id": ["kn", "slow", "asteroid", "bogus", "far"],
-                   "ra": [ranked["ra"][0], ranked["ra"][1], ranked["ra"][2], ranked["ra"][3], 200.0],
-                   "dec": [ranked["dec"][0], ranked["dec"][1], ranked["dec"][2], ranked["dec"][3], -80.0],
-                   "rb": [0.95, 0.9, 0.9, 0.2, 0.9], "ssnamenr": ["", "", "1234", "", ""],
-                   "host_dist_mpc": [np.nan] * 5, "rate_mag_per_day": [0.7, 0.02, 0.5, 0.5, 0.5]})
+    cands = Table({"object_id": ["kn", "slow", "asteroid", "bogus", "far", "variable"],
+                   "ra": [*ranked["ra"][:4], 200.0, ranked["ra"][4]], "dec": [*ranked["dec"][:4], -80.0, ranked["dec"][4]],
+                   "rb": [0.95, 0.9, 0.9, 0.2, 0.9, 0.9], "ssnamenr": ["", "", "1234", "", "", ""],
+                   "var_name": ["", "", "", "", "", "GCVS 17"], "host_dist_mpc": [np.nan] * 6,
+                   "rate_mag_per_day": [0.7, 0.02, 0.5, 0.5, 0.5, 0.5]})
     report = coverage_report(s240116o.skymap, exposures, W, H, GWConfig(), cands, event_id="S240116o")
     assert report["prob_covered"] == pytest.approx(ranked["cum_prob"][5], rel=1e-9)
     depth = {d["maglim"]: d["prob"] for d in report["by_depth"]}
@@ -241,11 +241,12 @@ def test_coverage_by_depth_and_kilonova_ranking(s240116o):
     assert depth[21.5] == pytest.approx(ranked["prob"][0], rel=1e-9)      # only the revisit of field 1 went that deep
     assert report["timeline"][-1]["cum_prob"] == report["prob_covered"] and report["n_fields"] == 6
     listed = {c["object_id"]: c for c in report["candidates"]}
-    assert set(listed) == {"kn", "slow", "asteroid", "bogus"}                # "far" is outside the 90 % region
+    assert set(listed) == {"kn", "slow", "asteroid", "bogus", "variable"}    # "far" is outside the 90 % region
     assert listed["kn"]["kn_rank"] == 1 and "fading 0.70 mag/day (kilonova-like)" in listed["kn"]["kn_reasons"]
     assert listed["slow"]["kn_rank"] == 2 and 0 < listed["slow"]["kn_score"] < listed["kn"]["kn_score"]
     assert listed["asteroid"]["kn_score"] == 0 and "known asteroid 1234" in listed["asteroid"]["kn_reasons"]
     assert listed["bogus"]["kn_score"] == 0 and "real/bogus 0.2 below 0.5" in listed["bogus"]["kn_reasons"]
+    assert listed["variable"]["kn_score"] == 0 and "known variable star GCVS 17" in listed["variable"]["kn_reasons"]
     assert "S240116o: 7 exposures of 6 fields" in summary(report)
 
 

@@ -69,6 +69,7 @@ def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
     skymap = _event_skymap(gw_event) if gw is not None else None
     if skymap is not None:
         kn = assess(dict(ra=c["ra"], dec=c["dec"], rb=c["score"], ssnamenr=x.get("ssnamenr") or None,
+                         var_name=x.get("var_name") or None, tns_name=x.get("tns_name") or None,
                          host_id=x.get("host_id"), host_dist_mpc=x.get("host_dist_mpc"),
                          rate_mag_per_day=light_curve_rate(points)), skymap, gw)
         target["classification_scores"]["kilonova"] = kn["score"]

@@ -3,10 +3,11 @@
 Each candidate gets a score in [0, 1] and the reasons for it:
 
 * vetoes (score 0): outside the ``credible_level`` region of the map, real/bogus below
-  ``kn_rb_min``, a known asteroid (``ssnamenr``), a known star or variable (``variable_id`` /
-  ``star_id``), a host galaxy whose distance is more than ``kn_distance_sigma`` from the map's
-  DISTMU at the position (in units of DISTSIGMA);
-* otherwise score = rb x localisation (1 - credible level) x distance x evolution, where the
+  ``kn_rb_min``, a known asteroid (``ssnamenr``), a known variable star (``var_name``), a host
+  galaxy whose distance is more than ``kn_distance_sigma`` from the map's DISTMU at the position
+  (in units of DISTSIGMA);
+* otherwise score = rb x localisation (1 - credible level) x distance x evolution (x 0.5 for a
+  transient already in TNS, ``tns_name``: older than the merger unless shown otherwise), where the
   distance factor is exp(-z^2 / 2) with z = (d_host - DISTMU) / DISTSIGMA (0.5 with no host
   distance or no distance layer), and the evolution factor is 1 for a rise or fade at least
   ``kn_min_rate`` mag/day (kilonovae fade by ~0.5-1 mag/day in g), 0.3 for slower evolution
@@ -36,7 +37,7 @@ def light_curve_rate(points: Iterable[Mapping]) -> float | None:
 
 def assess(cand: Mapping, skymap: Table, gw, credible_level: float | None = None) -> dict:
     """Score and reasons for one candidate: ``ra``, ``dec``, ``rb``; optional ``ssnamenr``,
-    ``variable_id`` / ``star_id``, ``host_id``, ``host_dist_mpc``, ``rate_mag_per_day``."""
+    ``var_name``, ``tns_name``, ``host_id``, ``host_dist_mpc``, ``rate_mag_per_day``."""
     level_max = gw.credible_level if credible_level is None else credible_level
     ra, dec = float(cand["ra"]), float(cand["dec"])
     level = float(credible_level_at(skymap, ra, dec)[0])
@@ -53,10 +54,12 @@ def assess(cand: Mapping, skymap: Table, gw, credible_level: float | None = None
     if cand.get("ssnamenr"):
         reasons.append(f"known asteroid {cand['ssnamenr']}")
         veto = True
-    known = cand.get("variable_id") or cand.get("star_id")
-    if known:
-        reasons.append(f"known star or variable {known}")
+    if cand.get("var_name"):
+        reasons.append(f"known variable star {cand['var_name']}")
         veto = True
+    known = 0.5 if cand.get("tns_name") else 1.0
+    if cand.get("tns_name"):
+        reasons.append(f"already in TNS as {cand['tns_name']}")
     dist_factor = 0.5
     host_d = cand.get("host_dist_mpc")
     if all(c in skymap.colnames for c in DISTANCE_COLUMNS) and host_d is not None and np.isfinite(host_d):
@@ -81,7 +84,7 @@ def assess(cand: Mapping, skymap: Table, gw, credible_level: float | None = None
     else:
         evo = 0.3
         reasons.append(f"slow evolution {rate:+.2f} mag/day")
-    score = 0.0 if veto else float(rb) * (1 - level) * dist_factor * evo
+    score = 0.0 if veto else float(rb) * (1 - level) * dist_factor * evo * known
     return dict(score=score, veto=veto, credible_level=level, reasons="; ".join(reasons))
 
 
