@@ -99,21 +99,33 @@ def known_exposure(db, ev: StageEvent) -> None:
                                "(not an event of this pipeline)")
 
 
-def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter) -> None:
-    """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list."""
-    from ast3stream.gw.too import ingest
+def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter, bootstrap: str) -> None:
+    """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list under the
+    notice policy (:mod:`agents.gw`); expired lists are dropped every minute. With ``gw.gcn.enabled``
+    the GCN Kafka bridge runs here too."""
+    from .gw import GWState, ingest
 
     async def gw_agent(stream):
         async for event in stream.events():
             message = event.message
             try:
-                notice, table = await retrying("gw", asyncio.to_thread, ingest, message.value, res.db, res.cfg)
-                log.warning("GW %s %s: %s", notice.superevent_id, notice.alert_type,
-                            "retracted" if table is None else f"{len(table)} ToO fields")
+                origin = (message.key or b"").decode(errors="replace") or message.topic   # the GCN topic, by the bridge
+                await retrying("gw", asyncio.to_thread, ingest, message.value, res.db, res.cfg, origin=origin)
             except Exception as exc:
                 await dead_letter("gw", message, f"GW notice rejected: {type(exc).__name__}: {exc}", exc, None)
 
     app.agent(app.topic(topic(prefix, "gw")), name="gw", concurrency=1)(gw_agent)
+
+    @app.timer(60.0)
+    async def expire_too():
+        await retrying("gw", asyncio.to_thread, GWState(res.db).expire)
+
+    if res.cfg.gw.gcn.enabled:
+        @app.task
+        async def gcn_bridge():
+            from .gcn_bridge import bridge
+
+            await retrying("gcn", bridge, res.cfg.gw.gcn, bootstrap, prefix)
 
 
 class PipelineApp(faust.App):
@@ -198,7 +210,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
                       StageEvent.decode, cfg.worker.in_flight)
 
     if stages is None or "gw" in stages:
-        add_gw_agent(app, res, prefix, dead_letter)
+        add_gw_agent(app, res, prefix, dead_letter, bootstrap)
 
     @app.page("/metrics")
     async def metrics(web, request):

@@ -50,6 +50,7 @@ from ast3stream.pipeline import (BACK, FRONT, SLOW, STAGES, AddPhotometry, Claim
                                  StageError, TemplateInForce, UpdateExposure, UpsertCandidate, UpsertObject)
 
 from .db import Database
+from .gw import too_entry
 from .metrics import METRICS
 from .retry import retrying
 from .store import ProductStore
@@ -355,7 +356,7 @@ class Chain:
                 oids = {str(o) for o in lane.candidates["object_id"]} if len(lane.candidates) else set()
                 out[name] = {oid: self.db.light_curve(oid) for oid in oids}
             elif name == "too":
-                out[name] = self.db.too_event_for_field(exp.field_id) if exp.too else None
+                out[name] = too_entry(self.db, exp.field_id) if exp.too else None
             elif name == "threshold":
                 out[name] = res.threshold(lane.name)
             elif name == "versions":

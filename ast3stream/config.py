@@ -330,6 +330,40 @@ class SecurityConfig(BaseModel):
     database_sslkey: Path | None = None
 
 
+class GWPlanConfig(BaseModel):
+    """The night's observable ToO schedule (``too plan``, :mod:`ast3stream.gw.observe`)."""
+
+    site: str = "yaoan"                 #: a preset of ``ast3stream.gw.observe.SITES`` or ``detector`` (detector.site_*)
+    min_alt_deg: float = 30.0           #: altitude limit (airmass 2)
+    max_airmass: float = 2.0
+    horizon: tuple[tuple[float, float], ...] = ()  #: local horizon (azimuth, altitude) [deg], above min_alt_deg
+    sun_alt_deg: float = -18.0          #: astronomical night
+    moon_sep_deg: float = 20.0          #: Moon separation at new Moon ...
+    moon_sep_full_deg: float = 45.0     #: ... and at full Moon (linear in illuminated fraction)
+    exptime_s: float = 60.0
+    overhead_s: float = 30.0            #: slew + readout per exposure
+    revisits: int = 2                   #: visits per field in the night
+    revisit_gap_min: float = 60.0       #: least time between visits of a field
+    max_fields: int = 50                #: fields scheduled per event (best first)
+
+
+class GCNKafkaConfig(BaseModel):
+    """GCN Kafka in (``too bridge``): LVK's ``igwn.gwalert`` and classic VOEvents republished unchanged to
+    ``{prefix}.gw``. Credentials come from the environment (``GCN_CLIENT_ID`` / ``GCN_CLIENT_SECRET``)."""
+
+    enabled: bool = False               #: run the bridge in the worker
+    bootstrap: str = "kafka.gcn.nasa.gov:9092"
+    token_url: str = "https://auth.gcn.nasa.gov/oauth2/token"
+    oauth: bool = True                  #: SASL_SSL OAUTHBEARER (GCN); False = plaintext (a test broker)
+    group_id: str = "ast3stream-gw"
+    offset_reset: Literal["latest", "earliest"] = "latest"  #: where a new consumer group starts (not old notices)
+    #: also forward our ``{prefix}.gcn`` notices to this topic on ``bootstrap`` (GCN's Kafka, same credentials); None = off
+    publish_topic: str | None = None
+    topics: tuple[str, ...] = ("igwn.gwalert", "gcn.classic.voevent.LVC_EARLY_WARNING",
+                               "gcn.classic.voevent.LVC_PRELIMINARY", "gcn.classic.voevent.LVC_INITIAL",
+                               "gcn.classic.voevent.LVC_UPDATE", "gcn.classic.voevent.LVC_RETRACTION")
+
+
 class GWConfig(BaseModel):
     min_field_probability: float = 0.001
     max_fields: int = 50
@@ -339,6 +373,20 @@ class GWConfig(BaseModel):
     order: int | None = None            #: HEALPix order of the field integration; None = auto
     rank_by: Literal["prob", "galaxy_score"] = "prob"
     skymap_dir: Path | None = None      #: where VOEvent sky-map files are found by name (never downloaded)
+    grid_overlap: float = 0.1           #: overlap of neighbouring fields in the default survey grid
+    # notice policy (ast3stream.gw.policy): what the stream follows; the rest is logged and ignored
+    test_mode: bool = False             #: also follow mock superevents (MS..., MDC streams): tests only
+    require_significant: bool = True    #: LVK's ``significant`` flag (FAR below its public threshold)
+    max_far_per_year: float | None = None  #: also ignore notices with a higher false-alarm rate [yr^-1]
+    groups: tuple[str, ...] = ("CBC", "Burst")  #: LVK search groups followed
+    max_terrestrial: float | None = None   #: ignore CBC notices with p(Terrestrial) above this
+    early_warning: bool = True          #: follow EARLYWARNING (pre-merger) notices
+    expire_hours: float = 72.0          #: an event's ToO list stops this long after its last notice
+    kn_rb_min: float = 0.5              #: kilonova ranking (ast3stream.gw.kilonova): real/bogus needed
+    kn_distance_sigma: float = 2.0      #: host distance within this many DISTSIGMA of DISTMU
+    kn_min_rate: float = 0.3            #: |mag/day| of a kilonova-like rise or fade
+    plan: GWPlanConfig = Field(default_factory=GWPlanConfig)
+    gcn: GCNKafkaConfig = Field(default_factory=GCNKafkaConfig)
 
 
 class SimulationConfig(BaseModel):

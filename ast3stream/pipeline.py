@@ -378,7 +378,7 @@ def classify(exp: Exposure, lane: Lane, *, model) -> StageOutput:
 
 
 def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict | None, threshold: float,
-          file_closed_at: float, alerts, detector) -> StageOutput:
+          file_closed_at: float, alerts, detector, gw=None) -> StageOutput:
     """Avro packets with cutouts and light-curve history for every candidate (``passed`` when
     its score reaches ``threshold``); GCN-style notices for qualifying candidates of GW fields.
 
@@ -408,7 +408,8 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
             ra=cand["ra"], dec=cand["dec"], x=cand["x"], y=cand["y"], mag=cand["mag"], mag_err=cand["mag_err"],
             snr=cand["snr"], sign=int(cand["sign"]), score=cand["rb"], model_version=lane.model_version,
             maglim=exp.metrics.get("maglim"),
-            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr")})))
+            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "host_dist_mpc", "ssnamenr", "var_name",
+                                            "tns_name")})))
         cutouts = {name: make(cand["x"], cand["y"], size) for name, make in makers.items()}
         prv = [p for p in history.get(cand["object_id"], []) if p["mjd"] < mjd]
         meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=exp.exposure_id, lane=lane.name,
@@ -423,7 +424,7 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
         passed = cand["rb"] is not None and cand["rb"] >= threshold
         notice = None
         if passed and too and cand["rb"] >= alerts.gcn_min_score and cand["sign"] > 0:
-            notice = build_notice(packet, too)
+            notice = build_notice(packet, too, gw=gw)   # with the kilonova assessment where the event has a map
             validate_notice(notice)
             import json
 
@@ -486,7 +487,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("detection", detection, True, ("detection",)),
     Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids", "variable_stars", "transients")),
     Stage("classify", classify, True, (), ("model",)),
-    Stage("alert", alert, True, ("alerts", "detector"),
+    Stage("alert", alert, True, ("alerts", "detector", "gw"),
           ("versions", "history", "too", "threshold", "file_closed_at"), version_section="alerts"),
 )
 #: runs after the alerts of every lane, at the lowest priority

@@ -15,6 +15,8 @@ from astropy.time import Time
 
 from ast3stream.alerts.filters import AlertFilter
 from ast3stream.events import SCHEMA_DIR
+from ast3stream.gw.kilonova import assess, light_curve_rate
+from ast3stream.gw.skymap import probdensity_at
 
 SCHEMA_PATH = SCHEMA_DIR / "gcn" / "ast3stream.optical_counterpart.schema.json"
 TELESCOPE = "AST3-3"
@@ -32,10 +34,16 @@ def notice_filter(min_score: float) -> AlertFilter:
 
 
 def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
-                 position_error_arcsec: float = 0.5) -> dict:
+                 position_error_arcsec: float = 0.5, gw=None) -> dict:
     """A notice for our ``alert`` crossmatched with ``gw_event``: a GWNotice, a mapping with
     ``superevent_id`` or ``event_id`` (a stored ToO row), or the superevent id. ``created``
-    defaults to now; observation start = mid-exposure MJD - exptime / 2."""
+    defaults to now; observation start = mid-exposure MJD - exptime / 2.
+
+    With the ``gw`` section and an event that has a sky map (a GWNotice's ``skymap``, a ToO
+    row's ``skymap_path``) the notice carries the kilonova assessment
+    (:func:`ast3stream.gw.kilonova.assess`): ``classification_scores.kilonova``, the credible
+    level and density at the position, and in the GW crossmatch's ``reference``
+    ``kilonova_score`` and ``kilonova_reasons``."""
     c, x = alert["candidate"], alert.get("crossmatch") or {}
     if c.get("drb") is None:
         raise ValueError("a GCN notice needs a real/bogus score")
@@ -58,6 +66,17 @@ def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
             k: x[src] for k, src in (("separation_arcsec", "host_sep_arcsec"), ("distance_mpc", "host_dist_mpc"))
             if x.get(src) is not None}}
     points = [*(alert.get("prv_candidates") or []), c]
+    skymap = _event_skymap(gw_event) if gw is not None else None
+    if skymap is not None:
+        kn = assess(dict(ra=c["ra"], dec=c["dec"], rb=c["drb"], ssnamenr=x.get("ssnamenr") or None,
+                         var_name=x.get("var_name") or None, tns_name=x.get("tns_name") or None,
+                         host_id=x.get("host_id"), host_dist_mpc=x.get("host_dist_mpc"),
+                         rate_mag_per_day=light_curve_rate(points)), skymap, gw)
+        target["classification_scores"]["kilonova"] = kn["score"]
+        target["gw_credible_level"] = min(1.0, kn["credible_level"])
+        target["gw_probdensity"] = float(probdensity_at(skymap, c["ra"], c["dec"])[0])
+        followup.setdefault("reference", {}).update(kilonova_score=round(kn["score"], 4),
+                                                    kilonova_reasons=kn["reasons"])
     half = (c.get("exptime") or 0.0) / 2 / 86400
     photometry = [p for p in (_photometry(name, point, half) for point in sorted(points, key=lambda p: p["jd"])) if p]
     return {
@@ -69,6 +88,21 @@ def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
         "record_number": c.get("ndethist", 1),
         "data": {"targets": [target], "photometry": photometry},
     }
+
+
+@lru_cache(maxsize=4)
+def _stored_skymap(path: str):
+    from ast3stream.gw.skymap import read_skymap
+
+    return read_skymap(path)
+
+
+def _event_skymap(gw_event):
+    """The event's sky map: a GWNotice's own, or the stored file of a ToO row (None if neither)."""
+    if isinstance(gw_event, Mapping):
+        path = gw_event.get("skymap_path")
+        return _stored_skymap(str(path)) if path and Path(path).exists() else None
+    return getattr(gw_event, "skymap", None)
 
 
 def validate_notice(notice: Mapping) -> None:
