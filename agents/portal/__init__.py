@@ -56,6 +56,8 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
     env.globals.update(urlencode=urlencode, namespace=ns, operator=pc.token is not None, refresh_s=pc.refresh_s,
                        FRONT=data.FRONT_STAGES, BACK=data.BACK_STAGES)
 
+    stamp_cache: dict[tuple[str, str], bytes] = {}  # stamps do not change once written
+
     def grid() -> dict[str, tuple[float, float]]:
         path = cfg.fields_path
         if not path.exists():
@@ -132,14 +134,24 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
         if kind not in images.STAMP_KINDS:
             raise BadRequest(f"stamp {kind!r}: expected one of {', '.join(images.STAMP_KINDS)}")
         c = data.candidate(db, request.path_params["candidate_id"])
-        path = bundle(c["exposure_id"], c["lane"])
-        if not path.exists():
-            raise NotFound(f"no product bundle for {c['exposure_id']}/{c['lane']} (pruned or not written yet)")
         binning = cfg.detector.qip_binning if c["lane"] == "qip" else 1
-        size = cfg.alerts.cutout_size // binning | 1
-        png = images.stamp_png(str(path), path.stat().st_mtime, kind, c["x"], c["y"], size,
-                               cfg.detector.pixel_scale * binning)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=300"})
+        key = (c["candidate_id"], kind)
+        if key not in stamp_cache:
+            alerts = store.path(store.key(ns, c["exposure_id"], c["lane"], "alerts.avro"))
+            packet = (images.packets(str(alerts), alerts.stat().st_mtime).get(str(c["alert_id"]))
+                      if c["alert_id"] and alerts.exists() else None)
+            if packet is not None:
+                pixels = images.packet_stamp(packet, kind)
+            else:
+                path = bundle(c["exposure_id"], c["lane"])
+                if not path.exists():
+                    raise NotFound(f"no stamps of {c['candidate_id']}: neither its alert packet nor the bundle "
+                                   f"of {c['exposure_id']}/{c['lane']} is in the product store")
+                pixels = images.bundle_stamp(str(path), kind, c["x"], c["y"], cfg.alerts.cutout_size // binning | 1)
+            stamp_cache[key] = images.stamp_png(pixels, kind, cfg.detector.pixel_scale * binning)
+            while len(stamp_cache) > 4096:
+                stamp_cache.pop(next(iter(stamp_cache)))
+        return Response(stamp_cache[key], media_type="image/png", headers={"Cache-Control": "max-age=300"})
 
     def light_curve(request: Request):
         o = data.obj(db, request.path_params["object_id"])

@@ -242,12 +242,26 @@ def _too_fields(db: Database) -> dict[str, dict]:
     return out
 
 
-def candidates(db: Database, q: CandidateQuery) -> dict:
-    """A page of candidates with their cross-matches, scores, alert ids and stamp links."""
+def _candidate_select(db: Database):
     c, e, a = db.t["candidates"], db.t["exposures"], db.t["alerts"]
-    stmt = (sa.select(c, e.c.field_id, e.c.too, a.c.alert_id, a.c.latency_s)
+    return (sa.select(c, e.c.field_id, e.c.too, a.c.alert_id, a.c.latency_s)
             .join(e, e.c.exposure_id == c.c.exposure_id, isouter=True)
             .join(a, a.c.candidate_id == c.c.candidate_id, isouter=True))
+
+
+def _candidate_view(r: dict, too: dict[str, dict]) -> dict:
+    """A candidate row with its cross-matches and the GW event of its field (``too``: :func:`_too_fields`)."""
+    extra = r.pop("extra") or {}
+    r["host_id"], r["host_sep_arcsec"], r["ssnamenr"] = (extra.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr"))
+    entry = too.get(r["field_id"])
+    r["gw_event"], r["gw_prob"] = (entry["event_id"], entry["prob"]) if entry else (None, None)
+    return r
+
+
+def candidates(db: Database, q: CandidateQuery) -> dict:
+    """A page of candidates with their cross-matches, scores, alert ids and stamp links."""
+    c, a = db.t["candidates"], db.t["alerts"]
+    stmt = _candidate_select(db)
     if q.min_score is not None:
         stmt = stmt.where(c.c.score >= q.min_score)
     if q.max_mag is not None:
@@ -260,17 +274,14 @@ def candidates(db: Database, q: CandidateQuery) -> dict:
     too = _too_fields(db)
     items = []
     for r in _select(db, stmt):
-        extra = r.pop("extra") or {}
-        r["host_id"], r["host_sep_arcsec"], r["ssnamenr"] = (extra.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr"))
-        entry = too.get(r["field_id"])
-        r["gw_event"], r["gw_prob"] = (entry["event_id"], entry["prob"]) if entry else (None, None)
+        r = _candidate_view(r, too)
         if q.night is not None and night_of(r["mjd"]) != q.night:
             continue
         if q.has_host is not None and (r["host_id"] is not None) != q.has_host:
             continue
         if q.not_asteroid is not None and (r["ssnamenr"] is None) != q.not_asteroid:
             continue
-        if q.in_gw_field is not None and (entry is not None) != q.in_gw_field:
+        if q.in_gw_field is not None and (r["gw_event"] is not None) != q.in_gw_field:
             continue
         items.append(r)
     missing = math.inf if q.order == "asc" else -math.inf
@@ -282,11 +293,10 @@ def candidates(db: Database, q: CandidateQuery) -> dict:
 
 
 def candidate(db: Database, candidate_id: str) -> dict:
-    c = db.t["candidates"]
-    if not _select(db, sa.select(c.c.candidate_id).where(c.c.candidate_id == candidate_id)):
+    rows = _select(db, _candidate_select(db).where(db.t["candidates"].c.candidate_id == candidate_id))
+    if not rows:
         raise NotFound(f"no candidate {candidate_id!r}")
-    row = candidates(db, CandidateQuery(exposure=candidate_id.rsplit(":", 2)[0], per_page=500))["items"]
-    return next(r for r in row if r["candidate_id"] == candidate_id)
+    return _candidate_view(rows[0], _too_fields(db))
 
 
 # -- objects -----------------------------------------------------------------------------

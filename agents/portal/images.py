@@ -1,6 +1,7 @@
-"""The portal's pictures, drawn server-side with matplotlib and kept in a small memory cache:
-candidate stamps (science, template, difference, SNR) cut from the lane's product bundle,
-light curves, the night's latency histogram and the ToO plan."""
+"""The portal's pictures, drawn server-side with matplotlib: candidate stamps (science,
+template, difference, SNR) from the alert packet (what subscribers got) or, for a
+candidate below the alert threshold, cut from the lane's product bundle; light curves, the
+night's latency histogram and the ToO plan."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +13,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.visualization import ZScaleInterval
 from matplotlib.figure import Figure
+from PIL import Image
 
 STAMP_KINDS = {"science": "SCI", "template": "TMPL", "difference": "DIFF", "snr": "DIFF"}
 LANE_COLOURS = {"dip": "C0", "qip": "C1"}
@@ -23,11 +25,8 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-@functools.lru_cache(maxsize=2048)
-def stamp_png(bundle: str, mtime: float, kind: str, x: float, y: float, size: int, arcsec_per_px: float) -> bytes:
-    """A ``size`` x ``size`` stamp of ``kind`` around (x, y) (0-based) of a lane bundle as a
-    zscale PNG with a 5-arcsec scale bar; ``snr`` is the difference over its robust sigma.
-    ``mtime`` only keys the cache (a rewritten bundle is read again)."""
+def bundle_stamp(bundle: str, kind: str, x: float, y: float, size: int) -> np.ndarray:
+    """A ``size`` x ``size`` cut of a lane bundle's ``kind`` image around 0-based (x, y); NaN off the image."""
     half = size // 2
     xi, yi = int(round(x)), int(round(y))
     with fits.open(bundle, memmap=False) as hdul:
@@ -37,24 +36,47 @@ def stamp_png(bundle: str, mtime: float, kind: str, x: float, y: float, size: in
         cut = np.asarray(hdu.section[y0:y1, x0:x1], dtype=float)
     data = np.full((size, size), np.nan)
     data[y0 - (yi - half):y1 - (yi - half), x0 - (xi - half):x1 - (xi - half)] = cut
+    return data
+
+
+@functools.lru_cache(maxsize=64)
+def packets(path: str, mtime: float) -> dict[str, dict]:
+    """The alert packets of a lane's ``alerts.avro`` by alert id (``mtime`` keys the cache)."""
+    from ast3stream.alerts import read_avro_file
+
+    return {str(p["alertId"]): p for p in read_avro_file(path)}
+
+
+def packet_stamp(packet: dict, kind: str) -> np.ndarray:
+    """The alert's own cutout of ``kind`` (``snr``: its difference stamp)."""
+    from ast3stream.alerts import read_cutout
+
+    name = {"science": "cutoutScience", "template": "cutoutTemplate"}.get(kind, "cutoutDifference")
+    return np.asarray(read_cutout(packet[name]["stampData"])[0], dtype=float)
+
+
+def stamp_png(data: np.ndarray, kind: str, arcsec_per_px: float, zoom: int = 3) -> bytes:
+    """A stamp as a zscale PNG (north up as stored, pixels ``zoom`` x ``zoom``) with a 5-arcsec
+    scale bar (yellow, bottom left) and ticks either side of the centre (red); ``snr`` is the
+    difference over its robust sigma, shown from -5 to its peak."""
     finite = data[np.isfinite(data)]
     if kind == "snr" and finite.size:
         sigma = 1.4826 * np.median(np.abs(finite - np.median(finite))) or 1.0
         data, finite = data / sigma, finite / sigma
-        vmin, vmax = -5.0, max(5.0, float(np.nanmax(finite)))
+        vmin, vmax = -5.0, max(5.0, float(finite.max()))
     else:
         vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
-    fig = Figure(figsize=(2, 2), dpi=64)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(np.nan_to_num(data, nan=vmin), cmap="gray", vmin=vmin, vmax=vmax, origin="lower",
-              interpolation="nearest")
-    bar = 5.0 / arcsec_per_px
-    ax.plot([2, 2 + bar], [2, 2], color="yellow", lw=2)
-    ax.text(2, 3.5, '5"', color="yellow", fontsize=8)
-    ax.plot([half - 4, half - 1.5], [half, half], color="red", lw=1)
-    ax.plot([half + 1.5, half + 4], [half, half], color="red", lw=1)
-    ax.set_axis_off()
-    return _png(fig)
+    grey = np.clip((np.nan_to_num(data, nan=vmin) - vmin) / ((vmax - vmin) or 1.0), 0, 1)[::-1]
+    rgb = np.repeat(np.repeat(np.repeat(grey[..., None], 3, axis=2), zoom, axis=0), zoom, axis=1)
+    ny, nx = rgb.shape[:2]
+    bar = min(nx - 4, int(round(5.0 / arcsec_per_px * zoom)))
+    rgb[ny - 4:ny - 2, 2:2 + bar] = (1.0, 0.9, 0.0)
+    cy, cx, gap = ny // 2, nx // 2, max(2, nx // 16)
+    rgb[cy - 1:cy + 1, max(0, cx - 3 * gap):cx - gap] = (1.0, 0.1, 0.1)
+    rgb[cy - 1:cy + 1, cx + gap:cx + 3 * gap] = (1.0, 0.1, 0.1)
+    buf = io.BytesIO()
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(buf, format="png", compress_level=1)
+    return buf.getvalue()
 
 
 def light_curve_png(points: list[dict], title: str) -> bytes:
@@ -77,7 +99,7 @@ def light_curve_png(points: list[dict], title: str) -> bytes:
                     label=f"{lane.upper()} upper limit")
     ax.invert_yaxis()
     ax.set_xlabel("MJD")
-    ax.set_ylabel("g [mag]")
+    ax.set_ylabel("magnitude")
     ax.set_title(title, fontsize=10)
     if points:
         ax.legend(fontsize=7, loc="best")
