@@ -76,14 +76,14 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
     def endpoint(fn, template: str | None = None):
         """One function answers the page (``template``) and its JSON twin (``/api/...``)."""
         async def handler(request: Request):
-            api = request.url.path.startswith("/api/")
+            api = request.url.path.startswith("/api/") or template is None  # pictures, files: errors as JSON
             try:
                 result = await asyncio.to_thread(fn, request)
             except BadRequest as exc:
                 return _error(request, api, 400, str(exc))
             except NotFound as exc:
                 return _error(request, api, 404, str(exc))
-            if api or template is None:
+            if api:
                 return result if isinstance(result, Response) else JSONResponse(result)
             return page(template, request, data=result)
         return handler

@@ -177,6 +177,10 @@ def _number(value: str | None, name: str, kind=float):
     return out
 
 
+def _default(value, default):
+    return default if value is None else value
+
+
 @dataclass
 class CandidateQuery:
     """The candidate table's filters (those of ``alerts listen``, plus lane, exposure, object,
@@ -211,8 +215,8 @@ class CandidateQuery:
                 lane=params.get("lane") or None, exposure=params.get("exposure") or None,
                 object=params.get("object") or None, night=params.get("night") or None,
                 sort=params.get("sort") or "mjd", order=params.get("order") or "desc",
-                page=_number(params.get("page"), "page", int) or 1,
-                per_page=_number(params.get("per_page"), "per_page", int) or per_page)
+                page=_default(_number(params.get("page"), "page", int), 1),
+                per_page=_default(_number(params.get("per_page"), "per_page", int), per_page))
         if q.lane not in (None, "qip", "dip"):
             raise BadRequest(f"lane={q.lane!r}: expected qip or dip")
         if q.sort not in SORTS:
