@@ -216,7 +216,10 @@ def test_retry_republishes_the_original_message(night, broker):
     dl = res.db.rows("dead_letters", exposure_id="ztf_1")[0]
     with TestClient(create_app(cfg, res)) as c:
         listed = c.get("/api/deadletters").json()
-        assert listed["broker"] == broker.bootstrap and dl["id"] in [d["id"] for d in listed["dead_letters"]]
+        row = next(d for d in listed["dead_letters"] if d["id"] == dl["id"])
+        assert listed["broker"] == broker.bootstrap and not row["exposure_known"]
+        assert (row["source_partition"], row["source_offset"], row["error_type"]) == (0, 7, "MalformedMessage")
+        assert "tpa.exposures [0] @ 7" in c.get("/deadletters").text
         r = c.post(f"/api/deadletters/{dl['id']}/retry", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200, r.text
         assert r.json()["topic"] == source

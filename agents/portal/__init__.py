@@ -45,6 +45,12 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+def _utc(seconds) -> str:
+    if seconds is None:
+        return "–"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
 def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
     """The portal over ``cfg``'s database (namespace ``database.namespace``) and product store."""
     res = res or Resources(cfg)
@@ -53,10 +59,13 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["f"] = _fmt
+    env.filters["utc"] = _utc
+    env.filters["g"] = lambda v: "–" if v is None else f"{v:.3g}"
     env.globals.update(urlencode=urlencode, namespace=ns, operator=pc.token is not None, refresh_s=pc.refresh_s,
                        FRONT=data.FRONT_STAGES, BACK=data.BACK_STAGES)
 
     stamp_cache: dict[tuple[str, str], bytes] = {}  # stamps do not change once written
+    originals: dict = {}  # dead-letter messages read from the topic, by (offset)
 
     def grid() -> dict[str, tuple[float, float]]:
         path = cfg.fields_path
@@ -78,7 +87,7 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
         async def handler(request: Request):
             api = request.url.path.startswith("/api/") or template is None  # pictures, files: errors as JSON
             try:
-                result = await asyncio.to_thread(fn, request)
+                result = await fn(request) if asyncio.iscoroutinefunction(fn) else await asyncio.to_thread(fn, request)
             except BadRequest as exc:
                 return _error(request, api, 400, str(exc))
             except NotFound as exc:
@@ -114,8 +123,13 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
     def too_data(request: Request):
         return data.too(db, grid())
 
-    def dead_data(request: Request):
-        return {"dead_letters": data.dead_letters(db), "broker": cfg.kafka.bootstrap}
+    async def dead_data(request: Request):
+        rows = await asyncio.to_thread(data.dead_letters, db)
+        if cfg.kafka.bootstrap:  # the original topic, partition and offset are on the dead-letter topic
+            for row in rows:
+                found = await actions.original(cfg.kafka, row, originals)
+                row.update({k: found[k] for k in actions.SHOWN} if found else {})
+        return {"dead_letters": rows, "broker": cfg.kafka.bootstrap}
 
     def templates_data(request: Request):
         return {"fields": data.templates(db)}
@@ -227,7 +241,7 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
             dl_id = int(request.path_params["dl_id"])
         except ValueError:
             raise BadRequest(f"dead letter id {request.path_params['dl_id']!r} is not a number") from None
-        return await actions.retry(res, data.dead_letter(db, dl_id))
+        return await actions.retry(res, data.dead_letter(db, dl_id), originals)
 
     async def do_set(request: Request, form: dict):
         exposure_id = form.get("exposure") or request.query_params.get("exposure")

@@ -22,33 +22,46 @@ class ActionFailed(RuntimeError):
     """The action cannot be done now; the message says why (the portal answers 409)."""
 
 
-async def _original(bootstrap: str, prefix: str, row: dict) -> dict:
-    """The dead-letter message of a ``dead_letters`` row (the latest one with its topic,
-    stage, exposure and reason), with the original key and value."""
-    found = None
-    for m in await read_topic(bootstrap, topic(prefix, "deadletter"), timeout=1.0):
-        d = decode(m.value, "deadletter")
-        if (d["source_topic"], d["stage"], d["exposure_id"], d["reason"]) == (
-                row["source_topic"], row["stage"], row["exposure_id"], row["reason"]):
-            found = d
+SHOWN = ("source_partition", "source_offset", "error_type")  #: dead-letter message fields the portal lists
+
+
+async def original(kafka, row: dict, seen: dict) -> dict | None:
+    """The dead-letter message of a ``dead_letters`` row: the latest one with its topic, stage,
+    exposure and reason (the original key and value, topic partition and offset, error type).
+
+    ``seen`` caches the topic's messages by offset between calls; only newer ones are read.
+    """
+    async def read() -> None:
+        for m in await read_topic(kafka.bootstrap, topic(kafka.prefix, "deadletter"), timeout=0.5):
+            seen[(m.partition, m.offset)] = decode(m.value, "deadletter")
+
+    def match():
+        return next((d for _, d in sorted(seen.items(), reverse=True)
+                     if (d["source_topic"], d["stage"], d["exposure_id"], d["reason"])
+                     == (row["source_topic"], row["stage"], row["exposure_id"], row["reason"])), None)
+
+    found = match()
     if found is None:
-        raise NotFound(f"dead letter {row['id']} is not on {topic(prefix, 'deadletter')} any more (retention?)")
+        await read()
+        found = match()
     return found
 
 
-async def retry(res: Resources, row: dict) -> dict:
+async def retry(res: Resources, row: dict, seen: dict) -> dict:
     """Re-publish a dead letter's original message to its topic. A file the watcher could
     not take is looked at again: published as an exposure event when it is now complete
     and readable, else :class:`ActionFailed` with the reason."""
     kafka = res.cfg.kafka
     if not kafka.bootstrap:
         raise ActionFailed("retry needs the broker: start the portal with --bootstrap (or kafka.bootstrap)")
-    d = await _original(kafka.bootstrap, kafka.prefix, row)
+    d = await original(kafka, row, seen)
+    if d is None:
+        raise NotFound(f"dead letter {row['id']} is not on {topic(kafka.prefix, 'deadletter')} any more (retention?)")
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=0,
                                 max_request_size=kafka.max_message_bytes)
     await producer.start()
     try:
-        if d["source_topic"] == "watcher":
+        if row["source_topic"] == "watcher":
             path = Path(d["value"].decode())
             if not path.is_file():
                 raise ActionFailed(f"{path} is not there any more")
@@ -62,8 +75,8 @@ async def retry(res: Resources, row: dict) -> dict:
                 raise ActionFailed(f"{path.name}: an exposure with this content or id is already known")
             return {"republished": f"exposure event of {path.name}", "exposure_id": ids[0]["exposure_id"],
                     "topic": topic(kafka.prefix, "exposures.too" if ids[0]["too"] else "exposures")}
-        meta = await producer.send_and_wait(d["source_topic"], d["value"], key=d["key"])
-        return {"republished": f"original message of {d['source_topic']}", "topic": d["source_topic"],
+        meta = await producer.send_and_wait(row["source_topic"], d["value"], key=d["key"])
+        return {"republished": f"original message of {row['source_topic']}", "topic": row["source_topic"],
                 "partition": meta.partition, "offset": meta.offset}
     finally:
         await producer.stop()

@@ -357,8 +357,11 @@ def too(db: Database, grid: dict[str, tuple[float, float]] | None = None) -> dic
 
 
 def dead_letters(db: Database) -> list[dict]:
-    tab = db.t["dead_letters"]
-    return _select(db, sa.select(tab).order_by(tab.c.failed_at.desc(), tab.c.id.desc()))
+    """Every dead letter, newest first; ``exposure_known``: its exposure is in the database
+    (a file the watcher could not take never became one)."""
+    tab, e = db.t["dead_letters"], db.t["exposures"]
+    known = sa.select(e.c.exposure_id).where(e.c.exposure_id == tab.c.exposure_id).exists()
+    return _select(db, sa.select(tab, known.label("exposure_known")).order_by(tab.c.failed_at.desc(), tab.c.id.desc()))
 
 
 def dead_letter(db: Database, dl_id: int) -> dict:

@@ -63,7 +63,7 @@ def stamp_png(data: np.ndarray, kind: str, arcsec_per_px: float, zoom: int = 3) 
     if kind == "snr" and finite.size:
         sigma = 1.4826 * np.median(np.abs(finite - np.median(finite))) or 1.0
         data, finite = data / sigma, finite / sigma
-        vmin, vmax = -5.0, max(5.0, float(finite.max()))
+        vmin, vmax = -6.0, 6.0
     else:
         vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
     grey = np.clip((np.nan_to_num(data, nan=vmin) - vmin) / ((vmax - vmin) or 1.0), 0, 1)[::-1]
