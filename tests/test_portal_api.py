@@ -227,3 +227,32 @@ def test_retry_republishes_the_original_message(night, broker):
                                                      headers={"Authorization": f"Bearer {TOKEN}"}), 404)
     (msg,) = asyncio.run(read_topic(broker.bootstrap, source, timeout=1.0))
     assert (msg.key, msg.value, msg.offset) == (b"k1", original, r.json()["offset"])
+
+
+def test_template_set_and_rebuild_by_an_operator(small_night, night_settings):
+    """On a simulated night: the operator makes the second exposure the field's template
+    (its raw file goes through the front half again), then rebuilds it."""
+    from ast3stream.rawfile import describe
+
+    cfg = night_settings("portal_templates", portal={"token": TOKEN})
+    res = Resources(cfg)
+    for exp in small_night[1].exposures:
+        ev = describe(exp.path, res)
+        res.db.register_exposure(ev)
+    first, second = (e.expid for e in small_night[1].exposures[:2])
+    field = res.db.rows("exposures", exposure_id=first)[0]["field_id"]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(create_app(cfg, res)) as c:
+        assert c.get("/api/templates").json() == {"fields": []}
+        assert "no template for field" in _error(c.post(f"/api/templates/{field}/rebuild", headers=auth), 404)
+        assert "no exposure 'nope'" in _error(c.post(f"/api/templates/{field}/set?exposure=nope", headers=auth), 404)
+        r = c.post(f"/api/templates/{field}/set", params={"exposure": second}, headers=auth)
+        assert r.status_code == 200, r.text
+        assert r.json()["exposure_id"] == second and 18 < r.json()["maglim"] < 23
+        (f,) = c.get("/api/templates").json()["fields"]
+        assert {lane: t["exposure_id"] for lane, t in f["lanes"].items()} == {"dip": second, "qip": second}
+        made = f["lanes"]["dip"]["created_at"]
+        page = c.post(f"/templates/{field}/rebuild", data={"token": TOKEN})  # the page's form, redirected back
+        assert page.status_code == 200 and f"exposure_id: {second}" in page.text and 'id="msg"' in page.text
+        assert res.db.template(field, "dip")["created_at"] > made
+        assert res.store.path(res.db.template(field, "dip")["path"]).exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import socket
 import threading
@@ -65,6 +66,7 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
                        FRONT=data.FRONT_STAGES, BACK=data.BACK_STAGES)
 
     stamp_cache: dict[tuple[str, str], bytes] = {}  # stamps do not change once written
+    plot_cache: dict[tuple[str, str], bytes] = {}
     originals: dict = {}  # dead-letter messages read from the topic, by (offset)
 
     def grid() -> dict[str, tuple[float, float]]:
@@ -167,21 +169,30 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
                 stamp_cache.pop(next(iter(stamp_cache)))
         return Response(stamp_cache[key], media_type="image/png", headers={"Cache-Control": "max-age=300"})
 
+    def cached(kind: str, inputs, draw) -> Response:
+        """A plot drawn once per distinct input (the last 256 kept)."""
+        key = (kind, json.dumps(inputs, sort_keys=True, default=str))
+        if key not in plot_cache:
+            plot_cache[key] = draw()
+            while len(plot_cache) > 256:
+                plot_cache.pop(next(iter(plot_cache)))
+        return Response(plot_cache[key], media_type="image/png")
+
     def light_curve(request: Request):
         o = data.obj(db, request.path_params["object_id"])
-        return Response(images.light_curve_png(o["light_curve"], o["object_id"]), media_type="image/png")
+        return cached("lc", o["light_curve"], lambda: images.light_curve_png(o["light_curve"], o["object_id"]))
 
     def latency(request: Request):
         n = data.night(db, request.query_params.get("night") or None)
-        return Response(images.latency_png(n["latency_s"], f"night {n['night']}: {len(n['latency_s'])} alerts"),
-                        media_type="image/png")
+        return cached("latency", [n["night"], n["latency_s"]],
+                      lambda: images.latency_png(n["latency_s"], f"night {n['night']}: {len(n['latency_s'])} alerts"))
 
     def plan(request: Request):
         event = request.path_params["event_id"]
         ev = next((e for e in data.too(db, grid())["events"] if e["event_id"] == event), None)
         if ev is None:
             raise NotFound(f"no active ToO event {event!r}")
-        return Response(images.plan_png(ev["fields"], event), media_type="image/png")
+        return cached("plan", ev["fields"], lambda: images.plan_png(ev["fields"], event))
 
     def alert_file(request: Request):
         from ast3stream.alerts import read_avro_file, write_avro_file

@@ -256,7 +256,8 @@ def _candidate_select(db: Database):
 def _candidate_view(r: dict, too: dict[str, dict]) -> dict:
     """A candidate row with its cross-matches and the GW event of its field (``too``: :func:`_too_fields`)."""
     extra = r.pop("extra") or {}
-    r["host_id"], r["host_sep_arcsec"], r["ssnamenr"] = (extra.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr"))
+    r["host_id"], r["host_sep_arcsec"], r["ssnamenr"] = (
+        None if extra.get(k) in (None, "") else extra[k] for k in ("host_id", "host_sep_arcsec", "ssnamenr"))
     entry = too.get(r["field_id"])
     r["gw_event"], r["gw_prob"] = (entry["event_id"], entry["prob"]) if entry else (None, None)
     return r
