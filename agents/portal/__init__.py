@@ -325,7 +325,7 @@ def bind(cfg: Settings) -> socket.socket:
     return sock
 
 
-def serve(cfg: Settings, sock: socket.socket | None = None, res: Resources | None = None):
+def serve(cfg: Settings, res: Resources | None = None):
     """A uvicorn server for the portal (not started); ``server.run(sockets=[sock])`` serves it."""
     import uvicorn
 
@@ -351,7 +351,7 @@ def in_background(cfg: Settings, res: Resources | None = None):
         log.warning("portal not started: %s:%d: %s", cfg.portal.host, cfg.portal.port, exc)
         yield None
         return
-    server = serve(cfg, sock, res)
+    server = serve(cfg, res)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="portal")
     thread.start()
     deadline = time.monotonic() + 10

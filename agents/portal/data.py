@@ -14,10 +14,11 @@ import sqlalchemy as sa
 
 from agents.db import Database
 from agents.replay import night_of
+from ast3stream.pipeline import BACK, FRONT
 
 #: stages shown per lane on the night and exposure pages, in chain order
-FRONT_STAGES = ("reduction", "sources", "astrometry", "photometry", "quality")
-BACK_STAGES = ("subtraction", "detection", "crossmatch", "classify", "alert")
+FRONT_STAGES = tuple(s.name for s in FRONT)
+BACK_STAGES = tuple(s.name for s in BACK)
 #: exposure quality values shown (``exposures.quality``)
 QUALITY_KEYS = ("fwhm_px", "maglim", "zp", "pcc", "cloud_prob", "n_stars", "astrometry_rms_arcsec")
 SORTS = ("mjd", "score", "mag", "snr")
