@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import jinja2
+from aiokafka.errors import KafkaError
 from astropy.table import Table
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -127,11 +128,16 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
 
     async def dead_data(request: Request):
         rows = await asyncio.to_thread(data.dead_letters, db)
-        if cfg.kafka.bootstrap:  # the original topic, partition and offset are on the dead-letter topic
-            for row in rows:
-                found = await actions.original(cfg.kafka, row, originals)
-                row.update({k: found[k] for k in actions.SHOWN} if found else {})
-        return {"dead_letters": rows, "broker": cfg.kafka.bootstrap}
+        broker = cfg.kafka.bootstrap
+        if broker:  # the original topic, partition and offset are on the dead-letter topic
+            try:
+                for row in rows:
+                    found = await actions.original(cfg.kafka, row, originals)
+                    row.update({k: found[k] for k in actions.SHOWN} if found else {})
+            except (KafkaError, OSError) as exc:
+                log.warning("portal: dead-letter topic unreadable: %s", exc)
+                broker = None
+        return {"dead_letters": rows, "broker": broker}
 
     def templates_data(request: Request):
         return {"fields": data.templates(db)}
