@@ -37,15 +37,17 @@ def cmd_run(args) -> int:
     import signal
     import threading
 
+    from agents.portal import in_background
     from agents.runner import Stack
 
     cfg = _settings(args)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # what systemd, docker and Ctrl-C send
         signal.signal(sig, lambda *_: stop.set())
-    with Stack(cfg, workers=args.workers) as stack:
+    with Stack(cfg, workers=args.workers) as stack, in_background(cfg) as portal:
         resumed = f"; resumed {len(stack.resumed)} unfinished exposures" if stack.resumed else ""
-        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}{resumed}; Ctrl-C to stop", flush=True)
+        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}; portal {portal or 'off'}{resumed}; "
+              "Ctrl-C to stop", flush=True)
         stack.supervise(stop, progress=lambda line: print(line, flush=True))
         print("stopping", flush=True)
     return 0
@@ -53,11 +55,15 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from agents.demo import run_demo
+    from agents.portal import in_background
 
     cfg = _settings(args)
-    result = run_demo(cfg, exposures=args.exposures, scale=args.scale, seed=args.seed, n_fields=args.fields,
-                      interval=args.interval, timeout=args.timeout, summary=args.summary,
-                      cloud_fraction=args.cloud_fraction, too_fields=tuple(args.too or ()))
+    with in_background(cfg) as portal:
+        if portal:
+            print(f"portal {portal}", flush=True)
+        result = run_demo(cfg, exposures=args.exposures, scale=args.scale, seed=args.seed, n_fields=args.fields,
+                          interval=args.interval, timeout=args.timeout, summary=args.summary,
+                          cloud_fraction=args.cloud_fraction, too_fields=tuple(args.too or ()))
     return 0 if not result.get("unfinished") else 1
 
 
@@ -179,6 +185,25 @@ def cmd_topics(args) -> int:
     return 0
 
 
+def cmd_portal(args) -> int:
+    from agents.portal import bind, serve, url
+
+    cfg = _settings(args)
+    if args.namespace is not None:
+        cfg.database.namespace = args.namespace
+    cfg.portal.host = args.host or cfg.portal.host
+    cfg.portal.port = cfg.portal.port if args.port is None else args.port
+    try:
+        sock = bind(cfg)
+    except OSError as exc:
+        print(f"portal: cannot listen on {cfg.portal.host}:{cfg.portal.port}: {exc}", file=sys.stderr)
+        return 2
+    print(f"portal {url(sock)} ({'operator actions need the token' if cfg.portal.token else 'read-only'}); "
+          "Ctrl-C to stop", flush=True)
+    serve(cfg).run(sockets=[sock])
+    return 0
+
+
 def cmd_replay(args) -> int:
     from agents.replay import main as replay_main
 
@@ -243,6 +268,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("action", choices=["create", "plan"], help="plan: print what create would make, no broker")
     p.add_argument("--bootstrap")
     p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("portal", help="the web portal alone, over a data folder (and namespace)")
+    p.add_argument("--namespace", help="database namespace, e.g. a replay's; default database.namespace")
+    p.add_argument("--host", help="default portal.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="default portal.port (8600); 0 = any free port")
+    p.add_argument("--bootstrap", help="the broker, for retrying dead letters")
+    p.set_defaults(func=cmd_portal)
 
     p = sub.add_parser("replay", help="re-run stages over stored exposure events into a new namespace")
     p.add_argument("--namespace", required=True, help="new, versioned namespace, e.g. rb-2")

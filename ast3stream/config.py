@@ -436,6 +436,17 @@ class SimulationConfig(BaseModel):
     detector_seed: int = 3              #: the camera's defects do not change from night to night
 
 
+class PortalConfig(BaseModel):
+    """The web portal (``ast3stream portal``; ``run`` and ``demo`` start it too)."""
+
+    enabled: bool = True                #: ``run`` and ``demo`` serve it beside the stack
+    host: str = "127.0.0.1"
+    port: int = 8600
+    token: str | None = None            #: operator actions (retry, template set/rebuild) need it; None = read-only
+    page_size: int = 50                 #: rows per page of the candidate table
+    refresh_s: float = 5.0              #: how often an open night page asks for new exposures
+
+
 class Settings(BaseSettings):
     """All settings. ``Settings.load()`` reads the TOML file and the environment."""
 
@@ -463,6 +474,7 @@ class Settings(BaseSettings):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     gw: GWConfig = Field(default_factory=GWConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    portal: PortalConfig = Field(default_factory=PortalConfig)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> "Settings":
