@@ -15,7 +15,7 @@ from .config import Settings
 
 # subcommands contributed by the science packages: each module has add_cli(subparsers)
 _PLUGINS = ("ast3stream.simulate.cli", "ast3stream.front", "ast3stream.classify.cli",
-            "ast3stream.gw.cli", "ast3stream.alerts.cli")
+            "ast3stream.gw.cli", "ast3stream.alerts.cli", "ast3stream.subtraction.pair")
 
 
 def _settings(args) -> Settings:

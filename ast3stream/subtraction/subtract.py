@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.io import fits
+from scipy.signal import fftconvolve as np_fftconvolve
 
 from ..detection.photometry import error_scale, matched_fwhm, psf_flux
 from ..detection.stamps import array_module, mosaic
@@ -43,6 +45,7 @@ from ..image import Frame, MaskBits
 from . import engine
 from .background import background
 from .backend import use_gpu
+from .noise import aperture_factor, effective_gain, random_apertures, resample_kernel
 from .stars import local_sky, pair_stars, select_stars, subarea_labels
 from .tiles import fft_shape, tile_shape, tiles
 
@@ -68,31 +71,75 @@ class Difference:
 
 
 class _Prepared:
-    """Sky-subtracted image, its bad-pixel map, rms and variance, on the compute device."""
+    """Sky-subtracted image, its bad-pixel map, rms and variances, on the compute device.
 
-    def __init__(self, frame: Frame, cfg, xp):
+    ``raw`` is the variance of the image's own (un-resampled) pixels mapped to this grid and
+    ``var`` the per-pixel variance (``raw * RSVAR`` for a resampled image), ``kernel`` the
+    resampling kernel that correlates its noise (a delta for the template), from a variance
+    plane (``frame.var``) plus the source term when the plane lacks it, or else from the sky
+    rms plus ``max(signal, 0) / gain`` (:func:`.noise.effective_gain`)."""
+
+    def __init__(self, frame: Frame, cfg, xp, maximum_filter):
+        sc = cfg.subtraction
+        h = frame.header
         data = xp.asarray(frame.data, dtype=xp.float32)
         self.mask = xp.asarray(frame.mask, dtype=xp.uint16)
+        sat = h.get(sc.saturation_key)
+        self.saturation = float(sat) if isinstance(sat, (int, float)) and sat > 0 else None
+        if self.saturation is not None:  # saturated cores and bleed trails, grown 2 px
+            hot = maximum_filter(data >= np.float32(0.9 * self.saturation), size=5)
+            self.mask = self.mask | (hot.astype(xp.uint16) * np.uint16(MaskBits.SATURATED))
         self.bad = (self.mask & _UNUSABLE) != 0
-        back, self.rms = background(data, self.bad, cfg.subtraction.background_box, xp)
+        var = None if frame.var is None else xp.asarray(frame.var, dtype=xp.float32)
+        if var is not None:
+            self.bad |= ~xp.isfinite(var)
+        back, self.rms = background(data, self.bad, sc.background_box, xp)
         self.sub = data - back
-        gain = float(frame.header.get("GAIN", 1.0)) or 1.0
-        self.var = self.rms ** 2 + xp.maximum(self.sub, 0) / gain
+        rsvar = float(h.get("RSVAR", 1.0))
+        self.kernel = resample_kernel(float(h.get("RSFRACX", 0.0)), float(h.get("RSFRACY", 0.0)), sc.lanczos_a) \
+            if "RSVAR" in h else np.ones((1, 1))
+        gain = h.get(sc.gain_key)
+        gain = float(gain) if isinstance(gain, (int, float)) and gain > 0 else None
+        if gain is not None and "/S" in str(h.get("BUNIT", "")).upper().replace(" ", "") and h.get("EXPTIME"):
+            gain *= float(h["EXPTIME"])   # counts/s: variance of the counts over the exposure
+        if gain is not None:
+            self.gain, self.gain_method = gain, "header"
+        else:
+            step = np.s_[::2, ::2] if data.size > 4_000_000 else np.s_[:, :]
+            self.gain, self.gain_method = effective_gain(
+                *(None if a is None else _to_host(a[step]) for a in (back, self.rms, self.sub, var, self.bad)))
+        src = xp.maximum(self.sub, 0) / xp.float32(self.gain) if np.isfinite(self.gain) else 0
+        if var is not None:
+            self.raw = xp.where(xp.isfinite(var), var, 0) + src
+        else:
+            self.raw = self.rms ** 2 / xp.float32(rsvar) + src
+        self.var = self.raw * xp.float32(rsvar)
 
 
-_TEMPLATES: dict = {}
+_TEMPLATES: OrderedDict = OrderedDict()   #: keyed by the template's identity, least recently used dropped
+_BY_ID: dict = {}                          #: keyed by id(template.data), dropped with the array
 
 
-def _template(template: Frame, cfg, xp, gpu: bool):
-    """Prepared template and its sub-area stars, cached while ``template.data`` lives."""
-    key = (id(template.data), gpu)
-    if key not in _TEMPLATES:
-        prep = _Prepared(template, cfg, xp)
+def _template(template: Frame, cfg, xp, gpu: bool, maximum_filter, key=None):
+    """Prepared template and its sub-area stars. Cached under ``key`` (the template's identity,
+    e.g. its product key and version, so a worker reuses it across exposures whatever frame
+    object carries it; the last ``subtraction.template_cache`` kept) or, without a key, while
+    ``template.data`` lives."""
+    sc = cfg.subtraction
+    ident = ((key if key is not None else id(template.data)), gpu, sc.model_dump_json())
+    cache = _TEMPLATES if key is not None else _BY_ID
+    if ident not in cache:
+        prep = _Prepared(template, cfg, xp, maximum_filter)
         host = (lambda a: a.get()) if gpu else (lambda a: a)
-        stars = select_stars(host(prep.sub), host(prep.bad), host(prep.rms), cfg)
-        _TEMPLATES[key] = (prep, stars)
-        weakref.finalize(template.data, _TEMPLATES.pop, key, None)
-    return _TEMPLATES[key]
+        stars = select_stars(host(prep.sub), host(prep.bad), host(prep.rms), cfg, prep.saturation)
+        cache[ident] = (prep, stars)
+        if key is None:
+            weakref.finalize(template.data, _BY_ID.pop, ident, None)
+        while len(_TEMPLATES) > max(1, sc.template_cache):
+            _TEMPLATES.popitem(last=False)
+    elif key is not None:
+        _TEMPLATES.move_to_end(ident)
+    return cache[ident]
 
 
 # --------------------------------------------------------------------------- subtraction
@@ -113,10 +160,13 @@ class _Clock:
         self.t = t
 
 
-def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = None) -> Difference:
+def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = None, template_key=None) -> Difference:
     """SFFT difference ``science - template`` on the template grid (see the module docstring).
 
-    ``stats['seconds']`` is the wall time, ``stats['steps']`` its split by step."""
+    ``template_key`` (hashable, e.g. ``(product key, version)``) identifies the template for the
+    cache of its prepared form. ``stats['seconds']`` is the wall time, ``stats['steps']`` its split
+    by step; ``stats['noise_ratio']`` the random-aperture empirical/predicted noise (also
+    ``NOISERAT`` in the header)."""
     sc = cfg.subtraction
     gpu = use_gpu(sc.backend) if gpu is None else gpu
     if gpu:
@@ -129,9 +179,9 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         from scipy.signal import fftconvolve
     clock = _Clock(xp.cuda.Stream.null.synchronize if gpu else None)
 
-    tpl, stars = _template(template, cfg, xp, gpu)
+    tpl, stars = _template(template, cfg, xp, gpu, maximum_filter, template_key)
     clock("template")
-    sci = _Prepared(science_aligned, cfg, xp)
+    sci = _Prepared(science_aligned, cfg, xp, maximum_filter)
     clock("background")
     pairs = pair_stars(stars, sci.sub, sci.bad, sci.rms, cfg)
     clock("stars")
@@ -160,7 +210,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     layout = tiles(shape, tile_shape(shape, cfg), sc.tile_overlap, hw)
     diff = xp.zeros(shape, xp.float32)
     noise = xp.zeros(shape, xp.float32)
-    ratios = []
+    ratios, parts = [], []
     constant = cfg.model_copy(update={"subtraction": sc.model_copy(
         update={"kernel_poly_order": 0, "background_poly_order": 0})})
     ny_t, nx_t = layout[0][2].shape
@@ -181,7 +231,13 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         k = engine.kernel_at(sol, (fx, fy), tcfg, (nx_t - 1) / 2, (ny_t - 1) / 2)
         ratio = float(k.sum())
         ratios.append(ratio)
-        var = J.var[sy, sx] + fftconvolve(I.var[sy, sx], xp.asarray(k ** 2, dtype=xp.float32), mode="same")
+        kg = np_fftconvolve(k, I.kernel)    # the convolved image's noise kernel: K * its resampling kernel
+        vJ = J.raw[sy, sx] * xp.float32(np.sum(J.kernel ** 2))
+        vI = fftconvolve(I.raw[sy, sx], xp.asarray(kg ** 2, dtype=xp.float32), mode="same")
+        var = vJ + vI
+        ok = ~bad[sy, sx][::8, ::8]
+        med = [float(xp.median(v[::8, ::8][ok])) if bool(ok.any()) else 0.0 for v in (vJ, vI)]
+        parts.append(((sy.start + sy.stop) / 2, (sx.start + sx.stop) / 2, kg, *med))
         d, sig = d.T, xp.sqrt(xp.maximum(var, 0))
         if conv == "SCI":  # D = T - K*S  ->  (K*S - T) / sum(K), in science units
             d, sig = -d / ratio, sig / ratio
@@ -212,9 +268,42 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     clock("to_host")
     stats["errscale"] = error_scale(diff, noise, mask, psf_fwhm)
     clock("errscale")
+    stats |= _noise_check(diff, noise, mask, parts, J.kernel, psf_fwhm, conv, sci, tpl, sc)
+    stats |= dict(gain_sci=sci.gain, gain_ref=tpl.gain, gain_method_sci=sci.gain_method,
+                  gain_method_ref=tpl.gain_method, psf_stars=int(stars.meta["psf"].n_stars))
+    clock("noise_check")
     stats["seconds"] = clock.t - clock.t0
     stats["steps"] = clock.steps
-    return Difference(diff=diff, noise=noise, mask=mask, header=template.header.copy(), stats=stats)
+    header = template.header.copy()
+    for key, name, comment in (("NOISERAT", "noise_ratio", "random-aperture noise, empirical/predicted"),
+                               ("FWHMSCI", "fwhm_sci", "[px] science PSF FWHM (fitted)"),
+                               ("FWHMREF", "fwhm_ref", "[px] template PSF FWHM (fitted)"),
+                               ("X2NRM", "x2nrm_rstd", "robust std of diff/sigma")):
+        if np.isfinite(stats.get(name, np.nan)):
+            header[key] = (round(float(stats[name]), 4), comment)
+    header["CONVDIR"] = (conv, "image convolved by the SFFT kernel")
+    return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats)
+
+
+def _noise_check(diff, noise, mask, parts, kernel_j, psf_fwhm: float, conv: str, sci, tpl, sc) -> dict:
+    """Random-aperture check of the noise map (:func:`.noise.random_apertures`, radius 1 FWHM):
+    the prediction per aperture is ``sum(sigma^2)`` times the nearest tile's aperture factor,
+    the two images' parts weighted by their median per-pixel variances."""
+    r = max(1.0, float(psf_fwhm))
+    aj = aperture_factor(kernel_j, r)
+    cy, cx, fac = [], [], []
+    for y, x, kg, vJ, vI in parts:
+        cy.append(y)
+        cx.append(x)
+        fac.append((aj * vJ + aperture_factor(kg, r) * vI) / (vJ + vI) if vJ + vI > 0 else 1.0)
+    cy, cx, fac = np.array(cy), np.array(cx), np.array(fac)
+
+    def factor(x, y):
+        return fac[np.argmin((y[:, None] - cy) ** 2 + (x[:, None] - cx) ** 2, axis=1)]
+
+    images = [(P.sub, P.var) for P in (sci, tpl)]
+    ratio, n = random_apertures(diff, noise.astype(np.float64) ** 2, mask, r, factor, images, n=sc.noise_apertures)
+    return dict(noise_ratio=ratio, noise_apertures=n, aperture_factor=float(np.median(fac)))
 
 
 def _to_host(a) -> np.ndarray:
