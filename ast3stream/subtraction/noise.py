@@ -9,11 +9,13 @@
   pedestal over its variance (Poisson sky: ``gain = sky / rms^2``; read noise neglected,
   so the gain is underestimated and the source noise overestimated, never the reverse);
   else none (a sky-subtracted image without a gain: the source term is left out, said so).
-* Resampling correlates noise: a Lanczos-resampled pixel has variance ``sum w^2 R`` of the
-  raw variance ``R``, while an aperture sum keeps ``R`` per pixel; the SFFT kernel ``K`` does
-  the same to the convolved image. :func:`aperture_factor` is the ratio of an aperture
-  sum's variance to the sum of its per-pixel variances for a noise kernel ``g``;
-  :func:`random_apertures` compares the scatter of random-aperture sums of a difference,
+* Resampling, co-adding and the SFFT kernel correlate noise: a Lanczos-resampled pixel has
+  variance ``sum w^2 R`` of the raw variance ``R`` (``RSVAR``, :func:`resample_variance_factor`),
+  while an aperture sum keeps ``R`` per pixel. :func:`noise_acf` measures an image's noise
+  autocorrelation on its sky pixels (after alignment, so it holds whatever resampling the
+  image went through, ours or earlier), and :func:`correlated_factors` turns it and the
+  kernel into the per-pixel variance of the convolved image and the ratio of an aperture
+  sum's variance to the sum of its per-pixel variances; :func:`random_apertures` compares the scatter of random-aperture sums of a difference,
   away from sources and masks, with that prediction (the empirical/predicted ratio).
 """
 from __future__ import annotations
@@ -48,19 +50,20 @@ def effective_gain(back, rms, sub=None, var=None, bad=None, header_gain: float |
     if header_gain is not None and np.isfinite(header_gain) and header_gain > 0:
         return float(header_gain), "header"
     ok = np.ones(np.shape(back), bool) if bad is None else ~np.asarray(bad, bool)
-    if var is not None and sub is not None:
-        ok &= np.isfinite(var)
-        sky_var = float(np.median(var[ok]))
-        bright = ok & (sub > 30 * np.sqrt(sky_var))
-        if bright.sum() >= 50:   # does the plane grow with the signal?
-            slope = np.polyfit(sub[bright], var[bright] - sky_var, 1)[0]
-            if slope > 0 and np.median(var[bright]) > 2 * sky_var:
-                return np.inf, "variance plane includes source noise"
-    sky, r = float(np.median(back[ok])), float(np.median(rms[ok]))
+    r = float(np.median(rms[ok]))
     if var is not None:
-        r = float(np.sqrt(np.median(var[ok & np.isfinite(var)])))
-    if r > 0 and sky > 5 * r:
-        return sky / r ** 2, "sky pedestal / sky variance"
+        ok &= np.isfinite(var)
+        r = float(np.sqrt(np.median(var[ok])))
+    sky = float(np.median(back[ok]))
+    g_sky = sky / r ** 2 if r > 0 and sky > 5 * r else None
+    if var is not None and sub is not None:
+        bright = ok & (sub > 10 * r)
+        if bright.sum() >= 20:   # does the plane grow with the signal (as 1 / gain)?
+            slope = float(np.polyfit(sub[bright], var[bright], 1)[0])
+            if slope > 0 and (g_sky is None or slope > 0.5 / g_sky):
+                return np.inf, f"variance plane includes source noise (gain {1 / slope:.3g})"
+    if g_sky is not None:
+        return g_sky, "sky pedestal / sky variance"
     return np.inf, "none: sky-subtracted image without a gain, source noise omitted"
 
 
@@ -79,9 +82,64 @@ def resample_variance_factor(xmap, ymap, a: int = 3) -> tuple[float, float, floa
     return float(np.mean(s2)), float(np.median(fx)), float(np.median(fy))
 
 
-def resample_kernel(fx: float, fy: float, a: int = 3) -> np.ndarray:
-    """2-D ``[dy, dx]`` Lanczos kernel of one fractional offset (a delta for ``0, 0``)."""
-    return np.outer(lanczos_weights(fy, a), lanczos_weights(fx, a))
+def noise_acf(sub, rms, bad, r: int = 4, side: int = 1024) -> np.ndarray:
+    """Normalised ``(2r+1)^2`` autocorrelation (``[dy, dx]``, 1 at the centre) of a sky-subtracted
+    image's noise (NumPy or CuPy), from its central ``side x side`` pixels with sources (beyond
+    3 rms, grown 2 px) and bad pixels left out: what resampling, co-adding or alignment did to
+    it; the floor at the largest lags is removed. A delta when too few sky pixels remain."""
+    from scipy.ndimage import binary_dilation
+
+    from ..detection.stamps import to_host
+
+    ny, nx = sub.shape
+    y0, x0 = max(0, (ny - side) // 2), max(0, (nx - side) // 2)
+    sl = np.s_[y0:y0 + side, x0:x0 + side]
+    z = to_host(sub[sl]).astype(np.float64) / np.maximum(to_host(rms[sl]), 1e-30)
+    m = ~to_host(bad[sl]) & np.isfinite(z)
+    m &= ~binary_dilation(np.abs(np.where(m, z, 0)) > 3, iterations=2)
+    z = np.where(m, z, 0)
+    delta = np.zeros((2 * r + 1, 2 * r + 1))
+    delta[r, r] = 1.0
+    if m.sum() < 1000:
+        return delta
+    shape = [n + r for n in z.shape]
+    fz, fm = np.fft.rfft2(z, shape), np.fft.rfft2(m.astype(float), shape)
+    acf_z = np.fft.irfft2(fz * np.conj(fz), shape)
+    acf_m = np.fft.irfft2(fm * np.conj(fm), shape)
+    idx = np.r_[-r:r + 1]
+    acf = acf_z[np.ix_(idx, idx)] / np.maximum(acf_m[np.ix_(idx, idx)], 1)
+    if not np.isfinite(acf).all() or acf[r, r] <= 0:
+        return delta
+    acf = acf / acf[r, r]
+    # faint static structure and sky residuals add a small positive floor at every lag, which
+    # summed over an aperture would dominate: remove the outer ring's median, zero lags within
+    # 3 sigma of 0 (the estimate's error is ~1 / sqrt(pixels))
+    ring = np.hypot(*np.meshgrid(idx, idx)) >= r
+    acf = acf - np.median(acf[ring])
+    acf[np.abs(acf) < 3 / np.sqrt(m.sum())] = 0
+    acf[r, r] = 1.0
+    return acf
+
+
+def correlated_factors(acf: np.ndarray, kernel: np.ndarray, radius: float) -> tuple[float, float]:
+    """For noise of normalised autocorrelation ``acf`` convolved with ``kernel``: ``(q, f)``, the
+    per-pixel variance over the white-noise value ``var * sum(K^2)``, and an aperture sum's
+    (``radius``) variance over the sum of its per-pixel variances."""
+    from scipy.signal import correlate, fftconvolve
+
+    r = acf.shape[0] // 2
+
+    def weighted(a):   # sum over lags tau of (a corr a)(tau) acf(tau)
+        c = correlate(a, a, mode="full", method="fft")
+        cy, cx = (np.array(c.shape) - 1) // 2
+        h = min(r, cy, cx)
+        win = np.zeros_like(acf)
+        win[r - h:r + h + 1, r - h:r + h + 1] = c[cy - h:cy + h + 1, cx - h:cx + h + 1]
+        return float(np.sum(win * acf))
+
+    per_pixel = weighted(kernel)
+    chi = _disk(radius)
+    return per_pixel / float(np.sum(kernel ** 2)), weighted(fftconvolve(chi, kernel)) / (chi.sum() * per_pixel)
 
 
 def _disk(r: float) -> np.ndarray:
@@ -90,22 +148,13 @@ def _disk(r: float) -> np.ndarray:
     return (np.hypot(o[:, None], o[None, :]) <= r).astype(float)
 
 
-def aperture_factor(g: np.ndarray, r: float) -> float:
-    """Variance of an aperture sum of radius ``r`` over the sum of its pixels' variances, for
-    white noise convolved with ``g``: ``||chi_A * g||^2 / (N_A ||g||^2)``."""
-    from scipy.signal import fftconvolve
-
-    chi = _disk(r)
-    return float(np.sum(fftconvolve(chi, g) ** 2) / (chi.sum() * np.sum(g ** 2)))
-
-
 def random_apertures(diff, var, mask, radius: float, factor=1.0, images=(), n: int = 2000, seed: int = 0):
     """Empirical / predicted noise of random-aperture sums of ``diff`` (NumPy or CuPy arrays).
 
     Apertures of ``radius`` around ``n`` random pixels, with no masked pixel; those on a source
     of any of ``images`` (``(sub, var)`` pairs: aperture sum beyond 5 sigma) are dropped. The
     prediction is ``sqrt(factor * sum(var))``, ``factor`` a scalar or a function of the
-    centres ``(x, y)`` (see :func:`aperture_factor`). Returns ``(ratio, n_used)``: the robust std
+    centres ``(x, y)`` (see :func:`correlated_factors`). Returns ``(ratio, n_used)``: the robust std
     (1.4826 MAD) of sum / prediction, NaN with fewer than 100 apertures."""
     from ..detection.stamps import boxes, to_host
 

@@ -125,7 +125,7 @@ def _locus(logf: np.ndarray, width: float) -> float:
     """Centre of the densest cluster of ``logf`` (counts within +-width); among clusters at least
     half as dense, the narrowest (stars are the most compact well-populated class)."""
     counts = np.array([np.sum(np.abs(logf - v) <= width) for v in logf])
-    dense = counts >= max(0.5 * counts.max(), 3)
+    dense = counts >= max(0.5 * counts.max(), min(3, counts.max()))
     v = np.min(logf[dense])
     for _ in range(3):   # re-centre on the members
         v = float(np.median(logf[np.abs(logf - v) <= width]))

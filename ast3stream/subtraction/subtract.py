@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.io import fits
-from scipy.signal import fftconvolve as np_fftconvolve
 
 from ..detection.photometry import error_scale, matched_fwhm, psf_flux
 from ..detection.stamps import array_module, mosaic
@@ -45,7 +44,7 @@ from ..image import Frame, MaskBits
 from . import engine
 from .background import background
 from .backend import use_gpu
-from .noise import aperture_factor, effective_gain, random_apertures, resample_kernel
+from .noise import correlated_factors, effective_gain, noise_acf, random_apertures
 from .stars import local_sky, pair_stars, select_stars, subarea_labels
 from .tiles import fft_shape, tile_shape, tiles
 
@@ -73,11 +72,10 @@ class Difference:
 class _Prepared:
     """Sky-subtracted image, its bad-pixel map, rms and variances, on the compute device.
 
-    ``raw`` is the variance of the image's own (un-resampled) pixels mapped to this grid and
-    ``var`` the per-pixel variance (``raw * RSVAR`` for a resampled image), ``kernel`` the
-    resampling kernel that correlates its noise (a delta for the template), from a variance
-    plane (``frame.var``) plus the source term when the plane lacks it, or else from the sky
-    rms plus ``max(signal, 0) / gain`` (:func:`.noise.effective_gain`)."""
+    ``var`` is the per-pixel variance: from a variance plane (``frame.var``, times ``RSVAR`` for
+    a resampled one) plus the source term when the plane lacks it, or else the sky rms squared
+    plus ``max(signal, 0) / gain`` (:func:`.noise.effective_gain`); ``acf`` the noise's
+    measured autocorrelation (:func:`.noise.noise_acf`)."""
 
     def __init__(self, frame: Frame, cfg, xp, maximum_filter):
         sc = cfg.subtraction
@@ -95,9 +93,7 @@ class _Prepared:
             self.bad |= ~xp.isfinite(var)
         back, self.rms = background(data, self.bad, sc.background_box, xp)
         self.sub = data - back
-        rsvar = float(h.get("RSVAR", 1.0))
-        self.kernel = resample_kernel(float(h.get("RSFRACX", 0.0)), float(h.get("RSFRACY", 0.0)), sc.lanczos_a) \
-            if "RSVAR" in h else np.ones((1, 1))
+        rsvar = xp.float32(h.get("RSVAR", 1.0))
         gain = h.get(sc.gain_key)
         gain = float(gain) if isinstance(gain, (int, float)) and gain > 0 else None
         if gain is not None and "/S" in str(h.get("BUNIT", "")).upper().replace(" ", "") and h.get("EXPTIME"):
@@ -108,12 +104,12 @@ class _Prepared:
             step = np.s_[::2, ::2] if data.size > 4_000_000 else np.s_[:, :]
             self.gain, self.gain_method = effective_gain(
                 *(None if a is None else _to_host(a[step]) for a in (back, self.rms, self.sub, var, self.bad)))
-        src = xp.maximum(self.sub, 0) / xp.float32(self.gain) if np.isfinite(self.gain) else 0
+        src = xp.maximum(self.sub, 0) * (rsvar / xp.float32(self.gain)) if np.isfinite(self.gain) else 0
         if var is not None:
-            self.raw = xp.where(xp.isfinite(var), var, 0) + src
+            self.var = xp.where(xp.isfinite(var), var, 0) * rsvar + src
         else:
-            self.raw = self.rms ** 2 / xp.float32(rsvar) + src
-        self.var = self.raw * xp.float32(rsvar)
+            self.var = self.rms ** 2 + src
+        self.acf = noise_acf(self.sub, xp.sqrt(xp.maximum(self.var, 1e-30)), self.bad)
 
 
 _TEMPLATES: OrderedDict = OrderedDict()   #: keyed by the template's identity, least recently used dropped
@@ -192,6 +188,8 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     conv = {"ref": "REF", "sci": "SCI"}.get(sc.force_conv, "REF" if fwhm_ref <= fwhm_sci else "SCI")
     (I, J) = (tpl, sci) if conv == "REF" else (sci, tpl)
     fwhm_max = max(fwhm_ref, fwhm_sci)
+    fwhm_j = fwhm_sci if conv == "REF" else fwhm_ref
+    r_ap = max(1.0, fwhm_j)   # radius of the noise check's apertures
 
     bad = tpl.bad | sci.bad
     radius = max(sc.subarea_fwhm * fwhm_max, 6.0)
@@ -231,13 +229,13 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         k = engine.kernel_at(sol, (fx, fy), tcfg, (nx_t - 1) / 2, (ny_t - 1) / 2)
         ratio = float(k.sum())
         ratios.append(ratio)
-        kg = np_fftconvolve(k, I.kernel)    # the convolved image's noise kernel: K * its resampling kernel
-        vJ = J.raw[sy, sx] * xp.float32(np.sum(J.kernel ** 2))
-        vI = fftconvolve(I.raw[sy, sx], xp.asarray(kg ** 2, dtype=xp.float32), mode="same")
+        q_i, ap_i = correlated_factors(I.acf, k, r_ap)   # I's noise is correlated, then convolved
+        vJ = J.var[sy, sx]
+        vI = fftconvolve(I.var[sy, sx], xp.asarray(k ** 2 * q_i, dtype=xp.float32), mode="same")
         var = vJ + vI
         ok = ~bad[sy, sx][::8, ::8]
         med = [float(xp.median(v[::8, ::8][ok])) if bool(ok.any()) else 0.0 for v in (vJ, vI)]
-        parts.append(((sy.start + sy.stop) / 2, (sx.start + sx.stop) / 2, kg, *med))
+        parts.append(((sy.start + sy.stop) / 2, (sx.start + sx.stop) / 2, ap_i, *med))
         d, sig = d.T, xp.sqrt(xp.maximum(var, 0))
         if conv == "SCI":  # D = T - K*S  ->  (K*S - T) / sum(K), in science units
             d, sig = -d / ratio, sig / ratio
@@ -250,7 +248,6 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     diff = xp.where(mask & _UNUSABLE, zero, diff)
     noise = xp.where(noise > 0, noise, xp.float32(np.inf))
     clock("mask")
-    fwhm_j = fwhm_sci if conv == "REF" else fwhm_ref
     # boxes for the PSF fits of matched_fwhm (FWHM <= 1.4 fwhm_j) and the total-flux aperture
     r = int(np.ceil(1.4 * max(1.5, 2.5 * cfg.photometry.aperture_factor / 2 / 2.3548) * fwhm_j)) + 2
     (Jsub, Jrms, Jbad), outside, xl, yl = mosaic([J.sub, J.rms, bad], xs[:200], ys[:200], r)  # the brightest
@@ -268,7 +265,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     clock("to_host")
     stats["errscale"] = error_scale(diff, noise, mask, psf_fwhm)
     clock("errscale")
-    stats |= _noise_check(diff, noise, mask, parts, J.kernel, psf_fwhm, conv, sci, tpl, sc)
+    stats |= _noise_check(diff, noise, mask, parts, J.acf, r_ap, sci, tpl, sc)
     stats |= dict(gain_sci=sci.gain, gain_ref=tpl.gain, gain_method_sci=sci.gain_method,
                   gain_method_ref=tpl.gain_method, psf_stars=int(stars.meta["psf"].n_stars))
     clock("noise_check")
@@ -285,18 +282,13 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats)
 
 
-def _noise_check(diff, noise, mask, parts, kernel_j, psf_fwhm: float, conv: str, sci, tpl, sc) -> dict:
-    """Random-aperture check of the noise map (:func:`.noise.random_apertures`, radius 1 FWHM):
-    the prediction per aperture is ``sum(sigma^2)`` times the nearest tile's aperture factor,
-    the two images' parts weighted by their median per-pixel variances."""
-    r = max(1.0, float(psf_fwhm))
-    aj = aperture_factor(kernel_j, r)
-    cy, cx, fac = [], [], []
-    for y, x, kg, vJ, vI in parts:
-        cy.append(y)
-        cx.append(x)
-        fac.append((aj * vJ + aperture_factor(kg, r) * vI) / (vJ + vI) if vJ + vI > 0 else 1.0)
-    cy, cx, fac = np.array(cy), np.array(cx), np.array(fac)
+def _noise_check(diff, noise, mask, parts, acf_j, r: float, sci, tpl, sc) -> dict:
+    """Random-aperture check of the noise map (:func:`.noise.random_apertures`, radius ``r``): the
+    prediction per aperture is ``sum(sigma^2)`` times the nearest tile's aperture factor, the two
+    images' parts weighted by their median per-pixel variances there."""
+    ap_j = correlated_factors(acf_j, np.ones((1, 1)), r)[1]
+    cy, cx, fac = (np.array(v) for v in zip(*[(y, x, (ap_j * vJ + ap_i * vI) / (vJ + vI) if vJ + vI > 0 else 1.0)
+                                             for y, x, ap_i, vJ, vI in parts]))
 
     def factor(x, y):
         return fac[np.argmin((y[:, None] - cy) ** 2 + (x[:, None] - cx) ** 2, axis=1)]
