@@ -220,6 +220,7 @@ class SubtractionConfig(BaseModel):
     warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes a subtraction worker compiles before consuming
     gain_key: str = "GAIN"              #: header card of the gain (signal/variance); absent: estimated from the pixels
     saturation_key: str = "SATURATE"    #: header card of the saturation level (image units); pixels >= 90 % masked
+    sky_keys: list[str] = ["SKYLEVEL", "AVSKY"]  #: header cards of the sky level a sky-subtracted image had (gain estimate)
     template_cache: int = 4             #: prepared templates a worker keeps (keyed by product key + version)
     noise_apertures: int = 2000         #: random apertures of the difference-noise check
 

@@ -6,7 +6,8 @@
   (``var = signal / gain``) in the image's own units (counts, electrons, counts/s,
   surface brightness): the header's gain when there is one; else the slope of a variance
   plane against the signal when the plane includes the sources' noise; else the sky
-  pedestal over its variance (Poisson sky: ``gain = sky / rms^2``; read noise neglected,
+  pedestal (or the header's sky level for a sky-subtracted image) over its variance
+  (Poisson sky: ``gain = sky / rms^2``; read noise neglected,
   so the gain is underestimated and the source noise overestimated, never the reverse);
   else none (a sky-subtracted image without a gain: the source term is left out, said so).
 * Resampling, co-adding and the SFFT kernel correlate noise: a Lanczos-resampled pixel has
@@ -41,21 +42,27 @@ def to_variance(plane: np.ndarray, kind: str) -> np.ndarray:
     return np.where(np.isfinite(v) & (v > 0), v, np.inf).astype(np.float32)
 
 
-def effective_gain(back, rms, sub=None, var=None, bad=None, header_gain: float | None = None):
+def effective_gain(back, rms, sub=None, var=None, bad=None, header_gain: float | None = None,
+                   header_sky: float | None = None, rsvar: float = 1.0):
     """``(gain, method)``: signal / Poisson variance in the image's units (module docstring).
 
     ``back`` and ``rms`` are the sky background and rms maps, ``sub`` the sky-subtracted image,
     ``var`` a variance plane when there is one (then ``gain = inf`` means the plane already holds
-    the sources' noise or none is to be added)."""
+    the sources' noise or none is to be added); ``header_sky`` the sky level a sky-subtracted
+    image's header records (e.g. DECam's ``AVSKY``), used when the pixels have no pedestal;
+    ``rsvar`` the resampling's variance factor (``RSVAR``: the raw sky variance is ``rms^2 / rsvar``)."""
     if header_gain is not None and np.isfinite(header_gain) and header_gain > 0:
         return float(header_gain), "header"
     ok = np.ones(np.shape(back), bool) if bad is None else ~np.asarray(bad, bool)
-    r = float(np.median(rms[ok]))
+    r = float(np.median(rms[ok])) / np.sqrt(rsvar)
     if var is not None:
         ok &= np.isfinite(var)
         r = float(np.sqrt(np.median(var[ok])))
     sky = float(np.median(back[ok]))
     g_sky = sky / r ** 2 if r > 0 and sky > 5 * r else None
+    how = "sky pedestal / sky variance"
+    if g_sky is None and header_sky is not None and r > 0 and header_sky > 5 * r:
+        g_sky, how = header_sky / r ** 2, "header sky level / sky variance"
     if var is not None and sub is not None:
         bright = ok & (sub > 10 * r)
         if bright.sum() >= 20:   # does the plane grow with the signal (as 1 / gain)?
@@ -63,7 +70,7 @@ def effective_gain(back, rms, sub=None, var=None, bad=None, header_gain: float |
             if slope > 0 and (g_sky is None or slope > 0.5 / g_sky):
                 return np.inf, f"variance plane includes source noise (gain {1 / slope:.3g})"
     if g_sky is not None:
-        return g_sky, "sky pedestal / sky variance"
+        return g_sky, how
     return np.inf, "none: sky-subtracted image without a gain, source noise omitted"
 
 

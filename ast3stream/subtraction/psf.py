@@ -1,7 +1,8 @@
 """PSF FWHM of a real image from fitted profiles of isolated, unsaturated, unblended stars.
 
 1. sources: ``sep.extract`` (5 sigma, deblended) on the background-subtracted image;
-2. candidates: unflagged by sep (not merged, not truncated), ``SNR >= snr_min``, peak below
+2. candidates: unflagged by sep (not merged, not truncated), ``SNR >= snr_min``, no single
+   pixel holding 65 % of the flux (cosmic rays, hot pixels; a star of FWHM 1 px has 58 %), peak below
    ``saturation_frac`` of the saturation level (given, or found as the plateau several bright
    sources share), no masked pixel in their fitting box, and no other detection within
    ``isolation`` times the first-guess FWHM (so also no faint neighbour in the wings);
@@ -10,7 +11,8 @@
    grid and summed, so an undersampled PSF of FWHM < 2 px is fitted without bias);
 4. star/galaxy separation on the fitted FWHMs alone: the stellar locus is the densest
    cluster of ``log FWHM`` (galaxies are broader, cosmic rays and hot pixels narrower), the
-   stars are the sources within ``locus_width`` of it; the FWHM is their median.
+   stars are the sources within ``locus_width`` of it; the FWHM is their median. Fits
+   narrower than 0.6 px (unresolved spikes: cosmic rays, hot pixels) are no candidates.
 
 Failures raise :class:`PSFError` with the reason (too few sources, no locus) instead of
 returning a wrong number. :func:`psfex_fwhm` reads the FWHM of a PSFEx model file
@@ -150,6 +152,7 @@ def measure_psf(data_sub, bad, rms, *, saturation: float | None = None, snr_min:
     flux, ferr, _ = sep.sum_circle(data, objs["x"], objs["y"], 3.0 * np.maximum(a, 1.0), err=rms, mask=bad)
     snr = np.where(ferr > 0, flux / np.where(ferr > 0, ferr, 1), 0)
     cand = (objs["flag"] == 0) & (snr >= snr_min) & (objs["peak"] < saturation_frac * sat) & (objs["b"] > 0)
+    cand &= objs["peak"] < 0.65 * np.maximum(flux, 1e-30)   # one pixel with most of the flux: a spike
     if cand.sum() < min_stars:
         raise PSFError(f"only {int(cand.sum())} unblended unsaturated sources with SNR >= {snr_min} "
                        f"(of {len(objs)} detected)")
@@ -165,9 +168,11 @@ def measure_psf(data_sub, bad, rms, *, saturation: float | None = None, snr_min:
     if idx.size < min_stars:
         raise PSFError(f"only {idx.size} isolated candidates (no neighbour within {isolation} x {fwhm0:.2f} px)")
     fw, beta, fflux = fit_fwhm(data, rms, objs["x"][idx], objs["y"][idx], fwhm0, bad=bad, profile=profile)
-    ok = np.isfinite(fw)
+    spikes = fw < 0.6   # unresolved: cosmic rays, hot pixels (a real PSF has FWHM > 0.6 px)
+    ok = np.isfinite(fw) & ~spikes
     if ok.sum() < min_stars:
-        raise PSFError(f"profile fits converged for {int(ok.sum())} of {idx.size} candidates")
+        raise PSFError(f"profile fits converged for {int(ok.sum())} of {idx.size} candidates "
+                       f"({int(spikes.sum())} unresolved spikes)")
     logf = np.log10(fw[ok])
     v = _locus(logf, locus_width)
     star = np.abs(logf - v) <= locus_width

@@ -102,8 +102,10 @@ class _Prepared:
             self.gain, self.gain_method = gain, "header"
         else:
             step = np.s_[::2, ::2] if data.size > 4_000_000 else np.s_[:, :]
+            sky = next((float(h[k]) for k in sc.sky_keys if isinstance(h.get(k), (int, float))), None)
             self.gain, self.gain_method = effective_gain(
-                *(None if a is None else _to_host(a[step]) for a in (back, self.rms, self.sub, var, self.bad)))
+                *(None if a is None else _to_host(a[step]) for a in (back, self.rms, self.sub, var, self.bad)),
+                header_sky=sky, rsvar=float(rsvar))
         src = xp.maximum(self.sub, 0) * (rsvar / xp.float32(self.gain)) if np.isfinite(self.gain) else 0
         if var is not None:
             self.var = xp.where(xp.isfinite(var), var, 0) * rsvar + src
