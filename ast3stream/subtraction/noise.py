@@ -4,8 +4,8 @@
   variance map (infinite where the plane says "no data").
 * :func:`effective_gain` gives the factor turning signal into Poisson variance
   (``var = signal / gain``) in the image's own units (counts, electrons, counts/s,
-  surface brightness): the header's gain when there is one; else the slope of a variance
-  plane against the signal when the plane includes the sources' noise; else the sky
+  surface brightness): none to add when a variance plane grows with the signal (it holds the
+  sources' noise; its slope gives the gain); else the header's gain; else the sky
   pedestal (or the header's sky level for a sky-subtracted image) over its variance
   (Poisson sky: ``gain = sky / rms^2``; read noise neglected,
   so the gain is underestimated and the source noise overestimated, never the reverse);
@@ -51,8 +51,9 @@ def effective_gain(back, rms, sub=None, var=None, bad=None, header_gain: float |
     the sources' noise or none is to be added); ``header_sky`` the sky level a sky-subtracted
     image's header records (e.g. DECam's ``AVSKY``), used when the pixels have no pedestal;
     ``rsvar`` the resampling's variance factor (``RSVAR``: the raw sky variance is ``rms^2 / rsvar``)."""
-    if header_gain is not None and np.isfinite(header_gain) and header_gain > 0:
-        return float(header_gain), "header"
+    hg = float(header_gain) if header_gain is not None and np.isfinite(header_gain) and header_gain > 0 else None
+    if hg is not None and var is None:
+        return hg, "header"
     ok = np.ones(np.shape(back), bool) if bad is None else ~np.asarray(bad, bool)
     r = float(np.median(rms[ok])) / np.sqrt(rsvar)
     if var is not None:
@@ -67,8 +68,11 @@ def effective_gain(back, rms, sub=None, var=None, bad=None, header_gain: float |
         bright = ok & (sub > 10 * r)
         if bright.sum() >= 20:   # does the plane grow with the signal (as 1 / gain)?
             slope = float(np.polyfit(sub[bright], var[bright], 1)[0])
-            if slope > 0 and (g_sky is None or slope > 0.5 / g_sky):
+            ref = hg or g_sky
+            if slope > 0 and (ref is None or slope > 0.5 / ref):
                 return np.inf, f"variance plane includes source noise (gain {1 / slope:.3g})"
+    if hg is not None:
+        return hg, "header"
     if g_sky is not None:
         return g_sky, how
     return np.inf, "none: sky-subtracted image without a gain, source noise omitted"

@@ -69,7 +69,7 @@ class Difference:
 # --------------------------------------------------------------------------- preparation
 
 
-class _Prepared:
+class Prepared:
     """Sky-subtracted image, its bad-pixel map, rms and variances, on the compute device.
 
     ``var`` is the per-pixel variance: from a variance plane (``frame.var``, times ``RSVAR`` for
@@ -98,14 +98,14 @@ class _Prepared:
         gain = float(gain) if isinstance(gain, (int, float)) and gain > 0 else None
         if gain is not None and "/S" in str(h.get("BUNIT", "")).upper().replace(" ", "") and h.get("EXPTIME"):
             gain *= float(h["EXPTIME"])   # counts/s: variance of the counts over the exposure
-        if gain is not None:
+        if gain is not None and var is None:
             self.gain, self.gain_method = gain, "header"
         else:
             step = np.s_[::2, ::2] if data.size > 4_000_000 else np.s_[:, :]
             sky = next((float(h[k]) for k in sc.sky_keys if isinstance(h.get(k), (int, float))), None)
             self.gain, self.gain_method = effective_gain(
                 *(None if a is None else _to_host(a[step]) for a in (back, self.rms, self.sub, var, self.bad)),
-                header_sky=sky, rsvar=float(rsvar))
+                header_gain=gain, header_sky=sky, rsvar=float(rsvar))
         src = xp.maximum(self.sub, 0) * (rsvar / xp.float32(self.gain)) if np.isfinite(self.gain) else 0
         if var is not None:
             self.var = xp.where(xp.isfinite(var), var, 0) * rsvar + src
@@ -127,7 +127,7 @@ def _template(template: Frame, cfg, xp, gpu: bool, maximum_filter, key=None):
     ident = ((key if key is not None else id(template.data)), gpu, sc.model_dump_json())
     cache = _TEMPLATES if key is not None else _BY_ID
     if ident not in cache:
-        prep = _Prepared(template, cfg, xp, maximum_filter)
+        prep = Prepared(template, cfg, xp, maximum_filter)
         host = (lambda a: a.get()) if gpu else (lambda a: a)
         stars = select_stars(host(prep.sub), host(prep.bad), host(prep.rms), cfg, prep.saturation)
         cache[ident] = (prep, stars)
@@ -179,7 +179,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
 
     tpl, stars = _template(template, cfg, xp, gpu, maximum_filter, template_key)
     clock("template")
-    sci = _Prepared(science_aligned, cfg, xp, maximum_filter)
+    sci = Prepared(science_aligned, cfg, xp, maximum_filter)
     clock("background")
     pairs = pair_stars(stars, sci.sub, sci.bad, sci.rms, cfg)
     clock("stars")
