@@ -292,9 +292,10 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
     cfg = _legacy(subtraction=subtraction, detector=detector)
     tmpl = lane.template
     lane.aligned = align(exp.frame, tmpl.frame, cfg, binning=tmpl.binning)
-    lane.difference = subtract(lane.aligned, tmpl.frame, cfg)
+    lane.difference = subtract(lane.aligned, tmpl.frame, cfg, template_key=(tmpl.key, tmpl.version))
     stats = lane.difference.stats
     metrics = {"x2nrm_mean": stats.get("x2nrm_mean"), "x2nrm_std": stats.get("x2nrm_std"),
+               "noise_ratio": stats.get("noise_ratio"),
                "subtraction_s": stats.get("seconds"), "template_zp": tmpl.stats.get("zp"),
                "template_fwhm_px": tmpl.stats.get("fwhm_px")}
     lane.metrics.update({k: v for k, v in metrics.items() if _finite(v) is not None})
