@@ -373,7 +373,9 @@ def object_id(ra: float, dec: float) -> str:
 def classify(exp: Exposure, lane: Lane, *, model) -> StageOutput:
     """Real/bogus scores from the lane's classifier."""
     cands = lane.candidates
-    cands["rb"] = model.score(lane.stamps) if len(cands) else np.array([], dtype=np.float32)
+    fwhm = lane.difference.stats.get("psf_fwhm", exp.metrics.get("fwhm_px", 3.0) / lane.binning)
+    cands["rb"] = model.score(lane.stamps, float(fwhm), np.asarray(cands["sign"]) > 0) if len(cands) \
+        else np.array([], dtype=np.float32)
     lane.model_version = model.version
     return StageOutput()
 
