@@ -154,9 +154,10 @@ class OutgoingAlert:
     object_id: str
     score: float
     passed: bool
-    value: bytes                    #: the encoded Avro packet
-    digest: str                     #: sha256 of ``value`` (the whole packet, history included)
+    value: bytes                    #: the encoded Avro packet (embedded schema id; topics re-frame ``packet``)
+    digest: str                     #: :func:`~ast3stream.alerts.packet_digest` (the whole packet, history included)
     notice: bytes | None = None     #: a GCN-style notice when the candidate qualifies
+    packet: dict | None = None      #: the alert record, framed per topic by ``agents.chain``
 
 
 @dataclass
@@ -310,17 +311,18 @@ def detection(exp: Exposure, lane: Lane, *, detection) -> StageOutput:
     return StageOutput(metrics={"n_candidates": len(lane.candidates)})
 
 
-def crossmatch(exp: Exposure, lane: Lane, *, objects: Table, galaxies, asteroids, crossmatch,
-               detector) -> StageOutput:
-    """Host galaxies and known asteroids; association with the field's known ``objects``
+def crossmatch(exp: Exposure, lane: Lane, *, objects: Table, galaxies, asteroids, variable_stars, transients,
+               crossmatch, detector) -> StageOutput:
+    """Host galaxies, known asteroids (the night's :class:`~.catalogs.asteroids.AsteroidTable`),
+    variable stars and known transients; association with the field's known ``objects``
     (``object_id``, ``ra``, ``dec``, ``n_det``, ``first_mjd``, ``last_mjd``) into transients;
     light-curve points (detections, forced photometry at known objects not detected now)."""
     from .crossmatch import crossmatch as xmatch
     from .lightcurves import associate, forced_photometry
 
     mjd = exp.mid_mjd(detector.exptime)
-    cands = xmatch(lane.candidates, mjd, _legacy(crossmatch=crossmatch, detector=detector),
-                   galaxies=galaxies, asteroids=asteroids)
+    cands = xmatch(lane.candidates, mjd, crossmatch, (detector.site_lon, detector.site_lat, detector.site_height),
+                   galaxies=galaxies, asteroids=asteroids, variable_stars=variable_stars, transients=transients)
     idx = associate(cands, objects, crossmatch.object_radius_arcsec) if len(cands) else np.array([], int)
     ids = [str(objects["object_id"][i]) if i >= 0 else object_id(row["ra"], row["dec"]) for row, i in zip(cands, idx)]
     cands["object_id"] = np.array(ids, dtype="U32") if ids else np.array([], dtype="U32")
@@ -376,14 +378,14 @@ def classify(exp: Exposure, lane: Lane, *, model) -> StageOutput:
 
 
 def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict | None, threshold: float,
-          file_closed_at: float, alerts, detector) -> StageOutput:
+          file_closed_at: float, alerts, detector, gw=None) -> StageOutput:
     """Avro packets with cutouts and light-curve history for every candidate (``passed`` when
     its score reaches ``threshold``); GCN-style notices for qualifying candidates of GW fields.
 
     ``history``: ``object_id`` → earlier light-curve rows; ``too``: the field's active ToO entry.
     """
     from .alerts import alert_id as make_alert_id
-    from .alerts import build_alert, encode
+    from .alerts import build_alert, encode, packet_digest
     from .alerts.cutouts import CutoutMaker
     from .alerts.gcn import build_notice, validate_notice
 
@@ -406,7 +408,8 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
             ra=cand["ra"], dec=cand["dec"], x=cand["x"], y=cand["y"], mag=cand["mag"], mag_err=cand["mag_err"],
             snr=cand["snr"], sign=int(cand["sign"]), score=cand["rb"], model_version=lane.model_version,
             maglim=exp.metrics.get("maglim"),
-            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr")})))
+            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "host_dist_mpc", "ssnamenr", "var_name",
+                                            "tns_name")})))
         cutouts = {name: make(cand["x"], cand["y"], size) for name, make in makers.items()}
         prv = [p for p in history.get(cand["object_id"], []) if p["mjd"] < mjd]
         meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=exp.exposure_id, lane=lane.name,
@@ -414,20 +417,21 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
                     exptime=detector.exptime, filter=detector.filter, stage_versions=versions,
                     metrics={**exp.metrics, **lane.metrics}, flags=list(exp.flags),
                     gw_event=too["event_id"] if too else None, gw_prob=too["prob"] if too else None,
-                    namespace=exp.namespace)
+                    namespace=exp.namespace, schema_version=alerts.schema_version,
+                    timing=_timing(file_closed_at) if alerts.timestamps else None)
         packet = build_alert(cand, prv, cand, cutouts, meta)
         value = encode(packet)
         passed = cand["rb"] is not None and cand["rb"] >= threshold
         notice = None
         if passed and too and cand["rb"] >= alerts.gcn_min_score and cand["sign"] > 0:
-            notice = build_notice(packet, too)
+            notice = build_notice(packet, too, gw=gw)   # with the kilonova assessment where the event has a map
             validate_notice(notice)
             import json
 
             notice = json.dumps(notice).encode()
         out.alerts.append(OutgoingAlert(alert_id=aid, candidate_id=cand_id, object_id=str(cand["object_id"]),
                                         score=float(cand["rb"]), passed=passed, value=value,
-                                        digest=hashlib.sha256(value).hexdigest(), notice=notice))
+                                        digest=packet_digest(packet), notice=notice, packet=packet))
     summary = {"EXPID": exp.exposure_id, "LANE": lane.name, "FIELD": exp.field_id, "MJD-MID": mjd, "TOO": exp.too,
                "RBMODEL": lane.model_version, "NCAND": len(cands), "NALERT": sum(a.passed for a in out.alerts),
                "RBTHRESH": threshold, "FLAGS": ",".join(exp.flags),
@@ -435,6 +439,11 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     out.products["bundle"] = (summary, diff, science, template, cands)
     out.metrics = {"n_alerts": float(sum(a.passed for a in out.alerts)), "alert_build_s": time.time() - now}
     return out
+
+
+def _timing(file_closed_at: float) -> dict:
+    built = time.time()
+    return {"file_closed_at": file_closed_at, "alert_built_at": built, "latency_s": built - file_closed_at}
 
 
 def _plain(v):
@@ -476,9 +485,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("quality", quality, False, ("quality", "photometry", "astrometry", "detector")),
     Stage("subtraction", subtraction, True, ("subtraction", "detector")),
     Stage("detection", detection, True, ("detection",)),
-    Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids")),
+    Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids", "variable_stars", "transients")),
     Stage("classify", classify, True, (), ("model",)),
-    Stage("alert", alert, True, ("alerts", "detector"),
+    Stage("alert", alert, True, ("alerts", "detector", "gw"),
           ("versions", "history", "too", "threshold", "file_closed_at"), version_section="alerts"),
 )
 #: runs after the alerts of every lane, at the lowest priority

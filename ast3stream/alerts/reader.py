@@ -88,16 +88,18 @@ def view(alert: Mapping, survey: str | None = None) -> AlertView:
 
 
 def _ours(alert: Mapping) -> AlertView:
+    """Our packets (schema 2.x: ZTF field names, see ``ast3stream/schemas/alert/CHANGES.md``)."""
     c, x = alert["candidate"], alert.get("crossmatch") or {}
     cutouts = {k: alert[f"cutout{k.title()}"]["stampData"] for k in ("science", "template", "difference")
                if alert.get(f"cutout{k.title()}")}
-    history = [{k: p.get(k) for k in ("mjd", "mag", "mag_err", "maglim", "filter")}
+    history = [{"mjd": p["jd"] - JD_MJD, "mag": p.get("magpsf"), "mag_err": p.get("sigmapsf"),
+                "maglim": p.get("diffmaglim"), "filter": p.get("band")}
                for p in (alert.get("prv_candidates") or [])]
     return AlertView(
-        survey="ast3stream", object_id=alert["objectId"], candid=alert["alertId"], mjd=c["mjd"],
-        ra=c["ra"], dec=c["dec"], mag=c["mag"], mag_err=c["mag_err"], filter=c["filter"],
-        isdiffpos=c["isdiffpos"], score=c.get("score"), maglim=c.get("maglim"),
-        ssnamenr=x.get("ssnamenr"), ss_sep_arcsec=x.get("ss_sep_arcsec"),
+        survey="ast3stream", object_id=alert["objectId"], candid=alert["candid"], mjd=c["jd"] - JD_MJD,
+        ra=c["ra"], dec=c["dec"], mag=c["magpsf"], mag_err=c["sigmapsf"], filter=c["band"],
+        isdiffpos=c["isdiffpos"] == "t", score=c.get("drb"), maglim=c.get("diffmaglim"),
+        ssnamenr=c.get("ssnamenr"), ss_sep_arcsec=c.get("ssdistnr"),
         has_host=x.get("host_id") is not None, gw_event=x.get("gw_event"),
         gw_credible_level=x.get("gw_credible_level"), cutouts=cutouts, history=history, record=dict(alert))
 
