@@ -10,7 +10,8 @@ the stages' own), the strip pool started first as a worker does. The first run l
 caches and the cloud model; later runs are what a pipeline worker spends per exposure. The last
 run also times the sources stage in one process (``sources.workers = 1``) for comparison.
 Detection runs on a synthetic difference image of the frame's size (white noise and 2000
-point sources of both signs, SNR 4-30), with the NumPy backend and, with ``--gpu``, the CuPy one.
+point sources of both signs, SNR 4-30), with the NumPy backend and, with ``--gpu``, the CuPy one;
+``--gpu`` also reduces the frame with ``reduction.backend = cupy`` and compares it with the CPU one.
 ``--out DIR`` writes ``reduce.json`` there.
 """
 from __future__ import annotations
@@ -99,6 +100,26 @@ def bench_detection(shape, backends) -> dict:
     return out
 
 
+def bench_gpu_reduction(raw, calib, cfg, frame) -> dict:
+    """``reduction.backend = cupy`` against the CPU frame of the last run: step seconds and differences."""
+    import numpy as np
+
+    from ast3stream.reduction import reduce_raw
+
+    params = cfg.reduction.model_copy(update={"backend": "cupy"})
+    runs = []
+    for _ in range(2):
+        steps = {}
+        t0 = time.perf_counter()
+        gpu_frame = reduce_raw(raw, calib, params, cfg.detector, timings=steps)
+        runs.append({"total": time.perf_counter() - t0, **steps})
+    out = {"runs": runs, "max_abs_diff_e": float(np.max(np.abs(gpu_frame.data - frame.data))),
+           "mask_differs_px": int(np.count_nonzero(gpu_frame.mask != frame.mask))}
+    print(f"  reduction [cupy] {runs[-1]}; max |GPU - CPU| {out['max_abs_diff_e']:.3g} e-, "
+          f"{out['mask_differs_px']} mask pixels differ", file=sys.stderr, flush=True)
+    return out
+
+
 def worker(directory: Path, repeat: int, gpu: bool) -> None:
     from ast3stream.catalogs.refcat import RefCat
     from ast3stream.config import Settings
@@ -135,8 +156,9 @@ def worker(directory: Path, repeat: int, gpu: bool) -> None:
             timings["sources (1 process)"] = time.perf_counter() - t0
         reports.append({"timings": timings, "reduction_steps": steps, "cpu_s": time.process_time() - cpu,
                         "metrics": exp.metrics, "flags": exp.flags, "shape": list(exp.frame.shape)})
+    gpu_reduction = bench_gpu_reduction(raw, calib, cfg, exp.frame) if gpu else None
     detection = bench_detection(tuple(reports[-1]["shape"]), ["numpy", "cupy"] if gpu else ["numpy"])
-    print(json.dumps({"runs": reports, "detection": detection, "pool_start_s": pool_s,
+    print(json.dumps({"runs": reports, "detection": detection, "gpu_reduction": gpu_reduction, "pool_start_s": pool_s,
                       "workers": strips.n_workers(cfg.sources.workers),
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}))
 
@@ -177,6 +199,11 @@ def main(argv=None) -> None:
     print(f"  peak memory       {result['peak_rss_gb']:12.2f} GB")
     for key in ("n_sources", "n_stars", "fwhm_px", "rms_arcsec", "n_astrom", "zp", "zp_err", "maglim", "pcc"):
         print(f"  {key:18s}{reports[-1]['metrics'].get(key)}")
+    if result.get("gpu_reduction"):
+        g = result["gpu_reduction"]
+        print(f"  reduction [cupy]  {g['runs'][-1]['total']:.2f} s warm (overscan {g['runs'][-1]['overscan']:.2f}, "
+              f"calibrate {g['runs'][-1]['calibrate']:.2f}); max |GPU - CPU| {g['max_abs_diff_e']:.3g} e-, "
+              f"{g['mask_differs_px']} mask pixels differ")
     det = result["detection"]
     for backend in ("numpy", "cupy"):
         if backend in det:
