@@ -51,6 +51,7 @@ from ast3stream.pipeline import (BACK, FRONT, SLOW, STAGES, AddPhotometry, Claim
 
 from .db import Database
 from .gw import too_entry
+from .metrics import METRICS
 from .retry import retrying
 from .store import ProductStore
 
@@ -109,7 +110,7 @@ class Resources:
                 return Calibration.load(d)
             bias, flats = sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits"))
             if bias and flats:
-                cal = Calibration.build(bias, flats, self.cfg)
+                cal = Calibration.build(bias, flats, self.cfg.reduction, self.cfg.detector)
                 cal.save(d)
                 return cal
             return None
@@ -146,6 +147,18 @@ class Resources:
         from ast3stream.catalogs import known
         path = self.cfg.paths.resolve(name, {"variable_stars": "gcvs.parquet", "transients": "tns.parquet"}[name])
         return self._get(name, lambda: getattr(known, f"open_{name}")(path) if path.exists() else None)
+
+    @property
+    def wire(self):
+        """How alerts are framed on each topic (:class:`~ast3stream.alerts.serialize.AlertWire`),
+        with the schema registry of ``alerts.registry_url`` when one is configured."""
+        from ast3stream.alerts.serialize import AlertWire
+
+        from .security import registry
+
+        a = self.cfg.alerts
+        return self._get("wire", lambda: AlertWire(self.cfg.kafka.prefix, a.framing, a.topic_framing,
+                                                   registry(a, self.cfg.security)))
 
     def classifier(self, lane: str):
         from ast3stream.classify import RealBogus
@@ -200,19 +213,33 @@ class Chain:
 
     # -- entry points -------------------------------------------------------------------
     async def run(self, ev: ExposureEvent) -> None:
-        """The whole chain of one exposure (from its raw file)."""
+        """The whole chain of one exposure (from its raw file); returns once its products are stored."""
         exp = Exposure(exposure_id=ev.exposure_id, raw_path=ev.path, field_id=ev.field_id, mjd=ev.mjd, too=ev.too,
                        namespace=ev.namespace)
         event = StageEvent.from_exposure(ev, exp.lane_names[0])
-        for st in FRONT:
-            if st.name not in self.stages:
-                return await self._handoff(exp, None, event)
-            event = await self._stage(st, exp, None, event)
-        await self._lanes(exp, event)
+        try:
+            for st in FRONT:
+                if st.name not in self.stages:
+                    return await self._handoff(exp, None, event)
+                event = await self._stage(st, exp, None, event)
+            await self._lanes(exp, event)
+        finally:
+            await self._stored(exp)
+
+    async def _stored(self, exp: Exposure) -> None:
+        """Wait for the exposure's product writes, so that its message is committed only after them."""
+        store = self.res.store
+        await asyncio.to_thread(store.flush, store.key(exp.namespace or "live", exp.exposure_id) + "/")
 
     async def resume(self, ev: StageEvent) -> None:
         """Carry on from another worker's handoff: the exposure's state is in the product store."""
         exp = await self._db(load_state, self.res.store, ev)
+        try:
+            await self._carry_on(exp, ev)
+        finally:
+            await self._stored(exp)
+
+    async def _carry_on(self, exp: Exposure, ev: StageEvent) -> None:
         if ev.stage == "quality" or not pl.stage(ev.stage).per_lane:
             rest = [s for s in FRONT if FRONT.index(s) > FRONT.index(pl.stage(ev.stage))]
             event = ev
@@ -299,6 +326,7 @@ class Chain:
             await self._send_alerts(exp, lane, out, event.file_closed_at)
         await self._db(self.db.record_stage, exp.exposure_id, event.lane, st.name, version, start,
                        nxt.timings[-1]["end"], out.status)
+        METRICS.stage(st.name, event.lane, nxt.timings[-1]["end"] - start)
         await self._progress(nxt)
         return nxt
 
@@ -421,19 +449,21 @@ class Chain:
         """Every candidate to ``candidates``; those above the threshold to ``alerts`` and
         ``alerts.{lane}`` (once: an alert recorded as published is not sent again), notices
         to ``gcn``; then the lane's bundle and alert packets to the product store."""
+        wire = self.res.wire
         for a in out.alerts:
             key = a.object_id.encode()
-            await self._send("candidates", key, a.value)
+            await self._send("candidates", key, wire.encode(a.packet, "candidates"))
             if not a.passed or await self._db(self.db.alert_published, a.alert_id):
                 continue
-            await self._send("alerts", key, a.value)
-            await self._send(f"alerts.{lane.name}", key, a.value)
+            for name in ("alerts", f"alerts.{lane.name}"):   # framing and schema id per topic
+                await self._send(name, key, wire.encode(a.packet, name))
             if a.notice is not None:
                 await self._send("gcn", key, a.notice)
             now = time.time()
             await self._db(self.db.record_alert, dict(
                 alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=exp.exposure_id,
                 lane=lane.name, score=a.score, digest=a.digest, published_at=now, latency_s=now - file_closed_at))
+            METRICS.alert(lane.name, now - file_closed_at)
         passed = [a.value for a in out.alerts if a.passed]
         if passed:
             store = self.res.store
@@ -521,8 +551,8 @@ def writer(name: str, obj) -> Callable:
     raise KeyError(f"no writer for product {name!r}")
 
 
-def product_key(store: ProductStore, exp: Exposure, lane: str, name: str) -> str:
-    return store.key(exp.namespace or "live", exp.exposure_id, lane, name)
+def product_key(store: ProductStore, exp: Exposure, lane: str, *name: str) -> str:
+    return store.key(exp.namespace or "live", exp.exposure_id, lane, *name)
 
 
 def template_key(store: ProductStore, namespace: str, field_id: str, exposure_id: str, lane: str) -> str:
@@ -538,7 +568,7 @@ def save_state(store: ProductStore, exp: Exposure, lane: Lane | None) -> dict[st
     out: dict[str, str] = {}
 
     def put(name: str, write) -> None:
-        out[f"state.{name}"] = store.put(product_key(store, exp, where, f"state/{name}"), write, sync=True)
+        out[f"state.{name}"] = store.put(product_key(store, exp, where, "state", name), write, sync=True)
 
     if exp.frame is not None:
         put("frame.fits", exp.frame.write)

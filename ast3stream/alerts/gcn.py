@@ -2,23 +2,23 @@
 
 The notice follows GCN's optical alert notice (``gcn/notices/boom``: Alert, Reporter,
 Localization, Event, FollowUp, Photometry, DateTime core schemas) and is validated against
-our own, stricter JSON schema ``schemas/gcn/ast3stream.optical_counterpart.schema.json``.
+our own, stricter JSON schema ``ast3stream/schemas/gcn/ast3stream.optical_counterpart.schema.json``.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from functools import lru_cache
-from pathlib import Path
 
 import jsonschema
 from astropy.time import Time
 
 from ast3stream.alerts.filters import AlertFilter
+from ast3stream.events import SCHEMA_DIR
 from ast3stream.gw.kilonova import assess, light_curve_rate
 from ast3stream.gw.skymap import probdensity_at
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "gcn" / "ast3stream.optical_counterpart.schema.json"
+SCHEMA_PATH = SCHEMA_DIR / "gcn" / "ast3stream.optical_counterpart.schema.json"
 TELESCOPE = "AST3-3"
 INSTRUMENT = "AST3-3 CMOS camera"
 
@@ -45,7 +45,7 @@ def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
     level and density at the position, and in the GW crossmatch's ``reference``
     ``kilonova_score`` and ``kilonova_reasons``."""
     c, x = alert["candidate"], alert.get("crossmatch") or {}
-    if c.get("score") is None:
+    if c.get("drb") is None:
         raise ValueError("a GCN notice needs a real/bogus score")
     if isinstance(gw_event, str):
         sid, gw_type = gw_event, None
@@ -58,7 +58,7 @@ def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
         followup["reference"] = {"gcn.notices.LVK.alert": f"{sid}-{str(gw_type).lower()}"}
     name = alert["objectId"]
     target = {"event_name": name, "id": str(alert["alertId"]), "ra": c["ra"], "dec": c["dec"],
-              "ra_dec_error": position_error_arcsec / 3600, "classification_scores": {"real": c["score"]},
+              "ra_dec_error": position_error_arcsec / 3600, "classification_scores": {"real": c["drb"]},
               "gcn_crossmatch": [followup]}
     target.update({k: x[k] for k in ("gw_probdensity", "gw_credible_level", "gw_field_prob") if x.get(k) is not None})
     if x.get("host_id") is not None:
@@ -68,7 +68,7 @@ def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
     points = [*(alert.get("prv_candidates") or []), c]
     skymap = _event_skymap(gw_event) if gw is not None else None
     if skymap is not None:
-        kn = assess(dict(ra=c["ra"], dec=c["dec"], rb=c["score"], ssnamenr=x.get("ssnamenr") or None,
+        kn = assess(dict(ra=c["ra"], dec=c["dec"], rb=c["drb"], ssnamenr=x.get("ssnamenr") or None,
                          var_name=x.get("var_name") or None, tns_name=x.get("tns_name") or None,
                          host_id=x.get("host_id"), host_dist_mpc=x.get("host_dist_mpc"),
                          rate_mag_per_day=light_curve_rate(points)), skymap, gw)
@@ -78,7 +78,7 @@ def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
         followup.setdefault("reference", {}).update(kilonova_score=round(kn["score"], 4),
                                                     kilonova_reasons=kn["reasons"])
     half = (c.get("exptime") or 0.0) / 2 / 86400
-    photometry = [p for p in (_photometry(name, point, half) for point in sorted(points, key=lambda p: p["mjd"])) if p]
+    photometry = [p for p in (_photometry(name, point, half) for point in sorted(points, key=lambda p: p["jd"])) if p]
     return {
         "$schema": notice_schema()["$id"],
         "alert_datetime": _iso(created or Time.now()),
@@ -112,16 +112,16 @@ def validate_notice(notice: Mapping) -> None:
 
 def _photometry(name: str, point: Mapping, half_exposure_d: float) -> dict | None:
     """A GCN photometry entry: a detection (mag, mag_error) or an upper limit (limiting_mag only)."""
-    start = Time(point["mjd"] - half_exposure_d, format="mjd", scale="utc")
+    start = Time(point["jd"] - half_exposure_d, format="jd", scale="utc")
     entry = {"event_name": name, "observation_start": _iso(start),
-             "telescope": TELESCOPE, "instrument": INSTRUMENT, "filter": point.get("filter") or "g",
+             "telescope": TELESCOPE, "instrument": INSTRUMENT, "filter": point.get("band") or "g",
              "mag_system": "AB"}
-    if point.get("mag") is not None:
-        entry["mag"] = point["mag"]
-        if point.get("mag_err") is not None:
-            entry["mag_error"] = point["mag_err"]
-    if point.get("maglim") is not None:
-        entry.update(limiting_mag=point["maglim"], limiting_mag_sigma=5)
+    if point.get("magpsf") is not None:
+        entry["mag"] = point["magpsf"]
+        if point.get("sigmapsf") is not None:
+            entry["mag_error"] = point["sigmapsf"]
+    if point.get("diffmaglim") is not None:
+        entry.update(limiting_mag=point["diffmaglim"], limiting_mag_sigma=5)
     return entry if "mag" in entry or "limiting_mag" in entry else None
 
 
