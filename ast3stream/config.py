@@ -351,6 +351,7 @@ class GWPlanConfig(BaseModel):
     revisits: int = 2                   #: visits per field in the night
     revisit_gap_min: float = 60.0       #: least time between visits of a field
     max_fields: int = 50                #: fields scheduled per event (best first)
+    auto: bool = True                   #: the stream writes the coming night's plan on every followed notice
 
 
 class GCNKafkaConfig(BaseModel):
