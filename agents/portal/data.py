@@ -6,9 +6,11 @@ parameters :class:`BadRequest` (the portal answers 404 and 400 with the reason).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -331,9 +333,32 @@ def alert_row(db: Database, alert_id: str) -> dict:
 
 # -- ToO, dead letters, templates ------------------------------------------------------
 
-def too(db: Database, grid: dict[str, tuple[float, float]] | None = None) -> dict:
-    """Active GW events: their ranked fields (with positions from the survey grid when
-    given), which fields were observed (coverage), and the candidates in those fields."""
+@functools.lru_cache(maxsize=8)
+def _skymap(path: str, mtime: float):
+    from ast3stream.gw.skymap import read_skymap
+
+    return read_skymap(path)
+
+
+def skymap(event: dict):
+    """The event's stored sky map (None without one); read once per file."""
+    path = event.get("skymap_path")
+    return _skymap(path, Path(path).stat().st_mtime) if path and Path(path).exists() else None
+
+
+EVENT_KEYS = ("status", "alert_type", "reason", "far_per_year", "classification", "area50_deg2", "area90_deg2",
+              "distmean_mpc", "diststd_mpc", "n_notices", "last_received_at", "expires_at", "skymap_path")
+
+
+def too(db: Database, grid: dict[str, tuple[float, float]] | None = None, credible_level: float = 0.9) -> dict:
+    """GW events: the active ones with their ranked fields (positions from the survey grid
+    when given), which fields were observed (coverage), and the candidates of the observed
+    fields inside the ``credible_level`` region of the stored sky map (all of them, marked,
+    when the event has no sky map); the others (retracted, expired, ignored) listed apart."""
+    from agents.gw import GWState
+    from ast3stream.gw.skymap import credible_level_at
+
+    meta = {e["event_id"]: e for e in GWState(db).events()}
     e = db.t["exposures"]
     observed: dict[str, list[str]] = {}
     for r in _select(db, sa.select(e.c.field_id, e.c.exposure_id).where(e.c.field_id.is_not(None))):
@@ -341,7 +366,8 @@ def too(db: Database, grid: dict[str, tuple[float, float]] | None = None) -> dic
     events: dict[str, dict] = {}
     for r in db.too_fields():
         ev = events.setdefault(r["event_id"], {"event_id": r["event_id"], "fields": [], "coverage": 0.0,
-                                               "cum_prob": 0.0, "candidates": []})
+                                               "cum_prob": 0.0, "candidates": [],
+                                               **{k: meta.get(r["event_id"], {}).get(k) for k in EVENT_KEYS}})
         pos = (grid or {}).get(r["field_id"])
         f = {"rank": r["rank"], "field_id": r["field_id"], "prob": r["prob"], "cum_prob": r["cum_prob"],
              "galaxy_score": _finite(r["galaxy_score"]), "ra": pos[0] if pos else None, "dec": pos[1] if pos else None,
@@ -351,11 +377,21 @@ def too(db: Database, grid: dict[str, tuple[float, float]] | None = None) -> dic
         if f["exposures"]:
             ev["coverage"] += r["prob"] or 0.0
     for ev in events.values():
+        ev["credible_level"] = credible_level
+        ev["has_skymap"] = (sky := skymap(ev)) is not None
         observed_fields = {f["field_id"] for f in ev["fields"] if f["exposures"]}
-        if observed_fields:
-            items = candidates(db, CandidateQuery(in_gw_field=True, sort="score", per_page=500))["items"]
-            ev["candidates"] = [c for c in items if c["field_id"] in observed_fields and c["gw_event"] == ev["event_id"]]
-    return {"events": list(events.values())}
+        if not observed_fields:
+            continue
+        items = [c for c in candidates(db, CandidateQuery(in_gw_field=True, sort="score", per_page=500))["items"]
+                 if c["field_id"] in observed_fields]
+        if sky is not None and items:
+            levels = credible_level_at(sky, [c["ra"] for c in items], [c["dec"] for c in items])
+            for c, level in zip(items, levels):
+                c["credible_level"] = float(level)
+            items = [c for c in items if c["credible_level"] <= credible_level]
+        ev["candidates"] = items
+    others = [{"event_id": k, **{key: m.get(key) for key in EVENT_KEYS}} for k, m in meta.items() if k not in events]
+    return {"events": list(events.values()), "others": others}
 
 
 def dead_letters(db: Database) -> list[dict]:
