@@ -24,6 +24,8 @@ BACK_STAGES = tuple(s.name for s in BACK)
 #: exposure quality values shown (``exposures.quality``)
 QUALITY_KEYS = ("fwhm_px", "maglim", "zp", "pcc", "cloud_prob", "n_stars", "astrometry_rms_arcsec")
 SORTS = ("mjd", "score", "mag", "snr")
+#: cross-match values of a candidate (``candidates.extra``, written by the alert stage)
+CROSSMATCH_KEYS = ("host_id", "host_sep_arcsec", "host_dist_mpc", "ssnamenr", "var_name", "tns_name")
 
 
 class NotFound(LookupError):
@@ -259,8 +261,7 @@ def _candidate_select(db: Database):
 def _candidate_view(r: dict, too: dict[str, dict]) -> dict:
     """A candidate row with its cross-matches and the GW event of its field (``too``: :func:`_too_fields`)."""
     extra = r.pop("extra") or {}
-    r["host_id"], r["host_sep_arcsec"], r["ssnamenr"] = (
-        None if extra.get(k) in (None, "") else extra[k] for k in ("host_id", "host_sep_arcsec", "ssnamenr"))
+    r.update({k: None if extra.get(k) in (None, "") else extra[k] for k in CROSSMATCH_KEYS})
     entry = too.get(r["field_id"])
     r["gw_event"], r["gw_prob"] = (entry["event_id"], entry["prob"]) if entry else (None, None)
     return r
