@@ -91,7 +91,8 @@ def test_candidates_filter_sort_and_page(client, night):
                            ({"sort": "ra"}, "sort='ra': expected one of"), ({"order": "up"}, "expected asc or desc"),
                            ({"page": "0"}, "page must be >= 1"), ({"per_page": "5000"}, "per_page between 1 and 500"),
                            ({"page": "1.5"}, "expected a whole number"), ({"lane": "x"}, "expected qip or dip"),
-                           ({"has_host": "maybe"}, "expected true or false"), ({"colour": "red"}, "unknown parameter")]:
+                           ({"has_host": "maybe"}, "expected true or false"), ({"colour": "red"}, "unknown parameter"),
+                           ({"night": "yesterday"}, "night 'yesterday': expected YYYYMMDD")]:
         assert reason in _error(client.get("/api/candidates", params=params), 400), params
     page = client.get("/candidates", params={"sort": "ra"})
     assert page.status_code == 400 and "expected one of" in page.text

@@ -10,6 +10,7 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -50,6 +51,16 @@ def _select(db: Database, stmt) -> list[dict]:
 
 
 # -- night and exposures ---------------------------------------------------------------
+
+def night_range(name: str) -> tuple[float, float]:
+    """The MJD interval of observing night ``YYYYMMDD`` (see :func:`agents.replay.night_of`)."""
+    try:
+        day = datetime.strptime(name, "%Y%m%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise BadRequest(f"night {name!r}: expected YYYYMMDD") from None
+    mjd = day.timestamp() / 86400.0 + 40587.0
+    return mjd + 0.5, mjd + 1.5
+
 
 def nights(db: Database) -> list[dict]:
     """Every observing night with its number of exposures, latest first."""
@@ -122,12 +133,16 @@ def night(db: Database, name: str | None = None) -> dict:
     if name is None:
         name = known[0]["night"] if known else None
     elif not any(n["night"] == name for n in known):
-        if not (len(name) == 8 and name.isdigit()):
-            raise BadRequest(f"night {name!r}: expected YYYYMMDD")
+        night_range(name)
         raise NotFound(f"no exposures in night {name}")
     tab = db.t["exposures"]
-    rows = [r for r in _select(db, sa.select(tab).order_by(tab.c.mjd, tab.c.exposure_id))
-            if (night_of(r["mjd"]) or "unknown") == name]
+    stmt = sa.select(tab).order_by(tab.c.mjd, tab.c.exposure_id)
+    if name == "unknown":
+        stmt = stmt.where(tab.c.mjd.is_(None))
+    elif name is not None:
+        lo, hi = night_range(name)
+        stmt = stmt.where((tab.c.mjd >= lo) & (tab.c.mjd < hi))
+    rows = _select(db, stmt)
     ids = [r["exposure_id"] for r in rows]
     runs, dead = _stage_runs(db, ids), _dead(db)
     n_alerts, n_cands = _counts(db, "alerts", ids), _counts(db, "candidates", ids)
@@ -280,12 +295,13 @@ def candidates(db: Database, q: CandidateQuery) -> dict:
             stmt = stmt.where(col == value)
     if q.alerted is not None:
         stmt = stmt.where(a.c.alert_id.is_not(None) if q.alerted else a.c.alert_id.is_(None))
+    if q.night is not None:
+        lo, hi = night_range(q.night)
+        stmt = stmt.where((c.c.mjd >= lo) & (c.c.mjd < hi))
     too = _too_fields(db)
     items = []
     for r in _select(db, stmt):
         r = _candidate_view(r, too)
-        if q.night is not None and night_of(r["mjd"]) != q.night:
-            continue
         if q.has_host is not None and (r["host_id"] is not None) != q.has_host:
             continue
         if q.not_asteroid is not None and (r["ssnamenr"] is None) != q.not_asteroid:
