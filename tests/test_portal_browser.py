@@ -66,7 +66,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, portal, tmp_path):
+def page(browser, portal):
     pg = browser.new_page(viewport={"width": 1280, "height": 800})
     pg.set_default_timeout(15000)
     yield pg
