@@ -148,7 +148,7 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
         for lane in ("dip", "qip"):
             path = store.path(store.key(ns, eid, lane, "thumbnail.png"))
             if path.exists():
-                return Response(path.read_bytes(), media_type="image/png")
+                return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=600"})
         raise NotFound(f"no thumbnail of {eid}")
 
     def stamp(request: Request):
