@@ -245,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("a worker needs a broker: --bootstrap or kafka.bootstrap (`ast3stream run` starts one)")
     if cfg.subtraction.warm_shapes and (args.stages is None or "subtraction" in args.stages.split(",")):
         warm_subtraction(cfg)
+    from ast3stream.sources import strips
+    from ast3stream.sources.extract import STRIP_MIN_PIXELS
+
+    if cfg.detector.nx_raw * cfg.detector.ny_raw >= STRIP_MIN_PIXELS:  # full-size frames: strip workers, started once
+        strips.pool(strips.n_workers(cfg.sources.workers))
     app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None, watch=args.watch,
                    web_port=args.web_port, workers=args.workers)
     from faust.worker import Worker

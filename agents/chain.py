@@ -109,7 +109,7 @@ class Resources:
                 return Calibration.load(d)
             bias, flats = sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits"))
             if bias and flats:
-                cal = Calibration.build(bias, flats, self.cfg)
+                cal = Calibration.build(bias, flats, self.cfg.reduction, self.cfg.detector)
                 cal.save(d)
                 return cal
             return None
@@ -122,15 +122,30 @@ class Resources:
 
     @property
     def galaxies(self):
-        from ast3stream.catalogs.galaxies import GalaxyCatalog
+        from ast3stream.catalogs.galaxies import open_galaxies
         path = self.cfg.galaxies_path
-        return self._get("galaxies", lambda: GalaxyCatalog.from_csv(path) if path.exists() else None)
+        return self._get("galaxies", lambda: open_galaxies(path, self.cfg.paths.data_dir / "catalogs")
+                         if path.exists() else None)
 
-    @property
-    def asteroids(self):
-        from ast3stream.catalogs.mpcorb import read_mpcorb
+    def asteroids(self, mjd: float):
+        """The night's asteroid table (built once per night, the previous night's dropped)."""
+        from ast3stream.catalogs.asteroids import AsteroidTable, night_midpoint
+        from ast3stream.catalogs.mpcorb import read_elements
         path = self.cfg.mpcorb_path
-        return self._get("orbits", lambda: read_mpcorb(path) if path.exists() else None)
+        elements = self._get("orbits", lambda: read_elements(path) if path.exists() else None)
+        if elements is None:
+            return None
+        t_mid = night_midpoint(mjd, self.cfg.detector.site_lon)
+        with self._lock:
+            for key in [k for k in self._cache if isinstance(k, tuple) and k[0] == "asteroids" and k[1] != t_mid]:
+                del self._cache[key]
+        return self._get(("asteroids", t_mid), lambda: AsteroidTable.build(elements, t_mid))
+
+    def known(self, name: str):
+        """GCVS (``variable_stars``) or TNS (``transients``) from ``paths.<name>``, when present."""
+        from ast3stream.catalogs import known
+        path = self.cfg.paths.resolve(name, {"variable_stars": "gcvs.parquet", "transients": "tns.parquet"}[name])
+        return self._get(name, lambda: getattr(known, f"open_{name}")(path) if path.exists() else None)
 
     def classifier(self, lane: str):
         from ast3stream.classify import RealBogus
@@ -326,7 +341,9 @@ class Chain:
             elif name == "galaxies":
                 out[name] = res.galaxies
             elif name == "asteroids":
-                out[name] = res.asteroids
+                out[name] = res.asteroids(exp.mid_mjd(self.cfg.detector.exptime))
+            elif name in ("variable_stars", "transients"):
+                out[name] = res.known(name)
             elif name == "model":
                 out[name] = res.classifier(lane.name)
             elif name == "objects":

@@ -86,6 +86,8 @@ class PathsConfig(BaseModel):
     refcat: Path | None = None          #: reference star catalogue (FITS/CSV/ECSV); None = ``<data_dir>/refcat.fits``
     galaxies: Path | None = None        #: GLADE+-like galaxy catalogue; None = ``<data_dir>/galaxies.csv``
     mpcorb: Path | None = None          #: MPCORB-format orbits; None = ``<data_dir>/MPCORB.DAT``
+    variable_stars: Path | None = None  #: GCVS Parquet; None = ``<data_dir>/gcvs.parquet``
+    transients: Path | None = None      #: TNS Parquet; None = ``<data_dir>/tns.parquet``
     fields: Path | None = None          #: survey field grid; None = ``<data_dir>/fields.csv``
 
     def resolve(self, name: str, default: str) -> Path:
@@ -125,6 +127,7 @@ class ReductionConfig(BaseModel):
     cosmic_niter: int = 2
     cosmic_tile: int = 4                #: L.A.Cosmic runs on the cells of this size holding candidates
     cosmic_pad: int = 5                 #: margin around each cell [px]
+    workers: int = 0                    #: processes cleaning a full-size frame's cosmics (0 = one per core, 1 = in process)
     trails: bool = True
     trail_threshold: float = 1.5        #: sigma of the binned image for the Hough transform
     trail_min_length_px: float = 200.0
@@ -132,7 +135,7 @@ class ReductionConfig(BaseModel):
 
 
 class SourcesConfig(BaseModel):
-    version: str = "1"
+    version: str = "2"                  #: 2: rows in order of y (strips), ``id`` follows it
     thresh: float = 3.0                 #: per-pixel sigma above background (sep/SExtractor DETECT_THRESH)
     minarea: int = 5
     mesh: int = 256                     #: sep background mesh [px] (SExtractor BACK_SIZE; sep's time falls with it)
@@ -143,17 +146,18 @@ class SourcesConfig(BaseModel):
     snr_min: float = 20.0               #: FLUX_AUTO / FLUXERR_AUTO cut of the clean list
     clip_sigma: float = 3.0
     drop_least_stellar: float = 0.2     #: fraction of least star-like sources dropped
+    workers: int = 0                    #: processes measuring a full-size frame in strips (0 = one per core, 1 = in process)
 
 
 class AstrometryConfig(BaseModel):
-    version: str = "1"
+    version: str = "2"                  #: 2: fit on max_fit_stars spread over the frame
     sip_order: int = 4
     max_offset_arcmin: float = 15.0
     max_rotation_deg: float = 5.0
     scale_tolerance: float = 0.03
     match_radius_arcsec: float = 2.0
     n_brightest: int = 60               #: stars used for pattern matching
-    max_fit_stars: int = 2000           #: the brightest clean stars used for the TAN-SIP fit
+    max_fit_stars: int = 500            #: clean stars for the TAN-SIP fit: the brightest of each cell of a grid
     max_rms_arcsec: float = 0.5         #: above this the solution is flagged ``bad_wcs``
     min_stars_linear: int = 10          #: fewer matches: only CRVAL of the header WCS is refitted
 
@@ -225,7 +229,8 @@ class SubtractionConfig(BaseModel):
 
 
 class DetectionConfig(BaseModel):
-    version: str = "2"
+    version: str = "3"                  #: 3: own matched filter and footprints (numba/CuPy) instead of sep
+    backend: Literal["auto", "cupy", "numpy"] = "auto"  #: where the image arithmetic runs (auto: GPU if present)
     thresh: float = 5.0                 #: PSF-fit SNR a candidate needs on the difference image
     prethresh: float = 3.0              #: matched-filter detection threshold [sigma] before the SNR cut
     minarea: int = 4                    #: ISOAREA >= 4 full-resolution px (QIP: / binning^2, at least 1)
@@ -248,6 +253,7 @@ class CrossmatchConfig(BaseModel):
     order_wait_s: float = 600.0         #: an exposure waits at most this for the field's earlier ones to associate
     asteroid_search_deg: float = 3.0    #: asteroids are computed within this radius of the field centre
     variable_radius_arcsec: float = 2.0 #: GCVS veto radius (needs pyarrow)
+    transient_radius_arcsec: float = 2.0  #: known (TNS) transient radius
 
 
 class ClassifyConfig(BaseModel):

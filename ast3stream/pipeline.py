@@ -192,7 +192,7 @@ def reduction(exp: Exposure, *, calibration, detector, reduction) -> StageOutput
     """Overscan/bias, flat, bad pixels, saturation, cosmic rays, satellite trails."""
     from .reduction import reduce_raw
 
-    exp.frame = reduce_raw(Path(exp.raw_path), calibration, _legacy(detector=detector, reduction=reduction))
+    exp.frame = reduce_raw(Path(exp.raw_path), calibration, reduction, detector)
     return StageOutput(ops=[UpdateExposure(status="reduced")])
 
 
@@ -200,19 +200,18 @@ def sources(exp: Exposure, *, sources) -> StageOutput:
     """sep extraction and the clean star list; the image FWHM."""
     from .sources import clean_star_list, extract, image_fwhm
 
-    cfg = _legacy(sources=sources)
-    exp.sources = extract(exp.frame, cfg)
-    exp.stars = clean_star_list(exp.sources, cfg)
+    exp.sources = extract(exp.frame, sources)
+    exp.stars = clean_star_list(exp.sources, sources)
     return StageOutput(metrics={"fwhm_px": image_fwhm(exp.stars), "n_sources": len(exp.sources),
                                 "n_stars": len(exp.stars)})
 
 
-def astrometry(exp: Exposure, *, refcat, astrometry) -> StageOutput:
+def astrometry(exp: Exposure, *, refcat, astrometry, detector) -> StageOutput:
     """Pattern match to the reference catalogue, TAN + SIP; the frame carries the WCS."""
     from .astrometry import AstrometryError, apply_wcs, solve
 
     try:
-        wcs, stats = solve(exp.frame, exp.stars, refcat, _legacy(astrometry=astrometry))
+        wcs, stats = solve(exp.frame, exp.stars, refcat, astrometry, detector)
     except AstrometryError as exc:
         raise StageError(f"no WCS solution: {exc}") from exc
     apply_wcs(exp.frame, wcs)
@@ -220,21 +219,22 @@ def astrometry(exp: Exposure, *, refcat, astrometry) -> StageOutput:
                        metrics={"rms_arcsec": stats["rms_arcsec"], "n_astrom": stats.get("n_matched", np.nan)})
 
 
-def photometry(exp: Exposure, *, refcat, photometry) -> StageOutput:
+def photometry(exp: Exposure, *, refcat, photometry, sources, astrometry) -> StageOutput:
     """Aperture photometry, chi-square zero point, spatial residual, limiting magnitude."""
     from .photometry import calibrate
 
-    exp.photometry, stats = calibrate(exp.frame, exp.sources, refcat, _legacy(photometry=photometry))
+    exp.photometry, stats = calibrate(exp.frame, exp.sources, refcat, photometry, extraction=sources,
+                                      match_radius_arcsec=astrometry.match_radius_arcsec)
     exp.frame.sources = exp.photometry
     return StageOutput(metrics={k: stats[k] for k in ("zp", "zp_err", "maglim") if k in stats})
 
 
-def quality(exp: Exposure, *, refcat, quality, photometry, astrometry, detector) -> StageOutput:
+def quality(exp: Exposure, *, quality, photometry, astrometry, detector) -> StageOutput:
     """Pearson r against the catalogue, thumbnail and cloud verdict, flags."""
     from .quality import assess
 
-    q = assess(exp.frame, exp.photometry, refcat, dict(exp.metrics),
-               _legacy(quality=quality, photometry=photometry, astrometry=astrometry, detector=detector))
+    q = assess(exp.frame, exp.photometry, dict(exp.metrics), quality, photometry=photometry, detector=detector,
+               max_rms_arcsec=astrometry.max_rms_arcsec)
     exp.thumbnail = q["thumbnail_image"]
     metrics = {"pcc": q.get("pcc"), "cloud_prob": q.get("cloud_prob")}
     flags = sorted(set(exp.flags) | set(q.get("flags", [])))
@@ -247,7 +247,7 @@ def psf(exp: Exposure, *, photometry, sources) -> StageOutput:
     """PSF photometry with a position-dependent PSF: beside the alert path, never in front of it."""
     from .photometry.psf import psf_photometry
 
-    table = psf_photometry(exp.frame, exp.photometry, _legacy(photometry=photometry, sources=sources))
+    table = psf_photometry(exp.frame, exp.photometry, photometry, extraction=sources)
     return StageOutput(products={"psf": table})
 
 
@@ -300,28 +300,28 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
     return StageOutput(metrics=lane.metrics)
 
 
-def detection(exp: Exposure, lane: Lane, *, detection, detector) -> StageOutput:
+def detection(exp: Exposure, lane: Lane, *, detection) -> StageOutput:
     """Candidates on the difference image with the paper's cuts; 4-channel stamps."""
     from .detection import detect
 
     fwhm = exp.metrics.get("fwhm_px", 3.0) / lane.binning
     lane.candidates, lane.stamps = detect(lane.difference, lane.aligned, lane.template.frame, fwhm,
-                                          exp.metrics["zp"], _legacy(detection=detection, detector=detector),
-                                          lane.name)
+                                          exp.metrics["zp"], detection, lane=lane.name, binning=lane.binning)
     return StageOutput(metrics={"n_candidates": len(lane.candidates)})
 
 
-def crossmatch(exp: Exposure, lane: Lane, *, objects: Table, galaxies, asteroids, crossmatch,
-               detector) -> StageOutput:
-    """Host galaxies and known asteroids; association with the field's known ``objects``
+def crossmatch(exp: Exposure, lane: Lane, *, objects: Table, galaxies, asteroids, variable_stars, transients,
+               crossmatch, detector) -> StageOutput:
+    """Host galaxies, known asteroids (the night's :class:`~.catalogs.asteroids.AsteroidTable`),
+    variable stars and known transients; association with the field's known ``objects``
     (``object_id``, ``ra``, ``dec``, ``n_det``, ``first_mjd``, ``last_mjd``) into transients;
     light-curve points (detections, forced photometry at known objects not detected now)."""
     from .crossmatch import crossmatch as xmatch
     from .lightcurves import associate, forced_photometry
 
     mjd = exp.mid_mjd(detector.exptime)
-    cands = xmatch(lane.candidates, mjd, _legacy(crossmatch=crossmatch, detector=detector),
-                   galaxies=galaxies, asteroids=asteroids)
+    cands = xmatch(lane.candidates, mjd, crossmatch, (detector.site_lon, detector.site_lat, detector.site_height),
+                   galaxies=galaxies, asteroids=asteroids, variable_stars=variable_stars, transients=transients)
     idx = associate(cands, objects, crossmatch.object_radius_arcsec) if len(cands) else np.array([], int)
     ids = [str(objects["object_id"][i]) if i >= 0 else object_id(row["ra"], row["dec"]) for row, i in zip(cands, idx)]
     cands["object_id"] = np.array(ids, dtype="U32") if ids else np.array([], dtype="U32")
@@ -384,7 +384,8 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     ``history``: ``object_id`` → earlier light-curve rows; ``too``: the field's active ToO entry.
     """
     from .alerts import alert_id as make_alert_id
-    from .alerts import build_alert, encode, make_cutout
+    from .alerts import build_alert, encode
+    from .alerts.cutouts import CutoutMaker
     from .alerts.gcn import build_notice, validate_notice
 
     cands = lane.candidates
@@ -393,6 +394,10 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     size = alerts.cutout_size // lane.binning | 1
     out = StageOutput()
     now = time.time()
+    makers = {name: CutoutMaker(img, hdr) for name, img, hdr in (("science", science.data, science.header),
+                                                                ("template", template.data, template.header),
+                                                                ("difference", diff.diff, diff.header))} \
+        if len(cands) else {}
     for i, row in enumerate(cands):
         cand = {name: _plain(row[name]) for name in cands.colnames}
         aid = str(make_alert_id(exp.exposure_id, lane.name, int(i), versions))
@@ -403,10 +408,7 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
             snr=cand["snr"], sign=int(cand["sign"]), score=cand["rb"], model_version=lane.model_version,
             maglim=exp.metrics.get("maglim"),
             extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr")})))
-        cutouts = {name: make_cutout(img, hdr, cand["x"], cand["y"], size)
-                   for name, img, hdr in (("science", science.data, science.header),
-                                          ("template", template.data, template.header),
-                                          ("difference", diff.diff, diff.header))}
+        cutouts = {name: make(cand["x"], cand["y"], size) for name, make in makers.items()}
         prv = [p for p in history.get(cand["object_id"], []) if p["mjd"] < mjd]
         meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=exp.exposure_id, lane=lane.name,
                     field_id=exp.field_id, mjd=mjd, model_version=lane.model_version, too=exp.too,
@@ -470,12 +472,12 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("reduction", reduction, False, ("detector", "reduction"), ("calibration",)),
     Stage("sources", sources, False, ("sources",)),
-    Stage("astrometry", astrometry, False, ("astrometry",), ("refcat",)),
-    Stage("photometry", photometry, False, ("photometry",), ("refcat",)),
-    Stage("quality", quality, False, ("quality", "photometry", "astrometry", "detector"), ("refcat",)),
+    Stage("astrometry", astrometry, False, ("astrometry", "detector"), ("refcat",)),
+    Stage("photometry", photometry, False, ("photometry", "sources", "astrometry"), ("refcat",)),
+    Stage("quality", quality, False, ("quality", "photometry", "astrometry", "detector")),
     Stage("subtraction", subtraction, True, ("subtraction", "detector")),
-    Stage("detection", detection, True, ("detection", "detector")),
-    Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids")),
+    Stage("detection", detection, True, ("detection",)),
+    Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids", "variable_stars", "transients")),
     Stage("classify", classify, True, (), ("model",)),
     Stage("alert", alert, True, ("alerts", "detector"),
           ("versions", "history", "too", "threshold", "file_closed_at"), version_section="alerts"),

@@ -34,7 +34,8 @@ def prepare(directory: Path, scale: float) -> None:
         return
     t0 = time.perf_counter()
     d = directory / "calib"
-    Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), Settings()).save(d)
+    cfg = Settings()
+    Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg.reduction, cfg.detector).save(d)
     print(f"master bias/flat built in {time.perf_counter() - t0:.1f} s", flush=True)
 
 

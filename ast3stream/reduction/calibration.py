@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from astropy.io import fits
 
-from ..config import Settings
+from ..config import DetectorConfig, ReductionConfig
 from .overscan import read_raw
 
 
@@ -82,19 +82,19 @@ class Calibration:
     FILES = {"bias": "master_bias.fits", "flat": "master_flat.fits", "bpm": "bpm.fits"}
 
     @classmethod
-    def build(cls, bias_paths, flat_paths, cfg: Settings) -> "Calibration":
+    def build(cls, bias_paths, flat_paths, params: ReductionConfig, detector: DetectorConfig) -> "Calibration":
         """Combine raw bias and flat frames into masters and derive the bad-pixel mask."""
-        rc = cfg.reduction
+        rc = params
         bias_paths, flat_paths = list(bias_paths), list(flat_paths)
         if not bias_paths or not flat_paths:
             raise ValueError("Calibration.build needs at least one bias and one flat frame")
-        shape = read_raw(bias_paths[0], cfg).data.shape
+        shape = read_raw(bias_paths[0], detector).data.shape
         stack = np.empty((max(len(bias_paths), len(flat_paths)),) + shape, np.float32)
         for i, p in enumerate(bias_paths):
-            stack[i] = read_raw(p, cfg).data
+            stack[i] = read_raw(p, detector).data
         bias = clipped_mean(stack[:len(bias_paths)], rc.combine_sigma)
         for i, p in enumerate(flat_paths):
-            stack[i] = read_raw(p, cfg).data
+            stack[i] = read_raw(p, detector).data
             stack[i] -= bias
             stack[i] /= np.median(stack[i, ::4, ::4])
         flat = clipped_mean(stack[:len(flat_paths)], rc.combine_sigma)

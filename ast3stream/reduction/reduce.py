@@ -15,8 +15,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ..config import Settings
+from ..config import DetectorConfig, ReductionConfig
 from ..image import Frame, MaskBits
+from ..sources.extract import STRIP_MIN_PIXELS
+from ..sources.strips import n_workers, pool
 from .calibration import Calibration
 from .cosmics import detect_cosmics
 from .overscan import BadFrameError, read_raw
@@ -80,12 +82,13 @@ def _approximate_wcs(header: fits.Header, trimsec: str, where) -> fits.Header:
     return wcs.to_header(relax=True)
 
 
-def reduce_raw(raw_path, calib: Calibration | None, cfg: Settings, timings: dict | None = None) -> Frame:
+def reduce_raw(raw_path, calib: Calibration | None, params: ReductionConfig, detector: DetectorConfig,
+               timings: dict | None = None) -> Frame:
     """Reduce one raw exposure; ``timings`` (optional) receives the seconds of each step."""
-    rc = cfg.reduction
+    rc = params
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
-    raw = read_raw(raw_path, cfg)
+    raw = read_raw(raw_path, detector)
     header = _approximate_wcs(raw.header, raw.trimsec, raw_path)
     data = raw.data
     timings["overscan"] = time.perf_counter() - t0
@@ -105,8 +108,9 @@ def reduce_raw(raw_path, calib: Calibration | None, cfg: Settings, timings: dict
     ncosmic = 0
     if rc.cosmics:
         t0 = time.perf_counter()
+        n = n_workers(rc.workers) if data.size >= STRIP_MIN_PIXELS else 1
         hits = detect_cosmics(data, mask, raw.read_noise, 1e30, rc.cosmic_sigclip, rc.cosmic_objlim,
-                              rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad)
+                              rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad, workers=pool(n))
         mask[hits[:, 0], hits[:, 1]] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
         ncosmic = len(hits)
         timings["cosmics"] = time.perf_counter() - t0
