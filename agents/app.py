@@ -2,10 +2,12 @@
 
 An exposure agent consumes ``{prefix}.exposures`` (deep lane) or ``{prefix}.exposures.too``
 (ToO: quick lane, then deep lane) and runs the exposure's whole chain in memory
-(:class:`agents.chain.Chain`), up to ``worker.in_flight`` exposures at a time. faust commits
-the offset once the agent has moved past a message, so a crash redelivers the exposure in
-progress, which runs again with the same ids. A worker given only some stages
-(``--stages``) also consumes the handoff events of the stage before its first one.
+(:class:`agents.chain.Chain`), up to ``worker.in_flight`` exposures at a time. A message is
+acknowledged (and its offset committed) only once it has been dealt with: run, skipped or
+dead-lettered; so a crash or a stop redelivers the exposures in progress, which run again
+with the same ids. A worker also consumes the stage topics
+before the stages it owns: it carries on from handoff events (published by a worker given
+only some stages, ``--stages``) and skips progress events once it has checked them.
 Infrastructure that is away for a while (the database, see
 :class:`~agents.db.DatabaseUnavailable`, or the broker) holds the message: the step that
 failed is tried again with backoff, never dead-lettered. Any other exception sends the
@@ -42,7 +44,9 @@ from ast3stream.events import ExposureEvent, MalformedMessage, StageEvent
 from ast3stream.pipeline import STAGES
 
 from .chain import Chain, Resources, StageFailed
+from .metrics import CONTENT_TYPE, METRICS
 from .retry import retrying
+from .security import faust_credentials, kafka_options
 from .topics import stage_topic, topic
 
 log = logging.getLogger("ast3stream.agents")
@@ -80,43 +84,75 @@ class PriorityPool:
 
 
 def handoff_sources(stages: set[str]) -> list[str]:
-    """The stages whose handoff events a worker running ``stages`` consumes: the stage before
-    each stretch of its own that does not start at reduction."""
+    """The stages whose events a worker running ``stages`` consumes: every stage whose next
+    stage is its own. Only handoff events are run; the others (progress of a worker that
+    goes on itself) are checked and skipped, so every stage topic has a consumer and the
+    group's lag drains to zero."""
     names = [s.name for s in STAGES]
-    return [prev for prev, name in zip(names, names[1:]) if name in stages and prev not in stages]
+    return [prev for prev, name in zip(names, names[1:]) if name in stages]
 
 
-def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter) -> None:
-    """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list."""
-    from ast3stream.gw.too import ingest
+def known_exposure(db, ev: StageEvent) -> None:
+    """A stage event names an exposure this pipeline registered, else :class:`MalformedMessage`."""
+    if not db.count("exposures", exposure_id=ev.exposure_id):
+        raise MalformedMessage(f"{ev.stage} event of {ev.exposure_id!r}: no such exposure was registered "
+                               "(not an event of this pipeline)")
+
+
+def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter, bootstrap: str) -> None:
+    """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list under the
+    notice policy and write the coming night's plan (:mod:`agents.gw`); expired lists are dropped
+    every minute. With ``gw.gcn.enabled`` the GCN Kafka bridge runs here too."""
+    from .gw import GWState, on_notice
 
     async def gw_agent(stream):
         async for event in stream.events():
             message = event.message
             try:
-                notice, table = await retrying("gw", asyncio.to_thread, ingest, message.value, res.db, res.cfg)
-                log.warning("GW %s %s: %s", notice.superevent_id, notice.alert_type,
-                            "retracted" if table is None else f"{len(table)} ToO fields")
+                origin = (message.key or b"").decode(errors="replace") or message.topic   # the GCN topic, by the bridge
+                await retrying("gw", asyncio.to_thread, on_notice, message.value, res.db, res.cfg, origin)
             except Exception as exc:
                 await dead_letter("gw", message, f"GW notice rejected: {type(exc).__name__}: {exc}", exc, None)
 
     app.agent(app.topic(topic(prefix, "gw")), name="gw", concurrency=1)(gw_agent)
 
+    @app.timer(60.0)
+    async def expire_too():
+        await retrying("gw", asyncio.to_thread, GWState(res.db).expire)
+
+    if res.cfg.gw.gcn.enabled:
+        @app.task
+        async def gcn_bridge():
+            from .gcn_bridge import bridge
+
+            await retrying("gcn", bridge, res.cfg.gw.gcn, bootstrap, prefix)
+
+
+class PipelineApp(faust.App):
+    async def _consumer_wait_empty(self, consumer, logger) -> None:
+        # a rebalance waits for the exposures in flight (``stream_wait_empty``); a stop does not:
+        # it takes seconds, and their messages, not acknowledged, are redelivered and run again
+        if not self.should_stop:
+            await super()._consumer_wait_empty(consumer, logger)
+
 
 def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, watch: bool = False,
              web_port: int | None = None, workers: int | None = None) -> faust.App:
     prefix = cfg.kafka.prefix
-    app = faust.App(
+    app = PipelineApp(
         f"{prefix}-pipeline", broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
-        web_host="127.0.0.1", web_port=web_port or cfg.kafka.web_port, web_enabled=True,
+        web_host=cfg.kafka.web_host, web_bind=cfg.kafka.web_host, web_port=web_port or cfg.kafka.web_port,
+        web_enabled=True,
         broker_session_timeout=cfg.kafka.session_timeout_s, broker_heartbeat_interval=cfg.kafka.heartbeat_s,
         broker_commit_every=1, broker_commit_interval=0.5, producer_linger_ms=0,
         producer_max_request_size=cfg.kafka.max_message_bytes, consumer_max_fetch_size=cfg.kafka.max_message_bytes,
         topic_allow_declare=False, topic_disable_leader=True, store="memory://",
         consumer_auto_offset_reset="earliest", datadir=str(cfg.paths.data_dir / "faust"),
         stream_wait_empty=True, broker_max_poll_interval=3600.0,
+        broker_credentials=faust_credentials(cfg.security),
     )
     res = Resources(cfg)
+    kafka = cfg.kafka.model_copy(update={"bootstrap": bootstrap})   # the broker this worker uses
     pool = PriorityPool(workers or max(1, os.cpu_count() or 1))
     own = {s.name for s in STAGES} if stages is None else set(stages) & {s.name for s in STAGES}
 
@@ -131,6 +167,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
     async def dead_letter(stage: str, message, reason: str, exc: BaseException, exposure_id: str | None):
         log.warning("%s: dead letter for %s: %s", stage, exposure_id or "?", reason)
+        METRICS.dead_letter(stage)
         value = evmod.deadletter(message.topic, stage, reason, type(exc).__name__, key=message.key,
                                  value=message.value, partition=message.partition, offset=message.offset,
                                  exposure_id=exposure_id,
@@ -140,8 +177,9 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
         if exposure_id:
             await retrying(stage, asyncio.to_thread, res.db.update_exposure, exposure_id, status="failed")
 
-    def add_agent(name: str, source: str, run, decode, concurrency: int):
+    def add_agent(name: str, sources: list[str], run, decode, concurrency: int):
         async def agent(stream):
+            stream = stream.noack()  # acked once dealt with: a worker stopped mid-chain leaves it to be redelivered
             async for event in stream.events():
                 message = event.message
                 exposure_id = None
@@ -149,36 +187,57 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
                     incoming = decode(message.value)
                     exposure_id = incoming.exposure_id
                     if isinstance(incoming, StageEvent) and not incoming.handoff:
-                        continue  # progress of a worker that goes on itself
-                    await run(incoming)
+                        # progress of a worker that goes on itself: checked, then skipped
+                        await retrying(name, asyncio.to_thread, known_exposure, res.db, incoming)
+                    else:
+                        await run(incoming)
                 except MalformedMessage as exc:
                     await dead_letter(name, message, str(exc), exc, exposure_id)
                 except StageFailed as exc:
                     await dead_letter(exc.stage, message, str(exc), exc.cause, exposure_id)
                 except Exception as exc:  # anything else: keep the message and the reason, go on
                     await dead_letter(name, message, f"{name} failed: {type(exc).__name__}: {exc}", exc, exposure_id)
+                await stream.ack(event)
 
-        app.agent(app.topic(source), name=name, concurrency=concurrency)(agent)
+        app.agent(app.topic(*sources), name=name, concurrency=concurrency)(agent)
 
     if "reduction" in own:
         for lane, name in (("dip", "exposures"), ("qip", "exposures.too")):
-            add_agent(f"chain-{lane}", topic(prefix, name), chain.run, ExposureEvent.decode, cfg.worker.in_flight)
-    for source in handoff_sources(own):
+            add_agent(f"chain-{lane}", [topic(prefix, name)], chain.run, ExposureEvent.decode, cfg.worker.in_flight)
+    if sources := handoff_sources(own):
         for lane in ("qip", "dip"):
-            add_agent(f"resume-{source}-{lane}", stage_topic(prefix, source, lane), chain.resume, StageEvent.decode,
-                      cfg.worker.in_flight)
+            add_agent(f"resume-{lane}", [stage_topic(prefix, s, lane) for s in sources], chain.resume,
+                      StageEvent.decode, cfg.worker.in_flight)
 
     if stages is None or "gw" in stages:
-        add_gw_agent(app, res, prefix, dead_letter)
+        add_gw_agent(app, res, prefix, dead_letter, bootstrap)
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        """Prometheus text: stage and end-to-end latency histograms, alerts, dead letters, lag."""
+        from .status import topic_lag
+
+        try:
+            METRICS.set_lag(await topic_lag(cfg.model_copy(update={"kafka": kafka})))
+        except Exception as exc:  # the broker away: the other metrics still come
+            log.warning("metrics: consumer lag unavailable: %s", exc)
+        return web.bytes(METRICS.text(), content_type=CONTENT_TYPE)
+
+    if stages is None or "filters" in stages:
+        @app.task
+        async def filter_streams():
+            from .filterstream import FilterStream
+
+            stream = FilterStream(kafka, registry=res.wire.registry, client_options=kafka_options(cfg.security),
+                                  metrics=METRICS)
+            await retrying("filters", stream.run)
 
     if watch:
         @app.timer(cfg.products.prune_every_s)
         async def prune_products():
-            from ast3stream.products import prune
-
-            n = await asyncio.to_thread(prune, cfg.products_dir, res.db, cfg.products.retention_days)
+            n = await asyncio.to_thread(res.store.prune, res.db, cfg.products.retention_days)
             if n:
-                log.warning("pruned %d intermediate product files", n)
+                log.warning("pruned %d product files past retention", n)
 
         @app.task
         async def watcher_task():
@@ -186,7 +245,8 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
             async def watch():
                 producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0,
-                                            max_request_size=cfg.kafka.max_message_bytes)
+                                            max_request_size=cfg.kafka.max_message_bytes,
+                                            **kafka_options(cfg.security))
                 await producer.start()
                 try:
                     await Watcher(cfg.watch_dir, res, producer, prefix).run()
@@ -224,6 +284,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("a worker needs a broker: --bootstrap or kafka.bootstrap (`ast3stream run` starts one)")
     if cfg.subtraction.warm_shapes and (args.stages is None or "subtraction" in args.stages.split(",")):
         warm_subtraction(cfg)
+    from ast3stream.sources import strips
+    from ast3stream.sources.extract import STRIP_MIN_PIXELS
+
+    if cfg.detector.nx_raw * cfg.detector.ny_raw >= STRIP_MIN_PIXELS:  # full-size frames: strip workers, started once
+        strips.pool(strips.n_workers(cfg.sources.workers))
     app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None, watch=args.watch,
                    web_port=args.web_port, workers=args.workers)
     from faust.worker import Worker

@@ -34,6 +34,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Awaitable, Callable, Iterable
@@ -49,7 +50,9 @@ from ast3stream.image import Frame
 from ast3stream.pipeline import (BACK, FRONT, SLOW, STAGES, AddPhotometry, ClaimTemplate, Exposure, Lane,
                                  StageError, TemplateInForce, UpdateExposure, UpsertCandidate, UpsertObject)
 
-from .db import Database
+from .db import Database, lanes_done
+from .gw import too_entry
+from .metrics import METRICS
 from .retry import retrying
 from .store import ProductStore
 
@@ -108,7 +111,7 @@ class Resources:
                 return Calibration.load(d)
             bias, flats = sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits"))
             if bias and flats:
-                cal = Calibration.build(bias, flats, self.cfg)
+                cal = Calibration.build(bias, flats, self.cfg.reduction, self.cfg.detector)
                 cal.save(d)
                 return cal
             return None
@@ -121,15 +124,42 @@ class Resources:
 
     @property
     def galaxies(self):
-        from ast3stream.catalogs.galaxies import GalaxyCatalog
+        from ast3stream.catalogs.galaxies import open_galaxies
         path = self.cfg.galaxies_path
-        return self._get("galaxies", lambda: GalaxyCatalog.from_csv(path) if path.exists() else None)
+        return self._get("galaxies", lambda: open_galaxies(path, self.cfg.paths.data_dir / "catalogs")
+                         if path.exists() else None)
+
+    def asteroids(self, mjd: float):
+        """The night's asteroid table (built once per night, the previous night's dropped)."""
+        from ast3stream.catalogs.asteroids import AsteroidTable, night_midpoint
+        from ast3stream.catalogs.mpcorb import read_elements
+        path = self.cfg.mpcorb_path
+        elements = self._get("orbits", lambda: read_elements(path) if path.exists() else None)
+        if elements is None:
+            return None
+        t_mid = night_midpoint(mjd, self.cfg.detector.site_lon)
+        with self._lock:
+            for key in [k for k in self._cache if isinstance(k, tuple) and k[0] == "asteroids" and k[1] != t_mid]:
+                del self._cache[key]
+        return self._get(("asteroids", t_mid), lambda: AsteroidTable.build(elements, t_mid))
+
+    def known(self, name: str):
+        """GCVS (``variable_stars``) or TNS (``transients``) from ``paths.<name>``, when present."""
+        from ast3stream.catalogs import known
+        path = self.cfg.paths.resolve(name, {"variable_stars": "gcvs.parquet", "transients": "tns.parquet"}[name])
+        return self._get(name, lambda: getattr(known, f"open_{name}")(path) if path.exists() else None)
 
     @property
-    def asteroids(self):
-        from ast3stream.catalogs.mpcorb import read_mpcorb
-        path = self.cfg.mpcorb_path
-        return self._get("orbits", lambda: read_mpcorb(path) if path.exists() else None)
+    def wire(self):
+        """How alerts are framed on each topic (:class:`~ast3stream.alerts.serialize.AlertWire`),
+        with the schema registry of ``alerts.registry_url`` when one is configured."""
+        from ast3stream.alerts.serialize import AlertWire
+
+        from .security import registry
+
+        a = self.cfg.alerts
+        return self._get("wire", lambda: AlertWire(self.cfg.kafka.prefix, a.framing, a.topic_framing,
+                                                   registry(a, self.cfg.security)))
 
     def classifier(self, lane: str):
         from ast3stream.classify import RealBogus
@@ -181,22 +211,50 @@ class Chain:
         self.stages = {s.name for s in STAGES} if stages is None else set(stages)
         self.poll_s = poll_s
         self._slow: set[asyncio.Task] = set()
+        self._running: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # exposure id -> lock
 
     # -- entry points -------------------------------------------------------------------
     async def run(self, ev: ExposureEvent) -> None:
-        """The whole chain of one exposure (from its raw file)."""
+        """The whole chain of one exposure (from its raw file); returns once its products are stored.
+
+        An exposure event delivered again (after a crash, a stop or a rebalance) waits for a run
+        of the same exposure in this worker, and does nothing when the database shows the
+        exposure finished; otherwise the chain runs again from the raw file, with the same ids.
+        """
+        lock = self._running.setdefault(ev.exposure_id, asyncio.Lock())
+        async with lock:
+            if await self._db(lanes_done, self.db, ev.exposure_id):
+                log.info("%s: finished already, not run again", ev.exposure_id)
+                return
+            await self._run(ev)
+
+    async def _run(self, ev: ExposureEvent) -> None:
         exp = Exposure(exposure_id=ev.exposure_id, raw_path=ev.path, field_id=ev.field_id, mjd=ev.mjd, too=ev.too,
                        namespace=ev.namespace)
         event = StageEvent.from_exposure(ev, exp.lane_names[0])
-        for st in FRONT:
-            if st.name not in self.stages:
-                return await self._handoff(exp, None, event)
-            event = await self._stage(st, exp, None, event)
-        await self._lanes(exp, event)
+        try:
+            for st in FRONT:
+                if st.name not in self.stages:
+                    return await self._handoff(exp, None, event)
+                event = await self._stage(st, exp, None, event)
+            await self._lanes(exp, event)
+        finally:
+            await self._stored(exp)
+
+    async def _stored(self, exp: Exposure) -> None:
+        """Wait for the exposure's product writes, so that its message is committed only after them."""
+        store = self.res.store
+        await asyncio.to_thread(store.flush, store.key(exp.namespace or "live", exp.exposure_id) + "/")
 
     async def resume(self, ev: StageEvent) -> None:
         """Carry on from another worker's handoff: the exposure's state is in the product store."""
         exp = await self._db(load_state, self.res.store, ev)
+        try:
+            await self._carry_on(exp, ev)
+        finally:
+            await self._stored(exp)
+
+    async def _carry_on(self, exp: Exposure, ev: StageEvent) -> None:
         if ev.stage == "quality" or not pl.stage(ev.stage).per_lane:
             rest = [s for s in FRONT if FRONT.index(s) > FRONT.index(pl.stage(ev.stage))]
             event = ev
@@ -283,6 +341,7 @@ class Chain:
             await self._send_alerts(exp, lane, out, event.file_closed_at)
         await self._db(self.db.record_stage, exp.exposure_id, event.lane, st.name, version, start,
                        nxt.timings[-1]["end"], out.status)
+        METRICS.stage(st.name, event.lane, nxt.timings[-1]["end"] - start)
         await self._progress(nxt)
         return nxt
 
@@ -297,7 +356,9 @@ class Chain:
             elif name == "galaxies":
                 out[name] = res.galaxies
             elif name == "asteroids":
-                out[name] = res.asteroids
+                out[name] = res.asteroids(exp.mid_mjd(self.cfg.detector.exptime))
+            elif name in ("variable_stars", "transients"):
+                out[name] = res.known(name)
             elif name == "model":
                 out[name] = res.classifier(lane.name)
             elif name == "objects":
@@ -310,7 +371,7 @@ class Chain:
                 oids = {str(o) for o in lane.candidates["object_id"]} if len(lane.candidates) else set()
                 out[name] = {oid: self.db.light_curve(oid) for oid in oids}
             elif name == "too":
-                out[name] = self.db.too_event_for_field(exp.field_id) if exp.too else None
+                out[name] = too_entry(self.db, exp.field_id) if exp.too else None
             elif name == "threshold":
                 out[name] = res.threshold(lane.name)
             elif name == "versions":
@@ -403,19 +464,21 @@ class Chain:
         """Every candidate to ``candidates``; those above the threshold to ``alerts`` and
         ``alerts.{lane}`` (once: an alert recorded as published is not sent again), notices
         to ``gcn``; then the lane's bundle and alert packets to the product store."""
+        wire = self.res.wire
         for a in out.alerts:
             key = a.object_id.encode()
-            await self._send("candidates", key, a.value)
+            await self._send("candidates", key, wire.encode(a.packet, "candidates"))
             if not a.passed or await self._db(self.db.alert_published, a.alert_id):
                 continue
-            await self._send("alerts", key, a.value)
-            await self._send(f"alerts.{lane.name}", key, a.value)
+            for name in ("alerts", f"alerts.{lane.name}"):   # framing and schema id per topic
+                await self._send(name, key, wire.encode(a.packet, name))
             if a.notice is not None:
                 await self._send("gcn", key, a.notice)
             now = time.time()
             await self._db(self.db.record_alert, dict(
                 alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=exp.exposure_id,
                 lane=lane.name, score=a.score, digest=a.digest, published_at=now, latency_s=now - file_closed_at))
+            METRICS.alert(lane.name, now - file_closed_at)
         passed = [a.value for a in out.alerts if a.passed]
         if passed:
             store = self.res.store
@@ -503,8 +566,8 @@ def writer(name: str, obj) -> Callable:
     raise KeyError(f"no writer for product {name!r}")
 
 
-def product_key(store: ProductStore, exp: Exposure, lane: str, name: str) -> str:
-    return store.key(exp.namespace or "live", exp.exposure_id, lane, name)
+def product_key(store: ProductStore, exp: Exposure, lane: str, *name: str) -> str:
+    return store.key(exp.namespace or "live", exp.exposure_id, lane, *name)
 
 
 def template_key(store: ProductStore, namespace: str, field_id: str, exposure_id: str, lane: str) -> str:
@@ -520,7 +583,7 @@ def save_state(store: ProductStore, exp: Exposure, lane: Lane | None) -> dict[st
     out: dict[str, str] = {}
 
     def put(name: str, write) -> None:
-        out[f"state.{name}"] = store.put(product_key(store, exp, where, f"state/{name}"), write, sync=True)
+        out[f"state.{name}"] = store.put(product_key(store, exp, where, "state", name), write, sync=True)
 
     if exp.frame is not None:
         put("frame.fits", exp.frame.write)

@@ -5,7 +5,9 @@ ToO field list is an input made from GW notices and is shared by every namespace
 ``exposures`` (one row per raw file: status and timings per stage, quality),
 ``stage_runs`` (one row per stage x lane x exposure), ``templates``, ``too_fields``,
 ``candidates``, ``objects`` (transients: candidates within 1.5 arcsec), ``photometry``
-(light curves incl. forced photometry and upper limits), ``alerts`` and ``dead_letters``.
+(light curves incl. forced photometry and upper limits), ``alerts``, ``dead_letters`` and
+``files`` (raw files the watcher did not publish: rejected ones by content hash, so a
+restart does not dead-letter them again, and copies of known exposures).
 Every write is an idempotent upsert keyed by a deterministic id, so redelivered
 messages change nothing, and a write cut off by a dropped connection can simply be run
 again: every method retries transient errors (connection lost, server restarting, SQLite
@@ -25,6 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 log = logging.getLogger(__name__)
+
+#: statuses before the template decision (subtraction): ``template``, ``no_template``, ``alerted``, ``failed`` come after
+UNDECIDED = ("registered", "ingested", "reduced", "calibrated")
 
 _SCHEMA_LOCK = 0x41535433  # PostgreSQL advisory lock held while creating tables ("AST3")
 
@@ -127,6 +132,11 @@ def _tables(md: sa.MetaData, ns: str) -> dict[str, sa.Table]:
                     C("score", sa.Float),
                     C("digest", sa.String(64)),  # sha256 of the packet less its history (see pipeline.alert)
                     C("published_at", sa.Float), C("latency_s", sa.Float)),
+        "files": T(f"{p}files", md,  # raw files the watcher did not publish: bad ones, copies
+                   C("sha256", sa.String(64), primary_key=True),
+                   C("path", sa.Text, primary_key=True),
+                   C("kind", sa.String(16), nullable=False),  # "rejected" or "duplicate"
+                   C("reason", sa.Text), C("seen_at", sa.Float)),
         "dead_letters": T(f"{p}dead_letters", md,
                           C("id", sa.Integer, primary_key=True, autoincrement=True),
                           C("source_topic", sa.String(255)), C("stage", sa.String(32)),
@@ -171,10 +181,10 @@ class Database:
             self.metadata.create_all(conn)
 
     @classmethod
-    def from_settings(cls, cfg, namespace: str | None = None) -> "Database":
+    def from_settings(cls, cfg, namespace: str | None = None, retry_s: float = 30.0) -> "Database":
         if not cfg.database.url:
             cfg.paths.data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(cfg.database_url, cfg.database.namespace if namespace is None else namespace)
+        return cls(cfg.database_url, cfg.database.namespace if namespace is None else namespace, retry_s)
 
     # -- generic ------------------------------------------------------------------------
     @_retried
@@ -250,8 +260,14 @@ class Database:
         if flags is not None:
             values["flags"] = sorted(set(flags))
         if values:
-            with self.engine.begin() as conn:
-                conn.execute(tab.update().where(tab.c.exposure_id == exposure_id).values(**values))
+            where = tab.c.exposure_id == exposure_id
+            if status in UNDECIDED:  # a chain run again (redelivered) never takes a decided exposure back
+                values.pop("status")
+                with self.engine.begin() as conn:
+                    conn.execute(tab.update().where(where & tab.c.status.in_(UNDECIDED)).values(status=status))
+            if values:
+                with self.engine.begin() as conn:
+                    conn.execute(tab.update().where(where).values(**values))
 
     def _not_dead_lettered(self):
         """Condition on ``exposures``: no dead letter names it (stopped, whatever its status says)."""
@@ -269,7 +285,7 @@ class Database:
         tab = self.t["exposures"]
         stmt = sa.select(tab.c.exposure_id).where(
             (tab.c.field_id == field_id) & (tab.c.mjd < mjd)
-            & tab.c.status.in_(("registered", "ingested", "reduced", "calibrated")) & self._not_dead_lettered()
+            & tab.c.status.in_(UNDECIDED) & self._not_dead_lettered()
         ).order_by(tab.c.mjd)
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(stmt)]
@@ -408,6 +424,49 @@ class Database:
             conn.execute(self.t["dead_letters"].insert().values(
                 source_topic=source_topic, stage=stage, exposure_id=exposure_id, reason=reason,
                 failed_at=time.time()))
+
+
+    # -- raw files not published (the watcher) ----------------------------------------
+    @_retried
+    def note_file(self, sha256: str, path: str, kind: str, reason: str = "") -> bool:
+        """Remember a raw file the watcher did not publish; False when the same note exists
+        already (for ``rejected``: the same content, under any name)."""
+        tab = self.t["files"]
+        with self.engine.begin() as conn:
+            same = (tab.c.sha256 == sha256) & (tab.c.kind == kind)
+            if kind == "duplicate":
+                same &= tab.c.path == path
+            if conn.execute(sa.select(tab.c.path).where(same)).first():
+                return False
+            conn.execute(tab.insert().values(sha256=sha256, path=path, kind=kind, reason=reason,
+                                             seen_at=time.time()))
+        return True
+
+    @_retried
+    def clear_dead_letters(self, source_topic: str, exposure_id: str) -> int:
+        """Forget the dead letters of ``exposure_id`` from ``source_topic`` (a file that was
+        incomplete and is now complete and published); returns how many."""
+        tab = self.t["dead_letters"]
+        with self.engine.begin() as conn:
+            return conn.execute(tab.delete().where((tab.c.source_topic == source_topic)
+                                                   & (tab.c.exposure_id == exposure_id))).rowcount
+
+
+TERMINAL = {"template", "no_template", "failed"}
+
+
+def lanes_done(db: Database, exposure_id: str) -> bool:
+    """An exposure is finished when every lane it takes has alerted or stopped for a reason."""
+    exp = db.rows("exposures", exposure_id=exposure_id)
+    if not exp:
+        return False
+    if exp[0]["status"] in TERMINAL or db.count("dead_letters", exposure_id=exposure_id):
+        return True
+    runs = db.rows("stage_runs", exposure_id=exposure_id)
+    lanes = ("qip", "dip") if exp[0]["too"] else ("dip",)
+    finished = {r["lane"] for r in runs if r["stage"] == "alert"
+                or (r["stage"] == "subtraction" and r["status"] in TERMINAL)}
+    return all(lane in finished for lane in lanes)
 
 
 def _get(row, key):

@@ -69,7 +69,7 @@ def summarize(cfg: Settings, sim_dir: Path, alerts: list[dict], dead: int, match
         exp = status.get(eid)
         if exp is None or exp["status"] in ("template", "no_template", "failed"):
             continue
-        truth = Table.read(sim_dir / "truth" / f"{eid}.ecsv")
+        truth = Table.read(sim_dir / "truth" / f"{eid}.fits")
         tr = truth[truth["kind"] == "transient"]
         mine = [a for a in alerts if a["exposure_id"] == eid and a["isdiffpos"]]
         maglim = exp["quality"].get("maglim") or float(row["maglim_true"])
@@ -175,5 +175,5 @@ def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 
 def alert_view(packet: dict) -> dict:
     """What the summary needs of an alert packet."""
     c = packet["candidate"]
-    return {"exposure_id": c["exposure_id"], "ra": c["ra"], "dec": c["dec"], "isdiffpos": bool(c["isdiffpos"]),
+    return {"exposure_id": c["exposure_id"], "ra": c["ra"], "dec": c["dec"], "isdiffpos": c["isdiffpos"] == "t",
             "alert_id": str(packet["alertId"]), "lane": c["lane"]}

@@ -3,10 +3,14 @@
 watchdog reports created/modified/moved files anywhere below the watched folder; files
 already there at start are picked up too. A file is published once its size has been
 stable for ``watcher.stable_s`` and its FITS structure is complete
-(:func:`ast3stream.rawfile.check_complete`). A file that stays incomplete for
-``watcher.giveup_s`` goes to the dead-letter topic with the reason; it is looked at again
-if it changes. The same content (SHA-256) is never published twice: the exposures table
-is the memory. ToO fields go to the priority topic.
+(:func:`ast3stream.rawfile.check_complete`). A file still growing is never given up: only
+one that stays incomplete and unchanged for ``watcher.giveup_s`` (counted from its last
+change) goes to the dead-letter topic with the reason; it is looked at again if it
+changes, and once it is complete and published its old dead letter is cleared. A bad file
+is dead-lettered once per content (SHA-256, remembered in the database's ``files`` table),
+not once per start. The same content is never published twice: the exposures table is
+the memory; a copy under another name is noted (``files``, and an INFO line naming the
+first file). ToO fields go to the priority topic.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from watchdog.observers import Observer
 
 from ast3stream import events as ev
 from .chain import Resources
-from ast3stream.rawfile import IncompleteFile, check_complete, describe
+from ast3stream.rawfile import IncompleteFile, check_complete, describe, sha256sum
 
 from .retry import transient
 from .topics import topic
@@ -105,8 +109,8 @@ class Watcher:
             try:
                 await asyncio.to_thread(check_complete, path)
             except IncompleteFile as exc:
-                if now - since >= self.cfg.giveup_s:
-                    await self._dead_letter(path, f"incomplete or invalid FITS file {path.name}: {exc}", exc)
+                if now - since >= self.cfg.giveup_s:  # unchanged that long: the writer is gone
+                    await self._reject(path, f"incomplete or invalid FITS file {path.name}: {exc}", exc)
                     self._mark_done(path, st)
                 continue
             try:
@@ -114,7 +118,7 @@ class Watcher:
             except Exception as exc:  # unreadable header etc.: never lose the file silently
                 if transient(exc):  # the broker or the database is away, not the file's fault:
                     raise           # the watcher task restarts and looks at the file again
-                await self._dead_letter(path, f"cannot read exposure {path.name}: {type(exc).__name__}: {exc}", exc)
+                await self._reject(path, f"cannot read exposure {path.name}: {type(exc).__name__}: {exc}", exc)
             self._mark_done(path, st)
 
     def _mark_done(self, path: Path, st) -> None:
@@ -126,19 +130,33 @@ class Watcher:
         # remember first, then publish, then mark published: the field's earlier exposures are
         # known before any later one can be judged for the template, and a crash in between
         # leaves a ``registered`` row that is published again at the next start
-        if not self.ctx.db.register_exposure(exp):
-            known = self.ctx.db.rows("exposures", exposure_id=exp.exposure_id)
-            if known and known[0]["sha256"] != exp.sha256:  # same name, other pixels: a real conflict
+        db = self.ctx.db
+        if not db.register_exposure(exp):
+            known = db.rows("exposures", sha256=exp.sha256) or db.rows("exposures", exposure_id=exp.exposure_id)
+            if known[0]["sha256"] != exp.sha256:  # same name, other pixels: a real conflict
                 reason = (f"exposure id {exp.exposure_id} of {path.name} is already used by other content "
                           f"({known[0]['path']}); not published")
-                await self._dead_letter(path, reason, ValueError(reason))
-            else:  # the same bytes again (a copy or a rename): nothing new to process
-                log.info("duplicate exposure %s (%s) not published again", path.name, exp.sha256[:12])
+                await self._reject(path, reason, ValueError(reason), exp.sha256)
+            elif known[0]["path"] == exp.path:  # the file itself, looked at again after a restart
+                log.debug("%s: known exposure %s", path.name, exp.exposure_id)
+            elif db.note_file(exp.sha256, exp.path, "duplicate"):  # a copy or a rename
+                log.info("%s is a copy of %s (exposure %s): not published again", path, known[0]["path"],
+                         known[0]["exposure_id"])
             return
         name = "exposures.too" if exp.too else "exposures"
         await self.producer.send_and_wait(topic(self.prefix, name), exp.encode(), key=exp.exposure_id.encode())
-        self.ctx.db.mark_published(exp.exposure_id)
+        db.mark_published(exp.exposure_id)
+        if db.clear_dead_letters("watcher", path.name):
+            log.warning("%s is complete now: its earlier dead letter is cleared", path.name)
         log.info("published %s to %s", exp.exposure_id, name)
+
+    async def _reject(self, path: Path, reason: str, exc: Exception, sha256: str | None = None) -> None:
+        """Dead-letter a bad file, once per content."""
+        sha256 = sha256 or await asyncio.to_thread(sha256sum, path)
+        if self.ctx.db.note_file(sha256, str(path), "rejected", reason):
+            await self._dead_letter(path, reason, exc)
+        else:
+            log.info("%s: dead-lettered before (same content): %s", path.name, reason)
 
     async def _dead_letter(self, path: Path, reason: str, exc: Exception) -> None:
         log.warning(reason)

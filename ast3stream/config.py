@@ -1,9 +1,12 @@
 """Configuration: the one typed place for every setting of the pipeline.
 
 Settings come, in increasing priority, from the defaults below, an optional TOML file
-(``AST3_CONFIG=path.toml`` or ``--config``), and environment variables such as
+(``AST3_CONFIG=path.toml`` or ``--config``), environment variables such as
 ``AST3_KAFKA__BOOTSTRAP=host:9092`` or ``AST3_DATABASE__URL=postgresql+psycopg://...``
-(sections are separated by a double underscore).
+(sections are separated by a double underscore), and the command line (``--data-dir``,
+``--bootstrap``): command line > environment > file > defaults. A key that is not a
+setting (in the file or an ``AST3_`` variable) is an error naming the closest valid one,
+and out-of-range values (a partition count below 1, a zero poll interval) are refused.
 
 Conventions used across the package (stated here once):
 
@@ -17,13 +20,14 @@ Conventions used across the package (stated here once):
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Lane = Literal["qip", "dip"]
@@ -55,12 +59,13 @@ class KafkaConfig(BaseModel):
 
     bootstrap: str | None = None
     prefix: str = "ast3"                #: per-deployment topic prefix, see ``agents.topics``
-    partitions: int = 1
-    replication: int = 1
+    partitions: int = Field(1, ge=1)
+    replication: int = Field(1, ge=1)
     embedded_port: int = 0              #: 0 = pick a free port
     session_timeout_s: float = 2.0      #: short: Tansu's group joins take half of it
     heartbeat_s: float = 0.5
     web_port: int = 6066                #: faust's web port (each worker needs its own)
+    web_host: str = "127.0.0.1"         #: faust's web server (``/metrics``): 0.0.0.0 for Prometheus on another host
     max_message_bytes: int = 16 * 1024 * 1024  #: also set as each topic's ``max.message.bytes``
     # topic retention (``retention.ms``), set when ``agents.broker.ensure_topics`` creates a topic
     retention_days: float = 7.0         #: stage topics ``{p}.{stage}.{lane}``: products on disk outlive them
@@ -82,6 +87,8 @@ class PathsConfig(BaseModel):
     refcat: Path | None = None          #: reference star catalogue (FITS/CSV/ECSV); None = ``<data_dir>/refcat.fits``
     galaxies: Path | None = None        #: GLADE+-like galaxy catalogue; None = ``<data_dir>/galaxies.csv``
     mpcorb: Path | None = None          #: MPCORB-format orbits; None = ``<data_dir>/MPCORB.DAT``
+    variable_stars: Path | None = None  #: GCVS Parquet; None = ``<data_dir>/gcvs.parquet``
+    transients: Path | None = None      #: TNS Parquet; None = ``<data_dir>/tns.parquet``
     fields: Path | None = None          #: survey field grid; None = ``<data_dir>/fields.csv``
 
     def resolve(self, name: str, default: str) -> Path:
@@ -90,26 +97,27 @@ class PathsConfig(BaseModel):
 
 
 class ProductsConfig(BaseModel):
-    retention_days: float = 30.0        #: intermediate stage files of finished exposures are pruned after this
-    prune_every_s: float = 3600.0       #: how often the watching worker prunes
+    retention_days: float = Field(30.0, ge=0)  #: files other than bundles, alerts and templates go after this
+    prune_every_s: float = Field(3600.0, gt=0)  #: how often the watching worker prunes
 
 
 class WatcherConfig(BaseModel):
     patterns: list[str] = ["*.fits", "*.fit", "*.fits.fz", "*.fz"]
-    stable_s: float = 1.0               #: size must stay unchanged this long
-    poll_s: float = 0.25
-    giveup_s: float = 10.0              #: a file still incomplete after this long goes to the dead letters
+    stable_s: float = Field(1.0, ge=0)  #: size must stay unchanged this long
+    poll_s: float = Field(0.25, gt=0)
+    giveup_s: float = Field(120.0, gt=0)  #: a file incomplete and unchanged this long goes to the dead letters
 
 
 class WorkerConfig(BaseModel):
     """One worker process (``ast3stream worker``): how much it holds in memory at once."""
 
-    in_flight: int = 2                  #: exposures whose chains run at the same time (per exposures topic)
-    templates_in_memory: int = 8        #: fields' templates kept in memory (each lane counts once)
+    in_flight: int = Field(2, ge=1)     #: exposures whose chains run at the same time (per exposures topic)
+    templates_in_memory: int = Field(8, ge=1)  #: fields' templates kept in memory (each lane counts once)
 
 
 class ReductionConfig(BaseModel):
     version: str = "1"
+    backend: Literal["auto", "cupy", "numpy"] = "numpy"  #: overscan, bias, flat, saturation on a GPU (cupy/auto)
     combine_sigma: float = 3.0          #: clipping of the master bias/flat combination
     bpm_flat_low: float = 0.5           #: bad pixel: flat response below this x local response
     bpm_flat_high: float = 1.5          #: ... or above this
@@ -121,6 +129,7 @@ class ReductionConfig(BaseModel):
     cosmic_niter: int = 2
     cosmic_tile: int = 4                #: L.A.Cosmic runs on the cells of this size holding candidates
     cosmic_pad: int = 5                 #: margin around each cell [px]
+    workers: int = 0                    #: processes cleaning a full-size frame's cosmics (0 = one per core, 1 = in process)
     trails: bool = True
     trail_threshold: float = 1.5        #: sigma of the binned image for the Hough transform
     trail_min_length_px: float = 200.0
@@ -128,7 +137,7 @@ class ReductionConfig(BaseModel):
 
 
 class SourcesConfig(BaseModel):
-    version: str = "1"
+    version: str = "2"                  #: 2: rows in order of y (strips), ``id`` follows it
     thresh: float = 3.0                 #: per-pixel sigma above background (sep/SExtractor DETECT_THRESH)
     minarea: int = 5
     mesh: int = 256                     #: sep background mesh [px] (SExtractor BACK_SIZE; sep's time falls with it)
@@ -139,17 +148,18 @@ class SourcesConfig(BaseModel):
     snr_min: float = 20.0               #: FLUX_AUTO / FLUXERR_AUTO cut of the clean list
     clip_sigma: float = 3.0
     drop_least_stellar: float = 0.2     #: fraction of least star-like sources dropped
+    workers: int = 0                    #: processes measuring a full-size frame in strips (0 = one per core, 1 = in process)
 
 
 class AstrometryConfig(BaseModel):
-    version: str = "1"
+    version: str = "2"                  #: 2: fit on max_fit_stars spread over the frame
     sip_order: int = 4
     max_offset_arcmin: float = 15.0
     max_rotation_deg: float = 5.0
     scale_tolerance: float = 0.03
     match_radius_arcsec: float = 2.0
     n_brightest: int = 60               #: stars used for pattern matching
-    max_fit_stars: int = 2000           #: the brightest clean stars used for the TAN-SIP fit
+    max_fit_stars: int = 500            #: clean stars for the TAN-SIP fit: the brightest of each cell of a grid
     max_rms_arcsec: float = 0.5         #: above this the solution is flagged ``bad_wcs``
     min_stars_linear: int = 10          #: fewer matches: only CRVAL of the header WCS is refitted
 
@@ -218,10 +228,16 @@ class SubtractionConfig(BaseModel):
     ban_shift_floor_px: float = 0.05    #: systematic floor of the centroid-shift error [px]
     threads: int = 0                    #: CPU threads for numba/FFTW; 0 = all
     warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes a subtraction worker compiles before consuming
+    gain_key: str = "GAIN"              #: header card of the gain (signal/variance); absent: estimated from the pixels
+    saturation_key: str = "SATURATE"    #: header card of the saturation level (image units); pixels >= 90 % masked
+    sky_keys: list[str] = ["SKYLEVEL", "AVSKY"]  #: header cards of the sky level a sky-subtracted image had (gain estimate)
+    template_cache: int = 4             #: prepared templates a worker keeps (keyed by product key + version)
+    noise_apertures: int = 2000         #: random apertures of the difference-noise check
 
 
 class DetectionConfig(BaseModel):
-    version: str = "2"
+    version: str = "3"                  #: 3: own matched filter and footprints (numba/CuPy) instead of sep
+    backend: Literal["auto", "cupy", "numpy"] = "auto"  #: where the image arithmetic runs (auto: GPU if present)
     thresh: float = 5.0                 #: PSF-fit SNR a candidate needs on the difference image
     prethresh: float = 3.0              #: matched-filter detection threshold [sigma] before the SNR cut
     minarea: int = 4                    #: ISOAREA >= 4 full-resolution px (QIP: / binning^2, at least 1)
@@ -244,6 +260,7 @@ class CrossmatchConfig(BaseModel):
     order_wait_s: float = 600.0         #: an exposure waits at most this for the field's earlier ones to associate
     asteroid_search_deg: float = 3.0    #: asteroids are computed within this radius of the field centre
     variable_radius_arcsec: float = 2.0 #: GCVS veto radius (needs pyarrow)
+    transient_radius_arcsec: float = 2.0  #: known (TNS) transient radius
 
 
 class ClassifyConfig(BaseModel):
@@ -271,7 +288,7 @@ class TrainingConfig(BaseModel):
 
 class AlertConfig(BaseModel):
     version: str = "1"
-    schema_version: str = "1.0"
+    schema_version: str = "2.0"         #: alert schema written (ast3stream/schemas/alert/CHANGES.md)
     #: real/bogus score an alert needs (every candidate still goes to ``candidates`` and the
     #: database); None = the lane model's calibrated threshold, stored with its version
     min_score: float | None = None
@@ -279,6 +296,79 @@ class AlertConfig(BaseModel):
     gcn_min_score: float = 0.8
     publisher: str = "ast3stream"       #: ``publisher`` field of every alert packet
     position_error_arcsec: float = 0.5  #: position uncertainty quoted in GCN notices
+    #: message framing of the alert topics: ``confluent`` (schema id + schemaless Avro, as Rubin) or
+    #: ``container`` (one Avro container per message, as ZTF); ``topic_framing`` overrides it per
+    #: topic name without the prefix, e.g. ``{"alerts.dip" = "container"}`` (see ast3stream.alerts.serialize)
+    framing: Literal["confluent", "container"] = "confluent"
+    topic_framing: dict[str, Literal["confluent", "container"]] = {}
+    #: Confluent/Karapace schema registry; the alert schema is registered on start. None = embedded ids
+    registry_url: str | None = None
+    #: processing timestamps in each packet (``timing``: file closed, alert built, latency); outside
+    #: the packet digest, but a replay's packets then differ from the live ones in these fields
+    timestamps: bool = False
+
+
+class SecurityConfig(BaseModel):
+    """Kafka, schema-registry and PostgreSQL security (see ``agents.security``). Passwords and
+    secrets come only from the environment (``AST3_SECURITY__KAFKA_PASSWORD``) or from a file
+    (``*_file``): a settings file that holds one is refused."""
+
+    kafka_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_password_file: Path | None = None
+    oauth_token_url: str | None = None  #: OAUTHBEARER: OAuth 2 client-credentials token endpoint
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_client_secret_file: Path | None = None
+    oauth_scope: str | None = None
+    ssl_cafile: Path | None = None      #: CA bundle for the brokers' (and the registry's) certificates
+    ssl_certfile: Path | None = None    #: client certificate (mutual TLS)
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    registry_password_file: Path | None = None
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_sslrootcert: Path | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
+
+
+class GWPlanConfig(BaseModel):
+    """The night's observable ToO schedule (``too plan``, :mod:`ast3stream.gw.observe`)."""
+
+    site: str = "yaoan"                 #: a preset of ``ast3stream.gw.observe.SITES`` or ``detector`` (detector.site_*)
+    min_alt_deg: float = 30.0           #: altitude limit (airmass 2)
+    max_airmass: float = 2.0
+    horizon: tuple[tuple[float, float], ...] = ()  #: local horizon (azimuth, altitude) [deg], above min_alt_deg
+    sun_alt_deg: float = -18.0          #: astronomical night
+    moon_sep_deg: float = 20.0          #: Moon separation at new Moon ...
+    moon_sep_full_deg: float = 45.0     #: ... and at full Moon (linear in illuminated fraction)
+    exptime_s: float = 60.0
+    overhead_s: float = 30.0            #: slew + readout per exposure
+    revisits: int = 2                   #: visits per field in the night
+    revisit_gap_min: float = 60.0       #: least time between visits of a field
+    max_fields: int = 50                #: fields scheduled per event (best first)
+    auto: bool = True                   #: the stream writes the coming night's plan on every followed notice
+
+
+class GCNKafkaConfig(BaseModel):
+    """GCN Kafka in (``too bridge``): LVK's ``igwn.gwalert`` and classic VOEvents republished unchanged to
+    ``{prefix}.gw``. Credentials come from the environment (``GCN_CLIENT_ID`` / ``GCN_CLIENT_SECRET``)."""
+
+    enabled: bool = False               #: run the bridge in the worker
+    bootstrap: str = "kafka.gcn.nasa.gov:9092"
+    token_url: str = "https://auth.gcn.nasa.gov/oauth2/token"
+    oauth: bool = True                  #: SASL_SSL OAUTHBEARER (GCN); False = plaintext (a test broker)
+    group_id: str = "ast3stream-gw"
+    offset_reset: Literal["latest", "earliest"] = "latest"  #: where a new consumer group starts (not old notices)
+    #: also forward our ``{prefix}.gcn`` notices to this topic on ``bootstrap`` (GCN's Kafka, same credentials); None = off
+    publish_topic: str | None = None
+    topics: tuple[str, ...] = ("igwn.gwalert", "gcn.classic.voevent.LVC_EARLY_WARNING",
+                               "gcn.classic.voevent.LVC_PRELIMINARY", "gcn.classic.voevent.LVC_INITIAL",
+                               "gcn.classic.voevent.LVC_UPDATE", "gcn.classic.voevent.LVC_RETRACTION")
 
 
 class GWConfig(BaseModel):
@@ -290,6 +380,20 @@ class GWConfig(BaseModel):
     order: int | None = None            #: HEALPix order of the field integration; None = auto
     rank_by: Literal["prob", "galaxy_score"] = "prob"
     skymap_dir: Path | None = None      #: where VOEvent sky-map files are found by name (never downloaded)
+    grid_overlap: float = 0.1           #: overlap of neighbouring fields in the default survey grid
+    # notice policy (ast3stream.gw.policy): what the stream follows; the rest is logged and ignored
+    test_mode: bool = False             #: also follow mock superevents (MS..., MDC streams): tests only
+    require_significant: bool = True    #: LVK's ``significant`` flag (FAR below its public threshold)
+    max_far_per_year: float | None = None  #: also ignore notices with a higher false-alarm rate [yr^-1]
+    groups: tuple[str, ...] = ("CBC", "Burst")  #: LVK search groups followed
+    max_terrestrial: float | None = None   #: ignore CBC notices with p(Terrestrial) above this
+    early_warning: bool = True          #: follow EARLYWARNING (pre-merger) notices
+    expire_hours: float = 72.0          #: an event's ToO list stops this long after its last notice
+    kn_rb_min: float = 0.5              #: kilonova ranking (ast3stream.gw.kilonova): real/bogus needed
+    kn_distance_sigma: float = 2.0      #: host distance within this many DISTSIGMA of DISTMU
+    kn_min_rate: float = 0.3            #: |mag/day| of a kilonova-like rise or fade
+    plan: GWPlanConfig = Field(default_factory=GWPlanConfig)
+    gcn: GCNKafkaConfig = Field(default_factory=GCNKafkaConfig)
 
 
 class SimulationConfig(BaseModel):
@@ -339,6 +443,17 @@ class SimulationConfig(BaseModel):
     detector_seed: int = 3              #: the camera's defects do not change from night to night
 
 
+class PortalConfig(BaseModel):
+    """The web portal (``ast3stream portal``; ``run`` and ``demo`` start it too)."""
+
+    enabled: bool = True                #: ``run`` and ``demo`` serve it beside the stack
+    host: str = "127.0.0.1"
+    port: int = 8600
+    token: str | None = None            #: operator actions (retry, template set/rebuild) need it; None = read-only
+    page_size: int = 50                 #: rows per page of the candidate table
+    refresh_s: float = 5.0              #: how often an open night page asks for new exposures
+
+
 class Settings(BaseSettings):
     """All settings. ``Settings.load()`` reads the TOML file and the environment."""
 
@@ -363,32 +478,46 @@ class Settings(BaseSettings):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     gw: GWConfig = Field(default_factory=GWConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    portal: PortalConfig = Field(default_factory=PortalConfig)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> "Settings":
-        """Defaults < TOML file (``path`` or ``$AST3_CONFIG``) < environment < ``overrides``."""
+        """Defaults < TOML file (``path`` or ``$AST3_CONFIG``) < environment < ``overrides`` (the
+        command line). Raises :class:`ConfigError` (one line) for an unreadable file, an unknown
+        key or a bad value."""
         path = path or os.environ.get("AST3_CONFIG")
         data: dict = {}
         if path:
-            with open(path, "rb") as fh:
-                data = json.load(fh) if str(path).endswith(".json") else tomllib.load(fh)
-        for section, values in overrides.items():
-            if isinstance(values, dict):
-                data.setdefault(section, {}).update(values)
-            else:
-                data[section] = values
-        env = cls()  # environment only
-        merged = _deep_merge(data, env.model_dump(exclude_unset=True))
-        return cls(**merged)
+            try:
+                with open(path, "rb") as fh:
+                    data = json.load(fh) if str(path).endswith(".json") else tomllib.load(fh)
+            except (OSError, ValueError) as exc:  # tomllib and json errors are ValueErrors
+                raise ConfigError(f"settings file {path}: {exc}") from None
+            _check_keys(data, cls, f"settings file {path}: ")
+            secrets = [k for k, v in data.get("security", {}).items() if k.endswith(("password", "secret")) and v]
+            if secrets:
+                raise ConfigError(f"settings file {path}: security.{secrets[0]} must come from the environment "
+                                  "or a *_file, not a settings file")
+        _check_env(cls)
+        try:
+            env = cls()  # environment only
+            merged = _deep_merge(_deep_merge(data, env.model_dump(exclude_unset=True)), overrides)
+            return cls(**merged)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(f"setting {where}: {err['msg']} (got {err.get('input')!r})") from None
 
     # convenient resolved paths -------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write these settings as JSON (what a worker process is started with)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=1))
+        secrets = {k for k in SecurityConfig.model_fields if k.endswith(("password", "secret"))}
+        path.write_text(self.model_dump_json(indent=1, exclude={"security": secrets}))  # workers get them from the environment
         return path
 
     @property
@@ -424,6 +553,46 @@ class Settings(BaseSettings):
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.paths.data_dir / 'ast3stream.db').resolve()}"
+
+
+class ConfigError(ValueError):
+    """A settings file, variable or value that is not right: the message says which and why."""
+
+
+def _closest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(valid))}"
+
+
+def _check_keys(data: dict, model, where: str, prefix: str = "") -> None:
+    """Every key of ``data`` is a field of ``model`` (recursively), else :class:`ConfigError`."""
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}unknown setting {prefix + key!r}{_closest(key, fields)}")
+        sub = fields[key].annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            _check_keys(value, sub, where, f"{prefix}{key}.")
+
+
+def _check_env(model) -> None:
+    """Every ``AST3_SECTION__KEY`` variable names a setting (``AST3_CONFIG`` names the file)."""
+    fields = model.model_fields
+    for name in os.environ:
+        if not name.startswith("AST3_"):
+            continue
+        section, _, key = name[len("AST3_"):].lower().partition("__")
+        if not key:  # not of the AST3_SECTION__KEY form: a typo for it, or not a setting (AST3_CONFIG)
+            if (sec := section.split("_")[0]) in fields:
+                raise ConfigError(f"environment variable {name}: sections and keys are separated by a double "
+                                  f"underscore: AST3_{sec.upper()}__{section[len(sec) + 1:].upper()}")
+            continue
+        if section not in fields:
+            raise ConfigError(f"environment variable {name}: unknown section {section!r}{_closest(section, fields)}")
+        sub = fields[section].annotation.model_fields
+        if key.split("__")[0] not in sub:
+            raise ConfigError(f"environment variable {name}: unknown setting {section + '.' + key!r}"
+                              f"{_closest(key, sub)}")
 
 
 def _deep_merge(base: dict, top: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Stream events: Avro records exchanged between stages (schemas in ``schemas/events/``).
+"""Stream events: Avro records exchanged between stages (schemas in ``ast3stream/schemas/events/``).
 
 A Kafka message value is the Avro *schemaless* encoding of one record prefixed by a
 3-byte frame ``b"A3" + <schema major version>``, so that a consumer can tell a message of
@@ -15,14 +15,17 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
 import fastavro
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+from .paths import SAFE_NAME
+
+SCHEMA_DIR = Path(str(files("ast3stream") / "schemas"))  #: package data: works from a wheel too
 FRAME = b"A3\x01"
 #: exposure ids name product folders and message keys (as :func:`ast3stream.rawfile.exposure_id` makes them)
-SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:-]{0,127}")  # use fullmatch
+SAFE_ID = SAFE_NAME
 
 
 class MalformedMessage(ValueError):
@@ -141,6 +144,8 @@ def _checked(record: dict, schema_name: str) -> dict:
 
     if not SAFE_ID.fullmatch(record["exposure_id"]):
         raise bad("exposure_id is not a plain name of letters, digits and ._+:-")
+    if record.get("field_id") is not None and not SAFE_ID.fullmatch(record["field_id"]):
+        raise bad("field_id is not a plain name of letters, digits and ._+:-")
     if not record.get("raw_path", record.get("path")):
         raise bad("no raw file path")
     for key in ("file_closed_at", "detected_at", "mjd"):

@@ -97,7 +97,8 @@ def _cmd_reduce(args) -> int:
         if (d / Calibration.FILES["bias"]).exists():
             calib = Calibration.load(d)
         else:
-            calib = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg)
+            calib = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg.reduction,
+                                      cfg.detector)
     refcat = RefCat.from_file(args.refcat) if args.refcat else None
     _, report = reduce_file(args.raw, cfg, calibration=calib, refcat=refcat, out_dir=args.out or ".")
     print(json.dumps({k: report.get(k) for k in ("expid", "status", "fwhm_px", "n_stars", "rms_arcsec",

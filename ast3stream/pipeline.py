@@ -154,9 +154,10 @@ class OutgoingAlert:
     object_id: str
     score: float
     passed: bool
-    value: bytes                    #: the encoded Avro packet
-    digest: str                     #: sha256 of ``value`` (the whole packet, history included)
+    value: bytes                    #: the encoded Avro packet (embedded schema id; topics re-frame ``packet``)
+    digest: str                     #: :func:`~ast3stream.alerts.packet_digest` (the whole packet, history included)
     notice: bytes | None = None     #: a GCN-style notice when the candidate qualifies
+    packet: dict | None = None      #: the alert record, framed per topic by ``agents.chain``
 
 
 @dataclass
@@ -192,7 +193,7 @@ def reduction(exp: Exposure, *, calibration, detector, reduction) -> StageOutput
     """Overscan/bias, flat, bad pixels, saturation, cosmic rays, satellite trails."""
     from .reduction import reduce_raw
 
-    exp.frame = reduce_raw(Path(exp.raw_path), calibration, _legacy(detector=detector, reduction=reduction))
+    exp.frame = reduce_raw(Path(exp.raw_path), calibration, reduction, detector)
     return StageOutput(ops=[UpdateExposure(status="reduced")])
 
 
@@ -200,19 +201,18 @@ def sources(exp: Exposure, *, sources) -> StageOutput:
     """sep extraction and the clean star list; the image FWHM."""
     from .sources import clean_star_list, extract, image_fwhm
 
-    cfg = _legacy(sources=sources)
-    exp.sources = extract(exp.frame, cfg)
-    exp.stars = clean_star_list(exp.sources, cfg)
+    exp.sources = extract(exp.frame, sources)
+    exp.stars = clean_star_list(exp.sources, sources)
     return StageOutput(metrics={"fwhm_px": image_fwhm(exp.stars), "n_sources": len(exp.sources),
                                 "n_stars": len(exp.stars)})
 
 
-def astrometry(exp: Exposure, *, refcat, astrometry) -> StageOutput:
+def astrometry(exp: Exposure, *, refcat, astrometry, detector) -> StageOutput:
     """Pattern match to the reference catalogue, TAN + SIP; the frame carries the WCS."""
     from .astrometry import AstrometryError, apply_wcs, solve
 
     try:
-        wcs, stats = solve(exp.frame, exp.stars, refcat, _legacy(astrometry=astrometry))
+        wcs, stats = solve(exp.frame, exp.stars, refcat, astrometry, detector)
     except AstrometryError as exc:
         raise StageError(f"no WCS solution: {exc}") from exc
     apply_wcs(exp.frame, wcs)
@@ -220,21 +220,22 @@ def astrometry(exp: Exposure, *, refcat, astrometry) -> StageOutput:
                        metrics={"rms_arcsec": stats["rms_arcsec"], "n_astrom": stats.get("n_matched", np.nan)})
 
 
-def photometry(exp: Exposure, *, refcat, photometry) -> StageOutput:
+def photometry(exp: Exposure, *, refcat, photometry, sources, astrometry) -> StageOutput:
     """Aperture photometry, chi-square zero point, spatial residual, limiting magnitude."""
     from .photometry import calibrate
 
-    exp.photometry, stats = calibrate(exp.frame, exp.sources, refcat, _legacy(photometry=photometry))
+    exp.photometry, stats = calibrate(exp.frame, exp.sources, refcat, photometry, extraction=sources,
+                                      match_radius_arcsec=astrometry.match_radius_arcsec)
     exp.frame.sources = exp.photometry
     return StageOutput(metrics={k: stats[k] for k in ("zp", "zp_err", "maglim") if k in stats})
 
 
-def quality(exp: Exposure, *, refcat, quality, photometry, astrometry, detector) -> StageOutput:
+def quality(exp: Exposure, *, quality, photometry, astrometry, detector) -> StageOutput:
     """Pearson r against the catalogue, thumbnail and cloud verdict, flags."""
     from .quality import assess
 
-    q = assess(exp.frame, exp.photometry, refcat, dict(exp.metrics),
-               _legacy(quality=quality, photometry=photometry, astrometry=astrometry, detector=detector))
+    q = assess(exp.frame, exp.photometry, dict(exp.metrics), quality, photometry=photometry, detector=detector,
+               max_rms_arcsec=astrometry.max_rms_arcsec)
     exp.thumbnail = q["thumbnail_image"]
     metrics = {"pcc": q.get("pcc"), "cloud_prob": q.get("cloud_prob")}
     flags = sorted(set(exp.flags) | set(q.get("flags", [])))
@@ -247,7 +248,7 @@ def psf(exp: Exposure, *, photometry, sources) -> StageOutput:
     """PSF photometry with a position-dependent PSF: beside the alert path, never in front of it."""
     from .photometry.psf import psf_photometry
 
-    table = psf_photometry(exp.frame, exp.photometry, _legacy(photometry=photometry, sources=sources))
+    table = psf_photometry(exp.frame, exp.photometry, photometry, extraction=sources)
     return StageOutput(products={"psf": table})
 
 
@@ -291,37 +292,38 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
     cfg = _legacy(subtraction=subtraction, detector=detector)
     tmpl = lane.template
     lane.aligned = align(exp.frame, tmpl.frame, cfg, binning=tmpl.binning)
-    lane.difference = subtract(lane.aligned, tmpl.frame, cfg)
+    lane.difference = subtract(lane.aligned, tmpl.frame, cfg, template_key=(tmpl.key, tmpl.version))
     stats = lane.difference.stats
     metrics = {"x2nrm_mean": stats.get("x2nrm_mean"), "x2nrm_std": stats.get("x2nrm_std"),
+               "noise_ratio": stats.get("noise_ratio"),
                "subtraction_s": stats.get("seconds"), "template_zp": tmpl.stats.get("zp"),
                "template_fwhm_px": tmpl.stats.get("fwhm_px")}
     lane.metrics.update({k: v for k, v in metrics.items() if _finite(v) is not None})
     return StageOutput(metrics=lane.metrics)
 
 
-def detection(exp: Exposure, lane: Lane, *, detection, detector) -> StageOutput:
+def detection(exp: Exposure, lane: Lane, *, detection) -> StageOutput:
     """Candidates on the difference image with the paper's cuts; 4-channel stamps."""
     from .detection import detect
 
     fwhm = exp.metrics.get("fwhm_px", 3.0) / lane.binning
     lane.candidates, lane.stamps = detect(lane.difference, lane.aligned, lane.template.frame, fwhm,
-                                          exp.metrics["zp"], _legacy(detection=detection, detector=detector),
-                                          lane.name)
+                                          exp.metrics["zp"], detection, lane=lane.name, binning=lane.binning)
     return StageOutput(metrics={"n_candidates": len(lane.candidates)})
 
 
-def crossmatch(exp: Exposure, lane: Lane, *, objects: Table, galaxies, asteroids, crossmatch,
-               detector) -> StageOutput:
-    """Host galaxies and known asteroids; association with the field's known ``objects``
+def crossmatch(exp: Exposure, lane: Lane, *, objects: Table, galaxies, asteroids, variable_stars, transients,
+               crossmatch, detector) -> StageOutput:
+    """Host galaxies, known asteroids (the night's :class:`~.catalogs.asteroids.AsteroidTable`),
+    variable stars and known transients; association with the field's known ``objects``
     (``object_id``, ``ra``, ``dec``, ``n_det``, ``first_mjd``, ``last_mjd``) into transients;
     light-curve points (detections, forced photometry at known objects not detected now)."""
     from .crossmatch import crossmatch as xmatch
     from .lightcurves import associate, forced_photometry
 
     mjd = exp.mid_mjd(detector.exptime)
-    cands = xmatch(lane.candidates, mjd, _legacy(crossmatch=crossmatch, detector=detector),
-                   galaxies=galaxies, asteroids=asteroids)
+    cands = xmatch(lane.candidates, mjd, crossmatch, (detector.site_lon, detector.site_lat, detector.site_height),
+                   galaxies=galaxies, asteroids=asteroids, variable_stars=variable_stars, transients=transients)
     idx = associate(cands, objects, crossmatch.object_radius_arcsec) if len(cands) else np.array([], int)
     ids = [str(objects["object_id"][i]) if i >= 0 else object_id(row["ra"], row["dec"]) for row, i in zip(cands, idx)]
     cands["object_id"] = np.array(ids, dtype="U32") if ids else np.array([], dtype="U32")
@@ -379,14 +381,15 @@ def classify(exp: Exposure, lane: Lane, *, model) -> StageOutput:
 
 
 def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict | None, threshold: float,
-          file_closed_at: float, alerts, detector) -> StageOutput:
+          file_closed_at: float, alerts, detector, gw=None) -> StageOutput:
     """Avro packets with cutouts and light-curve history for every candidate (``passed`` when
     its score reaches ``threshold``); GCN-style notices for qualifying candidates of GW fields.
 
     ``history``: ``object_id`` → earlier light-curve rows; ``too``: the field's active ToO entry.
     """
     from .alerts import alert_id as make_alert_id
-    from .alerts import build_alert, encode, make_cutout
+    from .alerts import build_alert, encode, packet_digest
+    from .alerts.cutouts import CutoutMaker
     from .alerts.gcn import build_notice, validate_notice
 
     cands = lane.candidates
@@ -395,6 +398,10 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     size = alerts.cutout_size // lane.binning | 1
     out = StageOutput()
     now = time.time()
+    makers = {name: CutoutMaker(img, hdr) for name, img, hdr in (("science", science.data, science.header),
+                                                                ("template", template.data, template.header),
+                                                                ("difference", diff.diff, diff.header))} \
+        if len(cands) else {}
     for i, row in enumerate(cands):
         cand = {name: _plain(row[name]) for name in cands.colnames}
         aid = str(make_alert_id(exp.exposure_id, lane.name, int(i), versions))
@@ -404,31 +411,30 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
             ra=cand["ra"], dec=cand["dec"], x=cand["x"], y=cand["y"], mag=cand["mag"], mag_err=cand["mag_err"],
             snr=cand["snr"], sign=int(cand["sign"]), score=cand["rb"], model_version=lane.model_version,
             maglim=exp.metrics.get("maglim"),
-            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr")})))
-        cutouts = {name: make_cutout(img, hdr, cand["x"], cand["y"], size)
-                   for name, img, hdr in (("science", science.data, science.header),
-                                          ("template", template.data, template.header),
-                                          ("difference", diff.diff, diff.header))}
+            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "host_dist_mpc", "ssnamenr", "var_name",
+                                            "tns_name")})))
+        cutouts = {name: make(cand["x"], cand["y"], size) for name, make in makers.items()}
         prv = [p for p in history.get(cand["object_id"], []) if p["mjd"] < mjd]
         meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=exp.exposure_id, lane=lane.name,
                     field_id=exp.field_id, mjd=mjd, model_version=lane.model_version, too=exp.too,
                     exptime=detector.exptime, filter=detector.filter, stage_versions=versions,
                     metrics={**exp.metrics, **lane.metrics}, flags=list(exp.flags),
                     gw_event=too["event_id"] if too else None, gw_prob=too["prob"] if too else None,
-                    namespace=exp.namespace)
+                    namespace=exp.namespace, schema_version=alerts.schema_version,
+                    timing=_timing(file_closed_at) if alerts.timestamps else None)
         packet = build_alert(cand, prv, cand, cutouts, meta)
         value = encode(packet)
         passed = cand["rb"] is not None and cand["rb"] >= threshold
         notice = None
         if passed and too and cand["rb"] >= alerts.gcn_min_score and cand["sign"] > 0:
-            notice = build_notice(packet, too)
+            notice = build_notice(packet, too, gw=gw)   # with the kilonova assessment where the event has a map
             validate_notice(notice)
             import json
 
             notice = json.dumps(notice).encode()
         out.alerts.append(OutgoingAlert(alert_id=aid, candidate_id=cand_id, object_id=str(cand["object_id"]),
                                         score=float(cand["rb"]), passed=passed, value=value,
-                                        digest=hashlib.sha256(value).hexdigest(), notice=notice))
+                                        digest=packet_digest(packet), notice=notice, packet=packet))
     summary = {"EXPID": exp.exposure_id, "LANE": lane.name, "FIELD": exp.field_id, "MJD-MID": mjd, "TOO": exp.too,
                "RBMODEL": lane.model_version, "NCAND": len(cands), "NALERT": sum(a.passed for a in out.alerts),
                "RBTHRESH": threshold, "FLAGS": ",".join(exp.flags),
@@ -436,6 +442,11 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     out.products["bundle"] = (summary, diff, science, template, cands)
     out.metrics = {"n_alerts": float(sum(a.passed for a in out.alerts)), "alert_build_s": time.time() - now}
     return out
+
+
+def _timing(file_closed_at: float) -> dict:
+    built = time.time()
+    return {"file_closed_at": file_closed_at, "alert_built_at": built, "latency_s": built - file_closed_at}
 
 
 def _plain(v):
@@ -472,14 +483,14 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("reduction", reduction, False, ("detector", "reduction"), ("calibration",)),
     Stage("sources", sources, False, ("sources",)),
-    Stage("astrometry", astrometry, False, ("astrometry",), ("refcat",)),
-    Stage("photometry", photometry, False, ("photometry",), ("refcat",)),
-    Stage("quality", quality, False, ("quality", "photometry", "astrometry", "detector"), ("refcat",)),
+    Stage("astrometry", astrometry, False, ("astrometry", "detector"), ("refcat",)),
+    Stage("photometry", photometry, False, ("photometry", "sources", "astrometry"), ("refcat",)),
+    Stage("quality", quality, False, ("quality", "photometry", "astrometry", "detector")),
     Stage("subtraction", subtraction, True, ("subtraction", "detector")),
-    Stage("detection", detection, True, ("detection", "detector")),
-    Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids")),
+    Stage("detection", detection, True, ("detection",)),
+    Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids", "variable_stars", "transients")),
     Stage("classify", classify, True, (), ("model",)),
-    Stage("alert", alert, True, ("alerts", "detector"),
+    Stage("alert", alert, True, ("alerts", "detector", "gw"),
           ("versions", "history", "too", "threshold", "file_closed_at"), version_section="alerts"),
 )
 #: runs after the alerts of every lane, at the lowest priority

@@ -9,22 +9,15 @@
 ``MASK``     mask of the difference (lossless)
 ``CANDS``    candidate table (with real/bogus scores and cross-matches)
 
-Intermediate files of the stages (reduced, aligned, difference images ...) are deleted by
-:func:`prune` once an exposure is finished and older than ``products.retention_days``;
-calibrated images that serve as templates and the bundles are kept.
+Retention is the product store's (:meth:`agents.store.ProductStore.prune`).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-
-INTERMEDIATE = ("reduced.fits", "aligned.fits", "difference.fits", "stamps.npy", "sources.fits",
-                "stars.fits", "photometry.fits", "candidates.fits", "crossmatched.fits", "classified.fits")
-
 
 def write_bundle(path: Path, summary: dict, diff, science, template, candidates: Table) -> Path:
     """Write the exposure's bundle atomically; ``summary`` becomes the primary header."""
@@ -55,23 +48,3 @@ def _fits_table(table: Table) -> Table:
         if out[name].dtype.kind == "O":
             out[name] = out[name].astype(str)
     return out
-
-
-def prune(products_dir: Path, db, retention_days: float, now: float | None = None) -> int:
-    """Delete intermediate files of finished exposures older than ``retention_days``; return the count."""
-    now = now or time.time()
-    keep = {Path(t["path"]).resolve() for t in db.rows("templates")}
-    finished = {r["exposure_id"] for r in db.rows("exposures")
-                if r["status"] in ("alerted", "template", "no_template", "failed")}
-    root = products_dir / (db.namespace or "live")
-    removed = 0
-    for exposure_dir in root.iterdir() if root.exists() else ():
-        if exposure_dir.name not in finished:
-            continue
-        for name in INTERMEDIATE:
-            for path in exposure_dir.glob(f"*/{name}"):
-                if path.resolve() in keep or now - path.stat().st_mtime < retention_days * 86400:
-                    continue
-                path.unlink()
-                removed += 1
-    return removed

@@ -18,6 +18,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from .events import SAFE_ID, ExposureEvent
+from .paths import UnsafeName, safe_name
 
 BLOCK = 2880
 CARD = 80
@@ -167,7 +168,10 @@ def describe(path: Path, ctx, file_closed_at: float | None = None) -> ExposureEv
     header = science_header(path)
     expid, mjd = exposure_id(path, header), _mjd(path, header)
     field_id = header.get("FIELD")
-    field_id = None if field_id is None else str(field_id)
+    try:  # it names template folders
+        field_id = None if field_id is None else safe_name(str(field_id).strip(), "FIELD")
+    except UnsafeName as exc:
+        raise BadHeader(f"{path.name}: {exc}") from None
     too = header.get("TOO", False)
     if too not in (True, False):  # T/F, or 1/0
         raise BadHeader(f"{path.name}: TOO = {too!r} is not a FITS logical (T or F)")

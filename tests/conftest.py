@@ -149,13 +149,13 @@ def solved_night(tmp_path_factory):
     night = simulate_night(tmp_path_factory.mktemp("solved"), n_exposures=2, scale=0.1, seed=1)
     cfg = Settings()
     d = night.out_dir / "calib"
-    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg)
+    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg.reduction, cfg.detector)
     ref = RefCat.from_file(night.out_dir / "refcat.fits")
     out = []
     for exp in night.exposures:
-        frame = reduce_raw(exp.path, cal, cfg)
-        src = extract(frame, cfg)
-        clean = clean_star_list(src, cfg)
-        wcs, stats = solve(frame, clean, ref, cfg)
+        frame = reduce_raw(exp.path, cal, cfg.reduction, cfg.detector)
+        src = extract(frame, cfg.sources)
+        clean = clean_star_list(src, cfg.sources)
+        wcs, stats = solve(frame, clean, ref, cfg.astrometry, cfg.detector)
         out.append((exp, frame, src, clean, wcs, stats))
     return night, out

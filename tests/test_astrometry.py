@@ -85,7 +85,7 @@ def test_no_solution_is_a_clear_error(night, solved):
     far = RefCat.from_file(night.out_dir / "refcat.fits").table.copy()
     far["dec"] = np.clip(far["dec"] - 30.0, -89, 89)       # the catalogue of another part of the sky
     with pytest.raises(AstrometryError, match="reference stars"):
-        solve(frame, clean, far, Settings())
+        solve(frame, clean, far, Settings().astrometry, Settings().detector)
 
 
 def test_legacypipe_cutout_against_gaia():
@@ -103,10 +103,31 @@ def test_legacypipe_cutout_against_gaia():
     approx = fit_wcs_from_points((gx, gy), SkyCoord(ra + 3 / 3600, dec - 2 / 3600, unit="deg"), projection="TAN")
     frame = Frame(data, np.zeros(data.shape, np.uint16), approx.to_header())
     cfg = Settings(astrometry={"max_offset_arcmin": 0.3, "match_radius_arcsec": 1.5})
-    src = extract(frame, cfg)
+    src = extract(frame, cfg.sources)
     stars = src[(src["flux"] / src["fluxerr"] > 10) & (src["flag"] <= 1)]
     gaia = RefCat.from_file(sorted(case.glob("gaia/*.fits")))
-    wcs, stats = solve(frame, stars, gaia, cfg)
+    wcs, stats = solve(frame, stars, gaia, cfg.astrometry, cfg.detector)
     assert stats["n_matched"] >= 4 and stats["rms_arcsec"] < 0.5
     sep = SkyCoord(*wcs.all_pix2world(gx, gy, 0), unit="deg").separation(SkyCoord(ra, dec, unit="deg"))
     assert sep.arcsec.max() <= 0.2                      # agrees with the file's own WCS
+
+
+def test_fit_on_spread_subset(night, solved):
+    """A fit on a subset spread over the frame (as ``max_fit_stars`` picks on full frames) is as good."""
+    from ast3stream.astrometry.solve import spread_stars
+    from ast3stream.catalogs.refcat import RefCat
+
+    exp, frame, clean, _, _ = solved[0]
+    n = len(clean) * 2 // 3
+    sub = spread_stars(clean, frame.shape, n)                   # on a 3 x 3 grid
+    assert len(sub) == n and np.all(np.diff(sub["flux"]) <= 0)
+    cells = {(int(x * 3 / frame.shape[1]), int(y * 3 / frame.shape[0])) for x, y in zip(sub["x"], sub["y"])}
+    assert len(cells) == 9
+    params = Settings().astrometry.model_copy(update={"max_fit_stars": n})
+    wcs, stats = solve(frame, clean, RefCat.from_file(night.out_dir / "refcat.fits"), params, Settings().detector)
+    assert stats["n_matched"] >= 0.9 * n and stats["rms_arcsec"] < 0.1
+    ny, nx = frame.shape
+    gx, gy = np.meshgrid(np.linspace(0, nx - 1, 15), np.linspace(0, ny - 1, 15))
+    a = SkyCoord(*wcs.all_pix2world(gx.ravel(), gy.ravel(), 0), unit="deg")
+    b = SkyCoord(*night.true_wcs(exp.expid).all_pix2world(gx.ravel(), gy.ravel(), 0), unit="deg")
+    assert np.sqrt(np.mean(a.separation(b).arcsec ** 2)) < 0.1

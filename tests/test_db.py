@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from astropy.table import Table
 
@@ -70,23 +72,28 @@ def test_alert_records_are_idempotent(db_url):
     assert db.count("alerts") == 1 and db.rows("alerts")[0]["score"] == 0.9
 
 
-def test_products_prune_keeps_templates_and_bundles(db_url, tmp_path):
-    from ast3stream.products import prune
+def test_retention_keeps_templates_in_force_bundles_and_alerts_only(db_url, tmp_path):
+    from agents.store import ProductStore
 
     db = Database(db_url)
+    store = ProductStore(tmp_path / "products")
     for eid, status in (("e1", "template"), ("e2", "alerted"), ("e3", "reduced")):
         db.register_exposure(_exp(eid, eid * 32))
         db.update_exposure(eid, status=status)
-        lane = tmp_path / "products" / "live" / eid / "dip"
-        lane.mkdir(parents=True)
-        for name in ("reduced.fits", "calibrated.fits", "difference.fits", f"{eid}_dip.fits"):
-            (lane / name).write_bytes(b"x")
-    db.set_template("f1", "dip", "e1", str(tmp_path / "products" / "live" / "e1" / "dip" / "calibrated.fits"))
-    assert prune(tmp_path / "products", db, retention_days=1, now=1e12) == 4  # e1 and e2: reduced + difference
+        for name in (("bundle.fits",), ("alerts.avro",), ("thumbnail.png",), ("psf.fits",), ("state", "frame.fits")):
+            store.put(store.key("live", eid, "dip", *name), lambda p: p.write_bytes(b"x"), sync=True)
+    for eid in ("e1", "e0"):  # e0: a template no longer in force
+        store.put(store.key("live", "templates", "f1", f"{eid}_dip.fits"), lambda p: p.write_bytes(b"x"), sync=True)
+    db.set_template("f1", "dip", "e1", store.key("live", "templates", "f1", "e1_dip.fits"))
+    now = time.time()
+    assert store.prune(db, retention_days=0, now=now + 60) == 7  # e1, e2: thumbnail, psf, state; e0's template
     left = sorted(p.relative_to(tmp_path / "products" / "live").as_posix()
-                  for p in (tmp_path / "products").rglob("*.fits"))
-    assert left == ["e1/dip/calibrated.fits", "e1/dip/e1_dip.fits", "e2/dip/calibrated.fits", "e2/dip/e2_dip.fits",
-                    "e3/dip/calibrated.fits", "e3/dip/difference.fits", "e3/dip/e3_dip.fits", "e3/dip/reduced.fits"]
+                  for p in (tmp_path / "products").rglob("*") if p.is_file())
+    assert left == ["e1/dip/alerts.avro", "e1/dip/bundle.fits", "e2/dip/alerts.avro", "e2/dip/bundle.fits",
+                    "e3/dip/alerts.avro", "e3/dip/bundle.fits", "e3/dip/psf.fits", "e3/dip/state/frame.fits",
+                    "e3/dip/thumbnail.png", "templates/f1/e1_dip.fits"]
+    assert store.prune(db, retention_days=0, now=now + 2 * 86400) == 3  # a stuck exposure's files after a day
+    assert store.disk_use("live") == 7
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ def calibrated(solved_night):
     for exp, frame, src, _, wcs, _ in solved:
         frame = copy.deepcopy(frame)
         apply_wcs(frame, wcs)
-        table, stats = calibrate(frame, src, ref, cfg)
+        table, stats = calibrate(frame, src, ref, cfg.photometry, extraction=cfg.sources,
+                                 match_radius_arcsec=cfg.astrometry.match_radius_arcsec)
         out.append((night, exp, frame, table, stats))
     return out
 
@@ -54,7 +55,7 @@ def test_psf_photometry_matches_aperture(calibrated):
     cfg = Settings()
     model = build_psf(frame, table[table["clean"]], 8, 2)
     assert model.degree >= 1 and np.allclose(model.at([10.0, 1000.0], [10.0, 900.0]).sum(axis=(1, 2)), 1)
-    psf = psf_photometry(frame, table, cfg)
+    psf = psf_photometry(frame, table, cfg.photometry, extraction=cfg.sources)
     good = table["zp_star"]
     diff = psf["mag_psf"][good] - table["mag"][good]
     assert abs(np.median(diff)) < 0.01 and 1.4826 * np.median(np.abs(diff - np.median(diff))) < 0.04

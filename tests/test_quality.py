@@ -21,7 +21,8 @@ def night(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reports(night, tmp_path_factory):
     d = night.out_dir / "calib"
-    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), Settings())
+    cal = Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), Settings().reduction,
+                            Settings().detector)
     out = tmp_path_factory.mktemp("out")
     return [_frame_report(e.path, cal, night.out_dir / "refcat.fits", out) for e in night.exposures], out
 

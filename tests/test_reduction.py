@@ -9,6 +9,7 @@ from ast3stream.config import Settings
 from ast3stream.image import MaskBits
 from ast3stream.reduction import BadFrameError, Calibration, read_raw, reduce_raw
 
+CFG = Settings()
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -29,13 +30,13 @@ def night(tmp_path_factory):
 @pytest.fixture(scope="module")
 def calib(night):
     d = night.out_dir / "calib"
-    return Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), Settings())
+    return Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), CFG.reduction, CFG.detector)
 
 
 def test_overscan_trim_saao():
     path = _shared("raw/saao/a8280271.fits")
     raw = fits.getdata(path).astype(float)
-    img = read_raw(path, Settings())
+    img = read_raw(path, CFG.detector)
     assert img.data.shape == (520, 512)                     # TRIMSEC [17:528,1:520]
     level = np.median(raw[:, 3:13], axis=1)                 # BIASSEC [4:13,1:520], per row
     np.testing.assert_allclose(img.data, raw[:, 16:528] - level[:, None], atol=1e-3)
@@ -44,12 +45,12 @@ def test_overscan_trim_saao():
 
 def test_overscan_assembly_lco_mef():
     path = _shared("raw/lco/mef_raw_test_frame.fits")
-    img = read_raw(path, Settings())
+    img = read_raw(path, CFG.detector)
     assert img.data.shape == (1024, 1024) and img.gain == 1.0
     sky = [np.median(q) for q in (img.data[:512, :512], img.data[:512, 512:], img.data[512:, :512], img.data[512:, 512:])]
     # four amplifiers with gains 6.2-6.4 e-/ADU give one sky level in electrons (raw ADU differ by ~2 %)
     assert np.ptp(sky) / np.mean(sky) < 0.03
-    frame = reduce_raw(path, None, Settings())
+    frame = reduce_raw(path, None, CFG.reduction, CFG.detector)
     assert "CRVAL1" in frame.header and frame.primary["SITEID"] == "elp"
     assert (frame.mask & MaskBits.SATURATED).any()
 
@@ -58,11 +59,11 @@ def test_bad_frames_raise(tmp_path):
     wrong = tmp_path / "wrong.fits"
     fits.PrimaryHDU(np.zeros((100, 120), np.uint16)).writeto(wrong)
     with pytest.raises(BadFrameError, match="without TRIMSEC"):
-        reduce_raw(wrong, None, Settings())
+        reduce_raw(wrong, None, CFG.reduction, CFG.detector)
     junk = tmp_path / "junk.fits"
     junk.write_bytes(b"not a fits file" * 300)
     with pytest.raises(BadFrameError):
-        reduce_raw(junk, None, Settings())
+        reduce_raw(junk, None, CFG.reduction, CFG.detector)
 
 
 def test_calibration_masters_and_bad_pixels(night, calib, tmp_path):
@@ -80,7 +81,7 @@ def test_calibration_masters_and_bad_pixels(night, calib, tmp_path):
 def test_cosmics_masked_not_stars(night, calib):
     n_cr = n_hit = n_star = n_star_hit = 0
     for exp in night.exposures:
-        frame = reduce_raw(exp.path, calib, Settings())
+        frame = reduce_raw(exp.path, calib, CFG.reduction, CFG.detector)
         truth = night.truth(exp.expid)
         cosmic = (frame.mask & MaskBits.COSMIC) > 0
         near = np.zeros_like(cosmic)                         # a track's centre may fall between its pixels
@@ -104,7 +105,7 @@ def test_cosmics_masked_not_stars(night, calib):
 
 def test_satellite_trail_masked(night, calib):
     exp = [e for e, t in zip(night.exposures, night.table["trail"]) if t][0]
-    frame = reduce_raw(exp.path, calib, Settings())
+    frame = reduce_raw(exp.path, calib, CFG.reduction, CFG.detector)
     tr = night.truth(exp.expid)
     tr = tr[tr["kind"] == "trail"][0]
     pa = np.radians(tr["trail_pa"])
@@ -115,3 +116,21 @@ def test_satellite_trail_masked(night, calib):
     trail = (frame.mask & MaskBits.TRAIL) > 0
     assert trail[np.rint(y[inside]).astype(int), np.rint(x[inside]).astype(int)].mean() > 0.9
     assert trail.mean() < 0.05
+
+
+def test_cosmics_in_worker_processes_as_in_process(night, monkeypatch):
+    import importlib
+
+    from ast3stream.sources import strips
+
+    cosmics = importlib.import_module("ast3stream.reduction.cosmics")
+    monkeypatch.setattr(cosmics, "GROUP_CELLS", 64)                  # several groups on a small frame
+    frame = reduce_raw(night.exposures[0].path, None, CFG.reduction.model_copy(update={"cosmics": False}), CFG.detector)
+    runs = []
+    for workers in (None, strips.pool(2)):
+        data = frame.data.copy()
+        hits = cosmics.detect_cosmics(data, frame.mask, 2.5, 1e30, workers=workers)
+        runs.append((hits, data))
+    assert len(runs[0][0]) > 100
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])

@@ -204,7 +204,7 @@ def test_same_seed_same_files_and_lazy_frames(night, tmp_path):
     again = simulate_night(tmp_path / "again", n_exposures=6, scale=0.1, seed=SEED, cloud_fraction=0.34,
                            too_fields=[1002])
     for rel in ("refcat.fits", "MPCORB.DAT", "galaxies.csv", "calib/flat_02.fits",
-                f"raw/{night.exposures[3].expid}.fits", f"truth/{night.exposures[3].expid}.ecsv"):
+                f"raw/{night.exposures[3].expid}.fits", f"truth/{night.exposures[3].expid}.fits"):
         assert (night.out_dir / rel).read_bytes() == (again.out_dir / rel).read_bytes(), rel
     lazy = write_exposure(Night.load(again.out_dir), night.exposures[4].expid, tmp_path / "lazy.fits")
     assert lazy.read_bytes() == night.exposures[4].path.read_bytes()
@@ -401,3 +401,17 @@ def test_fewer_exposures_than_fields(tmp_path):
     transients = Table.read(tmp_path / "truth" / "transients.ecsv")
     assert np.all(transients["field_id"] == fields["field_id"][0])
     assert night.exposures[0].path.exists()
+
+
+def test_threads_do_not_change_frames_and_a_complete_night_is_reused(tmp_path):
+    """One thread and many write the same bytes; ``reuse`` opens a complete night with the same
+    parameters without rewriting it, and re-simulates when a parameter differs."""
+    night = simulate_night(tmp_path / "a", n_exposures=1, scale=0.05, seed=SEED, threads=4, reuse=True)
+    path = night.exposures[0].path
+    one = write_exposure(night, 0, tmp_path / "one.fits", threads=1)
+    assert one.read_bytes() == path.read_bytes()
+    stamp = path.stat().st_mtime_ns
+    again = simulate_night(tmp_path / "a", n_exposures=1, scale=0.05, seed=SEED, reuse=True)
+    assert again.exposures[0].path.stat().st_mtime_ns == stamp
+    other = simulate_night(tmp_path / "a", n_exposures=1, scale=0.05, seed=SEED + 1, reuse=True)
+    assert other.seed == SEED + 1 and other.exposures[0].path.stat().st_mtime_ns != stamp

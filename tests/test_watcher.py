@@ -81,3 +81,52 @@ def test_watcher_publishes_complete_files_once_and_dead_letters_bad_ones(broker,
     assert "not a FITS file" in reasons["notfits.fits"]
     assert "already used by other content" in reasons["slow.fits"]
     assert ctx.db.count("dead_letters") == 3
+
+
+def test_a_stalled_writer_is_waited_for_and_a_restart_dead_letters_nothing_again(broker, settings, tmp_path):
+    settings.kafka.prefix = "tw2"
+    settings.watcher.stable_s = 0.3
+    settings.watcher.giveup_s = 1.5
+    ctx = Resources(settings)
+    watch = settings.watch_dir
+    watch.mkdir(parents=True)
+    for seed in (5, 6):
+        _raw(tmp_path / f"e{seed}.fits", seed=seed)
+    data = (tmp_path / "e5.fits").read_bytes()
+
+    async def watcher_for(seconds, during=None):
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            task = asyncio.create_task(_run(Watcher(watch, ctx, producer, "tw2"), seconds))
+            if during:
+                await during()
+            await task
+        finally:
+            await producer.stop()
+
+    async def stalled_writer():
+        with open(watch / "stalled.fits", "wb") as fh:
+            for piece in (data[:2880], data[2880:5760]):  # each pause < giveup_s, all of them > giveup_s
+                fh.write(piece)
+                fh.flush()
+                await asyncio.sleep(1.0)
+            fh.write(data[5760:])
+        (watch / "truncated.fits").write_bytes(data[:-2880])
+        shutil.copyfile(watch / "stalled.fits", watch / "copy.fits")
+
+    async def scenario():
+        await ensure_topics(broker.bootstrap, all_topics("tw2"))
+        await watcher_for(5.0, stalled_writer)
+        await watcher_for(3.0)  # a restart looks at every file again
+        (watch / "truncated.fits").write_bytes((tmp_path / "e6.fits").read_bytes())  # rewritten whole
+        await watcher_for(2.5)
+        raw = await read_topic(broker.bootstrap, topic("tw2", "exposures"), 1.0)
+        dead = await read_topic(broker.bootstrap, topic("tw2", "deadletter"), 1.0)
+        return raw, dead
+
+    raw, dead = asyncio.run(scenario())
+    assert sorted(ExposureEvent.decode(m.value).exposure_id for m in raw) == ["stalled", "truncated"]
+    assert [decode(m.value, "deadletter")["exposure_id"] for m in dead] == ["truncated.fits"]  # once, not per start
+    assert ctx.db.count("dead_letters") == 0  # cleared once the file was complete and published
+    assert [r["path"] for r in ctx.db.rows("files", kind="duplicate")] == [str((watch / "copy.fits").resolve())]

@@ -6,9 +6,10 @@
    as the ``n_brightest`` clean stars.
 2. :func:`~ast3stream.astrometry.match.match_triangles` finds the similarity (shift, rotation,
    scale within the configured prior) between the two lists.
-3. The ``max_fit_stars`` brightest clean stars are matched (radius ``match_radius_arcsec``), a TAN
-   WCS is fitted, then TAN-SIP of order ``sip_order`` (lowered while fewer than 2 stars per
-   coefficient), with 3-sigma clipping and re-matching at ``max(3 rms, 0.5")`` until stable.
+3. ``max_fit_stars`` clean stars spread over the frame (:func:`spread_stars`: a few hundred fix
+   a SIP of order 4; thousands only make each fit slower) are matched (radius
+   ``match_radius_arcsec``) to the catalogue stars projected into the frame, a TAN WCS is
+   fitted, then TAN-SIP of order ``sip_order`` (lowered while fewer than 2 stars per coefficient), with 3-sigma clipping and re-matching at ``max(3 rms, 0.5")`` until stable.
    With fewer than ``min_stars_linear`` matches only the pointing (CRVAL) of the header WCS is
    refitted.
 
@@ -27,7 +28,7 @@ from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_limits
 
 from ..catalogs.refcat import as_refcat
-from ..config import Settings
+from ..config import AstrometryConfig, DetectorConfig
 from ..image import Frame
 from .fit import fit_shift, fit_tan_sip, n_terms, tan_project
 from .match import match_triangles
@@ -56,13 +57,33 @@ def _fit(x, y, ra, dec, crpix, crval, order, shape, wcs0: WCS, ac, inverse: bool
     return fit_tan_sip(x, y, ra, dec, crpix, crval, order, shape, inverse=inverse)
 
 
+def spread_stars(stars, shape: tuple[int, int], n: int):
+    """Up to ``n`` of ``stars``, brightest first, spread over the frame: on a grid of about ``n / 4``
+    cells, the brightest star of every cell, then the second brightest of every cell, and so on."""
+    flux = np.asarray(stars["flux"], float)
+    if len(stars) <= n:
+        return stars[np.argsort(-flux, kind="stable")]
+    ny, nx = shape
+    g = max(1, int(round(np.sqrt(n / 4))))
+    cell = (np.clip((np.asarray(stars["y"], float) * g / ny).astype(int), 0, g - 1) * g
+            + np.clip((np.asarray(stars["x"], float) * g / nx).astype(int), 0, g - 1))
+    by_flux = np.argsort(-flux, kind="stable")
+    order = by_flux[np.argsort(cell[by_flux], kind="stable")]          # by cell, brightest first
+    first = np.searchsorted(cell[order], cell[order])
+    rank = np.empty(len(stars), int)
+    rank[order] = np.arange(len(stars)) - first
+    pick = np.lexsort((-flux, rank))[:n]
+    return stars[pick[np.argsort(-flux[pick], kind="stable")]]
+
+
 @threadpool_limits.wrap(limits=1, user_api="blas")
-def solve(frame: Frame, clean_sources, refcat, cfg: Settings) -> tuple[WCS, dict]:
+def solve(frame: Frame, clean_sources, refcat, params: AstrometryConfig,
+          detector: DetectorConfig) -> tuple[WCS, dict]:
     """Fit TAN-SIP to the clean star list; raises :class:`AstrometryError` when no solution.
 
     The many small least-squares problems run on one BLAS thread (several threads contend and
     are slower on a busy machine)."""
-    ac = cfg.astrometry
+    ac = params
     ny, nx = frame.shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
@@ -80,19 +101,26 @@ def solve(frame: Frame, clean_sources, refcat, cfg: Settings) -> tuple[WCS, dict
     rx, ry = wcs0.all_world2pix(ref["ra"], ref["dec"], 0, quiet=True)
     rxy = np.column_stack([rx, ry])
 
-    stars = clean_sources[np.argsort(-np.asarray(clean_sources["flux"]), kind="stable")][:ac.max_fit_stars]
+    stars = spread_stars(clean_sources, (ny, nx), ac.max_fit_stars)
     sxy = np.column_stack([np.asarray(stars["x"], float), np.asarray(stars["y"], float)])
     n_det = min(ac.n_brightest, len(stars))
     off = ac.max_offset_arcmin * 60 / scale0
-    # the catalogue's bright end cut where the brightest clean star lies at the nominal zero point
-    zp_nominal = cfg.detector.zeropoint + 2.5 * np.log10(float(frame.primary.get("EXPTIME", cfg.detector.exptime))
-                                                         / cfg.detector.exptime)
-    m_bright = zp_nominal - 2.5 * np.log10(max(float(stars["flux"][0]), 1.0)) - 0.3
-    region = (rx > -off) & (rx < nx + off) & (ry > -off) & (ry < ny + off) & (np.asarray(ref["mag"]) >= m_bright)
+    # the catalogue's bright end cut where the brightest clean star lies at the nominal zero point,
+    # its faint end 1.5 mag below the faintest fit star there (clouds only make stars look fainter)
+    zp_nominal = detector.zeropoint + 2.5 * np.log10(float(frame.primary.get("EXPTIME", detector.exptime))
+                                                     / detector.exptime)
+    flux = np.asarray(stars["flux"], float)
+    m_bright = zp_nominal - 2.5 * np.log10(max(flux.max(), 1.0)) - 0.3
+    m_faint = zp_nominal - 2.5 * np.log10(max(flux.min(), 1.0)) + 1.5
+    near = (rx > -off) & (rx < nx + off) & (ry > -off) & (ry < ny + off) & (np.asarray(ref["mag"]) <= m_faint)
+    ref, rxy = ref[near], rxy[near]
+    region = np.asarray(ref["mag"]) >= m_bright
     n_ref = int(np.clip(n_det * (nx + 2 * off) * (ny + 2 * off) / (nx * ny), n_det, 40 * n_det))
     bright = rxy[region][:n_ref]
     tol = 2.5 * max(ac.match_radius_arcsec / scale0, 2.0)
-    found = match_triangles(sxy[:n_det], bright, tol, k=5,
+    top = clean_sources[np.argsort(-np.asarray(clean_sources["flux"]), kind="stable")[:n_det]]  # the brightest
+    txy = np.column_stack([np.asarray(top["x"], float), np.asarray(top["y"], float)])
+    found = match_triangles(txy, bright, tol, k=5,
                             scale_range=(1 - ac.scale_tolerance, 1 + ac.scale_tolerance),
                             max_rotation=np.radians(ac.max_rotation_deg), max_shift=1.5 * off + tol,
                             min_matches=min(5, max(3, n_det // 3)))

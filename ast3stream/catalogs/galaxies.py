@@ -1,58 +1,76 @@
-"""GLADE+-style galaxy catalogue from a local CSV (GLADE+ column names or simple lower-case ones)."""
+"""GLADE+-style galaxy catalogue as a HEALPix-partitioned :class:`~.sky.SkyCatalog` with
+``id``, ``ra``, ``dec`` [deg] and luminosity distance ``dist_mpc``.
+
+Sources: a CSV with a header (GLADE+ column names, or simple lower-case ones), or the GLADE+
+release text file (``GLADE+.txt``: space-separated, no header; columns 1, 9, 10 and 33 are
+GLADE no, RA, Dec and d_L), streamed in blocks so the 23 M-row file fits in memory once, sorted.
+The partitioned copy is built once into ``cache_dir`` and re-opened memory-mapped after that.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-import astropy.units as u
 import numpy as np
-from astropy.coordinates import SkyCoord
-from astropy.table import Table
+
+from .sky import META, SkyCatalog, build, cache_path
 
 #: accepted column names, first match wins
 _ID = ("GLADE no", "GLADE_no", "glade_no", "id", "name", "GWGC name")
 _RA = ("RA", "ra")
 _DEC = ("DEC", "Dec", "dec")
 _DIST = ("d_L", "dist_mpc", "distmpc", "dist", "d_l")
+_GLADE_TXT = {"id": 0, "ra": 8, "dec": 9, "dist_mpc": 32}   #: 0-based columns of GLADE+.txt
 
 
-def _column(tab: Table, names) -> str:
-    for name in names:
-        if name in tab.colnames:
+def _column(names, wanted) -> str:
+    for name in wanted:
+        if name in names:
             return name
-    raise KeyError(f"none of the columns {names} in {tab.colnames[:12]}...")
+    raise KeyError(f"none of the columns {wanted} in {list(names)[:12]}...")
 
 
-@dataclass
-class GalaxyCatalog:
-    """Galaxies with ``id``, ``ra``, ``dec`` [deg] and luminosity distance ``dist_mpc``."""
+def _ids(values) -> np.ndarray:
+    ids = np.asarray(values)
+    return ids.astype(np.int64) if ids.dtype.kind in "iu" else np.asarray([str(v) for v in ids])
 
-    table: Table
 
-    @classmethod
-    def from_csv(cls, path: str | Path) -> "GalaxyCatalog":
-        raw = Table.read(path, format="ascii.csv", fill_values=[("null", "0"), ("", "0")])
-        dist = _column(raw, _DIST)
-        tab = Table(dict(id=[str(v) for v in raw[_column(raw, _ID)]],
-                         ra=np.asarray(raw[_column(raw, _RA)], float),
-                         dec=np.asarray(raw[_column(raw, _DEC)], float),
-                         dist_mpc=np.ma.filled(np.ma.asarray(raw[dist], float), np.nan)))
-        return cls(tab)
+def read_chunks(path: str | Path, block_bytes: int = 256 << 20) -> Iterator[dict[str, np.ndarray]]:
+    """``id, ra, dec, dist_mpc`` column chunks of a galaxy file (CSV with header or GLADE+.txt),
+    streamed with pyarrow's CSV reader."""
+    from pyarrow import csv
 
-    def nearest(self, ra, dec, radius_arcsec: float) -> Table:
-        """Nearest galaxy to each position within the radius: ``host_id``, ``host_sep_arcsec``,
-        ``host_dist_mpc`` ("" / NaN when none)."""
-        n = len(np.atleast_1d(ra))
-        out = Table(dict(host_id=np.full(n, "", dtype=object), host_sep_arcsec=np.full(n, np.nan),
-                         host_dist_mpc=np.full(n, np.nan)))
-        if n == 0 or len(self.table) == 0:
-            return out
-        pos = SkyCoord(np.atleast_1d(ra) * u.deg, np.atleast_1d(dec) * u.deg)
-        cat = SkyCoord(self.table["ra"] * u.deg, self.table["dec"] * u.deg)
-        idx, sep, _ = pos.match_to_catalog_sky(cat)
-        hit = sep.arcsec <= radius_arcsec
-        out["host_id"][hit] = np.asarray(self.table["id"])[idx[hit]]
-        out["host_sep_arcsec"][hit] = sep.arcsec[hit]
-        out["host_dist_mpc"][hit] = np.asarray(self.table["dist_mpc"])[idx[hit]]
-        out["host_id"] = out["host_id"].astype(str)
-        return out
+    path = Path(path)
+    with open(path, encoding="latin-1") as fh:
+        first = fh.readline()
+    if "," in first:
+        header = [h.strip().strip('"') for h in first.rstrip("\r\n").split(",")]
+        cols = [_column(header, w) for w in (_ID, _RA, _DEC, _DIST)]
+        read = csv.ReadOptions(block_size=block_bytes)
+        parse = csv.ParseOptions()
+    else:
+        cols = [f"f{i}" for i in _GLADE_TXT.values()]
+        read = csv.ReadOptions(block_size=block_bytes, column_names=[f"f{i}" for i in range(len(first.split()))])
+        parse = csv.ParseOptions(delimiter=" ")
+    types = {c: t for c, t in zip(cols[1:], ("float64",) * 3)}
+    conv = csv.ConvertOptions(include_columns=cols, null_values=["null", ""], column_types=types,
+                              strings_can_be_null=True)
+    for batch in csv.open_csv(path, read_options=read, parse_options=parse, convert_options=conv):
+        ids, ra, dec, dist = (batch.column(batch.schema.get_field_index(c)) for c in cols)
+        yield {"id": _ids(ids.to_numpy(zero_copy_only=False)), "ra": ra.to_numpy(zero_copy_only=False),
+               "dec": dec.to_numpy(zero_copy_only=False), "dist_mpc": dist.to_numpy(zero_copy_only=False)}
+
+
+def open_galaxies(path: str | Path, cache_dir: str | Path | None = None, nside: int = 64) -> SkyCatalog:
+    """The galaxy catalogue at ``path``: a partitioned folder as it is, else a file partitioned
+    once into ``cache_dir`` (default: beside the file), keyed by the file's name, size and time."""
+    path = Path(path)
+    if (path / META).exists():
+        return SkyCatalog.open(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no galaxy catalogue at {path}")
+    target = cache_path(path, cache_dir, f"galaxies{nside}")
+    if (target / META).exists():
+        return SkyCatalog.open(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return build(read_chunks(path), target, nside, meta={"source": str(path)})

@@ -1,6 +1,4 @@
-"""Cross-match of candidates with galaxy catalogues (hosts) and minor-planet orbits."""
-from ..catalogs.galaxies import GalaxyCatalog
-from ..catalogs.mpcorb import asteroids_in_field, read_mpcorb
+"""Cross-match of candidates with galaxies (hosts), known asteroids, variable stars and transients."""
 from .crossmatch import crossmatch
 
-__all__ = ["crossmatch", "GalaxyCatalog", "read_mpcorb", "asteroids_in_field"]
+__all__ = ["crossmatch"]

@@ -1,50 +1,57 @@
-"""Attach host galaxies and known asteroids to difference-image candidates."""
+"""Attach host galaxies, known asteroids, variable stars and known transients to candidates."""
 from __future__ import annotations
 
-import astropy.units as u
 import numpy as np
-from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
-from ..catalogs.galaxies import GalaxyCatalog
-from ..catalogs.mpcorb import asteroids_in_field
+from ..catalogs.asteroids import AsteroidTable
+from ..catalogs.sky import SkyCatalog, enclosing, match
+
+#: (output column, catalogue column, fill) per catalogue, and the columns of the separations
+_HOST = (("host_id", "id", ""), ("host_dist_mpc", "dist_mpc", np.nan))
+_VAR = (("var_name", "name", ""), ("var_type", "var_type", ""))
+_TNS = (("tns_name", "name", ""), ("tns_type", "type", ""), ("tns_redshift", "redshift", np.nan))
 
 
-def crossmatch(cands: Table, mjd: float, cfg, galaxies: GalaxyCatalog | None = None,
-               asteroids: list | Table | None = None) -> Table:
-    """Copy of ``cands`` with ``host_id``, ``host_sep_arcsec``, ``host_dist_mpc`` (nearest galaxy
-    within ``galaxy_radius_arcsec``) and ``ssnamenr``, ``ss_sep_arcsec``, ``ss_mag`` (nearest known
-    asteroid within ``asteroid_radius_arcsec`` at ``mjd``, the mid-exposure time).
+def _attach(out: Table, rows: Table | None, idx: np.ndarray, sep: np.ndarray, cols, sep_col: str) -> None:
+    hit = idx >= 0
+    for name, src, fill in cols:
+        if rows is None or not hit.any():
+            out[name] = np.full(len(out), fill, dtype="U1" if isinstance(fill, str) else float)
+            continue
+        vals = np.asarray(rows[src])[np.where(hit, idx, 0)]
+        out[name] = np.where(hit, vals.astype(str), "") if isinstance(fill, str) else np.where(hit, vals.astype(float), np.nan)
+    out[sep_col] = sep
 
-    ``asteroids`` is either a list of :class:`~ast3stream.catalogs.mpcorb.Orbit` (positions are
-    computed around the candidates' centre) or a Table already from ``asteroids_in_field``.
+
+def _nearest(cat: SkyCatalog | None, ra, dec, radius_arcsec: float):
+    if cat is None or len(ra) == 0:
+        return None, np.full(len(ra), -1), np.full(len(ra), np.nan)
+    return cat.nearest(ra, dec, radius_arcsec)
+
+
+def crossmatch(cands: Table, mjd: float, params, site: tuple[float, float, float], *,
+               galaxies: SkyCatalog | None = None, asteroids: AsteroidTable | None = None,
+               variable_stars: SkyCatalog | None = None, transients: SkyCatalog | None = None) -> Table:
+    """Copy of ``cands`` (``ra``, ``dec``) with, for the nearest match in each catalogue given
+    (``params``: a :class:`~ast3stream.config.CrossmatchConfig`; empty / NaN where none):
+
+    * galaxy within ``galaxy_radius_arcsec``: ``host_id``, ``host_dist_mpc``, ``host_sep_arcsec``;
+    * known asteroid within ``asteroid_radius_arcsec`` at ``mjd`` (mid-exposure, UTC) seen from
+      ``site = (lon_deg, lat_deg, height_m)``: ``ssnamenr``, ``ss_mag``, ``ss_sep_arcsec``;
+    * variable star within ``variable_radius_arcsec``: ``var_name``, ``var_type``, ``var_sep_arcsec``;
+    * known transient within ``transient_radius_arcsec``: ``tns_name``, ``tns_type``,
+      ``tns_redshift``, ``tns_sep_arcsec``.
     """
-    xc = cfg.crossmatch
     out = cands.copy()
-    n = len(out)
-    hosts = galaxies.nearest(out["ra"], out["dec"], xc.galaxy_radius_arcsec) if galaxies is not None and n \
-        else Table(dict(host_id=np.full(n, "", dtype="<U1"), host_sep_arcsec=np.full(n, np.nan),
-                        host_dist_mpc=np.full(n, np.nan)))
-    for name in hosts.colnames:
-        out[name] = hosts[name]
-    out["ssnamenr"] = np.full(n, "", dtype=object)
-    out["ss_sep_arcsec"] = np.full(n, np.nan)
-    out["ss_mag"] = np.full(n, np.nan)
-    if asteroids is not None and n:
-        field = asteroids
-        if not isinstance(asteroids, Table):
-            centre = SkyCoord(out["ra"] * u.deg, out["dec"] * u.deg)
-            ra0, dec0 = float(np.median(out["ra"])), float(np.median(out["dec"]))
-            radius = max(xc.asteroid_search_deg,
-                         float(centre.separation(SkyCoord(ra0 * u.deg, dec0 * u.deg)).deg.max()) + 0.1)
-            site = (cfg.detector.site_lon, cfg.detector.site_lat, cfg.detector.site_height)
-            field = asteroids_in_field(asteroids, mjd, ra0, dec0, radius, site=site)
-        if len(field):
-            pos = SkyCoord(out["ra"] * u.deg, out["dec"] * u.deg)
-            idx, sep, _ = pos.match_to_catalog_sky(SkyCoord(field["ra"] * u.deg, field["dec"] * u.deg))
-            hit = sep.arcsec <= xc.asteroid_radius_arcsec
-            out["ssnamenr"][hit] = np.asarray(field["designation"])[idx[hit]]
-            out["ss_sep_arcsec"][hit] = sep.arcsec[hit]
-            out["ss_mag"][hit] = np.asarray(field["mag"])[idx[hit]]
-    out["ssnamenr"] = out["ssnamenr"].astype(str)
+    ra, dec = np.asarray(out["ra"], float), np.asarray(out["dec"], float)
+    _attach(out, *_nearest(galaxies, ra, dec, params.galaxy_radius_arcsec), _HOST, "host_sep_arcsec")
+    field, idx, sep = None, np.full(len(out), -1), np.full(len(out), np.nan)
+    if asteroids is not None and len(out):
+        c_ra, c_dec, radius = enclosing(ra, dec)
+        field = asteroids.field(mjd, c_ra, c_dec, radius + params.asteroid_radius_arcsec / 3600, site)
+        idx, sep = match(ra, dec, field["ra"], field["dec"], params.asteroid_radius_arcsec)
+    _attach(out, field, idx, sep, (("ssnamenr", "designation", ""), ("ss_mag", "mag", np.nan)), "ss_sep_arcsec")
+    _attach(out, *_nearest(variable_stars, ra, dec, params.variable_radius_arcsec), _VAR, "var_sep_arcsec")
+    _attach(out, *_nearest(transients, ra, dec, params.transient_radius_arcsec), _TNS, "tns_sep_arcsec")
     return out

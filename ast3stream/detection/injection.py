@@ -146,7 +146,7 @@ def recover(science: Frame, template: Frame, psf: PSFModel, x, y, mag, zp: float
     n = cfg.detector.qip_binning if lane == "qip" else 1
     aligned = align(sci, template, cfg, binning=n)
     diff = subtract(aligned, template, cfg)
-    cands, _ = detect(diff, aligned, template, fwhm_px / n, zp, cfg, lane)
+    cands, _ = detect(diff, aligned, template, fwhm_px / n, zp, cfg.detection, lane=lane, binning=n)
     xt, yt = template.wcs.all_world2pix(*science.wcs.all_pix2world(x, y, 0), 0)
     j = match(cands, xt, yt, radius)
     found = j >= 0

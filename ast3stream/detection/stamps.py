@@ -5,18 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def cutouts(images: list[np.ndarray], x, y, size: int) -> np.ndarray:
-    """``float32 (N, len(images), size, size)`` stamps centred on the rounded 0-based positions."""
+def cutouts(images: list, x, y, size: int) -> np.ndarray:
+    """``float32 (N, len(images), size, size)`` stamps centred on the rounded 0-based positions
+    (zero off the image), gathered on the images' device (NumPy or CuPy) in one step per image."""
     h = size // 2
-    out = np.zeros((len(x), len(images), size, size), np.float32)
+    n = len(np.atleast_1d(x))
+    out = np.zeros((n, len(images), size, size), np.float32)
+    if n == 0:
+        return out
     ny, nx = images[0].shape
-    for n, (xi, yi) in enumerate(zip(np.rint(x).astype(int), np.rint(y).astype(int))):
-        y0, x0 = yi - h, xi - h
-        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y0 + size, ny), min(x0 + size, nx)
-        if sy1 <= sy0 or sx1 <= sx0:
-            continue
-        for c, img in enumerate(images):
-            out[n, c, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    o = np.arange(-h, size - h)
+    iy = np.rint(np.asarray(y, float)).astype(int)[:, None] + o
+    ix = np.rint(np.asarray(x, float)).astype(int)[:, None] + o
+    inside = ((iy >= 0) & (iy < ny))[:, :, None] & ((ix >= 0) & (ix < nx))[:, None, :]
+    gy, gx = np.clip(iy, 0, ny - 1)[:, :, None], np.clip(ix, 0, nx - 1)[:, None, :]
+    for c, img in enumerate(images):
+        xp = array_module(img)
+        out[:, c] = np.where(inside, to_host(img[xp.asarray(gy), xp.asarray(gx)]), 0)
     return out
 
 

@@ -24,7 +24,7 @@ from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 from ..catalogs.refcat import _unit_vectors, as_refcat
-from ..config import Settings
+from ..config import PhotometryConfig, SourcesConfig
 from ..image import Frame
 from ..sources import bit_mask, clean_star_list
 
@@ -93,12 +93,16 @@ def match_sky(wcs: WCS, x, y, ra, dec, radius_arcsec: float) -> tuple[np.ndarray
     return np.where(ok, j, -1), np.degrees(np.where(ok, d, np.nan)) * 3600.0
 
 
-def calibrate(frame: Frame, sources: Table, refcat, cfg: Settings) -> tuple[Table, dict]:
-    """Calibrated ``mag``, ``mag_err`` for every source; zero point, residual and limits in ``stats``."""
-    pc = cfg.photometry
+def calibrate(frame: Frame, sources: Table, refcat, params: PhotometryConfig, *, extraction: SourcesConfig,
+              match_radius_arcsec: float) -> tuple[Table, dict]:
+    """Calibrated ``mag``, ``mag_err`` for every source; zero point, residual and limits in ``stats``.
+
+    ``extraction`` is the sources section the table was made with (clean-list cuts, mask bits);
+    catalogue stars match within ``match_radius_arcsec``."""
+    pc = params
     ny, nx = frame.shape
     table = Table(sources, copy=True)
-    clean_ids = set(np.asarray(clean_star_list(table, cfg)["id"]).tolist())
+    clean_ids = set(np.asarray(clean_star_list(table, extraction)["id"]).tolist())
     is_clean = np.array([i in clean_ids for i in np.asarray(table["id"])], bool)
     table["clean"] = is_clean
     a_med = float(np.median(table["a"][is_clean])) if is_clean.any() else float(np.median(table["a"]))
@@ -106,9 +110,9 @@ def calibrate(frame: Frame, sources: Table, refcat, cfg: Settings) -> tuple[Tabl
     r = diameter / 2
     x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
     sigma_sky = float(np.median(table["bkg_rms"]))
-    flux, aflag = aperture_fluxes(frame, x, y, table["bkg"], r, cfg.sources.mask_bits)
+    flux, aflag = aperture_fluxes(frame, x, y, table["bkg"], r, extraction.mask_bits)
     fluxerr = np.sqrt(np.pi * r ** 2 * sigma_sky ** 2 + np.clip(flux, 0, None))
-    big, _ = aperture_fluxes(frame, x, y, table["bkg"], 2.5 * r, cfg.sources.mask_bits)
+    big, _ = aperture_fluxes(frame, x, y, table["bkg"], 2.5 * r, extraction.mask_bits)
     snr = flux / fluxerr
     bright = is_clean & (snr > 50) & (big > 0) & (flux > 0)
     apcor = float(np.median(-2.5 * np.log10(big[bright] / flux[bright]))) if bright.sum() >= 3 else 0.0
@@ -120,7 +124,7 @@ def calibrate(frame: Frame, sources: Table, refcat, cfg: Settings) -> tuple[Tabl
 
     ref = as_refcat(refcat).table
     j, sep_arcsec = match_sky(WCS(frame.header), x, y, np.asarray(ref["ra"]), np.asarray(ref["dec"]),
-                              cfg.astrometry.match_radius_arcsec)
+                              match_radius_arcsec)
     has = j >= 0
     ref_mag = np.where(has, np.asarray(ref["mag"])[np.where(has, j, 0)], np.nan)
     ref_err = np.where(has, np.asarray(ref["mag_err"])[np.where(has, j, 0)], np.nan)

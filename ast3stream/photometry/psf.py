@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 
-from ..config import Settings
+from ..config import PhotometryConfig, SourcesConfig
 from ..image import Frame
 
 
@@ -123,20 +123,20 @@ def fit_fluxes(frame: Frame, model: PSFModel, x, y, bkg, sigma_sky: float, mask_
     return flux, err, chi2
 
 
-def psf_photometry(frame: Frame, sources: Table, cfg: Settings) -> Table:
+def psf_photometry(frame: Frame, sources: Table, params: PhotometryConfig, *, extraction: SourcesConfig) -> Table:
     """``flux_psf``, ``fluxerr_psf``, ``chi2_psf`` and (when ``mag`` is present) ``mag_psf`` for all sources."""
-    pc = cfg.photometry
+    pc = params
     table = Table(sources, copy=True)
     if "clean" in table.colnames:
         stars = table[np.asarray(table["clean"], bool)]
     else:
         from ..sources import clean_star_list
-        stars = clean_star_list(table, cfg)
+        stars = clean_star_list(table, extraction)
     fwhm = float(np.median(stars["fwhm"])) if len(stars) else 3.0
     half = int(np.clip(np.ceil(pc.psf_radius_fwhm * fwhm), 5, 30))
     model = build_psf(frame, stars, half, pc.psf_degree)
     sigma_sky = float(np.median(table["bkg_rms"]))
-    f, e, c = fit_fluxes(frame, model, table["x"], table["y"], table["bkg"], sigma_sky, cfg.sources.mask_bits)
+    f, e, c = fit_fluxes(frame, model, table["x"], table["y"], table["bkg"], sigma_sky, extraction.mask_bits)
     table["flux_psf"], table["fluxerr_psf"], table["chi2_psf"] = f, e, c
     table.meta["PSFDEG"], table.meta["PSFNSTAR"], table.meta["PSFHALF"] = model.degree, model.n_stars, half
     if "mag" in table.colnames:

@@ -22,7 +22,7 @@ import importlib
 import numpy as np
 from astropy.table import Table
 
-from ..config import Settings
+from ..config import DetectorConfig, PhotometryConfig, QualityConfig
 from ..image import Frame
 from .thumbnail import thumbnail, write_thumbnail
 from .transparency import clear_zero_point, transparency_map
@@ -50,14 +50,15 @@ def cloud_probability(thumb: np.ndarray, transparency: np.ndarray | None = None)
     return None if p is None else float(p)
 
 
-def assess(frame: Frame, sources: Table, refcat, stats: dict, cfg: Settings, thumbnail_dir=None) -> dict:
+def assess(frame: Frame, sources: Table, stats: dict, params: QualityConfig, *, photometry: PhotometryConfig,
+           detector: DetectorConfig, max_rms_arcsec: float, thumbnail_dir=None) -> dict:
     """Quality of a calibrated frame; writes the keywords into ``frame.primary`` and returns them.
 
     ``sources`` is the table from :func:`ast3stream.photometry.calibrate` (``mag``, ``ref_mag``,
     ``clean``); ``stats`` the astrometry/photometry numbers (``rms_arcsec``, ``zp``, ``zp_rms`` ...);
-    ``refcat`` is accepted for the interface and unused when ``ref_mag`` is present.
+    ``max_rms_arcsec`` the astrometric rms above which the frame is flagged ``bad_wcs``.
     """
-    qc, pc = cfg.quality, cfg.photometry
+    qc, pc = params, photometry
     out: dict = {"flags": []}
     pcc = float("nan")
     if sources is not None and "ref_mag" in sources.colnames and "mag" in sources.colnames:
@@ -73,11 +74,11 @@ def assess(frame: Frame, sources: Table, refcat, stats: dict, cfg: Settings, thu
     if thumbnail_dir is not None:
         name = str(frame.primary.get("EXPID", "frame"))
         out.update(write_thumbnail(thumb, thumbnail_dir, name))
-    zp_clear = clear_zero_point(frame.primary, cfg)
-    out["cloud_prob"] = cloud_probability(thumb, transparency_map(sources, frame.shape, zp_clear, cfg))
+    zp_clear = clear_zero_point(frame.primary, detector, qc.extinction_k)
+    out["cloud_prob"] = cloud_probability(thumb, transparency_map(sources, frame.shape, zp_clear, qc, pc))
 
     rms = stats.get("rms_arcsec")
-    if rms is None or not np.isfinite(rms) or rms > cfg.astrometry.max_rms_arcsec:
+    if rms is None or not np.isfinite(rms) or rms > max_rms_arcsec:
         out["flags"].append("bad_wcs")
     if not np.isfinite(pcc) or pcc < qc.pcc_min:
         out["flags"].append("low_pcc")

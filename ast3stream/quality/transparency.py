@@ -19,28 +19,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import Settings
+from ..config import DetectorConfig, PhotometryConfig, QualityConfig
 from .thumbnail import thumbnail_box
 
 _MAX_REF = 1000     #: stars (a fixed random subset beyond) in the first pass that finds the outliers
 
 
-def clear_zero_point(header, cfg: Settings) -> float:
+def clear_zero_point(header, detector: DetectorConfig, extinction_k: float) -> float:
     """Mag giving 1 e- in the exposure under a clear sky: ``detector.zeropoint`` scaled to
-    ``EXPTIME``, less ``quality.extinction_k (AIRMASS - 1)`` when the header has an airmass."""
-    det = cfg.detector
+    ``EXPTIME``, less ``extinction_k (AIRMASS - 1)`` when the header has an airmass."""
+    det = detector
     zp = det.zeropoint + 2.5 * np.log10(float(header.get("EXPTIME", det.exptime)) / det.exptime)
     airmass = header.get("AIRMASS")
-    return float(zp - cfg.quality.extinction_k * (float(airmass) - 1) if airmass is not None else zp)
+    return float(zp - extinction_k * (float(airmass) - 1) if airmass is not None else zp)
 
 
-def star_extinction(sources, zp_clear: float, cfg: Settings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def star_extinction(sources, zp_clear: float, photometry: PhotometryConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``x``, ``y`` [px] and extinction ``A`` [mag] of the calibration stars in a
     :func:`ast3stream.photometry.calibrate` table (empty arrays without its columns)."""
     need = ("x", "y", "ref_mag", "mag_aper_inst")
     if sources is None or not all(c in sources.colnames for c in need):
         return np.zeros(0), np.zeros(0), np.zeros(0)
-    pc = cfg.photometry
+    pc = photometry
     ref = np.asarray(sources["ref_mag"], float)
     a = zp_clear - (ref - np.asarray(sources["mag_aper_inst"], float))
     ok = np.isfinite(a) & (ref >= pc.mag_min) & (ref <= pc.mag_max)
@@ -62,11 +62,12 @@ def _smooth(u, v, a, gu, gv, sigma):
         return value / weight, weight
 
 
-def transparency_map(sources, shape: tuple[int, int], zp_clear: float, cfg: Settings) -> np.ndarray:
+def transparency_map(sources, shape: tuple[int, int], zp_clear: float, quality: QualityConfig,
+                     photometry: PhotometryConfig) -> np.ndarray:
     """Float32 ``(grid, grid)`` extinction map [mag] over the thumbnail, ``[y, x]``; NaN where no stars."""
-    qc = cfg.quality
+    qc = quality
     grid = qc.transparency_grid
-    x, y, a = star_extinction(sources, zp_clear, cfg)
+    x, y, a = star_extinction(sources, zp_clear, photometry)
     if len(a) == 0:
         return np.full((grid, grid), np.nan, np.float32)
     oy, ox, fy, fx = thumbnail_box(shape, qc.thumbnail_size)

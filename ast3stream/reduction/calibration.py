@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from astropy.io import fits
 
-from ..config import Settings
+from ..config import DetectorConfig, ReductionConfig
 from .overscan import read_raw
 
 
@@ -82,19 +82,19 @@ class Calibration:
     FILES = {"bias": "master_bias.fits", "flat": "master_flat.fits", "bpm": "bpm.fits"}
 
     @classmethod
-    def build(cls, bias_paths, flat_paths, cfg: Settings) -> "Calibration":
+    def build(cls, bias_paths, flat_paths, params: ReductionConfig, detector: DetectorConfig) -> "Calibration":
         """Combine raw bias and flat frames into masters and derive the bad-pixel mask."""
-        rc = cfg.reduction
+        rc = params
         bias_paths, flat_paths = list(bias_paths), list(flat_paths)
         if not bias_paths or not flat_paths:
             raise ValueError("Calibration.build needs at least one bias and one flat frame")
-        shape = read_raw(bias_paths[0], cfg).data.shape
+        shape = read_raw(bias_paths[0], detector).data.shape
         stack = np.empty((max(len(bias_paths), len(flat_paths)),) + shape, np.float32)
         for i, p in enumerate(bias_paths):
-            stack[i] = read_raw(p, cfg).data
+            stack[i] = read_raw(p, detector).data
         bias = clipped_mean(stack[:len(bias_paths)], rc.combine_sigma)
         for i, p in enumerate(flat_paths):
-            stack[i] = read_raw(p, cfg).data
+            stack[i] = read_raw(p, detector).data
             stack[i] -= bias
             stack[i] /= np.median(stack[i, ::4, ::4])
         flat = clipped_mean(stack[:len(flat_paths)], rc.combine_sigma)
@@ -106,10 +106,27 @@ class Calibration:
 
     def apply(self, data: np.ndarray, gain: float, mask: np.ndarray, bad_bit: int) -> None:
         """In place, one pass: ``data = gain (data - bias) / flat`` (bad pixels and ``flat <= 0`` are
-        not flat-fielded) and ``bad_bit`` set in ``mask`` on the bad pixels."""
+        not flat-fielded) and ``bad_bit`` set in ``mask`` on the bad pixels. ``data`` and ``mask``
+        may be CuPy arrays: the masters then stay on that GPU for the next frames."""
         if self.bias.shape != data.shape:
             raise ValueError(f"frame {data.shape[::-1]} does not match the calibration {self.bias.shape[::-1]}")
+        if type(data).__module__.startswith("cupy"):
+            import cupy as xp
+
+            bias, divisor, bpm = self._on_device(xp)
+            data -= bias
+            data *= np.float32(gain) / divisor
+            mask[bpm] |= mask.dtype.type(bad_bit)
+            return
         _apply(data, self.bias, self.flat, self.bpm, np.float32(gain), mask, mask.dtype.type(bad_bit))
+
+    def _on_device(self, xp):
+        """Bias, flat divisor (1 on bad pixels and ``flat <= 0``) and bad-pixel map on the GPU, made once."""
+        if getattr(self, "_device", None) is None:
+            bpm = xp.asarray(self.bpm)
+            flat = xp.asarray(self.flat, dtype=xp.float32)
+            self._device = (xp.asarray(self.bias, dtype=xp.float32), xp.where(bpm | (flat <= 0), 1, flat), bpm)
+        return self._device
 
     def save(self, directory) -> Path:
         directory = Path(directory)

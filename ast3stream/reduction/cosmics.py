@@ -12,10 +12,11 @@ two cores, so:
    from the pixel itself); stars wider than ~2.5 px fail the second test, hits of any shape and
    hot pixels pass it;
 2. the candidate cells, each with a margin of ``pad`` pixels (off-frame pixels masked), are laid
-   side by side in one mosaic and astroscrappy runs once on it (its OpenMP threads share the
-   work; thousands of small calls would spend their time in Python and thread start-up). The
-   margin keeps a cell's result independent of its mosaic neighbours (L.A.Cosmic's median
-   filters reach 3-4 px; 5 px give the same hits as 8);
+   side by side in mosaics of up to :data:`GROUP_CELLS` cells and astroscrappy runs once on each
+   (thousands of small calls would spend their time in Python and thread start-up), the mosaics
+   in parallel in worker processes on a full frame (astroscrappy's own OpenMP threads scale
+   poorly). The margin keeps a cell's result independent of its mosaic neighbours (L.A.Cosmic's
+   median filters reach 3-4 px; 5 px give the same hits as 8);
 3. hits in a cell or within ``pad // 2`` of it (a track's neighbours grown from a hit at the
    cell's edge) go back: they are replaced in place by astroscrappy's masked 5x5 median
    (``cleantype='medmask'``).
@@ -73,32 +74,51 @@ def _gather(data, mask, cy, cx, tile, pad, ncol):
     return out, out_mask
 
 
+#: candidate cells cleaned per astroscrappy call: the calls, and so the hits, do not depend on the worker count
+GROUP_CELLS = 16384
+
+
+def _clean_group(mosaic, mosaic_mask, read_noise, saturation, sigclip, objlim, niter):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="openmp"):   # the processes share the cores, not the threads
+        return astroscrappy.detect_cosmics(
+            mosaic, inmask=mosaic_mask, sigclip=sigclip, objlim=objlim, niter=niter, gain=1.0,
+            readnoise=read_noise, satlevel=saturation, sepmed=True, cleantype="medmask", verbose=False)
+
+
 def detect_cosmics(data: np.ndarray, mask: np.ndarray, read_noise: float, saturation: float,
                    sigclip: float = 4.5, objlim: float = 5.0, niter: int = 2, tile: int = 4,
-                   pad: int = 5) -> np.ndarray:
+                   pad: int = 5, workers=None) -> np.ndarray:
     """Cosmic-ray hits of an image in electrons (gain 1); ``data`` is cleaned in place.
 
     ``mask`` is nonzero where astroscrappy must not use a pixel (bad, saturated). Returns the
     ``(n, 2)`` array of hit pixels ``[y, x]``; ``data`` there now holds the masked 5x5 median.
+    The cells go to astroscrappy in groups of :data:`GROUP_CELLS`, in the process pool
+    ``workers`` (:func:`ast3stream.sources.strips.pool`) when given.
     """
     ny, nx = data.shape
     sky = float(np.median(data[::16, ::16]))
     cells = np.argwhere(candidate_cells(data, mask, sky, read_noise, sigclip, tile))
     if not len(cells):
         return np.zeros((0, 2), np.intp)
-    ncol = int(np.ceil(np.sqrt(len(cells))))
-    mosaic, mosaic_mask = _gather(np.ascontiguousarray(data, np.float32), np.ascontiguousarray(mask),
-                                  cells[:, 0].copy(), cells[:, 1].copy(), tile, pad, ncol)
-    crmask, cleaned = astroscrappy.detect_cosmics(
-        mosaic, inmask=mosaic_mask, sigclip=sigclip, objlim=objlim, niter=niter, gain=1.0,
-        readnoise=read_noise, satlevel=saturation, sepmed=True, cleantype="medmask", verbose=False)
-    my, mx = np.nonzero(crmask)
+    data32, mask_c = np.ascontiguousarray(data, np.float32), np.ascontiguousarray(mask)
+    groups = [cells[i:i + GROUP_CELLS] for i in range(0, len(cells), GROUP_CELLS)]
+    ncols = [int(np.ceil(np.sqrt(len(g)))) for g in groups]
+    mosaics = [_gather(data32, mask_c, g[:, 0].copy(), g[:, 1].copy(), tile, pad, ncol) for g, ncol in zip(groups, ncols)]
+    args = [(m, mm, read_noise, saturation, sigclip, objlim, niter) for m, mm in mosaics]
+    results = list(workers.map(_clean_group, *zip(*args))) if workers is not None and len(groups) > 1 \
+        else [_clean_group(*a) for a in args]
+    hits = []
     w, m = tile + 2 * pad, pad // 2
-    k = (my // w) * ncol + mx // w
-    my, mx, k = my[k < len(cells)], mx[k < len(cells)], k[k < len(cells)]
-    ly, lx = my % w - pad, mx % w - pad                      # position relative to the cell
-    y, x = cells[k, 0] * tile + ly, cells[k, 1] * tile + lx
-    ok = (ly >= -m) & (ly < tile + m) & (lx >= -m) & (lx < tile + m) & (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
-    data[y[ok], x[ok]] = cleaned[my[ok], mx[ok]]
-    flat = np.unique(y[ok] * nx + x[ok])
+    for g, ncol, (crmask, cleaned) in zip(groups, ncols, results):
+        my, mx = np.nonzero(crmask)
+        k = (my // w) * ncol + mx // w
+        my, mx, k = my[k < len(g)], mx[k < len(g)], k[k < len(g)]
+        ly, lx = my % w - pad, mx % w - pad                      # position relative to the cell
+        y, x = g[k, 0] * tile + ly, g[k, 1] * tile + lx
+        ok = (ly >= -m) & (ly < tile + m) & (lx >= -m) & (lx < tile + m) & (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+        data[y[ok], x[ok]] = cleaned[my[ok], mx[ok]]
+        hits.append(y[ok] * nx + x[ok])
+    flat = np.unique(np.concatenate(hits))
     return np.column_stack([flat // nx, flat % nx])

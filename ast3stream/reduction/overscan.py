@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from astropy.io import fits
 
-from ..config import Settings
+from ..config import DetectorConfig
 from .sections import parse_section, section_flips, section_slices
 
 
@@ -94,9 +94,11 @@ def _trim(raw, y0, x0, row_level, col_level, saturation, data, saturated):
 
 
 def subtract_overscan(raw: np.ndarray, biassec: str, trimsec: str,
-                      saturation: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
+                      saturation: float = np.inf, xp=np) -> tuple[np.ndarray, np.ndarray]:
     """Trimmed float32 image minus the per-row (or per-column) median of the overscan, and the
-    boolean map of trimmed pixels whose raw value is ``>= saturation`` (one pass over the frame)."""
+    boolean map of trimmed pixels whose raw value is ``>= saturation`` (one pass over the frame).
+
+    With ``xp`` CuPy the raw frame goes to the GPU and both come back as CuPy arrays."""
     try:
         by, bx = section_slices(biassec)
         ty, tx = section_slices(trimsec)
@@ -114,6 +116,10 @@ def subtract_overscan(raw: np.ndarray, biassec: str, trimsec: str,
         col_level[:] = np.median(raw[by, tx], axis=0)
     else:
         raise BadFrameError(f"overscan {biassec} covers neither all rows nor all columns of {trimsec}")
+    if xp is not np:
+        trimmed = xp.asarray(np.require(raw, raw.dtype.newbyteorder("="), "C"))[ty, tx]
+        return (trimmed.astype(xp.float32) - xp.asarray(row_level)[:, None] - xp.asarray(col_level)[None, :],
+                trimmed >= saturation)
     data, saturated = np.empty(shape, np.float32), np.empty(shape, bool)
     _trim(np.require(raw, raw.dtype.newbyteorder("="), "C"), ty.start, tx.start, row_level, col_level,
           float(saturation), data, saturated)
@@ -125,16 +131,19 @@ def _image_hdus(hdul: fits.HDUList) -> list:
             and h.header.get("NAXIS", 0) == 2 and h.header.get("NAXIS1", 0) > 0 and h.header.get("NAXIS2", 0) > 0]
 
 
-def read_raw(path, cfg: Settings) -> RawImage:
-    """Open a raw frame, subtract the overscan and trim it; raise :class:`BadFrameError` if unusable."""
-    det = cfg.detector
+def read_raw(path, detector: DetectorConfig, xp=np) -> RawImage:
+    """Open a raw frame, subtract the overscan and trim it; raise :class:`BadFrameError` if unusable.
+
+    With ``xp`` CuPy a single-image frame is trimmed on the GPU (``data`` and ``saturated`` are
+    CuPy arrays); amplifier mosaics are assembled on the host."""
+    det = detector
     try:
         with fits.open(path, memmap=False) as hdul:
             hdus = _image_hdus(hdul)
             if not hdus:
                 raise BadFrameError(f"{path}: no 2-D image HDU")
             if len(hdus) > 1 and all("DETSEC" in h.header and "BIASSEC" in h.header for h in hdus):
-                image = _assemble(hdul[0].header, hdus, cfg, path)
+                image = _assemble(hdul[0].header, hdus, det, path)
                 check_signal(image.data, image.saturated, path)
                 return image
             hdu = hdus[0]
@@ -155,7 +164,7 @@ def read_raw(path, cfg: Settings) -> RawImage:
             read_noise = header_number(header, "RDNOISE", header.get("READNOIS", det.read_noise), path, inclusive=True)
             check_pixels(raw, path)
             try:
-                data, saturated = subtract_overscan(raw, biassec, trimsec, saturation)
+                data, saturated = subtract_overscan(raw, biassec, trimsec, saturation, xp)
             except BadFrameError as exc:
                 raise BadFrameError(f"{path}: {exc}") from None
     except BadFrameError:
@@ -166,7 +175,7 @@ def read_raw(path, cfg: Settings) -> RawImage:
     return RawImage(data, saturated, header, gain, read_noise, saturation, trimsec)
 
 
-def _assemble(primary: fits.Header, hdus: list, cfg: Settings, path) -> RawImage:
+def _assemble(primary: fits.Header, hdus: list, det: DetectorConfig, path) -> RawImage:
     """Overscan-correct each amplifier, convert it to electrons and place it at its DETSEC."""
     pieces = []
     for i, hdu in enumerate(hdus):
@@ -174,8 +183,8 @@ def _assemble(primary: fits.Header, hdus: list, cfg: Settings, path) -> RawImage
         where = f"{path}[{hdu.name or i}]"
         binx, biny = (int(v) for v in str(h.get("CCDSUM", primary.get("CCDSUM", "1 1"))).split()[:2])
         datasec = h.get("DATASEC", h.get("TRIMSEC"))
-        gain = header_number(h, "GAIN", primary.get("GAIN", cfg.detector.gain), where)
-        sat = header_number(h, "SATURATE", primary.get("SATURATE", cfg.detector.saturation), where)
+        gain = header_number(h, "GAIN", primary.get("GAIN", det.gain), where)
+        sat = header_number(h, "SATURATE", primary.get("SATURATE", det.saturation), where)
         check_pixels(hdu.data, where)
         amp, saturated = subtract_overscan(hdu.data, h["BIASSEC"], datasec, sat)
         amp *= gain
@@ -196,5 +205,5 @@ def _assemble(primary: fits.Header, hdus: list, cfg: Settings, path) -> RawImage
         data[y0 - oy:y0 - oy + amp.shape[0], x0 - ox:x0 - ox + amp.shape[1]] = amp
         saturated[y0 - oy:y0 - oy + amp.shape[0], x0 - ox:x0 - ox + amp.shape[1]] = sat
     header = primary.copy()
-    read_noise = header_number(primary, "RDNOISE", cfg.detector.read_noise, path, inclusive=True)
+    read_noise = header_number(primary, "RDNOISE", det.read_noise, path, inclusive=True)
     return RawImage(data, saturated, header, 1.0, read_noise, min(p[4] for p in pieces), f"[1:{nx},1:{ny}]")

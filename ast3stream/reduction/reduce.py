@@ -15,8 +15,12 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ..config import Settings
+from ..config import DetectorConfig, ReductionConfig
+from ..detection.stamps import array_module, to_host
 from ..image import Frame, MaskBits
+from ..sources.extract import STRIP_MIN_PIXELS
+from ..sources.strips import n_workers, pool
+from ..subtraction.backend import use_gpu
 from .calibration import Calibration
 from .cosmics import detect_cosmics
 from .overscan import BadFrameError, read_raw
@@ -45,7 +49,15 @@ def _flag_grown(where, mask, bit, radius):
 
 def flag_grown(where: np.ndarray, mask: np.ndarray, bit: int, radius: int = 0) -> None:
     """Set ``bit`` in ``mask`` within ``|dy| + |dx| <= radius`` of every true pixel of ``where``
-    (``ndimage.binary_dilation(where, iterations=radius)``, done in place in one pass)."""
+    (``ndimage.binary_dilation(where, iterations=radius)``, done in place in one pass; CuPy
+    arrays with CuPy's ``binary_dilation``)."""
+    if array_module(where) is not np:
+        from cupyx.scipy import ndimage
+
+        grown = ndimage.binary_dilation(where, ndimage.generate_binary_structure(2, 1), iterations=radius) \
+            if radius > 0 else where
+        mask[grown] |= mask.dtype.type(bit)
+        return
     _flag_grown(where, mask, mask.dtype.type(bit), int(radius))
 
 
@@ -80,18 +92,24 @@ def _approximate_wcs(header: fits.Header, trimsec: str, where) -> fits.Header:
     return wcs.to_header(relax=True)
 
 
-def reduce_raw(raw_path, calib: Calibration | None, cfg: Settings, timings: dict | None = None) -> Frame:
+def reduce_raw(raw_path, calib: Calibration | None, params: ReductionConfig, detector: DetectorConfig,
+               timings: dict | None = None) -> Frame:
     """Reduce one raw exposure; ``timings`` (optional) receives the seconds of each step."""
-    rc = cfg.reduction
+    rc = params
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
-    raw = read_raw(raw_path, cfg)
+    if use_gpu(rc.backend):
+        import cupy as xp
+    else:
+        xp = np
+    raw = read_raw(raw_path, detector, xp)
     header = _approximate_wcs(raw.header, raw.trimsec, raw_path)
     data = raw.data
     timings["overscan"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    mask = np.zeros(data.shape, np.uint16)
+    xp = array_module(data)
+    mask = xp.zeros(data.shape, np.uint16)
     if calib is not None:
         try:
             calib.apply(data, raw.gain, mask, MaskBits.BAD)
@@ -100,13 +118,15 @@ def reduce_raw(raw_path, calib: Calibration | None, cfg: Settings, timings: dict
     elif raw.gain != 1:
         data *= np.float32(raw.gain)
     flag_grown(raw.saturated, mask, MaskBits.SATURATED, rc.saturation_grow)
+    data, mask = to_host(data), to_host(mask)       # cosmics and trails run on the host
     timings["calibrate"] = time.perf_counter() - t0
 
     ncosmic = 0
     if rc.cosmics:
         t0 = time.perf_counter()
+        n = n_workers(rc.workers) if data.size >= STRIP_MIN_PIXELS else 1
         hits = detect_cosmics(data, mask, raw.read_noise, 1e30, rc.cosmic_sigclip, rc.cosmic_objlim,
-                              rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad)
+                              rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad, workers=pool(n))
         mask[hits[:, 0], hits[:, 1]] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
         ncosmic = len(hits)
         timings["cosmics"] = time.perf_counter() - t0

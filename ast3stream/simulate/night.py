@@ -6,7 +6,7 @@ Layout of ``out_dir``::
     refcat.fits  galaxies.csv  MPCORB.DAT  fields.csv
     calib/bias_NN.fits  calib/flat_NN.fits
     raw/<expid>.fits
-    truth/night.json  truth/exposures.ecsv  truth/<expid>.ecsv  truth/<expid>.wcs.fits
+    truth/night.json  truth/exposures.ecsv  truth/<expid>.fits  truth/<expid>.wcs.fits
     truth/stars.fits  truth/galaxies.ecsv  truth/transients.ecsv  truth/defects.fits
 
 Every random draw comes from ``numpy.random.default_rng([seed, stream, index])``, so a frame
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +31,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from ..catalogs.mpcorb import Orbit, read_mpcorb
-from ..config import Settings
+from ..config import DetectorConfig, Settings, SimulationConfig
 from . import atmosphere, catalogs, orbits, pointing, render
 from .detector import Camera, camera, layout, read_out
 from .psf import PSFModel
@@ -107,7 +109,7 @@ class Night:
         return camera(self.cfg.detector, self.cfg.simulation, self.scale)
 
     def truth(self, expid: str) -> Table:
-        return Table.read(self.out_dir / "truth" / f"{expid}.ecsv")
+        return Table.read(self.out_dir / "truth" / f"{expid}.fits")
 
     def true_wcs(self, expid: str) -> WCS:
         """The exact TAN-SIP WCS of the trimmed image."""
@@ -121,22 +123,57 @@ class Night:
         return int(which)
 
 
+def _settings(cfg: Settings | None, detector: DetectorConfig | None, sim: SimulationConfig | None) -> Settings:
+    """The sections to simulate with: ``detector``/``sim`` when given, else ``cfg``'s, else defaults."""
+    cfg = cfg or Settings()
+    return Settings(detector=detector or cfg.detector, simulation=sim or cfg.simulation)
+
+
+def _meta(n_exposures, scale, seed, n_fields, cloud_fraction, too_fields, cfg: Settings) -> dict:
+    return {"seed": seed, "scale": scale, "n_exposures": n_exposures, "n_fields": n_fields,
+            "cloud_fraction": cloud_fraction, "too_fields": [int(t) for t in too_fields],
+            "detector": cfg.detector.model_dump(mode="json"), "simulation": cfg.simulation.model_dump(mode="json")}
+
+
 def simulate_night(out_dir: str | Path, n_exposures: int = 6, scale: float = 0.1, seed: int = 1,
                    cfg: Settings | None = None, n_fields: int = 2, cloud_fraction: float = 0.0,
-                   too_fields=(), *, frames: bool = True) -> Night:
-    """Plan a night into ``out_dir`` and (unless ``frames=False``) write all its raw frames."""
-    night = plan_night(out_dir, n_exposures, scale, seed, cfg, n_fields, cloud_fraction, too_fields)
+                   too_fields=(), *, frames: bool = True, detector: DetectorConfig | None = None,
+                   sim: SimulationConfig | None = None, threads: int | None = None, reuse: bool = False) -> Night:
+    """Plan a night into ``out_dir`` and (unless ``frames=False``) write all its raw frames, in
+    ``threads`` threads (default: all cores). With ``reuse``, a night already complete in
+    ``out_dir`` with the same parameters is opened instead (a cache for benchmarks)."""
+    cfg = _settings(cfg, detector, sim)
+    n_fields = min(n_fields, n_exposures)
+    if reuse and (night := _complete(Path(out_dir), _meta(n_exposures, scale, seed, n_fields, cloud_fraction,
+                                                           too_fields, cfg), frames)) is not None:
+        return night
+    night = plan_night(out_dir, n_exposures, scale, seed, cfg, n_fields, cloud_fraction, too_fields, threads=threads)
     if frames:
         for i in range(len(night.exposures)):
-            write_exposure(night, i)
+            write_exposure(night, i, threads=threads)
+    return night
+
+
+def _complete(out_dir: Path, meta: dict, frames: bool) -> Night | None:
+    """The night in ``out_dir`` if it was simulated with ``meta`` and has all its files."""
+    path = out_dir / "truth" / "night.json"
+    if not path.exists():
+        return None
+    have = json.loads(path.read_text())
+    if {k: have.get(k) for k in meta} != json.loads(json.dumps(meta)):
+        return None
+    night = Night.load(out_dir)
+    if frames and not all(e.path.exists() and (out_dir / "truth" / f"{e.expid}.fits").exists() for e in night.exposures):
+        return None
     return night
 
 
 def plan_night(out_dir: str | Path, n_exposures: int = 6, scale: float = 0.1, seed: int = 1,
                cfg: Settings | None = None, n_fields: int = 2, cloud_fraction: float = 0.0,
-               too_fields=()) -> Night:
+               too_fields=(), *, detector: DetectorConfig | None = None, sim: SimulationConfig | None = None,
+               threads: int | None = None) -> Night:
     """Write everything but the raw science frames (catalogues, orbits, calibrations, truth)."""
-    cfg = cfg or Settings()
+    cfg = _settings(cfg, detector, sim)
     det, sim = cfg.detector, cfg.simulation
     out_dir = Path(out_dir)
     for sub in ("calib", "raw", "truth"):
@@ -226,13 +263,12 @@ def plan_night(out_dir: str | Path, n_exposures: int = 6, scale: float = 0.1, se
     gal.write(out_dir / "truth" / "galaxies.ecsv", overwrite=True)
     transients.write(out_dir / "truth" / "transients.ecsv", overwrite=True)
     exposures.write(out_dir / "truth" / "exposures.ecsv", overwrite=True)
-    (out_dir / "truth" / "night.json").write_text(json.dumps({
-        "seed": seed, "scale": scale, "n_exposures": n_exposures, "n_fields": n_fields,
-        "cloud_fraction": cloud_fraction, "too_fields": [int(t) for t in too_fields], "midnight_mjd": mid,
-        "detector": det.model_dump(), "simulation": sim.model_dump(mode="json")}, indent=1))
+    meta = _meta(n_exposures, scale, seed, n_fields, cloud_fraction, too_fields, cfg)
+    meta["midnight_mjd"] = mid
+    (out_dir / "truth" / "night.json").write_text(json.dumps(meta, indent=1))
     night = Night.load(out_dir)
     fits.writeto(out_dir / "truth" / "defects.fits", night.camera.defects, overwrite=True)
-    write_calibrations(night, mid)
+    write_calibrations(night, mid, threads=threads)
     return night
 
 
@@ -305,29 +341,31 @@ def _write_raw(path: Path, data: np.ndarray, header: fits.Header) -> Path:
     return path
 
 
-def write_calibrations(night: Night, mid: float) -> list[Path]:
+def write_calibrations(night: Night, mid: float, threads: int | None = None) -> list[Path]:
     """``n_bias`` biases and ``n_flat`` evening twilight flats (level falling from ``flat_adu[0]``
     to ``flat_adu[1]``)."""
     det, sim = night.cfg.detector, night.cfg.simulation
     cam, lay = night.camera, night.camera.lay
     paths = []
     for i in range(sim.n_bias):
-        raw = read_out(cam, None, _rng(night.seed, CALIB, i), 0.0)
+        raw = read_out(cam, None, _rng(night.seed, CALIB, i), 0.0, threads=threads)
         hdr = _raw_header(det, lay, "bias", mid - 0.35 + i / 1440, 0.0)
         paths.append(_write_raw(night.out_dir / "calib" / f"bias_{i + 1:02d}.fits", raw, hdr))
     levels = np.linspace(*sim.flat_adu, sim.n_flat)
     for i, level in enumerate(levels):
         e = cam.response * np.float32(level * det.gain)
-        raw = read_out(cam, e, _rng(night.seed, CALIB, 100 + i), 3.0)
+        raw = read_out(cam, e, _rng(night.seed, CALIB, 100 + i), 3.0, threads=threads)
         hdr = _raw_header(det, lay, "flat", mid - 0.3 + 2 * i / 1440, 3.0)
         hdr["OBJECT"] = "twilight flat"
         paths.append(_write_raw(night.out_dir / "calib" / f"flat_{i + 1:02d}.fits", raw, hdr))
     return paths
 
 
-def write_exposure(night: Night | str | Path, which: int | str, dest: str | Path | None = None) -> Path:
+def write_exposure(night: Night | str | Path, which: int | str, dest: str | Path | None = None,
+                   threads: int | None = None) -> Path:
     """Render one science frame (index or expid) to ``dest`` (default ``raw/<expid>.fits``) and
-    its truth table to ``truth/<expid>.ecsv``."""
+    its truth table to ``truth/<expid>.fits``, in ``threads`` threads (default: all cores; the
+    frame does not depend on the number)."""
     night = night if isinstance(night, Night) else Night.load(night)
     i = night.index(which)
     row = night.table[i]
@@ -378,9 +416,12 @@ def write_exposure(night: Night | str | Path, which: int | str, dest: str | Path
     gal = gal[near]
     x, y = wcs.all_world2pix(np.asarray(gal["ra"]), np.asarray(gal["dec"]), 0, quiet=True)
     flux = 10 ** (-0.4 * (np.asarray(gal["g"]) - zp_at(x, y)))
-    for k in np.flatnonzero((x > -200) & (x < lay.nx + 200) & (y > -200) & (y < lay.ny + 200)):
-        render.add_sersic(img, x[k], y[k], flux[k], gal["r_e_px"][k], gal["sersic_n"][k], gal["q"][k],
-                          gal["pa"][k], psf)
+    near_k = np.flatnonzero((x > -200) & (x < lay.nx + 200) & (y > -200) & (y < lay.ny + 200))
+    with ThreadPoolExecutor(threads or os.cpu_count()) as pool:
+        stamps = pool.map(lambda k: render.sersic_stamp(x[k], y[k], flux[k], gal["r_e_px"][k], gal["sersic_n"][k],
+                                                        gal["q"][k], gal["pa"][k], psf), near_k)
+        for stamp in stamps:   # added in catalogue order: the frame does not depend on the threads
+            render.add_stamp(img, *stamp)
     record("galaxy", gal["GLADE_no"], gal["ra"], gal["dec"], x, y, np.asarray(gal["g"]), flux)
 
     # asteroids: trailed from the start to the end of the exposure
@@ -412,11 +453,15 @@ def write_exposure(night: Night | str | Path, which: int | str, dest: str | Path
     # sky (with a gentle gradient), then the light meets the detector's response
     gx, gy, sky = float(row["sky_gx"]), float(row["sky_gy"]), float(row["sky_e"])
     sky_x = (sky * gx * (np.arange(lay.nx) / lay.nx - 0.5)).astype(np.float32)
-    for y0 in range(0, lay.ny, 1024):
-        rows_ = slice(y0, min(y0 + 1024, lay.ny))
+
+    def sky_block(y0: int) -> None:
+        rows_ = slice(y0, min(y0 + 512, lay.ny))
         img[rows_] += sky_x
         img[rows_] += (sky * (1 + gy * (np.arange(rows_.start, rows_.stop) / lay.ny - 0.5)))[:, None].astype(np.float32)
         img[rows_] *= cam.response[rows_]
+
+    with ThreadPoolExecutor(threads or os.cpu_count()) as pool:
+        list(pool.map(sky_block, range(0, lay.ny, 512)))
 
     # cosmic rays: deposited charge, no PSF, no flat
     full = layout(det, 1.0)
@@ -430,7 +475,7 @@ def write_exposure(night: Night | str | Path, which: int | str, dest: str | Path
     record("cosmic", [f"CR{k + 1}" for k in range(n_cr)], rc, dc, cx, cy, np.nan, np.array(dep), length,
            np.degrees(pa))
 
-    raw = read_out(cam, img, rng, exptime)
+    raw = read_out(cam, img, rng, exptime, threads=threads)
     del img
     hdr = _raw_header(det, lay, "object", mjd0, exptime)
     hdr["EXPID"] = expid
@@ -445,7 +490,7 @@ def write_exposure(night: Night | str | Path, which: int | str, dest: str | Path
 
     tab = Table({k: np.concatenate([t[k] for t in truth]) for k in truth[0]})
     tab.meta["comment"] = "x, y: 0-based trimmed-image pixels; flux_e: electrons injected (cosmics: deposited)"
-    tab.write(night.out_dir / "truth" / f"{expid}.ecsv", overwrite=True)
+    tab.write(night.out_dir / "truth" / f"{expid}.fits", overwrite=True)
     return path
 
 

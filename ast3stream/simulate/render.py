@@ -17,40 +17,58 @@ from .psf import PSFModel, moffat_alpha
 OVERSAMPLE = 3   #: sub-pixel samples per axis in the PSF core
 CORE = 2         #: half-size [px] of the oversampled core
 FAINT_E = 0.05   #: stamps reach out to where the profile falls below this [e-/px]
+BAND_ROWS = 256  #: point sources are drawn in parallel in row bands at least this tall
+
+
+@numba.njit(cache=True, nogil=True)
+def _moffat_one(img, k, x, y, flux, a, b, theta, beta, half):
+    ny, nx = img.shape
+    h = half[k]
+    ix, iy = int(np.floor(x[k] + 0.5)), int(np.floor(y[k] + 0.5))
+    c, s = np.cos(theta[k]), np.sin(theta[k])
+    ia2, ib2 = 1.0 / a[k] ** 2, 1.0 / b[k] ** 2
+    n = 2 * h + 1
+    stamp = np.empty((n, n))
+    total = 0.0
+    for j in range(n):
+        for i in range(n):
+            os = OVERSAMPLE if abs(j - h) <= CORE and abs(i - h) <= CORE else 1
+            v = 0.0
+            for sj in range(os):
+                dy = iy - h + j + (sj + 0.5) / os - 0.5 - y[k]
+                for si in range(os):
+                    dx = ix - h + i + (si + 0.5) / os - 0.5 - x[k]
+                    u, w = c * dx + s * dy, -s * dx + c * dy
+                    v += (1.0 + u * u * ia2 + w * w * ib2) ** (-beta)
+            stamp[j, i] = v / (os * os)
+            total += stamp[j, i]
+    scale = flux[k] / total
+    for j in range(n):
+        yy = iy - h + j
+        if yy < 0 or yy >= ny:
+            continue
+        for i in range(n):
+            xx = ix - h + i
+            if 0 <= xx < nx:
+                img[yy, xx] += stamp[j, i] * scale
 
 
 @numba.njit(cache=True, nogil=True)
 def _add_moffat(img, x, y, flux, a, b, theta, beta, half):
-    ny, nx = img.shape
     for k in range(x.size):
-        h = half[k]
-        ix, iy = int(np.floor(x[k] + 0.5)), int(np.floor(y[k] + 0.5))
-        c, s = np.cos(theta[k]), np.sin(theta[k])
-        ia2, ib2 = 1.0 / a[k] ** 2, 1.0 / b[k] ** 2
-        n = 2 * h + 1
-        stamp = np.empty((n, n))
-        total = 0.0
-        for j in range(n):
-            for i in range(n):
-                os = OVERSAMPLE if abs(j - h) <= CORE and abs(i - h) <= CORE else 1
-                v = 0.0
-                for sj in range(os):
-                    dy = iy - h + j + (sj + 0.5) / os - 0.5 - y[k]
-                    for si in range(os):
-                        dx = ix - h + i + (si + 0.5) / os - 0.5 - x[k]
-                        u, w = c * dx + s * dy, -s * dx + c * dy
-                        v += (1.0 + u * u * ia2 + w * w * ib2) ** (-beta)
-                stamp[j, i] = v / (os * os)
-                total += stamp[j, i]
-        scale = flux[k] / total
-        for j in range(n):
-            yy = iy - h + j
-            if yy < 0 or yy >= ny:
-                continue
-            for i in range(n):
-                xx = ix - h + i
-                if 0 <= xx < nx:
-                    img[yy, xx] += stamp[j, i] * scale
+        _moffat_one(img, k, x, y, flux, a, b, theta, beta, half)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _add_moffat_bands(img, order, starts, x, y, flux, a, b, theta, beta, half):
+    """Stars ``order[starts[i]:starts[i + 1]]`` lie in row band ``i``; bands are at least two
+    stamps tall, so bands of one parity never touch the same pixels and run in parallel."""
+    nb = starts.size - 1
+    for parity in range(2):
+        for q in numba.prange((nb - parity + 1) // 2):
+            band = 2 * q + parity
+            for m in range(starts[band], starts[band + 1]):
+                _moffat_one(img, order[m], x, y, flux, a, b, theta, beta, half)
 
 
 def stamp_half(flux, fwhm, beta, lo=3, hi=80):
@@ -69,7 +87,13 @@ def add_points(img: np.ndarray, x, y, flux, psf: PSFModel) -> None:
     fwhm, e, theta = psf.at(x, y)
     alpha = moffat_alpha(fwhm, psf.beta)
     a, b = alpha / np.sqrt(1 - e), alpha * np.sqrt(1 - e)
-    _add_moffat(img, x, y, flux, a, b, theta, float(psf.beta), stamp_half(flux, fwhm * np.sqrt(1 + e), psf.beta))
+    half = stamp_half(flux, fwhm * np.sqrt(1 + e), psf.beta)
+    # row bands of a fixed height (independent of the thread count, so frames are reproducible)
+    height = max(2 * int(half.max()) + 2, BAND_ROWS)
+    band = np.clip(np.floor(y + 0.5), 0, img.shape[0] - 1).astype(np.int64) // height
+    order = np.argsort(band, kind="stable")
+    starts = np.searchsorted(band[order], np.arange(img.shape[0] // height + 2))
+    _add_moffat_bands(img, order, starts, x, y, flux, a, b, theta, float(psf.beta), half)
 
 
 def psf_stamp(psf: PSFModel, x: float, y: float, half: int) -> np.ndarray:
@@ -95,10 +119,12 @@ def sersic_b(n: float) -> float:
     return float(gammaincinv(2 * n, 0.5))
 
 
-def add_sersic(img: np.ndarray, x: float, y: float, flux: float, r_e: float, n: float, q: float,
-               pa: float, psf: PSFModel) -> float:
+def sersic_stamp(x: float, y: float, flux: float, r_e: float, n: float, q: float, pa: float,
+                 psf: PSFModel) -> tuple[np.ndarray, int, int]:
     """A Sersic (1968) profile I ~ exp(-b_n [(r/r_e)^(1/n) - 1]) with axis ratio ``q`` and position
-    angle ``pa`` (rad from +x), 3x oversampled, convolved with the local PSF. Returns the flux added."""
+    angle ``pa`` (rad from +x), 3x oversampled, convolved with the local PSF and normalised to
+    ``flux``: ``(stamp, y0, x0)`` with the stamp's lower-left pixel at (x0, y0). Pure (no image),
+    so many run in threads."""
     os = 3
     half = int(np.clip(np.ceil((6 if n > 2 else 4) * r_e + 3 * psf.fwhm), 12, 300))
     ix, iy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
@@ -112,12 +138,16 @@ def add_sersic(img: np.ndarray, x: float, y: float, flux: float, r_e: float, n: 
     kern = psf_stamp(psf, x, y, int(np.ceil(3 * psf.fwhm)))
     model = np.clip(fftconvolve(model, kern, mode="same"), 0, None)
     model *= flux / model.sum()
-    y0, x0 = iy - half, ix - half
-    ys = slice(max(y0, 0), min(y0 + 2 * half + 1, img.shape[0]))
-    xs = slice(max(x0, 0), min(x0 + 2 * half + 1, img.shape[1]))
+    return model, iy - half, ix - half
+
+
+def add_stamp(img: np.ndarray, stamp: np.ndarray, y0: int, x0: int) -> float:
+    """Add ``stamp`` with its lower-left pixel at (x0, y0), clipped to the image; returns what was added."""
+    ys = slice(max(y0, 0), min(y0 + stamp.shape[0], img.shape[0]))
+    xs = slice(max(x0, 0), min(x0 + stamp.shape[1], img.shape[1]))
     if ys.stop <= ys.start or xs.stop <= xs.start:
         return 0.0
-    part = model[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
+    part = stamp[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
     img[ys, xs] += part.astype(img.dtype)
     return float(part.sum())
 

@@ -11,12 +11,12 @@ import numpy as np
 from astropy.stats import mad_std
 from astropy.table import Table
 
-from ..config import Settings
+from ..config import SourcesConfig
 
 
-def clean_star_list(table: Table, cfg: Settings) -> Table:
+def clean_star_list(table: Table, params: SourcesConfig) -> Table:
     """The subset of ``table`` that passes the paper's cuts (rows keep their ``id``)."""
-    sc = cfg.sources
+    sc = params
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(table["fluxerr"] > 0, table["flux"] / table["fluxerr"], 0.0)
     keep = (table["flag"] == 0) & (snr > sc.snr_min) & (table["mag_inst"] < 99)

@@ -19,10 +19,11 @@ import numpy as np
 import sep
 from astropy.table import Table
 
-from ..config import Settings
+from ..config import SourcesConfig
 from ..image import Frame
 
 MASKED = 0x100   #: flag bit: the Kron aperture holds masked (bad/saturated/cosmic/trail) pixels
+STRIP_MIN_PIXELS = 16_000_000   #: smaller frames are measured in one process
 
 
 @numba.njit(parallel=True, cache=True)
@@ -107,16 +108,12 @@ def stellarity(r50: np.ndarray, concentration: np.ndarray, reference: np.ndarray
     return np.exp(-0.5 * d2)
 
 
-def extract(frame: Frame, cfg: Settings) -> Table:
-    """Detect and measure sources on a reduced frame (electrons); see the module docstring."""
-    sc = cfg.sources
-    data = np.ascontiguousarray(frame.data, dtype=np.float32)
-    mask = bit_mask(frame.mask, sc.mask_bits)
-    bkg = sep.Background(data, mask=mask, bw=sc.mesh, bh=sc.mesh, fw=3, fh=3)
-    sub = data.copy()
-    bkg.subfrom(sub)
-    rms = bkg.globalrms
-    sep.set_extract_pixstack(max(300000, data.size // 20))
+def measure(sub: np.ndarray, mask: np.ndarray, rms: float, params: SourcesConfig) -> dict[str, np.ndarray]:
+    """sep detection and measurement on a background-subtracted image: the catalogue's columns
+    (module docstring) less ``id``, ``bkg``, ``bkg_rms`` and ``stellarity``, plus the isophotal
+    barycentre ``xbary``, ``ybary`` and the footprint's rows ``ymin``, ``ymax``."""
+    sc = params
+    sep.set_extract_pixstack(max(300000, sub.size // 20))
     sep.set_sub_object_limit(4096)
     objs = sep.extract(sub, sc.thresh, err=rms, mask=mask, minarea=sc.minarea,
                        deblend_cont=sc.deblend_cont, clean=sc.clean)
@@ -141,21 +138,49 @@ def extract(frame: Frame, cfg: Settings) -> Table:
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, -2.5 * np.log10(np.where(flux > 0, flux, 1.0)), 99.0)
         concentration = objs["peak"] * r50 ** 2 / np.where(flux > 0, flux, np.nan)
-    ix = np.clip(np.rint(xw).astype(int), 0, data.shape[1] - 1)
-    iy = np.clip(np.rint(yw).astype(int), 0, data.shape[0] - 1)
-    table = Table({
-        "id": np.arange(len(objs), dtype=np.int32),
-        "x": xw, "y": yw, "flux": flux, "fluxerr": fluxerr, "mag_inst": mag,
-        "a": a, "b": b, "theta": theta, "elongation": a / b,
-        "fwhm": half_max_fwhm(sub, xw, yw, objs["peak"], 3.0 * a + 2.0), "r50": r50,
-        "peak": objs["peak"], "npix": objs["npix"].astype(np.int32),
-        "bkg": (data[iy, ix] - sub[iy, ix]).astype(np.float32),
-        "bkg_rms": np.full(len(objs), rms, np.float32),
-        "flag": flag,
-    })
-    snr = np.where(fluxerr > 0, flux / np.where(fluxerr > 0, fluxerr, 1.0), 0.0)
-    ref = (flag == 0) & (snr > 50) & np.isfinite(concentration) & (table["elongation"] < 1.5)
-    table["stellarity"] = stellarity(r50, np.nan_to_num(concentration), ref).astype(np.float32)
-    table.meta.update({"BKGRMS": float(rms), "BKGMED": float(bkg.globalback)})
-    return table
+    return {"x": xw, "y": yw, "flux": flux, "fluxerr": fluxerr, "mag_inst": mag, "a": a, "b": b, "theta": theta,
+            "elongation": a / b, "fwhm": half_max_fwhm(sub, xw, yw, objs["peak"], 3.0 * a + 2.0), "r50": r50,
+            "peak": objs["peak"], "npix": objs["npix"].astype(np.int32), "flag": flag,
+            "concentration": concentration, "xbary": x, "ybary": y,
+            "ymin": objs["ymin"].astype(np.int64), "ymax": objs["ymax"].astype(np.int64)}
 
+
+def extract(frame: Frame, params: SourcesConfig) -> Table:
+    """Detect and measure sources on a reduced frame (electrons); see the module docstring.
+
+    The frame is measured in strips (:mod:`.strips`), by the worker pool when it has at least
+    :data:`STRIP_MIN_PIXELS` and ``params.workers`` allows more than one process (the catalogue is
+    the same). Rows are in order of the isophotal barycentre's ``y``, then ``x``."""
+    from . import strips
+
+    sc = params
+    data = np.ascontiguousarray(frame.data, dtype=np.float32)
+    mask = bit_mask(frame.mask, sc.mask_bits)
+    bkg = sep.Background(data, mask=mask, bw=sc.mesh, bh=sc.mesh, fw=3, fh=3)
+    sub = data.copy()
+    bkg.subfrom(sub)
+    rms = bkg.globalrms
+    n = strips.n_workers(sc.workers) if data.size >= STRIP_MIN_PIXELS else 1
+    cols = strips.extract_strips(sub, mask, rms, sc, strips.pool(n))
+    return catalogue(cols, data, sub, rms, float(bkg.globalback))
+
+
+def catalogue(cols: dict, data: np.ndarray, sub: np.ndarray, rms: float, back: float) -> Table:
+    """The source table from :func:`measure`'s columns: canonical row order, ``id``, local sky and stellarity."""
+    order = np.lexsort((cols["xbary"], cols["ybary"]))
+    cols = {k: v[order] for k, v in cols.items()}
+    for k in ("xbary", "ybary", "ymin", "ymax"):
+        del cols[k]
+    concentration = cols.pop("concentration")
+    n = len(cols["x"])
+    ix = np.clip(np.rint(cols["x"]).astype(int), 0, data.shape[1] - 1)
+    iy = np.clip(np.rint(cols["y"]).astype(int), 0, data.shape[0] - 1)
+    table = Table({"id": np.arange(n, dtype=np.int32), **cols,
+                   "bkg": (data[iy, ix] - sub[iy, ix]).astype(np.float32),
+                   "bkg_rms": np.full(n, rms, np.float32)})
+    flux, fluxerr, flag = cols["flux"], cols["fluxerr"], cols["flag"]
+    snr = np.where(fluxerr > 0, flux / np.where(fluxerr > 0, fluxerr, 1.0), 0.0)
+    ref = (flag == 0) & (snr > 50) & np.isfinite(concentration) & (cols["elongation"] < 1.5)
+    table["stellarity"] = stellarity(cols["r50"], np.nan_to_num(concentration), ref).astype(np.float32)
+    table.meta.update({"BKGRMS": float(rms), "BKGMED": back})
+    return table

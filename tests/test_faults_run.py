@@ -1,0 +1,114 @@
+"""``ast3stream run`` as a site operator runs it, on the embedded default broker (in memory).
+
+``kill -9`` of ``run`` itself takes the broker and its messages with it; a fresh ``run``
+resumes every exposure the database shows unfinished, and the alerts are those of a run
+without faults, each published once. SIGTERM to ``run`` leaves no child behind.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.db import Database
+from agents.demo import play, read_topic
+from agents.runner import lanes_done
+from agents.topics import topic
+from ast3stream.alerts import decode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _until(condition, what: str, timeout: float = 300.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, f"`run` exited with {proc.returncode} waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _run(settings: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "ast3stream.cli", "--config", str(settings), "run"],
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_killed_run_resumes_in_flight_exposures_and_sigterm_leaves_no_child(small_night, night_settings,
+                                                                               small_night_alerts, tmp_path):
+    cfg = night_settings("site", watcher={"stable_s": 0.5, "giveup_s": 3.0})
+    settings = cfg.save(tmp_path / "site.json")
+    db = Database.from_settings(cfg)
+    ids = [e.expid for e in small_night[1].exposures]
+
+    first = _run(settings, tmp_path / "run1.log")
+    try:
+        play([Path(e.path) for e in small_night[1].exposures], cfg.watch_dir)
+        _until(lambda: any(r["stage"] == "astrometry" and r["end"] for r in db.rows("stage_runs", exposure_id=ids[1])),
+               "astrometry of the first science visit", proc=first)
+        assert not lanes_done(db, ids[2])
+        children = _descendants(first.pid)
+        assert len(children) >= 2  # the broker and the worker
+        first.kill()  # kill -9: the broker and its messages go too
+        first.wait(10)
+        _until(lambda: not _alive(children), "the first run's children to go", timeout=60)
+    finally:
+        first.kill()
+    published_before = {r["alert_id"] for r in db.rows("alerts")}
+
+    second = _run(settings, tmp_path / "run2.log")
+    try:
+        _until(lambda: all(lanes_done(db, e) for e in ids), "every exposure to finish after the restart",
+               timeout=600, proc=second)
+        assert "resumed" in (tmp_path / "run2.log").read_text()
+        bootstrap = json.loads((cfg.paths.data_dir / "settings.json").read_text())["kafka"]["bootstrap"]
+        again = [str(decode(m.value)["alertId"])
+                 for m in asyncio.run(read_topic(bootstrap, topic(cfg.kafka.prefix, "alerts"), 2.0))]
+        children = _descendants(second.pid)
+        start = time.monotonic()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+        _until(lambda: not _alive(children), "every child of `run` to stop after SIGTERM", timeout=30)
+        assert time.monotonic() - start < 30
+    finally:
+        second.kill()
+    assert {r["alert_id"]: r["digest"] for r in db.rows("alerts")} == small_night_alerts  # a run without faults
+    assert len(again) == len(set(again)) and not set(again) & published_before  # each alert sent once
+    assert set(again) | published_before == set(small_night_alerts)
+    assert db.count("dead_letters") == 0
