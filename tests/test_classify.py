@@ -110,7 +110,7 @@ def test_dataset_roundtrip(tmp_path):
 
 
 def test_training_reduces_loss_and_weights_roundtrip(tmp_path):
-    tr = simulate_set(96, 96, "qip", seed=11, snr_range=(20, 300))
+    tr = simulate_set(64, 64, "qip", seed=11, snr_range=(20, 300))
     model = RotationInvariantBraai("qip", width=8)
     x_all = pipeline_stamps(tr["stamps"], tr["fwhm"])
     history = fit(model, x_all, tr["label"], epochs=2, batch_size=32, lr=3e-3,
@@ -221,3 +221,15 @@ def test_pipeline_injection_helpers():
     labels, kinds = label_candidates(cands, np.array([[50.3, 70.6]]), {"transient": np.array([[80.5, 80.2]])}, 2.0)
     assert list(labels) == [1, 0, 0, -1]
     assert [PIPELINE_KINDS[k] for k in kinds] == ["injected", "bogus", "bogus", "transient"]
+
+
+@pytest.mark.shared
+def test_score_cli_on_foreign_alerts(shared_data, tmp_path, capsys):
+    from ast3stream.classify.cli import main
+
+    main(["classify", "score", str(shared_data / "alerts" / "more" / "rubin"), "--json", str(tmp_path / "s.json")])
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert len(out["alerts"]) == 32 and all(r["survey"] == "rubin" for r in out["alerts"])
+    assert {"survey", "id", "object_id", "mjd", "score_qip", "score_dip", "reliability"} <= set(out["alerts"][0])
+    assert 0 <= out["summary"]["vs_reference"]["dip"]["roc_auc"] <= 1
+    assert "rubin" in capsys.readouterr().out

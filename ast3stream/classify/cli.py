@@ -62,10 +62,9 @@ def add_cli(subparsers) -> None:
     v.add_argument("--out-png", type=Path)
     v.set_defaults(func=_eval_real)
 
-    sc = sub.add_parser("score", help="real/bogus scores of foreign alerts (Avro/Parquet files or folders)")
+    sc = sub.add_parser("score", help="real/bogus scores of foreign alerts (Avro/Parquet files or folders), both lanes")
     sc.add_argument("alerts", type=Path, nargs="+")
-    sc.add_argument("--lane", choices=("qip", "dip"), default="dip")
-    sc.add_argument("--weights", type=Path)
+    sc.add_argument("--weights-dir", type=Path, help="folder with rb_qip/rb_dip (default: the shipped models)")
     sc.add_argument("--json", type=Path, help="one record per alert plus the summary")
     sc.set_defaults(func=_score)
 
@@ -287,43 +286,44 @@ def _eval_real(args) -> None:
 
 def _score(args) -> None:
     from ..alerts.reader import read_alerts, stamp_triplet
-    from .alertset import REF_ORDER, reference
+    from .alertset import REF_ORDER, peak_snr, reference
     from .evaluate import versus_baseline
     from .realbogus import RealBogus
     from .stamps import alert_stamp
 
-    rb = RealBogus.load(args.lane, "cpu", path=args.weights)
+    models = {lane: RealBogus.load(lane, "cpu", path=args.weights_dir / f"rb_{lane}.pt" if args.weights_dir else None)
+              for lane in ("qip", "dip")}
     records, stamps = [], []
     for source in args.alerts:
         for v in read_alerts(source):
             t = stamp_triplet(v)
             if t is None:
                 continue
-            stamps.append(alert_stamp(t, rb.stamp_size))
+            stamps.append(alert_stamp(t, models["dip"].stamp_size))
             records.append(dict(survey=v.survey, id=int(v.candid), object_id=v.object_id, mjd=float(v.mjd),
-                                **{k: v.scores[k] for k in REF_ORDER if k in v.scores}, ref=reference(v.scores)))
-    scores = rb.score_inputs(np.stack(stamps)) if stamps else np.zeros(0)
-    for r, s in zip(records, scores):
-        r[f"score_{args.lane}"] = float(s)
-        print(f"{r['survey']:6s} {r['object_id']:>22s} {r['id']:>20d} {r['mjd']:.5f} {s:.4f} "
-              + " ".join(f"{k}={r[k]:.3f}" for k in REF_ORDER if k in r))
-    ref = np.array([r["ref"] for r in records], float)
+                                **{k: v.scores[k] for k in REF_ORDER if k in v.scores}))
+    x = np.stack(stamps) if stamps else np.zeros((0, 4, models["dip"].stamp_size, models["dip"].stamp_size), np.float32)
+    scores = {lane: m.score_inputs(x) for lane, m in models.items()}
+    for i, r in enumerate(records):
+        r.update({f"score_{lane}": float(scores[lane][i]) for lane in models})
+        print(f"{r['survey']:6s} {r['object_id']:>22s} {r['id']:>20d} {r['mjd']:.5f} qip {r['score_qip']:.4f} "
+              f"dip {r['score_dip']:.4f} " + " ".join(f"{k}={r[k]:.3f}" for k in REF_ORDER if k in r))
+    ref = np.array([reference(r) for r in records], float)
     ok = np.isfinite(ref)
-    from .alertset import peak_snr
-
-    summary = dict(model=rb.version, threshold=rb.info.get("threshold"), n=len(records),
-                   n_above_threshold=int(np.sum(scores >= (rb.info.get("threshold") or 0.5))))
+    surveys = np.array([r["survey"] for r in records])
+    summary = dict(models={lane: m.version for lane, m in models.items()}, n=len(records),
+                   thresholds={lane: m.info.get("threshold") for lane, m in models.items()},
+                   n_above_threshold={lane: int(np.sum(scores[lane] >= (models[lane].info.get("threshold") or 0.5)))
+                                      for lane in models})
     if ok.any():
-        base = peak_snr(np.stack(stamps))
-        summary["vs_reference"] = versus_baseline(ref[ok] > 0.5, scores[ok], base[ok])
-        surveys = np.array([r["survey"] for r in records])
+        base = peak_snr(x)
+        summary["vs_reference"] = {lane: versus_baseline(ref[ok] > 0.5, scores[lane][ok], base[ok]) for lane in models}
         summary["vs_reference_by_survey"] = {
-            str(sv): versus_baseline(ref[ok & (surveys == sv)] > 0.5, scores[ok & (surveys == sv)], base[ok & (surveys == sv)])
-            for sv in np.unique(surveys[ok])}
+            str(sv): versus_baseline(ref[ok & (surveys == sv)] > 0.5, scores["dip"][ok & (surveys == sv)],
+                                     base[ok & (surveys == sv)]) for sv in np.unique(surveys[ok])}
     print(json.dumps(summary, default=float))
     if args.json:
-        args.json.write_text(json.dumps(dict(alerts=[{k: v for k, v in r.items() if k != "ref"} for r in records],
-                                             summary=summary), indent=1, default=float))
+        args.json.write_text(json.dumps(dict(alerts=records, summary=summary), indent=1, default=float))
 
 
 def _cloud_train(args) -> None:
