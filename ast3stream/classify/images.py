@@ -145,7 +145,6 @@ def frame_stamps(science: Frame, template: Frame, cfg, rng: np.random.Generator,
     keep = labels >= 0
     if len(exclude_radec) and len(cands):
         from astropy.coordinates import SkyCoord
-        import astropy.units as u
 
         known = SkyCoord(*np.asarray(exclude_radec, float).T, unit="deg")
         sep_ = SkyCoord(cands["ra"], cands["dec"], unit="deg").match_to_catalog_sky(known)[1]
