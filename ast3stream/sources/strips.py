@@ -46,9 +46,16 @@ def n_workers(setting: int) -> int:
 
 
 def _warm(_=None) -> int:
-    from . import extract  # noqa: F401  (sep and the numba kernels, loaded from the disk cache)
-    from ..reduction import cosmics  # noqa: F401
+    """Load sep, astroscrappy and the numba kernels (from the disk cache) on a small image."""
+    from ..config import SourcesConfig
+    from ..reduction.cosmics import _clean_group
+    from .extract import measure
 
+    yy, xx = np.mgrid[:64, :64]
+    img = (1000 * np.exp(-((xx - 31.3) ** 2 + (yy - 30.8) ** 2) / 4.5)).astype(np.float32)
+    img += np.random.default_rng(0).normal(0, 1, img.shape).astype(np.float32)
+    measure(img, np.zeros(img.shape, bool), 1.0, SourcesConfig())
+    _clean_group(img, np.zeros(img.shape, bool), 2.5, 1e30, 4.5, 5.0, 2)
     return os.getpid()
 
 
