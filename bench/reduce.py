@@ -129,7 +129,11 @@ def worker(directory: Path, repeat: int, gpu: bool) -> None:
     from ast3stream.sources import strips
 
     from ast3stream.front import warm_up
+    from ast3stream.subtraction import gpu_available
 
+    if gpu and not gpu_available():
+        print("  --gpu: no CuPy/GPU here, CPU only", file=sys.stderr, flush=True)
+        gpu = False
     cfg = Settings()
     t0 = time.perf_counter()
     strips.pool(strips.n_workers(cfg.sources.workers))
