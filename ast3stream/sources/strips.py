@@ -4,7 +4,8 @@ sep and astroscrappy run on one core per call; a full AST3-3 frame (150 Mpixel) 
 busy for seconds while the others wait. A pipeline worker creates the pool once when it starts
 (``pool(n_workers(cfg.sources.workers))``: forkserver processes with sep, numba and astroscrappy
 imported and their kernels loaded, so that no exposure pays for a start-up) and the stages hand it
-strips: the images go through shared memory (one copy in, no pickling of pixels), each task gets
+strips (a script that starts the pool needs the usual ``if __name__ == "__main__":`` guard, as
+for any forkserver or spawn pool): the images go through shared memory (one copy in, no pickling of pixels), each task gets
 the rows it owns (its *core*) plus an overlap on either side, and returns only what lies in its
 core.
 
