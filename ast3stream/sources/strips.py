@@ -5,17 +5,17 @@ busy for seconds while the others wait. A pipeline worker creates the pool once 
 (``pool(n_workers(cfg.sources.workers))``: forkserver processes with sep, numba and astroscrappy
 imported and their kernels loaded, so that no exposure pays for a start-up) and the stages hand it
 strips (a script that starts the pool needs the usual ``if __name__ == "__main__":`` guard, as
-for any forkserver or spawn pool): the images go through shared memory (one copy in, no pickling of pixels), each task gets
-the rows it owns (its *core*) plus an overlap on either side, and returns only what lies in its
-core.
+for any forkserver or spawn pool): the images go through shared memory (one copy in, no pickling
+of pixels), each task gets the rows it owns (its *core*) plus an overlap on either side, and
+returns only what lies in its core.
 
 :func:`extract_strips` is :func:`ast3stream.sources.extract.measure` on strips of
 :data:`STRIP_ROWS` rows: an object belongs to the strip holding its isophotal barycentre, and a
 strip whose core holds an object whose footprint reaches the end of the overlap is redone with a
 larger overlap. The strips depend on the frame's size only and run in the pool or, without one,
-in turn in this process: the catalogue is the same for any number of workers (not bit for bit
-the one of a single sep call on the whole frame: sep assigns the pixels of blended objects to
-their components with pseudo-random draws whose sequence runs over a call).
+in turn in this process: the catalogue is the same for any number of workers. It is not bit
+for bit the one of a single sep call on the whole frame: a few blended objects (about 1 %) are
+split slightly differently, sep's deblending depending on the image it is given.
 """
 from __future__ import annotations
 
