@@ -21,7 +21,8 @@ _PLUGINS = {"simulate": ("ast3stream.simulate.cli", "write a simulated AST3-3 ni
             "classify": ("ast3stream.classify.cli", "real/bogus and cloud classifiers"),
             "too": ("ast3stream.gw.cli", "gravitational-wave Target-of-Opportunity field lists"),
             "alerts": ("ast3stream.alerts.cli", "subscribe to alerts, or show alert files"),
-            "filters": ("ast3stream.alerts.cli", "server-side filter streams: add, list, remove")}
+            "filters": ("ast3stream.alerts.cli", "server-side filter streams: add, list, remove"),
+            "subtract": ("ast3stream.subtraction.pair", "align and subtract any pair of FITS images")}
 
 
 def _settings(args) -> Settings:

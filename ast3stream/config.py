@@ -228,6 +228,11 @@ class SubtractionConfig(BaseModel):
     ban_shift_floor_px: float = 0.05    #: systematic floor of the centroid-shift error [px]
     threads: int = 0                    #: CPU threads for numba/FFTW; 0 = all
     warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes a subtraction worker compiles before consuming
+    gain_key: str = "GAIN"              #: header card of the gain (signal/variance); absent: estimated from the pixels
+    saturation_key: str = "SATURATE"    #: header card of the saturation level (image units); pixels >= 90 % masked
+    sky_keys: list[str] = ["SKYLEVEL", "AVSKY"]  #: header cards of the sky level a sky-subtracted image had (gain estimate)
+    template_cache: int = 4             #: prepared templates a worker keeps (keyed by product key + version)
+    noise_apertures: int = 2000         #: random apertures of the difference-noise check
 
 
 class DetectionConfig(BaseModel):
@@ -346,6 +351,7 @@ class GWPlanConfig(BaseModel):
     revisits: int = 2                   #: visits per field in the night
     revisit_gap_min: float = 60.0       #: least time between visits of a field
     max_fields: int = 50                #: fields scheduled per event (best first)
+    auto: bool = True                   #: the stream writes the coming night's plan on every followed notice
 
 
 class GCNKafkaConfig(BaseModel):

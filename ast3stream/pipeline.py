@@ -292,9 +292,10 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
     cfg = _legacy(subtraction=subtraction, detector=detector)
     tmpl = lane.template
     lane.aligned = align(exp.frame, tmpl.frame, cfg, binning=tmpl.binning)
-    lane.difference = subtract(lane.aligned, tmpl.frame, cfg)
+    lane.difference = subtract(lane.aligned, tmpl.frame, cfg, template_key=(tmpl.key, tmpl.version))
     stats = lane.difference.stats
     metrics = {"x2nrm_mean": stats.get("x2nrm_mean"), "x2nrm_std": stats.get("x2nrm_std"),
+               "noise_ratio": stats.get("noise_ratio"),
                "subtraction_s": stats.get("seconds"), "template_zp": tmpl.stats.get("zp"),
                "template_fwhm_px": tmpl.stats.get("fwhm_px")}
     lane.metrics.update({k: v for k, v in metrics.items() if _finite(v) is not None})
@@ -372,7 +373,9 @@ def object_id(ra: float, dec: float) -> str:
 def classify(exp: Exposure, lane: Lane, *, model) -> StageOutput:
     """Real/bogus scores from the lane's classifier."""
     cands = lane.candidates
-    cands["rb"] = model.score(lane.stamps) if len(cands) else np.array([], dtype=np.float32)
+    fwhm = lane.difference.stats.get("psf_fwhm", exp.metrics.get("fwhm_px", 3.0) / lane.binning)
+    cands["rb"] = model.score(lane.stamps, float(fwhm), np.asarray(cands["sign"]) > 0) if len(cands) \
+        else np.array([], dtype=np.float32)
     lane.model_version = model.version
     return StageOutput()
 

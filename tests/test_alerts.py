@@ -63,29 +63,75 @@ def alert(image):
     return build_alert(cand, prv, cand, cutouts, meta)
 
 
-def test_every_real_alert_reads_through_our_reader(shared_data):
-    folder = shared_data / "alerts"
+def _expected_alerts(folder):
+    """Alerts per survey counted without our reader: survey from the folder, records per container."""
+    import struct
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    def n_avro(data: bytes) -> int:
+        if data[:4] == b"Obj\x01":
+            return sum(1 for _ in fastavro.reader(io.BytesIO(data)))
+        assert data[0] == 0 and struct.unpack(">I", data[1:5])[0] == 900   # Kafka wire framing, Rubin v9.0
+        return 1
+
     expected = {}
-    for path in folder.rglob("*.avro"):
-        with open(path, "rb") as fh:
-            survey = path.relative_to(folder).parts[0]
-            expected[survey] = expected.get(survey, 0) + sum(1 for _ in fastavro.reader(fh))
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        parts = path.relative_to(folder).parts
+        survey = parts[1] if parts[0] == "more" else parts[0]
+        if survey == "multi":
+            survey = {"lsst": "rubin"}.get(parts[-2], parts[-2])
+        if path.name.endswith(".avro"):
+            n = n_avro(path.read_bytes())
+        elif path.name.endswith(".tar.gz"):
+            with tarfile.open(path) as tar:
+                n = sum(n_avro(tar.extractfile(m).read()) for m in tar if m.name.endswith(".avro"))
+        elif path.name.endswith(".parquet"):
+            t = pq.read_table(path)
+            col = next((c for c in ("candidate", "diaSource") if c in t.schema.names), None)
+            n = 0 if col is None else t.num_rows - t.column(col).null_count
+        else:
+            continue
+        expected[survey] = expected.get(survey, 0) + n
+    return expected
+
+
+def test_every_real_alert_reads_through_our_reader(shared_data):
+    """Every container present (Avro files, Spark folders, Parquet, tar.gz, Kafka wire framing)."""
+    from ast3stream.alerts.reader import stamp_triplet
+
+    folder = shared_data / "alerts"
+    expected = _expected_alerts(folder)
     views = list(read_alerts(folder))
     got = {s: sum(v.survey == s for v in views) for s in expected}
-    assert got == expected and got["ztf"] >= 240 and got["pgir"] == 17 and got["winter"] == 11
+    assert got == expected and len(views) == sum(expected.values())
+    assert got["ztf"] >= 900 and got["pgir"] == 17 and got["winter"] == 11 and got["rubin"] == 33
+    assert got["atlas"] == 12 and got["decam"] == 1
     for v in views:
         assert 0 <= v.ra < 360 and -90 <= v.dec <= 90 and 50000 < v.mjd < 70000
-        assert set(v.cutouts) == {"science", "template", "difference"}
     stamp, _ = read_cutout(views[0].cutouts["difference"])
     assert stamp.ndim == 2 and min(stamp.shape) >= 60
     ztf = [v for v in views if v.survey == "ztf"]
+    assert sum(set(v.cutouts) == {"science", "template", "difference"} for v in ztf) >= 0.99 * len(ztf)
     assert all(v.filter in ("ztfg", "ztfr", "ztfi") for v in ztf)
-    assert sum(v.score is not None for v in ztf) == len(ztf)
+    assert sum(v.score is not None for v in ztf) == len(ztf) and all("rb" in v.scores for v in ztf)
     asteroids = [v for v in ztf if v.ssnamenr]
     assert asteroids and not any(AlertFilter(not_asteroid=True)(v) for v in asteroids if v.ss_sep_arcsec < 10)
-    # real light curves: ZTF upper limits have no magnitude but a limiting magnitude
-    limits = [p for v in ztf for p in v.history if p["mag"] is None]
-    assert limits and all(p["maglim"] > 15 for p in limits)
+    # real light curves: ZTF upper limits have no magnitude but a limiting magnitude (a few shallow ones)
+    limits = [p["maglim"] for v in ztf for p in v.history if p["mag"] is None]
+    assert limits and all(m is None or m > 10 for m in limits) and np.mean([m > 15 for m in limits if m]) > 0.99
+    # Rubin: reliability, the frame PSF from the alert, the difference's sigma map from its UNCERT HDU
+    rubin = [v for v in views if v.survey == "rubin"]
+    assert all(0 <= v.scores["reliability"] <= 1 for v in rubin)
+    wire = next(v for v in rubin if v.candid == 7912941781254298)
+    assert abs(wire.mjd - 60961.23) < 0.01 and abs(wire.scores["reliability"] - 0.11) < 0.01
+    for v in rubin:
+        t = stamp_triplet(v)
+        assert t.sigma is not None and t.sigma.shape == t.difference.shape and np.nanmedian(t.sigma) > 0
+        assert 2 < t.fwhm_px < 8 and t.pixel_scale == 0.2
+    t = stamp_triplet(next(v for v in views if v.survey == "atlas"))
+    assert t.template is None and t.difference.shape == (61, 61)
 
 
 def test_our_alert_is_read_by_plain_fastavro_with_only_the_avsc(alert, tmp_path):
