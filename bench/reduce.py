@@ -87,7 +87,7 @@ def bench_detection(shape, backends) -> dict:
     for backend in backends:
         params = DetectionConfig(backend=backend)
         runs = []
-        for _ in range(3):                               # the first call loads kernels
+        for _ in range(2):                               # the first call loads kernels
             t0 = time.perf_counter()
             cands, stamps = detect(diff, frame, frame, 3.0, 27.0, params, lane="dip")
             runs.append(time.perf_counter() - t0)
