@@ -94,8 +94,8 @@ def bench_detection(shape, backends) -> dict:
         d, j = cKDTree(np.c_[cands["x"], cands["y"]]).query(np.c_[x, y], distance_upper_bound=1.5)
         found = np.isfinite(d)
         found[found] = np.asarray(cands["sign"])[j[found]] == sign[found]
-        out[backend] = {"seconds": runs, "n_candidates": len(cands), "completeness_snr_gt_7": float(found[snr > 7].mean()),
-                        "false": int(len(cands) - found.sum())}
+        out[backend] = {"seconds": runs, "n_candidates": len(cands), "false": int(len(cands) - found.sum()),
+                        "completeness_snr_gt_7": float(found[snr > 7].mean())}
         print(f"  detection [{backend}] {' '.join(f'{t:.2f}' for t in runs)} s; {len(cands)} candidates, "
               f"completeness (SNR > 7) {out[backend]['completeness_snr_gt_7']:.3f}", file=sys.stderr, flush=True)
     return out
