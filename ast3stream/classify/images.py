@@ -135,7 +135,7 @@ def frame_stamps(science: Frame, template: Frame, cfg, rng: np.random.Generator,
     aligned = align(injected, template, cfg)
     diff = subtract(aligned, template, cfg)
     dfwhm = float(diff.stats.get("psf_fwhm", fwhm))
-    cands, stamps = detect(diff, aligned, template, dfwhm, 25.0, cfg, "dip")
+    cands, stamps = detect(diff, aligned, template, dfwhm, 25.0, cfg.detection, lane="dip")
     from astropy.wcs import WCS
 
     w = WCS(diff.header)

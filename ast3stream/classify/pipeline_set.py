@@ -131,7 +131,7 @@ def pair_stamps(science: Frame, s_report: dict, template: Frame, t_truth, cfg, l
         tmpl = bin_frame(template, n) if n > 1 else template
         aligned = align(injected, tmpl, cfg, binning=n)  # as the pipeline: align, then bin
         diff = subtract(aligned, tmpl, cfg)
-        cands, stamps = detect(diff, aligned, tmpl, fwhm / n, zp, cfg, lane)
+        cands, stamps = detect(diff, aligned, tmpl, fwhm / n, zp, cfg.detection, lane=lane, binning=n)
         w = WCS(diff.header)
         inj = np.column_stack(w.all_world2pix(*radec, 0))
         truth = {k: np.column_stack(w.all_world2pix(t_truth["ra"][t_truth["kind"] == k],
@@ -167,7 +167,7 @@ def build_from_pipeline(lanes, sim_dir: str | Path, n_real: int = 10_000, n_bogu
     else:
         night = simulate_night(sim_dir, n_exposures=n_exposures, scale=scale, seed=seed, cfg=cfg, n_fields=n_fields)
     cal = Calibration.build(sorted((sim_dir / "calib").glob("bias_*.fits")),
-                            sorted((sim_dir / "calib").glob("flat_*.fits")), cfg)
+                            sorted((sim_dir / "calib").glob("flat_*.fits")), cfg.reduction, cfg.detector)
     refcat = RefCat.from_file(sim_dir / "refcat.fits")
     table = night.table
     rng = np.random.default_rng(seed)
