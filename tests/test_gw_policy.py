@@ -100,3 +100,18 @@ def test_ignored_by_policy_unless_given_by_hand(shared_data, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("MS260605l retracted (RETRACTION)")
     assert [line.split()[1:3] for line in lines[1:]] == [["PRELIMINARY", "fields"], ["RETRACTION", "retracted"]]
+
+
+def test_other_missions_voevents_are_refused_with_the_reason(shared_data):
+    """The 13 real Fermi GBM / INTEGRAL VOEvents and the skyportal Swift, AMON and GBM ones are not
+    LVK notices: each is refused with its ivorn (on the stream: dead-lettered with that reason)."""
+    from ast3stream.gw import BadNotice
+
+    gw = shared_data / "gw"
+    files = [*sorted((gw / "voevents").glob("*.xml")),
+             *(gw / "skyportal" / n for n in ("AMON.xml", "SWIFT_1125809-092.xml", "SWIFT_1125809-104.xml",
+                                               "GRB180116A_Fermi_GBM_Gnd_Pos.xml"))]
+    assert len(files) == 17
+    for f in files:
+        with pytest.raises(BadNotice, match=r"not an LVK gravitational-wave notice \(ivorn 'ivo://nasa.gsfc.gcn/"):
+            read_notice(f)
