@@ -115,3 +115,42 @@ def test_other_missions_voevents_are_refused_with_the_reason(shared_data):
     for f in files:
         with pytest.raises(BadNotice, match=r"not an LVK gravitational-wave notice \(ivorn 'ivo://nasa.gsfc.gcn/"):
             read_notice(f)
+
+
+def test_gcn_token_by_client_credentials_and_cached():
+    """The OIDC client-credentials grant GCN uses, against a local token endpoint: one request, the
+    token reused until a minute before it expires."""
+    import asyncio
+    import threading
+    import urllib.parse
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from agents.gcn_bridge import GCNToken
+
+    seen = []
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+            body = json.dumps({"access_token": f"tok{len(seen)}", "expires_in": 3600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        provider = GCNToken(f"http://127.0.0.1:{server.server_port}/oauth2/token", "my-id", "my-secret")
+
+        async def twice():
+            return await provider.token(), await provider.token()
+
+        assert asyncio.run(twice()) == ("tok1", "tok1")
+        assert seen == [{"grant_type": ["client_credentials"], "client_id": ["my-id"], "client_secret": ["my-secret"]}]
+    finally:
+        server.shutdown()
