@@ -368,6 +368,29 @@ def write_plan(db: Database, cfg, event: dict, where=None, night: str | None = N
     return sched, stem
 
 
+def write_coverage(db: Database, cfg, event: dict, out: Path | None = None) -> tuple[dict, Path] | None:
+    """The event's coverage report (:func:`ast3stream.gw.coverage.coverage_report`) from the
+    exposures processed since the event and their candidates, written as ``coverage-<event>.json``
+    and ``.png`` under ``out`` (default ``<products>/gw/<event>``); None when the event has no map."""
+    from ast3stream.gw.coverage import coverage_report
+    from ast3stream.gw.plot import plot_coverage
+
+    skymap = event_skymap(event)
+    if skymap is None:
+        return None
+    seen = observed(db, cfg, since_mjd=Time(event["event_time"]).mjd if event.get("event_time") else None)
+    report = coverage_report(skymap, seen, *field_size(cfg.detector, cfg.gw), cfg.gw,
+                             candidates_of(db, seen["exposure_id"]), event_id=event["event_id"])
+    out = Path(out) if out else cfg.products_dir / "gw" / event["event_id"]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"coverage-{event['event_id']}.json"
+    tmp = path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(path)
+    plot_coverage(report, path.with_suffix(".png"), skymap, seen)
+    return report, path
+
+
 def on_notice(value: bytes, db: Database, cfg, origin: str) -> Outcome:
     """The stream's handling of one notice: :func:`ingest` under the policy, then (``gw.plan.auto``)
     the coming night's plan for the event when its list changed; a plan that cannot be made
