@@ -280,15 +280,20 @@ def event_fields(db: Database, cfg, event_id: str) -> Table:
                  names=names, dtype=[str, float, float, float, float, int, float])
 
 
-def observed(db: Database, cfg, since_mjd: float | None = None) -> Table:
-    """Processed exposures of grid fields (``exposure_id``, ``field_id``, ``ra``, ``dec``, ``mjd``,
-    ``maglim``; NaN where the photometry gave none), after ``since_mjd``."""
+PROCESSED = ("calibrated", "template", "no_template", "alerted")   #: exposure states past photometry
+
+
+def observed(db: Database, cfg, since_mjd: float | None = None, processed: bool = False) -> Table:
+    """Exposures of grid fields taken after ``since_mjd`` (``exposure_id``, ``field_id``, ``ra``,
+    ``dec``, ``mjd``, ``maglim``; NaN where the photometry gave none); with ``processed`` only
+    those past photometry (:data:`PROCESSED`)."""
     grid = survey_grid(cfg)
     pos = {str(f): (float(ra), float(dec)) for f, ra, dec in zip(grid["field_id"], grid["ra"], grid["dec"])}
     rows = []
     for e in db.rows("exposures"):
         fid = str(e["field_id"])
-        if fid not in pos or e["mjd"] is None or (since_mjd is not None and e["mjd"] < since_mjd):
+        if fid not in pos or e["mjd"] is None or (since_mjd is not None and e["mjd"] < since_mjd) or (
+                processed and e["status"] not in PROCESSED):
             continue
         maglim = (e.get("quality") or {}).get("maglim")
         rows.append((e["exposure_id"], fid, *pos[fid], float(e["mjd"]), np.nan if maglim is None else float(maglim)))
@@ -378,7 +383,8 @@ def write_coverage(db: Database, cfg, event: dict, out: Path | None = None) -> t
     skymap = event_skymap(event)
     if skymap is None:
         return None
-    seen = observed(db, cfg, since_mjd=Time(event["event_time"]).mjd if event.get("event_time") else None)
+    seen = observed(db, cfg, since_mjd=Time(event["event_time"]).mjd if event.get("event_time") else None,
+                    processed=True)
     report = coverage_report(skymap, seen, *field_size(cfg.detector, cfg.gw), cfg.gw,
                              candidates_of(db, seen["exposure_id"]), event_id=event["event_id"])
     out = Path(out) if out else cfg.products_dir / "gw" / event["event_id"]
