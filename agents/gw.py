@@ -285,15 +285,15 @@ PROCESSED = ("calibrated", "template", "no_template", "alerted")   #: exposure s
 
 def observed(db: Database, cfg, since_mjd: float | None = None, processed: bool = False) -> Table:
     """Exposures of grid fields taken after ``since_mjd`` (``exposure_id``, ``field_id``, ``ra``,
-    ``dec``, ``mjd``, ``maglim``; NaN where the photometry gave none); with ``processed`` only
-    those past photometry (:data:`PROCESSED`)."""
+    ``dec``, ``mjd``, ``maglim``; NaN where the photometry gave none), failed ones left out; with
+    ``processed`` only those past photometry (:data:`PROCESSED`)."""
     grid = survey_grid(cfg)
     pos = {str(f): (float(ra), float(dec)) for f, ra, dec in zip(grid["field_id"], grid["ra"], grid["dec"])}
     rows = []
     for e in db.rows("exposures"):
         fid = str(e["field_id"])
         if fid not in pos or e["mjd"] is None or (since_mjd is not None and e["mjd"] < since_mjd) or (
-                processed and e["status"] not in PROCESSED):
+                e["status"] not in PROCESSED if processed else e["status"] == "failed"):
             continue
         maglim = (e.get("quality") or {}).get("maglim")
         rows.append((e["exposure_id"], fid, *pos[fid], float(e["mjd"]), np.nan if maglim is None else float(maglim)))
