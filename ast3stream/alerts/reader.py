@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import struct
 import tarfile
 from collections.abc import Iterator, Mapping
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import fastavro
 import fastavro.schema
-import numpy as np
 
 JD_MJD = 2400000.5
 ZTF_FILTERS = {1: "ztfg", 2: "ztfr", 3: "ztfi"}
@@ -147,13 +147,13 @@ def view(alert: Mapping, survey: str | None = None) -> AlertView:
 def _rubin(alert: Mapping) -> AlertView:
     s = alert["diaSource"]
     flux, err = s.get("psfFlux"), s.get("psfFluxErr")
-    mag = 31.4 - 2.5 * np.log10(abs(flux)) if flux else None          # nJy -> AB
+    mag = 31.4 - 2.5 * math.log10(abs(flux)) if flux else None          # nJy -> AB
     cutouts = {k: alert.get(f"cutout{k.title()}") for k in ("science", "template", "difference")}
     scores = {"reliability": float(s["reliability"])} if s.get("reliability") is not None else {}
     ixx, iyy = s.get("ixxPSF"), s.get("iyyPSF")
     # PSF second moments in arcsec^2 (the schema's doc says nJy arcsec^2; the values are arcsec^2)
-    fwhm = 2.3548 * float(np.sqrt((ixx + iyy) / 2)) / SURVEY_OPTICS["rubin"][0] if ixx and iyy and ixx > 0 and iyy > 0 else None
-    history = [{"mjd": p["midpointMjdTai"], "mag": 31.4 - 2.5 * np.log10(abs(p["psfFlux"])) if p.get("psfFlux") else None,
+    fwhm = 2.3548 * math.sqrt((ixx + iyy) / 2) / SURVEY_OPTICS["rubin"][0] if ixx and iyy and ixx > 0 and iyy > 0 else None
+    history = [{"mjd": p["midpointMjdTai"], "mag": 31.4 - 2.5 * math.log10(abs(p["psfFlux"])) if p.get("psfFlux") else None,
                 "mag_err": None, "maglim": None, "filter": p.get("band")}
                for p in (alert.get("prvDiaSources") or [])]
     return AlertView(
@@ -296,7 +296,7 @@ def stamp_triplet(v: AlertView) -> Triplet | None:
     scale, seeing = SURVEY_OPTICS.get(v.survey, (None, None))
     if v.survey == "ast3stream":
         scale = _header_scale(sci_h)
-    fwhm = v.fwhm_px if v.fwhm_px and np.isfinite(v.fwhm_px) else (seeing / scale if seeing else 3.0)
+    fwhm = v.fwhm_px if v.fwhm_px and math.isfinite(v.fwhm_px) else (seeing / scale if seeing else 3.0)
     return Triplet(sci, tmp, dif, sigma if sigma is not None and sigma.shape == dif.shape else None,
                    float(fwhm), scale, v.isdiffpos)
 
@@ -305,6 +305,7 @@ def _variance_sigma(stamp: bytes) -> np.ndarray | None:
     import gzip
     import warnings
 
+    import numpy as np
     from astropy.io import fits
 
     if stamp[:2] == b"\x1f\x8b":
@@ -322,8 +323,10 @@ def _variance_sigma(stamp: bytes) -> np.ndarray | None:
 
 
 def _header_scale(header) -> float | None:
-    from astropy.wcs import WCS, FITSFixedWarning
     import warnings
+
+    import numpy as np
+    from astropy.wcs import WCS, FITSFixedWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
