@@ -17,7 +17,7 @@ float64 inputs to both backends) and for the whole :func:`~ast3stream.subtractio
 
 ``--real`` runs the real pairs of ``../shared`` (DECam stacks and exposure a, the TOROS pair)
 three ways - ours, sfft's ``Customized_Packet`` on the same sky-subtracted inputs with the
-same sub-area masks and convolution direction, and plain ``science - template`` over the
+same sub-area masks, convolution direction and polynomial orders, and plain ``science - template`` over the
 propagated errors - and prints side by side: the DECam SN's peak significance, the fraction
 of |z| > 5 pixels away from sources and on bright-star pixels, |z| > 5 blob counts and run
 times (z of sfft's difference: over its robust std).
@@ -169,11 +169,12 @@ def real_pairs(cfg, gpu: bool) -> list[dict]:
                 fits.writeto(paths[key], img.astype(np.float32))
                 fits.writeto(paths["m" + key], np.where(sub, img, 0).astype(np.float32))
             sc = cfg.subtraction
+            varying = use.sum() >= sc.min_stars_varying   # ours: constant kernel and background below this
             t0 = time.perf_counter()
             Customized_Packet.CP(str(paths["ref"]), str(paths["sci"]), str(paths["mref"]), str(paths["msci"]),
                                  ForceConv=d.stats["conv"], GKerHW=sc.kernel_half_width,
-                                 FITS_DIFF=str(Path(tmp, "diff.fits")), KerPolyOrder=sc.kernel_poly_order,
-                                 BGPolyOrder=sc.background_poly_order, BACKEND_4SUBTRACT="Cupy" if gpu else "Numpy",
+                                 FITS_DIFF=str(Path(tmp, "diff.fits")), KerPolyOrder=sc.kernel_poly_order * varying,
+                                 BGPolyOrder=sc.background_poly_order * varying, BACKEND_4SUBTRACT="Cupy" if gpu else "Numpy",
                                  NUM_CPU_THREADS_4SUBTRACT=os.cpu_count(), VERBOSE_LEVEL=0)
             cp_s = time.perf_counter() - t0
             cp_d = fits.getdata(Path(tmp, "diff.fits")).astype(float)
