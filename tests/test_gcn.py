@@ -107,14 +107,14 @@ def test_which_alerts_get_a_notice(alert):
     keep = notice_filter(0.8)
     assert keep(alert)
     low = copy.deepcopy(alert)
-    low["candidate"]["score"] = 0.5
+    low["candidate"]["drb"] = 0.5
     rock = copy.deepcopy(alert)
-    rock["crossmatch"].update(ssnamenr="433", ss_sep_arcsec=1.0)
+    rock["candidate"].update(ssnamenr="433", ssdistnr=1.0)
     outside = copy.deepcopy(alert)
     outside["crossmatch"]["gw_event"] = None
     assert not any(keep(a) for a in (low, rock, outside))
     unscored = copy.deepcopy(alert)
-    unscored["candidate"]["score"] = None
+    unscored["candidate"]["drb"] = None
     with pytest.raises(ValueError):
         build_notice(unscored, "S1")
     assert notice_schema()["$id"] == build_notice(alert, "S1", created=CREATED)["$schema"]

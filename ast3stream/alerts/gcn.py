@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 
 import jsonschema
 from astropy.time import Time
@@ -68,10 +69,11 @@ def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
     points = [*(alert.get("prv_candidates") or []), c]
     skymap = _event_skymap(gw_event) if gw is not None else None
     if skymap is not None:
-        kn = assess(dict(ra=c["ra"], dec=c["dec"], rb=c["drb"], ssnamenr=x.get("ssnamenr") or None,
+        curve = [{"mjd": p["jd"] - 2400000.5, "mag": p.get("magpsf")} for p in points]   # schema 2.x: ZTF names
+        kn = assess(dict(ra=c["ra"], dec=c["dec"], rb=c["drb"], ssnamenr=c.get("ssnamenr") or None,
                          var_name=x.get("var_name") or None, tns_name=x.get("tns_name") or None,
                          host_id=x.get("host_id"), host_dist_mpc=x.get("host_dist_mpc"),
-                         rate_mag_per_day=light_curve_rate(points)), skymap, gw)
+                         rate_mag_per_day=light_curve_rate(curve)), skymap, gw)
         target["classification_scores"]["kilonova"] = kn["score"]
         target["gw_credible_level"] = min(1.0, kn["credible_level"])
         target["gw_probdensity"] = float(probdensity_at(skymap, c["ra"], c["dec"])[0])
