@@ -101,16 +101,16 @@ def known_exposure(db, ev: StageEvent) -> None:
 
 def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter, bootstrap: str) -> None:
     """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list under the
-    notice policy (:mod:`agents.gw`); expired lists are dropped every minute. With ``gw.gcn.enabled``
-    the GCN Kafka bridge runs here too."""
-    from .gw import GWState, ingest
+    notice policy and write the coming night's plan (:mod:`agents.gw`); expired lists are dropped
+    every minute. With ``gw.gcn.enabled`` the GCN Kafka bridge runs here too."""
+    from .gw import GWState, on_notice
 
     async def gw_agent(stream):
         async for event in stream.events():
             message = event.message
             try:
                 origin = (message.key or b"").decode(errors="replace") or message.topic   # the GCN topic, by the bridge
-                await retrying("gw", asyncio.to_thread, ingest, message.value, res.db, res.cfg, origin=origin)
+                await retrying("gw", asyncio.to_thread, on_notice, message.value, res.db, res.cfg, origin)
             except Exception as exc:
                 await dead_letter("gw", message, f"GW notice rejected: {type(exc).__name__}: {exc}", exc, None)
 

@@ -34,6 +34,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Awaitable, Callable, Iterable
@@ -49,7 +50,7 @@ from ast3stream.image import Frame
 from ast3stream.pipeline import (BACK, FRONT, SLOW, STAGES, AddPhotometry, ClaimTemplate, Exposure, Lane,
                                  StageError, TemplateInForce, UpdateExposure, UpsertCandidate, UpsertObject)
 
-from .db import Database
+from .db import Database, lanes_done
 from .gw import too_entry
 from .metrics import METRICS
 from .retry import retrying
@@ -210,10 +211,24 @@ class Chain:
         self.stages = {s.name for s in STAGES} if stages is None else set(stages)
         self.poll_s = poll_s
         self._slow: set[asyncio.Task] = set()
+        self._running: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # exposure id -> lock
 
     # -- entry points -------------------------------------------------------------------
     async def run(self, ev: ExposureEvent) -> None:
-        """The whole chain of one exposure (from its raw file); returns once its products are stored."""
+        """The whole chain of one exposure (from its raw file); returns once its products are stored.
+
+        An exposure event delivered again (after a crash, a stop or a rebalance) waits for a run
+        of the same exposure in this worker, and does nothing when the database shows the
+        exposure finished; otherwise the chain runs again from the raw file, with the same ids.
+        """
+        lock = self._running.setdefault(ev.exposure_id, asyncio.Lock())
+        async with lock:
+            if await self._db(lanes_done, self.db, ev.exposure_id):
+                log.info("%s: finished already, not run again", ev.exposure_id)
+                return
+            await self._run(ev)
+
+    async def _run(self, ev: ExposureEvent) -> None:
         exp = Exposure(exposure_id=ev.exposure_id, raw_path=ev.path, field_id=ev.field_id, mjd=ev.mjd, too=ev.too,
                        namespace=ev.namespace)
         event = StageEvent.from_exposure(ev, exp.lane_names[0])

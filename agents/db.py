@@ -452,6 +452,23 @@ class Database:
                                                    & (tab.c.exposure_id == exposure_id))).rowcount
 
 
+TERMINAL = {"template", "no_template", "failed"}
+
+
+def lanes_done(db: Database, exposure_id: str) -> bool:
+    """An exposure is finished when every lane it takes has alerted or stopped for a reason."""
+    exp = db.rows("exposures", exposure_id=exposure_id)
+    if not exp:
+        return False
+    if exp[0]["status"] in TERMINAL or db.count("dead_letters", exposure_id=exposure_id):
+        return True
+    runs = db.rows("stage_runs", exposure_id=exposure_id)
+    lanes = ("qip", "dip") if exp[0]["too"] else ("dip",)
+    finished = {r["lane"] for r in runs if r["stage"] == "alert"
+                or (r["stage"] == "subtraction" and r["status"] in TERMINAL)}
+    return all(lane in finished for lane in lanes)
+
+
 def _get(row, key):
     try:
         value = row[key]

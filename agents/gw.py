@@ -17,14 +17,17 @@ Tables (no namespace prefix: like ``too_fields`` they are inputs shared by live 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlalchemy as sa
+import astropy.units as u
 import numpy as np
+import sqlalchemy as sa
 from astropy.table import Table
+from astropy.time import Time
 
 from agents.db import Database, _plain, _retried
 from ast3stream.gw.notices import GWNotice, read_notice
@@ -317,3 +320,64 @@ def candidates_of(db: Database, exposure_ids) -> Table:
                                    "tns_name", "host_id", "host_dist_mpc", "rate_mag_per_day"],
                  dtype=[str, str, float, float, float, float, float, str, str, str, str, float, float])
 
+
+def night_of(where, now: Time | None = None) -> str:
+    """The local evening date (YYYY-MM-DD) of the night in progress or coming at the site."""
+    return ((now or Time.now()) + (where.lon / 15 - 12) * u.hour).isot[:10]
+
+
+def write_plan(db: Database, cfg, event: dict, where=None, night: str | None = None, out: Path | None = None):
+    """The event's observable schedule for ``night`` at ``where`` (default ``gw.plan.site``, the
+    coming night), counting the visits made since the event, with the cumulative probability of
+    the union of the fields in time order; written as ``plan-<event>-<night>.{json,csv,png}``
+    under ``out`` (default ``<products>/gw/<event>``). Returns (schedule, path stem)."""
+    from ast3stream.gw.fields import covered_probability
+    from ast3stream.gw.observe import night_window, schedule, site
+    from ast3stream.gw.plot import plot_schedule
+
+    plan = cfg.gw.plan
+    where = where or site(plan.site, cfg.detector)
+    night = night or night_of(where)
+    start, end = night_window(where, night, plan.sun_alt_deg)
+    fields = event_fields(db, cfg, event["event_id"])
+    seen = observed(db, cfg, since_mjd=Time(event["event_time"]).mjd if event.get("event_time") else None)
+    done: dict = {}
+    for f, m in zip(seen["field_id"], seen["mjd"]):
+        n, last = done.get(f, (0, None))
+        t = Time(m, format="mjd")
+        done[f] = (n + 1, t if last is None or t > last else last)
+    by = cfg.gw.rank_by if np.isfinite(np.asarray(fields["galaxy_score"], float)).any() else "prob"
+    sched = schedule(fields, where, start, end, plan, done=done, priority=by)
+    skymap = event_skymap(event)
+    width, height = field_size(cfg.detector, cfg.gw)
+    sched["cum_prob"] = (covered_probability(skymap, sched, width, height) if skymap is not None
+                         else np.cumsum(np.where(sched["visit"] == 1, sched["prob"], 0.0)))
+    sched.meta["n_candidates"] = len(fields)
+    out = Path(out) if out else cfg.products_dir / "gw" / event["event_id"]
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"plan-{event['event_id']}-{night}"
+    sched.write(f"{stem}.csv", format="ascii.csv", overwrite=True)
+    tmp = Path(f"{stem}.json.part")          # the scheduler may be reading the last one: replace it whole
+    tmp.write_text(json.dumps(dict(
+        event_id=event["event_id"], alert_type=event["alert_type"], night=night, **sched.meta,
+        exptime_s=plan.exptime_s, revisits=plan.revisits, cum_prob=float(sched["cum_prob"][-1]) if len(sched) else 0.0,
+        visits=[{k: _plain(r[k]) for k in sched.colnames} for r in sched]), indent=1))
+    tmp.replace(f"{stem}.json")
+    plot_schedule(sched, f"{stem}.png", skymap, title=f"{event['event_id']} ({event['alert_type']}) from "
+                                                        f"{where.name}, night of {night}")
+    return sched, stem
+
+
+def on_notice(value: bytes, db: Database, cfg, origin: str) -> Outcome:
+    """The stream's handling of one notice: :func:`ingest` under the policy, then (``gw.plan.auto``)
+    the coming night's plan for the event when its list changed; a plan that cannot be made
+    (no night at the site) is logged, the notice stands."""
+    out = ingest(value, db, cfg, origin=origin)
+    if out.action == "fields" and cfg.gw.plan.auto:
+        try:
+            sched, stem = write_plan(db, cfg, GWState(db).event(out.notice.superevent_id))
+            log.warning("GW %s: plan for tonight, %d visits, cumulative probability %.3f: %s.json",
+                        out.notice.superevent_id, len(sched), sched["cum_prob"][-1] if len(sched) else 0.0, stem)
+        except ValueError as exc:
+            log.warning("GW %s: no plan: %s", out.notice.superevent_id, exc)
+    return out

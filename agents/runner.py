@@ -32,15 +32,12 @@ from aiokafka import AIOKafkaProducer
 
 from ast3stream.config import Settings
 from ast3stream.events import ExposureEvent
-from agents.db import Database
+from agents.db import Database, lanes_done
 
 from .broker import EmbeddedBroker, die_with_parent, ensure_topics_sync, free_port
 from .topics import topic, topic_configs
 
 log = logging.getLogger("ast3stream.runner")
-
-TERMINAL = {"template", "no_template", "failed"}
-
 
 @dataclass
 class Stack:
@@ -250,20 +247,6 @@ async def _publish_exposures(cfg: Settings, events: list[ExposureEvent]) -> None
             await producer.send_and_wait(topic(cfg.kafka.prefix, name), ev.encode(), key=ev.exposure_id.encode())
     finally:
         await producer.stop()
-
-
-def lanes_done(db: Database, exposure_id: str) -> bool:
-    """An exposure is finished when every lane it takes has alerted or stopped for a reason."""
-    exp = db.rows("exposures", exposure_id=exposure_id)
-    if not exp:
-        return False
-    if exp[0]["status"] in TERMINAL or db.count("dead_letters", exposure_id=exposure_id):
-        return True
-    runs = db.rows("stage_runs", exposure_id=exposure_id)
-    lanes = ("qip", "dip") if exp[0]["too"] else ("dip",)
-    finished = {r["lane"] for r in runs if r["stage"] == "alert"
-                or (r["stage"] == "subtraction" and r["status"] in TERMINAL)}
-    return all(lane in finished for lane in lanes)
 
 
 def wait_for(db: Database, exposure_ids: list[str], timeout: float, stack: Stack | None = None,

@@ -117,6 +117,7 @@ class WorkerConfig(BaseModel):
 
 class ReductionConfig(BaseModel):
     version: str = "1"
+    backend: Literal["auto", "cupy", "numpy"] = "numpy"  #: overscan, bias, flat, saturation on a GPU (cupy/auto)
     combine_sigma: float = 3.0          #: clipping of the master bias/flat combination
     bpm_flat_low: float = 0.5           #: bad pixel: flat response below this x local response
     bpm_flat_high: float = 1.5          #: ... or above this
@@ -350,6 +351,7 @@ class GWPlanConfig(BaseModel):
     revisits: int = 2                   #: visits per field in the night
     revisit_gap_min: float = 60.0       #: least time between visits of a field
     max_fields: int = 50                #: fields scheduled per event (best first)
+    auto: bool = True                   #: the stream writes the coming night's plan on every followed notice
 
 
 class GCNKafkaConfig(BaseModel):

@@ -7,10 +7,11 @@ ZTF alerts:
 
 * the night of 2023-10-12: 24 alerts from five readout quadrants of one ZTF exposure
   (RA 47°, Dec +9°, many known asteroids, two low real/bogus scores), each quadrant one
-  exposure; they lie in the 90 % region of S240116o (credible level 0.85-0.89), whose real
-  LVK notice and sky map are ingested (``ast3stream.gw.too.ingest``) onto an AST3-3 field
-  grid over a 20 x 25 deg footprint around them, so their field is on the ToO list, those
-  exposures are ToO exposures and their candidates are in a GW field;
+  exposure; they lie near the edge of the 90 % region of S240116o (credible levels 0.85 to
+  0.94), whose real LVK notice and sky map are ingested (``agents.gw.ingest``, as ``too
+  ingest`` does) onto an AST3-3 field grid over a 20 x 25 deg footprint around them, so
+  their field is on the ToO list, those exposures are ToO exposures and their candidates
+  are in a GW field (about half inside the 90 % region);
 * ZTF21abiuvdk: 34 alerts of one object over two months (2021-07-01 to 09-04), each an
   exposure of its own: the object's light curve (detections) plus the non-detections of its
   last alert's history (upper limits).
@@ -32,11 +33,12 @@ from astropy.io import fits
 from astropy.table import Table
 
 from agents.chain import PRODUCT_FILES, Resources, writer
+from agents.gw import ingest
 from agents.portal.data import BACK_STAGES, FRONT_STAGES
 from ast3stream.alerts import build_alert, encode, read_alerts, read_cutout, write_avro_file
 from ast3stream.config import Settings
 from ast3stream.gw.fields import make_grid
-from ast3stream.gw.too import field_size, ingest
+from ast3stream.gw.too import field_size
 from ast3stream.products import write_bundle
 from ast3stream.rawfile import describe
 
@@ -55,12 +57,13 @@ def settings(root: Path, **sections) -> Settings:
 def build(cfg: Settings, shared: Path) -> dict:
     """Fill ``cfg``'s database and product store; return what the tests check against."""
     res = Resources(cfg)
-    w, h = field_size(cfg)
+    w, h = field_size(cfg.detector, cfg.gw)
     grid = make_grid(w, h, 0, 20, prefix="F")
     grid = grid[(grid["ra"] > 35) & (grid["ra"] < 60)]  # the survey's footprint: 20 x 25 deg
     cfg.fields_path.parent.mkdir(parents=True, exist_ok=True)
     grid.write(cfg.fields_path, format="ascii.csv", overwrite=True)
-    notice, plan = ingest(shared / S240116O, res.db, cfg, grid)
+    outcome = ingest(shared / S240116O, res.db, cfg, origin="file", enforce_policy=False, fields=grid)
+    notice, plan = outcome.notice, outcome.fields
     night = [v for v in read_alerts(shared / NIGHT)]
     series = sorted(read_alerts(shared / SERIES), key=lambda v: v.mjd)
     ra, dec = np.mean([v.ra for v in night]), np.mean([v.dec for v in night])

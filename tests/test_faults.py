@@ -4,7 +4,7 @@ One small simulated night (one field: a template visit, a science visit, and a v
 field put on the ToO list, so both lanes run) is dropped into the watched folder of a
 running stack on the real embedded broker while a fault hits it:
 
-* a worker is killed (SIGKILL) in the middle of an exposure and started again;
+* a worker is killed (SIGKILL) in the middle of an exposure and the supervisor starts it again;
 * every broker client is restarted: the worker (with the watcher) is stopped (SIGTERM)
   mid-night and started again beside a second worker, so the consumer group rebalances
   (two partitions per topic) with the night half done;
@@ -192,7 +192,7 @@ def test_killed_worker_mid_exposure_loses_nothing_and_duplicates_nothing(night, 
         _until(lambda: "astrometry" in _stages_done(db, target), "astrometry of the science visit", stack=stack)
         assert "alert" not in _stages_done(db, target)
         stack.kill_worker(0)
-        stack.start_worker(0)
+        _until(lambda: stack.restart_dead() == [0], "the supervisor to restart the worker")
         alerts, dead = recover(stack, db, ids)
     assert_exactly_once(cfg, db, nt, alerts, dead)
 

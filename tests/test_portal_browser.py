@@ -66,7 +66,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, portal, tmp_path):
+def page(browser, portal):
     pg = browser.new_page(viewport={"width": 1280, "height": 800})
     pg.set_default_timeout(15000)
     yield pg
@@ -144,7 +144,8 @@ def test_the_too_page_shows_the_plan_of_S240116o(page, portal, tmp_path):
     assert _loaded(page, "img.plan")[0] > 500
     observed = event.locator("table.fields tr.observed td:nth-child(2)").all_inner_texts()
     assert observed == [built["field"]]
-    assert event.locator("table.candidates tbody tr[data-candidate]").count() == 24
+    assert 10 <= event.locator("table.candidates tbody tr[data-candidate]").count() < 24  # inside the 90 % region
+    assert "PRELIMINARY" in event.locator("h2").inner_text()
     _shot(page, "too", tmp_path)
 
 

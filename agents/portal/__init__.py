@@ -124,7 +124,7 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
         return data.obj(db, request.path_params["object_id"])
 
     def too_data(request: Request):
-        return data.too(db, grid())
+        return data.too(db, grid(), cfg.gw.credible_level)
 
     async def dead_data(request: Request):
         rows = await asyncio.to_thread(data.dead_letters, db)
@@ -148,7 +148,7 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
         for lane in ("dip", "qip"):
             path = store.path(store.key(ns, eid, lane, "thumbnail.png"))
             if path.exists():
-                return Response(path.read_bytes(), media_type="image/png")
+                return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=600"})
         raise NotFound(f"no thumbnail of {eid}")
 
     def stamp(request: Request):
@@ -198,7 +198,8 @@ def create_app(cfg: Settings, res: Resources | None = None) -> Starlette:
         ev = next((e for e in data.too(db, grid())["events"] if e["event_id"] == event), None)
         if ev is None:
             raise NotFound(f"no active ToO event {event!r}")
-        return cached("plan", ev["fields"], lambda: images.plan_png(ev["fields"], event))
+        return cached("plan", [ev["skymap_path"], ev["fields"]],
+                      lambda: images.plan_png(ev["fields"], f"{event} {ev['alert_type'] or ''}", data.skymap(ev)))
 
     def alert_file(request: Request):
         from ast3stream.alerts import read_avro_file, write_avro_file

@@ -6,9 +6,12 @@ parameters :class:`BadRequest` (the portal answers 404 and 400 with the reason).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -22,6 +25,8 @@ BACK_STAGES = tuple(s.name for s in BACK)
 #: exposure quality values shown (``exposures.quality``)
 QUALITY_KEYS = ("fwhm_px", "maglim", "zp", "pcc", "cloud_prob", "n_stars", "astrometry_rms_arcsec")
 SORTS = ("mjd", "score", "mag", "snr")
+#: cross-match values of a candidate (``candidates.extra``, written by the alert stage)
+CROSSMATCH_KEYS = ("host_id", "host_sep_arcsec", "host_dist_mpc", "ssnamenr", "var_name", "tns_name")
 
 
 class NotFound(LookupError):
@@ -46,6 +51,16 @@ def _select(db: Database, stmt) -> list[dict]:
 
 
 # -- night and exposures ---------------------------------------------------------------
+
+def night_range(name: str) -> tuple[float, float]:
+    """The MJD interval of observing night ``YYYYMMDD`` (see :func:`agents.replay.night_of`)."""
+    try:
+        day = datetime.strptime(name, "%Y%m%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise BadRequest(f"night {name!r}: expected YYYYMMDD") from None
+    mjd = day.timestamp() / 86400.0 + 40587.0
+    return mjd + 0.5, mjd + 1.5
+
 
 def nights(db: Database) -> list[dict]:
     """Every observing night with its number of exposures, latest first."""
@@ -118,12 +133,16 @@ def night(db: Database, name: str | None = None) -> dict:
     if name is None:
         name = known[0]["night"] if known else None
     elif not any(n["night"] == name for n in known):
-        if not (len(name) == 8 and name.isdigit()):
-            raise BadRequest(f"night {name!r}: expected YYYYMMDD")
+        night_range(name)
         raise NotFound(f"no exposures in night {name}")
     tab = db.t["exposures"]
-    rows = [r for r in _select(db, sa.select(tab).order_by(tab.c.mjd, tab.c.exposure_id))
-            if (night_of(r["mjd"]) or "unknown") == name]
+    stmt = sa.select(tab).order_by(tab.c.mjd, tab.c.exposure_id)
+    if name == "unknown":
+        stmt = stmt.where(tab.c.mjd.is_(None))
+    elif name is not None:
+        lo, hi = night_range(name)
+        stmt = stmt.where((tab.c.mjd >= lo) & (tab.c.mjd < hi))
+    rows = _select(db, stmt)
     ids = [r["exposure_id"] for r in rows]
     runs, dead = _stage_runs(db, ids), _dead(db)
     n_alerts, n_cands = _counts(db, "alerts", ids), _counts(db, "candidates", ids)
@@ -257,8 +276,7 @@ def _candidate_select(db: Database):
 def _candidate_view(r: dict, too: dict[str, dict]) -> dict:
     """A candidate row with its cross-matches and the GW event of its field (``too``: :func:`_too_fields`)."""
     extra = r.pop("extra") or {}
-    r["host_id"], r["host_sep_arcsec"], r["ssnamenr"] = (
-        None if extra.get(k) in (None, "") else extra[k] for k in ("host_id", "host_sep_arcsec", "ssnamenr"))
+    r.update({k: None if extra.get(k) in (None, "") else extra[k] for k in CROSSMATCH_KEYS})
     entry = too.get(r["field_id"])
     r["gw_event"], r["gw_prob"] = (entry["event_id"], entry["prob"]) if entry else (None, None)
     return r
@@ -277,12 +295,13 @@ def candidates(db: Database, q: CandidateQuery) -> dict:
             stmt = stmt.where(col == value)
     if q.alerted is not None:
         stmt = stmt.where(a.c.alert_id.is_not(None) if q.alerted else a.c.alert_id.is_(None))
+    if q.night is not None:
+        lo, hi = night_range(q.night)
+        stmt = stmt.where((c.c.mjd >= lo) & (c.c.mjd < hi))
     too = _too_fields(db)
     items = []
     for r in _select(db, stmt):
         r = _candidate_view(r, too)
-        if q.night is not None and night_of(r["mjd"]) != q.night:
-            continue
         if q.has_host is not None and (r["host_id"] is not None) != q.has_host:
             continue
         if q.not_asteroid is not None and (r["ssnamenr"] is None) != q.not_asteroid:
@@ -331,9 +350,32 @@ def alert_row(db: Database, alert_id: str) -> dict:
 
 # -- ToO, dead letters, templates ------------------------------------------------------
 
-def too(db: Database, grid: dict[str, tuple[float, float]] | None = None) -> dict:
-    """Active GW events: their ranked fields (with positions from the survey grid when
-    given), which fields were observed (coverage), and the candidates in those fields."""
+@functools.lru_cache(maxsize=8)
+def _skymap(path: str, mtime: float):
+    from ast3stream.gw.skymap import read_skymap
+
+    return read_skymap(path)
+
+
+def skymap(event: dict):
+    """The event's stored sky map (None without one); read once per file."""
+    path = event.get("skymap_path")
+    return _skymap(path, Path(path).stat().st_mtime) if path and Path(path).exists() else None
+
+
+EVENT_KEYS = ("status", "alert_type", "reason", "far_per_year", "classification", "area50_deg2", "area90_deg2",
+              "distmean_mpc", "diststd_mpc", "n_notices", "last_received_at", "expires_at", "skymap_path")
+
+
+def too(db: Database, grid: dict[str, tuple[float, float]] | None = None, credible_level: float = 0.9) -> dict:
+    """GW events: the active ones with their ranked fields (positions from the survey grid
+    when given), which fields were observed (coverage), and the candidates of the observed
+    fields inside the ``credible_level`` region of the stored sky map (all of them, marked,
+    when the event has no sky map); the others (retracted, expired, ignored) listed apart."""
+    from agents.gw import GWState
+    from ast3stream.gw.skymap import credible_level_at
+
+    meta = {e["event_id"]: e for e in GWState(db).events()}
     e = db.t["exposures"]
     observed: dict[str, list[str]] = {}
     for r in _select(db, sa.select(e.c.field_id, e.c.exposure_id).where(e.c.field_id.is_not(None))):
@@ -341,7 +383,8 @@ def too(db: Database, grid: dict[str, tuple[float, float]] | None = None) -> dic
     events: dict[str, dict] = {}
     for r in db.too_fields():
         ev = events.setdefault(r["event_id"], {"event_id": r["event_id"], "fields": [], "coverage": 0.0,
-                                               "cum_prob": 0.0, "candidates": []})
+                                               "cum_prob": 0.0, "candidates": [],
+                                               **{k: meta.get(r["event_id"], {}).get(k) for k in EVENT_KEYS}})
         pos = (grid or {}).get(r["field_id"])
         f = {"rank": r["rank"], "field_id": r["field_id"], "prob": r["prob"], "cum_prob": r["cum_prob"],
              "galaxy_score": _finite(r["galaxy_score"]), "ra": pos[0] if pos else None, "dec": pos[1] if pos else None,
@@ -351,11 +394,21 @@ def too(db: Database, grid: dict[str, tuple[float, float]] | None = None) -> dic
         if f["exposures"]:
             ev["coverage"] += r["prob"] or 0.0
     for ev in events.values():
+        ev["credible_level"] = credible_level
+        ev["has_skymap"] = (sky := skymap(ev)) is not None
         observed_fields = {f["field_id"] for f in ev["fields"] if f["exposures"]}
-        if observed_fields:
-            items = candidates(db, CandidateQuery(in_gw_field=True, sort="score", per_page=500))["items"]
-            ev["candidates"] = [c for c in items if c["field_id"] in observed_fields and c["gw_event"] == ev["event_id"]]
-    return {"events": list(events.values())}
+        if not observed_fields:
+            continue
+        items = [c for c in candidates(db, CandidateQuery(in_gw_field=True, sort="score", per_page=500))["items"]
+                 if c["field_id"] in observed_fields]
+        if sky is not None and items:
+            levels = credible_level_at(sky, [c["ra"] for c in items], [c["dec"] for c in items])
+            for c, level in zip(items, levels):
+                c["credible_level"] = float(level)
+            items = [c for c in items if c["credible_level"] <= credible_level]
+        ev["candidates"] = items
+    others = [{"event_id": k, **{key: m.get(key) for key in EVENT_KEYS}} for k, m in meta.items() if k not in events]
+    return {"events": list(events.values()), "others": others}
 
 
 def dead_letters(db: Database) -> list[dict]:

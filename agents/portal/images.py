@@ -122,8 +122,9 @@ def latency_png(latencies: list[float], title: str) -> bytes:
     return _png(fig)
 
 
-def plan_png(fields: list[dict], title: str) -> bytes:
-    """The ToO plan (:func:`ast3stream.gw.plot.plot_plan`): fields on the sky, cumulative probability."""
+def plan_png(fields: list[dict], title: str, skymap=None) -> bytes:
+    """The ToO plan (:func:`ast3stream.gw.plot.plot_plan`): fields on the sky (over the sky map's
+    density when given), cumulative probability against rank."""
     from astropy.table import Table
 
     from ast3stream.gw.plot import plot_plan
@@ -133,4 +134,4 @@ def plan_png(fields: list[dict], title: str) -> bytes:
         cols += ["ra", "dec"]
     table = Table(rows=[[f[c] for c in cols] for f in fields], names=cols)
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(plot_plan(table, Path(tmp) / "plan.png", title=title)).read_bytes()
+        return Path(plot_plan(table, Path(tmp) / "plan.png", skymap, title=title)).read_bytes()

@@ -69,7 +69,7 @@ def build_notice(alert: Mapping, gw_event, *, created: Time | None = None,
     points = [*(alert.get("prv_candidates") or []), c]
     skymap = _event_skymap(gw_event) if gw is not None else None
     if skymap is not None:
-        curve = [{"mjd": p["jd"] - 2400000.5, "mag": p.get("magpsf")} for p in points]   # schema 2.x: ZTF names
+        curve = [dict(mjd=p["jd"] - 2400000.5, mag=p.get("magpsf")) for p in points]
         kn = assess(dict(ra=c["ra"], dec=c["dec"], rb=c["drb"], ssnamenr=c.get("ssnamenr") or None,
                          var_name=x.get("var_name") or None, tns_name=x.get("tns_name") or None,
                          host_id=x.get("host_id"), host_dist_mpc=x.get("host_dist_mpc"),

@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-import astropy.units as u
 import numpy as np
 from astropy.table import Table
 from astropy.time import Time
@@ -116,11 +115,8 @@ def _events(state, event: str | None) -> list[dict]:
 
 
 def plan_command(args) -> int:
-    from agents.gw import GWState, event_fields, event_skymap, observed
-    from ast3stream.gw.fields import covered_probability
-    from ast3stream.gw.observe import night_window, schedule, site
-    from ast3stream.gw.plot import plot_schedule
-    from ast3stream.gw.too import field_size
+    from agents.gw import GWState, night_of, write_plan
+    from ast3stream.gw.observe import night_window, site
 
     cfg, db = _context(args)
     plan = cfg.gw.plan
@@ -131,39 +127,19 @@ def plan_command(args) -> int:
         print("no active GW events with ToO fields", file=sys.stderr)
         return 1
     where = site(args.site or plan.site, cfg.detector)
-    night = args.night or (Time.now() + (where.lon / 15 - 12) * u.hour).isot[:10]    # local date of the evening
+    night = args.night or night_of(where)
     start, end = night_window(where, night, plan.sun_alt_deg)
-    width, height = field_size(cfg.detector, cfg.gw)
     print(f"{where.name} (lat {where.lat:.2f}, lon {where.lon:.2f}, {where.height:.0f} m): night of {night}, "
           f"sun below {plan.sun_alt_deg:g} deg from {start.isot[:16]} to {end.isot[:16]} UTC; altitude >= "
           f"{plan.min_alt_deg:g} deg, airmass <= {plan.max_airmass:g}, {plan.revisits} visits of {plan.exptime_s:g} s")
     for ev in events:
-        fields = event_fields(db, cfg, ev["event_id"])
-        seen = observed(db, cfg, since_mjd=Time(ev["event_time"]).mjd if ev["event_time"] else None)
-        done = {}
-        for f, m in zip(seen["field_id"], seen["mjd"]):
-            n, last = done.get(f, (0, None))
-            done[f] = (n + 1, max(last, Time(m, format="mjd")) if last is not None else Time(m, format="mjd"))
-        by = cfg.gw.rank_by if np.isfinite(np.asarray(fields["galaxy_score"], float)).any() else "prob"
-        sched = schedule(fields, where, start, end, plan, done=done, priority=by)
-        skymap = event_skymap(ev)
-        sched["cum_prob"] = (covered_probability(skymap, sched, width, height) if skymap is not None
-                             else np.cumsum(np.where(sched["visit"] == 1, sched["prob"], 0.0)))
-        out = args.out or cfg.products_dir / "gw" / ev["event_id"]
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"plan-{ev['event_id']}-{night}"
-        sched.write(f"{stem}.csv", format="ascii.csv", overwrite=True)
-        Path(f"{stem}.json").write_text(json.dumps(dict(
-            event_id=ev["event_id"], alert_type=ev["alert_type"], night=night, **{k: v for k, v in sched.meta.items()},
-            exptime_s=plan.exptime_s, revisits=plan.revisits, cum_prob=float(sched["cum_prob"][-1]) if len(sched) else 0.0,
-            visits=[{k: _plain(r[k]) for k in sched.colnames} for r in sched]), indent=1))
-        png = plot_schedule(sched, f"{stem}.png", skymap, title=f"{ev['event_id']} ({ev['alert_type']}) from "
-                                                                f"{where.name}, night of {night}")
+        sched, stem = write_plan(db, cfg, ev, where, night, args.out)
         n_fields = len(set(sched["field_id"])) if len(sched) else 0
-        print(f"\n{ev['event_id']} ({ev['alert_type']}): {len(sched)} visits of {n_fields} of its {len(fields)} "
-              f"fields, cumulative probability {sched['cum_prob'][-1] if len(sched) else 0:.3f}")
+        print(f"\n{ev['event_id']} ({ev['alert_type']}): {len(sched)} visits of {n_fields} of its "
+              f"{sched.meta['n_candidates']} fields, cumulative probability "
+              f"{sched['cum_prob'][-1] if len(sched) else 0:.3f}")
         _print(sched, PLAN_SHOWN)
-        print(f"schedule: {stem}.json, {stem}.csv; plot: {png}")
+        print(f"schedule: {stem}.json, {stem}.csv; plot: {stem}.png")
     return 0
 
 
@@ -215,12 +191,6 @@ def bridge_command(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _plain(v):
-    if isinstance(v, np.generic):
-        v = v.item()
-    return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
 def _print(table: Table, shown) -> None:
