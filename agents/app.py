@@ -304,7 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     from ast3stream.sources.extract import STRIP_MIN_PIXELS
 
     if cfg.detector.nx_raw * cfg.detector.ny_raw >= STRIP_MIN_PIXELS:  # full-size frames: strip workers, started once
+        from ast3stream.front import warm_up
+
         strips.pool(strips.n_workers(cfg.sources.workers))
+        log.warning("front half and detection loaded in %.1f s", warm_up(cfg))  # the first exposure as fast as the next
     app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None, watch=args.watch,
                    web_port=args.web_port, workers=args.workers)
     from faust.worker import Worker

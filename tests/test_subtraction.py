@@ -154,7 +154,7 @@ def test_lt_series_difference_is_clean():
     inside = (xc > 0) & (yc > 0) & (xc < d.mask.shape[1] - 1) & (yc < d.mask.shape[0] - 1)
     assert len(cr) > 5 and (d.mask[np.rint(yc[inside]).astype(int), np.rint(xc[inside]).astype(int)] != 0).all()
 
-    cands, _ = detect(d, aligned, tpl, d.stats["psf_fwhm"], 25.0, cfg, "dip")
+    cands, _ = detect(d, aligned, tpl, d.stats["psf_fwhm"], 25.0, cfg.detection, lane="dip")
     data = np.ascontiguousarray(tpl.data)
     bkg = sep.Background(data, mask=tpl.mask != 0)
     stars = sep.extract(data - bkg.back(), 10, err=bkg.globalrms, mask=tpl.mask != 0, minarea=9)

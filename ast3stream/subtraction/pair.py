@@ -111,7 +111,7 @@ def subtract_pair(science: Frame, template: Frame, cfg, zp: float | None = None)
     diff = subtract(aligned, template, cfg)
     if zp is None:
         zp = next((float(science.header[k]) for k in ("MAGZPT", "MAGZP", "ZP", "ZEROPT") if k in science.header), 25.0)
-    cands, _ = detect(diff, aligned, template, diff.stats["fwhm_sci"], zp, cfg, "dip")
+    cands, _ = detect(diff, aligned, template, diff.stats["fwhm_sci"], zp, cfg.detection, lane="dip")
     return PairResult(diff, aligned, template, cands)
 
 
