@@ -229,6 +229,22 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
             log.warning("metrics: consumer lag unavailable: %s", exc)
         return web.bytes(METRICS.text(), content_type=CONTENT_TYPE)
 
+    if res.wire.registry is not None and (stages is None or "alert" in stages):
+        @app.task
+        async def register_alert_schema():
+            """Register the alert schema for every alert topic on start (the wire caches the ids);
+            a registry that is away is asked again every 5 s."""
+            from ast3stream.alerts.registry import RegistryError
+
+            for name in ("candidates", "alerts", "alerts.qip", "alerts.dip"):
+                while True:
+                    try:
+                        await asyncio.to_thread(res.wire.schema_id, name, cfg.alerts.schema_version)
+                        break
+                    except RegistryError as exc:
+                        log.warning("%s; trying again in 5 s", exc)
+                        await asyncio.sleep(5)
+
     if stages is None or "filters" in stages:
         @app.task
         async def filter_streams():

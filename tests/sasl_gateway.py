@@ -1,4 +1,5 @@
-"""A SASL_SSL listener for the tests: TLS plus SASL/SCRAM-SHA-256/512 (RFC 5802, RFC 7677)
+"""A SASL_SSL listener for the tests: TLS plus SASL/SCRAM-SHA-256/512 (RFC 5802, RFC 7677) or
+OAUTHBEARER (RFC 7628, tokens from a given set)
 in front of the embedded Tansu broker, which has no SASL of its own.
 
 Tansu listens on loopback and advertises the gateway's address, so every connection a client
@@ -23,6 +24,21 @@ from agents.broker import die_with_parent, free_port, tansu_binary
 
 HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED, ILLEGAL_SASL_STATE = 33, 58, 34
+
+
+class OAuthBearer:
+    """The server side of OAUTHBEARER (RFC 7628): one message ``n,,\x01auth=Bearer <token>\x01\x01``."""
+
+    def __init__(self, tokens: set[str]):
+        self.tokens, self.state, self.user = tokens, "first", None
+
+    def step(self, message: bytes) -> bytes:
+        fields = dict(kv.split("=", 1) for kv in message.decode().split("\x01") if "=" in kv)
+        kind, _, token = fields.get("auth", "").partition(" ")
+        if kind != "Bearer" or token not in self.tokens:
+            raise PermissionError("invalid token")
+        self.state, self.user = "done", f"token:{token}"
+        return b""
 
 
 class Scram:
@@ -77,8 +93,9 @@ def _send(writer: asyncio.StreamWriter, payload: bytes) -> None:
 class SaslGateway:
     """Tansu behind a SASL_SSL listener on ``127.0.0.1:port`` (address ``localhost:port``)."""
 
-    def __init__(self, users: dict[str, str], certfile, keyfile, mechanisms=tuple(HASHES)):
-        self.users, self.mechanisms = users, list(mechanisms)
+    def __init__(self, users: dict[str, str], certfile, keyfile, mechanisms=(*HASHES, "OAUTHBEARER"),
+                 tokens: set[str] = frozenset()):
+        self.users, self.mechanisms, self.tokens = users, list(mechanisms), set(tokens)
         self.port, self.upstream = free_port(), free_port()
         self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.tls.load_cert_chain(str(certfile), str(keyfile))
@@ -149,7 +166,8 @@ class SaslGateway:
                 n = struct.unpack_from(">h", body)[0]
                 mechanism = body[2:2 + n].decode()
                 ok = mechanism in self.mechanisms
-                scram = Scram(mechanism, self.users) if ok else None
+                scram = None if not ok else (OAuthBearer(self.tokens) if mechanism == "OAUTHBEARER"
+                                             else Scram(mechanism, self.users))
                 listed = b"".join(struct.pack(">h", len(m)) + m.encode() for m in self.mechanisms)
                 _send(writer, struct.pack(">ihi", cid, 0 if ok else UNSUPPORTED_SASL_MECHANISM, len(self.mechanisms)) + listed)
             elif api_key == 36 and version in (0, 1) and scram is not None:  # SaslAuthenticate

@@ -411,3 +411,31 @@ def test_listen_through_the_embedded_broker(alert, broker, tmp_path):
     n = asyncio.run(listen(broker.bootstrap, [topic], fmt="files", out=tmp_path, max_alerts=1,
                            stream=io.StringIO(), from_beginning=True, timeout_s=5.0, group="g1"))
     assert n == 1 and len(list((tmp_path / "A3deadbeef00").glob("*.png"))) == 3
+
+
+def test_the_chain_frames_each_topic_with_registry_ids(night_settings, small_night):
+    """A simulated exposure through the real chain (in process): ``alerts`` and ``candidates``
+    carry the registry's schema id, ``alerts.dip`` (configured ``container``) one Avro container per
+    message that plain fastavro reads; the database digest is the packet's content digest."""
+    from agents.chain import Resources, process_exposure
+    from ast3stream.alerts import packet_digest
+
+    with Registry() as reg:
+        reg.register("unrelated-value", json.dumps({"type": "string"}))
+        cfg = night_settings("framing", alerts={"registry_url": reg.url, "topic_framing": {"alerts.dip": "container"}})
+        res = Resources(cfg)
+        messages = [m for exp in small_night[1].exposures[:2] for m in process_exposure(exp.path, res)]
+        by_topic: dict[str, list[bytes]] = {}
+        for name, _, value in messages:
+            by_topic.setdefault(name, []).append(value)
+        assert by_topic["alerts"] and len(by_topic["alerts"]) == len(by_topic["alerts.dip"])
+        assert {int.from_bytes(v[1:5], "big") for v in by_topic["alerts"] + by_topic["candidates"]} == {2}
+        assert set(reg.subjects) == {"unrelated-value", f"{cfg.kafka.prefix}.alerts-value",
+                                     f"{cfg.kafka.prefix}.candidates-value"}
+        client = SchemaRegistry(reg.url)
+        framed = [decode(v, registry=client) for v in by_topic["alerts"]]
+        plain = [next(fastavro.reader(io.BytesIO(v))) for v in by_topic["alerts.dip"]]
+        assert [a["candid"] for a in framed] == [a["candid"] for a in plain]
+        assert framed == [decode(v) for v in by_topic["alerts.dip"]]
+    digests = {r["alert_id"]: r["digest"] for r in res.db.rows("alerts")}
+    assert digests == {str(a["alertId"]): packet_digest(a) for a in framed}

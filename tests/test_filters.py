@@ -4,7 +4,7 @@ in a GW 90 % region, not an asteroid) delivers exactly the matching alerts to it
 from __future__ import annotations
 
 import asyncio
-import copy
+import json
 
 import numpy as np
 import pytest
@@ -93,7 +93,7 @@ def night(gw_region) -> list[dict]:
 
 
 @pytest.mark.broker
-def test_a_filter_stream_delivers_exactly_its_alerts(broker, gw_region):
+def test_a_filter_stream_delivers_exactly_its_alerts(broker, gw_region, shared_data, capsys, monkeypatch):
     from aiokafka import AIOKafkaProducer
 
     from agents.filterstream import FilterStream, list_filters, put_filter, remove_filter
@@ -108,10 +108,16 @@ def test_a_filter_stream_delivers_exactly_its_alerts(broker, gw_region):
                 and a["candidate"]["ssnamenr"] is None}
     assert 2 <= len(expected) < len([a for a in alerts if a["candidate"]["drb"] >= 0.8])  # the cut means something
 
-    gw = FilterSpec("gw-bright", expr="score >= 0.8 and not asteroid", moc=moc)
-    rocks = FilterSpec("rocks", expr="asteroid", lanes=["dip"])
-    asyncio.run(put_filter(kafka, gw))
-    asyncio.run(put_filter(kafka, rocks))
+    from ast3stream.cli import main
+
+    monkeypatch.setenv("AST3_KAFKA__PREFIX", "fstest")
+    cli = ["filters"]
+    skymap = shared_data / "gw" / "lvk" / "S240116o_bayestar.multiorder.fits"
+    assert main([*cli, "add", "gw-bright", "--expr", "score >= 0.8 and not asteroid", "--skymap", str(skymap),
+                 "--credible-level", "0.9", "--bootstrap", broker.bootstrap]) == 0   # the CLI, as a user adds it
+    assert capsys.readouterr().out.strip() == "gw-bright: fstest.filter.gw-bright.qip, fstest.filter.gw-bright.dip"
+    asyncio.run(put_filter(kafka, FilterSpec("rocks", expr="asteroid", lanes=["dip"])))
+    assert asyncio.run(list_filters(kafka))["gw-bright"].moc == moc
 
     async def produce(batch):
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
@@ -142,4 +148,7 @@ def test_a_filter_stream_delivers_exactly_its_alerts(broker, gw_region):
     # definitions survive restarts (compacted topic), and go away when removed
     assert set(asyncio.run(list_filters(kafka))) == {"gw-bright", "rocks"}
     asyncio.run(remove_filter(kafka, "rocks"))
-    assert list(asyncio.run(list_filters(kafka))) == ["gw-bright"]
+    capsys.readouterr()
+    assert main([*cli, "list", "--bootstrap", broker.bootstrap]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(f["name"], f["moc_cells"]) for f in listed] == [("gw-bright", len(moc))]

@@ -415,7 +415,7 @@ def alert_bytes() -> bytes:
 @given(cut=st.integers(1, 10**6), tail=st.binary(min_size=1, max_size=50), junk=st.binary(max_size=400),
        schema_id=st.integers(0, 2**32 - 1))
 def test_a_damaged_alert_is_rejected(alert_bytes, cut, tail, junk, schema_id):
-    assert decode_alert(alert_bytes)["candidate"]["mag"] == pytest.approx(18.3)
+    assert decode_alert(alert_bytes)["candidate"]["magpsf"] == pytest.approx(18.3)
     for bad in (alert_bytes[: len(alert_bytes) - 1 - cut % (len(alert_bytes) - 1)], alert_bytes + tail,
                 FRAME + alert_bytes[5:]):
         with pytest.raises(MalformedMessage, match="cannot decode|trailing bytes|bad frame"):

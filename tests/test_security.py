@@ -87,7 +87,9 @@ def test_secrets_come_from_env_or_file_never_the_settings_file(tmp_path):
         kafka_options(SecurityConfig(kafka_protocol="SASL_SSL"))
 
 
-def test_oauthbearer_tokens_from_a_client_credentials_endpoint():
+@pytest.fixture
+def token_server():
+    """An OAuth 2 token endpoint: issues ``tok1``, ``tok2``... (one per request); records the forms."""
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
     from urllib.parse import parse_qs
@@ -108,18 +110,20 @@ def test_oauthbearer_tokens_from_a_client_credentials_endpoint():
 
     server = HTTPServer(("127.0.0.1", 0), Token)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        sec = SecurityConfig(kafka_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="OAUTHBEARER",
-                             oauth_token_url=f"http://127.0.0.1:{server.server_port}/token",
-                             oauth_client_id="ast3", oauth_client_secret="cs", oauth_scope="kafka")
-        opts = kafka_options(sec)
-        provider = opts["sasl_oauth_token_provider"]
-        assert asyncio.run(provider.token()) == "tok1" and asyncio.run(provider.token()) == "tok1"   # reused
-        assert seen == [{"grant_type": ["client_credentials"], "client_id": ["ast3"], "client_secret": ["cs"],
-                         "scope": ["kafka"]}]
-        asyncio.run(construct(AIOKafkaProducer, **opts))              # aiokafka accepts the provider
-    finally:
-        server.shutdown()
+    yield f"http://127.0.0.1:{server.server_port}/token", seen
+    server.shutdown()
+
+
+def test_oauthbearer_tokens_from_a_client_credentials_endpoint(token_server):
+    url, seen = token_server
+    sec = SecurityConfig(kafka_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="OAUTHBEARER", oauth_token_url=url,
+                         oauth_client_id="ast3", oauth_client_secret="cs", oauth_scope="kafka")
+    opts = kafka_options(sec)
+    provider = opts["sasl_oauth_token_provider"]
+    assert asyncio.run(provider.token()) == "tok1" and asyncio.run(provider.token()) == "tok1"   # reused
+    assert seen == [{"grant_type": ["client_credentials"], "client_id": ["ast3"], "client_secret": ["cs"],
+                     "scope": ["kafka"]}]
+    asyncio.run(construct(AIOKafkaProducer, **opts))              # aiokafka accepts the provider
 
 
 def test_registry_and_postgres_tls_settings(tls_files):
@@ -136,10 +140,10 @@ def test_registry_and_postgres_tls_settings(tls_files):
 
 
 @pytest.mark.broker
-def test_a_client_connects_with_scram_over_tls(tls_files):
+def test_a_client_connects_with_scram_over_tls(tls_files, token_server):
     """The real thing: our settings -> aiokafka -> TLS -> SASL/SCRAM-SHA-512 -> a broker: topic
     creation, an alert produced and read back through ``alerts()``; a wrong password and a
-    PLAINTEXT client are refused."""
+    PLAINTEXT client are refused; then OAUTHBEARER with a token from the token endpoint."""
     from aiokafka.errors import KafkaError
 
     from agents.broker import ensure_topics
@@ -176,9 +180,15 @@ def test_a_client_connects_with_scram_over_tls(tls_files):
             await producer.stop()
         return False
 
-    with SaslGateway({"alice": "alice-pw"}, cert, key) as gw:
+    with SaslGateway({"alice": "alice-pw"}, cert, key, tokens={"tok1"}) as gw:
         got = asyncio.run(round_trip(sec("alice-pw"), gw.bootstrap))
         assert [a["objectId"] for a in got] == ["A3sasl"] and got[0] == packet
         assert gw.failures == [] and set(gw.authenticated) == {"alice"} and len(gw.authenticated) >= 3
         assert asyncio.run(refused(sec("wrong-pw"), gw.bootstrap)) and gw.failures[-1] == "wrong password"
         assert asyncio.run(refused({}, gw.bootstrap))                       # PLAINTEXT to a TLS listener
+        # OAUTHBEARER with tokens from the client-credentials endpoint: tok1 is valid, tok2 (next client) is not
+        oauth = SecurityConfig(kafka_protocol="SASL_SSL", kafka_sasl_mechanism="OAUTHBEARER", ssl_cafile=cert,
+                               oauth_token_url=token_server[0], oauth_client_id="ast3")
+        got = asyncio.run(round_trip(kafka_options(oauth), gw.bootstrap))
+        assert [a["objectId"] for a in got] == ["A3sasl", "A3sasl"] and gw.authenticated[-1] == "token:tok1"
+        assert asyncio.run(refused(kafka_options(oauth), gw.bootstrap)) and gw.failures[-1] == "invalid token"

@@ -117,8 +117,8 @@ def _writer_schema(sid: int, registry, schemas: Mapping[int, dict] | None) -> di
             raise MalformedMessage(f"schema id {sid}: {exc}") from None
     if version_of(sid) in versions():
         return load_schema(version_of(sid))
-    raise MalformedMessage(f"alert written with schema id {sid}, which is not an embedded ast3stream id "
-                           f"({', '.join(str(schema_id(v)) for v in versions())}) and no registry or schema store was given")
+    raise MalformedMessage(f"alert written with schema id {sid}: unknown schema version {version_of(sid)} (embedded "
+                           f"ids: {', '.join(str(schema_id(v)) for v in versions())}), and no registry or schema store was given")
 
 
 class AlertWire:
