@@ -14,7 +14,8 @@ ZTF alerts:
   are in a GW field (about half inside the 90 % region);
 * ZTF21abiuvdk: 34 alerts of one object over two months (2021-07-01 to 09-04), each an
   exposure of its own: the object's light curve (detections) plus the non-detections of its
-  last alert's history (upper limits).
+  last alert's history (upper limits);
+* 12 alerts of 2020-01/02, each an exposure of its own, seven with a PS1 host galaxy.
 
 Each exposure's lane bundle holds the alerts' real 63x63 science, template and difference
 stamps side by side (candidate *i* at x = 63 i + 31, y = 31); raw files are small FITS files
@@ -34,6 +35,7 @@ from astropy.table import Table
 
 from agents.chain import PRODUCT_FILES, Resources, writer
 from agents.gw import ingest
+from agents.replay import night_of
 from agents.portal.data import BACK_STAGES, FRONT_STAGES
 from ast3stream.alerts import build_alert, encode, read_alerts, read_cutout, write_avro_file
 from ast3stream.config import Settings
@@ -43,6 +45,7 @@ from ast3stream.products import write_bundle
 from ast3stream.rawfile import describe
 
 NIGHT = "alerts/ztf/20231012"
+HOSTS = "alerts/ztf/20200202"  # 12 alerts of early 2020, seven of them on a PS1 host galaxy
 SERIES = "alerts/more/ztf/pitt-google-broker/docs/source/working-notes/troyraen/SuperNNova/ZTF21abiuvdk"
 S240116O = "gw/lvk/S240116o-preliminary_fink-modified-times.json"
 SCRIPT = "<script>window.pwned = 1</script>"
@@ -66,13 +69,14 @@ def build(cfg: Settings, shared: Path) -> dict:
     notice, plan = outcome.notice, outcome.fields
     night = [v for v in read_alerts(shared / NIGHT)]
     series = sorted(read_alerts(shared / SERIES), key=lambda v: v.mjd)
+    hosted = list(read_alerts(shared / HOSTS))
     ra, dec = np.mean([v.ra for v in night]), np.mean([v.dec for v in night])
     field = str(grid["field_id"][np.argmin(np.hypot((grid["ra"] - ra) * np.cos(np.radians(dec)), grid["dec"] - dec))])
     too_field = field in {str(f) for f in plan["field_id"]}
     exposures: dict[str, list] = {}
     for v in night:
         exposures.setdefault(f"ztf_{v.record['candidate']['pid']}", []).append(v)
-    for v in series:
+    for v in series + hosted:
         exposures.setdefault(f"ztf_{v.record['candidate']['pid']}", []).append(v)
     raw = cfg.paths.data_dir / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,7 @@ def build(cfg: Settings, shared: Path) -> dict:
         if in_night:
             out["night_exposures"].append(eid)
         if n == 0:
-            out["script_exposure"] = eid
+            out["script_exposure"], out["script_night"] = eid, night_of(ev.mjd)
     _upper_limits(res, series)
     res.store.flush()
     return out
