@@ -44,7 +44,9 @@ from ast3stream.events import ExposureEvent, MalformedMessage, StageEvent
 from ast3stream.pipeline import STAGES
 
 from .chain import Chain, Resources, StageFailed
+from .metrics import CONTENT_TYPE, METRICS
 from .retry import retrying
+from .security import faust_credentials, kafka_options
 from .topics import stage_topic, topic
 
 log = logging.getLogger("ast3stream.agents")
@@ -97,21 +99,33 @@ def known_exposure(db, ev: StageEvent) -> None:
                                "(not an event of this pipeline)")
 
 
-def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter) -> None:
-    """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list."""
-    from ast3stream.gw.too import ingest
+def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter, bootstrap: str) -> None:
+    """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list under the
+    notice policy and write the coming night's plan (:mod:`agents.gw`); expired lists are dropped
+    every minute. With ``gw.gcn.enabled`` the GCN Kafka bridge runs here too."""
+    from .gw import GWState, on_notice
 
     async def gw_agent(stream):
         async for event in stream.events():
             message = event.message
             try:
-                notice, table = await retrying("gw", asyncio.to_thread, ingest, message.value, res.db, res.cfg)
-                log.warning("GW %s %s: %s", notice.superevent_id, notice.alert_type,
-                            "retracted" if table is None else f"{len(table)} ToO fields")
+                origin = (message.key or b"").decode(errors="replace") or message.topic   # the GCN topic, by the bridge
+                await retrying("gw", asyncio.to_thread, on_notice, message.value, res.db, res.cfg, origin)
             except Exception as exc:
                 await dead_letter("gw", message, f"GW notice rejected: {type(exc).__name__}: {exc}", exc, None)
 
     app.agent(app.topic(topic(prefix, "gw")), name="gw", concurrency=1)(gw_agent)
+
+    @app.timer(60.0)
+    async def expire_too():
+        await retrying("gw", asyncio.to_thread, GWState(res.db).expire)
+
+    if res.cfg.gw.gcn.enabled:
+        @app.task
+        async def gcn_bridge():
+            from .gcn_bridge import bridge
+
+            await retrying("gcn", bridge, res.cfg.gw.gcn, bootstrap, prefix)
 
 
 class PipelineApp(faust.App):
@@ -127,15 +141,18 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
     prefix = cfg.kafka.prefix
     app = PipelineApp(
         f"{prefix}-pipeline", broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
-        web_host="127.0.0.1", web_bind="127.0.0.1", web_port=web_port or cfg.kafka.web_port, web_enabled=True,
+        web_host=cfg.kafka.web_host, web_bind=cfg.kafka.web_host, web_port=web_port or cfg.kafka.web_port,
+        web_enabled=True,
         broker_session_timeout=cfg.kafka.session_timeout_s, broker_heartbeat_interval=cfg.kafka.heartbeat_s,
         broker_commit_every=1, broker_commit_interval=0.5, producer_linger_ms=0,
         producer_max_request_size=cfg.kafka.max_message_bytes, consumer_max_fetch_size=cfg.kafka.max_message_bytes,
         topic_allow_declare=False, topic_disable_leader=True, store="memory://",
         consumer_auto_offset_reset="earliest", datadir=str(cfg.paths.data_dir / "faust"),
         stream_wait_empty=True, broker_max_poll_interval=3600.0,
+        broker_credentials=faust_credentials(cfg.security),
     )
     res = Resources(cfg)
+    kafka = cfg.kafka.model_copy(update={"bootstrap": bootstrap})   # the broker this worker uses
     pool = PriorityPool(workers or max(1, os.cpu_count() or 1))
     own = {s.name for s in STAGES} if stages is None else set(stages) & {s.name for s in STAGES}
 
@@ -150,6 +167,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
     async def dead_letter(stage: str, message, reason: str, exc: BaseException, exposure_id: str | None):
         log.warning("%s: dead letter for %s: %s", stage, exposure_id or "?", reason)
+        METRICS.dead_letter(stage)
         value = evmod.deadletter(message.topic, stage, reason, type(exc).__name__, key=message.key,
                                  value=message.value, partition=message.partition, offset=message.offset,
                                  exposure_id=exposure_id,
@@ -192,7 +210,27 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
                       StageEvent.decode, cfg.worker.in_flight)
 
     if stages is None or "gw" in stages:
-        add_gw_agent(app, res, prefix, dead_letter)
+        add_gw_agent(app, res, prefix, dead_letter, bootstrap)
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        """Prometheus text: stage and end-to-end latency histograms, alerts, dead letters, lag."""
+        from .status import topic_lag
+
+        try:
+            METRICS.set_lag(await topic_lag(cfg.model_copy(update={"kafka": kafka})))
+        except Exception as exc:  # the broker away: the other metrics still come
+            log.warning("metrics: consumer lag unavailable: %s", exc)
+        return web.bytes(METRICS.text(), content_type=CONTENT_TYPE)
+
+    if stages is None or "filters" in stages:
+        @app.task
+        async def filter_streams():
+            from .filterstream import FilterStream
+
+            stream = FilterStream(kafka, registry=res.wire.registry, client_options=kafka_options(cfg.security),
+                                  metrics=METRICS)
+            await retrying("filters", stream.run)
 
     if watch:
         @app.timer(cfg.products.prune_every_s)
@@ -207,7 +245,8 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
             async def watch():
                 producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0,
-                                            max_request_size=cfg.kafka.max_message_bytes)
+                                            max_request_size=cfg.kafka.max_message_bytes,
+                                            **kafka_options(cfg.security))
                 await producer.start()
                 try:
                     await Watcher(cfg.watch_dir, res, producer, prefix).run()

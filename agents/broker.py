@@ -112,15 +112,15 @@ class EmbeddedBroker:
 
 
 async def ensure_topics(bootstrap: str, topics: Iterable[str] | Mapping[str, Mapping[str, str]],
-                        partitions: int = 1, replication: int = 1) -> list[str]:
+                        partitions: int = 1, replication: int = 1, client_options: Mapping | None = None) -> list[str]:
     """Create the topics that do not exist yet (idempotent); return the names created.
 
     ``topics`` is a list of names, or names mapped to topic configs such as
     :func:`agents.topics.topic_configs` (``retention.ms``...), which are set on creation only:
-    existing topics are left as they are.
+    existing topics are left as they are. ``client_options``: SASL/TLS (:func:`agents.security.kafka_options`).
     """
     configs = dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, {})
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **(client_options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -139,5 +139,5 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str] | Mapping[str, Map
 
 
 def ensure_topics_sync(bootstrap: str, topics: Iterable[str] | Mapping[str, Mapping[str, str]],
-                       partitions: int = 1, replication: int = 1) -> list[str]:
-    return asyncio.run(ensure_topics(bootstrap, topics, partitions, replication))
+                       partitions: int = 1, replication: int = 1, client_options: Mapping | None = None) -> list[str]:
+    return asyncio.run(ensure_topics(bootstrap, topics, partitions, replication, client_options))

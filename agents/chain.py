@@ -51,6 +51,8 @@ from ast3stream.pipeline import (BACK, FRONT, SLOW, STAGES, AddPhotometry, Claim
                                  StageError, TemplateInForce, UpdateExposure, UpsertCandidate, UpsertObject)
 
 from .db import Database, lanes_done
+from .gw import too_entry
+from .metrics import METRICS
 from .retry import retrying
 from .store import ProductStore
 
@@ -146,6 +148,18 @@ class Resources:
         from ast3stream.catalogs import known
         path = self.cfg.paths.resolve(name, {"variable_stars": "gcvs.parquet", "transients": "tns.parquet"}[name])
         return self._get(name, lambda: getattr(known, f"open_{name}")(path) if path.exists() else None)
+
+    @property
+    def wire(self):
+        """How alerts are framed on each topic (:class:`~ast3stream.alerts.serialize.AlertWire`),
+        with the schema registry of ``alerts.registry_url`` when one is configured."""
+        from ast3stream.alerts.serialize import AlertWire
+
+        from .security import registry
+
+        a = self.cfg.alerts
+        return self._get("wire", lambda: AlertWire(self.cfg.kafka.prefix, a.framing, a.topic_framing,
+                                                   registry(a, self.cfg.security)))
 
     def classifier(self, lane: str):
         from ast3stream.classify import RealBogus
@@ -327,6 +341,7 @@ class Chain:
             await self._send_alerts(exp, lane, out, event.file_closed_at)
         await self._db(self.db.record_stage, exp.exposure_id, event.lane, st.name, version, start,
                        nxt.timings[-1]["end"], out.status)
+        METRICS.stage(st.name, event.lane, nxt.timings[-1]["end"] - start)
         await self._progress(nxt)
         return nxt
 
@@ -356,7 +371,7 @@ class Chain:
                 oids = {str(o) for o in lane.candidates["object_id"]} if len(lane.candidates) else set()
                 out[name] = {oid: self.db.light_curve(oid) for oid in oids}
             elif name == "too":
-                out[name] = self.db.too_event_for_field(exp.field_id) if exp.too else None
+                out[name] = too_entry(self.db, exp.field_id) if exp.too else None
             elif name == "threshold":
                 out[name] = res.threshold(lane.name)
             elif name == "versions":
@@ -449,19 +464,21 @@ class Chain:
         """Every candidate to ``candidates``; those above the threshold to ``alerts`` and
         ``alerts.{lane}`` (once: an alert recorded as published is not sent again), notices
         to ``gcn``; then the lane's bundle and alert packets to the product store."""
+        wire = self.res.wire
         for a in out.alerts:
             key = a.object_id.encode()
-            await self._send("candidates", key, a.value)
+            await self._send("candidates", key, wire.encode(a.packet, "candidates"))
             if not a.passed or await self._db(self.db.alert_published, a.alert_id):
                 continue
-            await self._send("alerts", key, a.value)
-            await self._send(f"alerts.{lane.name}", key, a.value)
+            for name in ("alerts", f"alerts.{lane.name}"):   # framing and schema id per topic
+                await self._send(name, key, wire.encode(a.packet, name))
             if a.notice is not None:
                 await self._send("gcn", key, a.notice)
             now = time.time()
             await self._db(self.db.record_alert, dict(
                 alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=exp.exposure_id,
                 lane=lane.name, score=a.score, digest=a.digest, published_at=now, latency_s=now - file_closed_at))
+            METRICS.alert(lane.name, now - file_closed_at)
         passed = [a.value for a in out.alerts if a.passed]
         if passed:
             store = self.res.store

@@ -175,5 +175,5 @@ def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 
 def alert_view(packet: dict) -> dict:
     """What the summary needs of an alert packet."""
     c = packet["candidate"]
-    return {"exposure_id": c["exposure_id"], "ra": c["ra"], "dec": c["dec"], "isdiffpos": bool(c["isdiffpos"]),
+    return {"exposure_id": c["exposure_id"], "ra": c["ra"], "dec": c["dec"], "isdiffpos": c["isdiffpos"] == "t",
             "alert_id": str(packet["alertId"]), "lane": c["lane"]}

@@ -1,6 +1,6 @@
 """Subscribe to alert topics: the ``ast3stream alerts listen`` client and its Python API.
 
-``alerts(...)`` is an async iterator of decoded alert packets; ``listen(...)`` applies an
+``alerts(...)`` is an async iterator of decoded alert packets (needs only the light install); ``listen(...)`` applies an
 :class:`~ast3stream.alerts.filters.AlertFilter` and prints a table, JSON lines, or writes
 files (JSON + PNG cutouts). With a consumer group, offsets are committed so a restarted
 listener resumes where it stopped; ``from_beginning`` starts at the earliest offset when
@@ -24,8 +24,12 @@ from ast3stream.events import MalformedMessage
 
 
 async def alerts(bootstrap: str, topics: list[str], *, group: str | None = None, from_beginning: bool = False,
-                 timeout_s: float | None = None, **consumer_options) -> AsyncIterator[dict]:
-    """Decoded alerts from ``topics`` until ``timeout_s`` seconds pass with no message (forever if None)."""
+                 timeout_s: float | None = None, registry=None, **consumer_options) -> AsyncIterator[dict]:
+    """Decoded alerts from ``topics`` until ``timeout_s`` seconds pass with no message (forever if None).
+
+    Either framing (Confluent or one Avro container per message); Confluent schema ids that are
+    not embedded ones are looked up in ``registry``. ``consumer_options`` go to aiokafka (e.g.
+    :func:`agents.security.kafka_options` for SASL/TLS)."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=group,
                                 auto_offset_reset="earliest" if from_beginning else "latest",
                                 enable_auto_commit=group is not None, **consumer_options)
@@ -38,7 +42,7 @@ async def alerts(bootstrap: str, topics: list[str], *, group: str | None = None,
                 for msg in messages:
                     last = time.monotonic()
                     try:
-                        yield decode(msg.value)
+                        yield decode(msg.value, registry=registry)
                     except MalformedMessage as exc:
                         print(f"skipped {msg.topic}[{msg.partition}]@{msg.offset}: {exc}", file=sys.stderr)
     finally:

@@ -24,6 +24,7 @@ from agents.db import Database
 from ast3stream.events import ExposureEvent, MalformedMessage
 
 from .runner import Stack, wait_for
+from .security import kafka_options
 from .topics import topic
 
 
@@ -36,16 +37,19 @@ def night_of(mjd: float | None) -> str | None:
 
 
 async def stored_exposures(bootstrap: str, prefix: str, from_offset: int = 0, to_offset: int | None = None,
-                           night: str | None = None, field: str | None = None) -> list[ExposureEvent]:
+                           night: str | None = None, field: str | None = None,
+                           client_options: dict | None = None) -> list[ExposureEvent]:
+    """``client_options``: :func:`agents.security.kafka_options` (SASL/TLS) for every client."""
+    opts = client_options or {}
     names = [topic(prefix, "exposures"), topic(prefix, "exposures.too")]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **opts)
     await admin.start()
     try:
         described = await admin.describe_topics(names)
     finally:
         await admin.close()
     out = []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **opts)
     await consumer.start()
     try:
         for t in described:
@@ -79,8 +83,9 @@ async def _read_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, from_o
             return out
 
 
-async def republish(bootstrap: str, prefix: str, exposures: list[ExposureEvent], namespace: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+async def republish(bootstrap: str, prefix: str, exposures: list[ExposureEvent], namespace: str,
+                    client_options: dict | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, **(client_options or {}))
     await producer.start()
     try:
         for exp in exposures:
@@ -108,14 +113,15 @@ def replay(cfg: Settings, namespace: str, *, from_offset: int = 0, to_offset: in
     if not cfg.kafka.bootstrap:
         raise SystemExit("replay reads stored events from a running broker: give --bootstrap "
                          "(the embedded broker keeps its topics in memory while it runs)")
+    opts = kafka_options(cfg.security)
     exposures = asyncio.run(stored_exposures(cfg.kafka.bootstrap, cfg.kafka.prefix, from_offset, to_offset,
-                                             night, field))
+                                             night, field, opts))
     rcfg = replay_settings(cfg, namespace, list(overrides))
     db = Database.from_settings(rcfg)
     with Stack(rcfg, watch=False) as stack:
         for exp in exposures:
             db.register_exposure(exp)
-        asyncio.run(republish(rcfg.kafka.bootstrap, rcfg.kafka.prefix, exposures, namespace))
+        asyncio.run(republish(rcfg.kafka.bootstrap, rcfg.kafka.prefix, exposures, namespace, opts))
         for exp in exposures:
             db.mark_published(exp.exposure_id)
         left = wait_for(db, [e.exposure_id for e in exposures], timeout, stack)

@@ -13,9 +13,16 @@ from pathlib import Path
 
 from .config import Settings
 
-# subcommands contributed by the science packages: each module has add_cli(subparsers)
-_PLUGINS = ("ast3stream.simulate.cli", "ast3stream.front", "ast3stream.classify.cli",
-            "ast3stream.gw.cli", "ast3stream.alerts.cli")
+# subcommands contributed by the science packages: each module has add_cli(subparsers). A module is
+# imported only when its command runs (or for the full parser), so the light install (no
+# ``[pipeline]`` extra) runs ``alerts``/``filters`` without astropy, torch or faust.
+_PLUGINS = {"simulate": ("ast3stream.simulate.cli", "write a simulated AST3-3 night"),
+            "reduce": ("ast3stream.front", "reduce and calibrate one raw frame"),
+            "classify": ("ast3stream.classify.cli", "real/bogus and cloud classifiers"),
+            "too": ("ast3stream.gw.cli", "gravitational-wave Target-of-Opportunity field lists"),
+            "alerts": ("ast3stream.alerts.cli", "subscribe to alerts, or show alert files"),
+            "filters": ("ast3stream.alerts.cli", "server-side filter streams: add, list, remove"),
+            "subtract": ("ast3stream.subtraction.pair", "align and subtract any pair of FITS images")}
 
 
 def _settings(args) -> Settings:
@@ -31,15 +38,17 @@ def cmd_run(args) -> int:
     import signal
     import threading
 
+    from agents.portal import in_background
     from agents.runner import Stack
 
     cfg = _settings(args)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # what systemd, docker and Ctrl-C send
         signal.signal(sig, lambda *_: stop.set())
-    with Stack(cfg, workers=args.workers) as stack:
+    with Stack(cfg, workers=args.workers) as stack, in_background(cfg) as portal:
         resumed = f"; resumed {len(stack.resumed)} unfinished exposures" if stack.resumed else ""
-        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}{resumed}; Ctrl-C to stop", flush=True)
+        print(f"broker {cfg.kafka.bootstrap}; watching {cfg.watch_dir}; portal {portal or 'off'}{resumed}; "
+              "Ctrl-C to stop", flush=True)
         stack.supervise(stop, progress=lambda line: print(line, flush=True))
         print("stopping", flush=True)
     return 0
@@ -47,11 +56,15 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from agents.demo import run_demo
+    from agents.portal import in_background
 
     cfg = _settings(args)
-    result = run_demo(cfg, exposures=args.exposures, scale=args.scale, seed=args.seed, n_fields=args.fields,
-                      interval=args.interval, timeout=args.timeout, summary=args.summary,
-                      cloud_fraction=args.cloud_fraction, too_fields=tuple(args.too or ()))
+    with in_background(cfg) as portal:
+        if portal:
+            print(f"portal {portal}", flush=True)
+        result = run_demo(cfg, exposures=args.exposures, scale=args.scale, seed=args.seed, n_fields=args.fields,
+                          interval=args.interval, timeout=args.timeout, summary=args.summary,
+                          cloud_fraction=args.cloud_fraction, too_fields=tuple(args.too or ()))
     return 0 if not result.get("unfinished") else 1
 
 
@@ -153,6 +166,7 @@ def cmd_products(args) -> int:
 
 def cmd_topics(args) -> int:
     from agents.broker import ensure_topics_sync
+    from agents.security import kafka_options
     from agents.topics import DAY_MS, topic_configs
 
     cfg = _settings(args)
@@ -163,11 +177,31 @@ def cmd_topics(args) -> int:
         if not k.bootstrap:
             print("topics create needs a broker: --bootstrap or AST3_KAFKA__BOOTSTRAP", file=sys.stderr)
             return 2
-        created = set(ensure_topics_sync(k.bootstrap, configs, k.partitions, k.replication))
+        created = set(ensure_topics_sync(k.bootstrap, configs, k.partitions, k.replication,
+                                         kafka_options(cfg.security)))
     for name, c in configs.items():
         state = "" if args.action == "plan" else ("created" if name in created else "exists")
         print(f"{name:<32} partitions={k.partitions} replication={k.replication} "
               f"retention={int(c['retention.ms']) / DAY_MS:g}d {state}".rstrip())
+    return 0
+
+
+def cmd_portal(args) -> int:
+    from agents.portal import bind, serve, url
+
+    cfg = _settings(args)
+    if args.namespace is not None:
+        cfg.database.namespace = args.namespace
+    cfg.portal.host = args.host or cfg.portal.host
+    cfg.portal.port = cfg.portal.port if args.port is None else args.port
+    try:
+        sock = bind(cfg)
+    except OSError as exc:
+        print(f"portal: cannot listen on {cfg.portal.host}:{cfg.portal.port}: {exc}", file=sys.stderr)
+        return 2
+    print(f"portal {url(sock)} ({'operator actions need the token' if cfg.portal.token else 'read-only'}); "
+          "Ctrl-C to stop", flush=True)
+    serve(cfg).run(sockets=[sock])
     return 0
 
 
@@ -177,7 +211,8 @@ def cmd_replay(args) -> int:
     return replay_main(args, _settings(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, the plugin modules of other commands are not imported."""
     parser = argparse.ArgumentParser(prog="ast3stream", description="Real-time transient detection pipeline")
     parser.add_argument("--config", help="settings file (TOML or JSON); also $AST3_CONFIG")
     parser.add_argument("--data-dir", help="working folder (database, products, watched folder)")
@@ -235,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap")
     p.set_defaults(func=cmd_topics)
 
+    p = sub.add_parser("portal", help="the web portal alone, over a data folder (and namespace)")
+    p.add_argument("--namespace", help="database namespace, e.g. a replay's; default database.namespace")
+    p.add_argument("--host", help="default portal.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="default portal.port (8600); 0 = any free port")
+    p.add_argument("--bootstrap", help="the broker, for retrying dead letters")
+    p.set_defaults(func=cmd_portal)
+
     p = sub.add_parser("replay", help="re-run stages over stored exposure events into a new namespace")
     p.add_argument("--namespace", required=True, help="new, versioned namespace, e.g. rb-2")
     p.add_argument("--bootstrap")
@@ -247,24 +289,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0)
     p.set_defaults(func=cmd_replay)
 
-    for name in _PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("ast3stream"):
+    added: set[str] = set()
+    for name, (module_name, help_text) in _PLUGINS.items():
+        if only is not None and module_name != _PLUGINS[only][0]:
+            sub.add_parser(name, help=help_text, add_help=False)   # listed in --help, imported on use
+        elif module_name not in added:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name and exc.name.startswith("ast3stream"):
+                    continue
+                if only is not None:
+                    raise SystemExit(f"ast3stream {name} needs the pipeline extra (no module {exc.name!r}): "
+                                     "pip install 'ast3stream[pipeline]'") from None
+                sub.add_parser(name, help=f"{help_text} (needs the [pipeline] extra)", add_help=False)
                 continue
-            raise
-        module.add_cli(sub)
+            module.add_cli(sub)
+            added.add(module_name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; any error is one line on stderr saying what to fix (``--debug``: the traceback)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        if args.debug or not exc.name or exc.name.startswith(("ast3stream", "agents")):
+            raise
+        print(f"error: ast3stream {args.command} needs the pipeline extra (no module {exc.name!r}): "
+              "pip install 'ast3stream[pipeline]'", file=sys.stderr)
+        return 2
     except Exception as exc:
         if args.debug:
             raise
@@ -281,6 +339,16 @@ def _one_line(exc: BaseException) -> str:
     if type(exc).__module__.startswith(("aiokafka", "kafka")) or "Kafka" in type(exc).__name__:
         return f"broker unreachable or refusing ({type(exc).__name__}: {text[:300]}): check kafka.bootstrap / --bootstrap"
     return f"{type(exc).__name__}: {text[:500]}"
+
+
+def _command(argv: list[str]) -> str | None:
+    """The plugin command named in ``argv`` (skipping the global options), else None."""
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option in ("--config", "--data-dir") and rest:
+            rest.pop(0)
+    return rest[0] if rest and rest[0] in _PLUGINS else None
 
 
 if __name__ == "__main__":

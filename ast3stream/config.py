@@ -27,7 +27,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Lane = Literal["qip", "dip"]
@@ -65,6 +65,7 @@ class KafkaConfig(BaseModel):
     session_timeout_s: float = 2.0      #: short: Tansu's group joins take half of it
     heartbeat_s: float = 0.5
     web_port: int = 6066                #: faust's web port (each worker needs its own)
+    web_host: str = "127.0.0.1"         #: faust's web server (``/metrics``): 0.0.0.0 for Prometheus on another host
     max_message_bytes: int = 16 * 1024 * 1024  #: also set as each topic's ``max.message.bytes``
     # topic retention (``retention.ms``), set when ``agents.broker.ensure_topics`` creates a topic
     retention_days: float = 7.0         #: stage topics ``{p}.{stage}.{lane}``: products on disk outlive them
@@ -116,6 +117,7 @@ class WorkerConfig(BaseModel):
 
 class ReductionConfig(BaseModel):
     version: str = "1"
+    backend: Literal["auto", "cupy", "numpy"] = "numpy"  #: overscan, bias, flat, saturation on a GPU (cupy/auto)
     combine_sigma: float = 3.0          #: clipping of the master bias/flat combination
     bpm_flat_low: float = 0.5           #: bad pixel: flat response below this x local response
     bpm_flat_high: float = 1.5          #: ... or above this
@@ -226,6 +228,11 @@ class SubtractionConfig(BaseModel):
     ban_shift_floor_px: float = 0.05    #: systematic floor of the centroid-shift error [px]
     threads: int = 0                    #: CPU threads for numba/FFTW; 0 = all
     warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes a subtraction worker compiles before consuming
+    gain_key: str = "GAIN"              #: header card of the gain (signal/variance); absent: estimated from the pixels
+    saturation_key: str = "SATURATE"    #: header card of the saturation level (image units); pixels >= 90 % masked
+    sky_keys: list[str] = ["SKYLEVEL", "AVSKY"]  #: header cards of the sky level a sky-subtracted image had (gain estimate)
+    template_cache: int = 4             #: prepared templates a worker keeps (keyed by product key + version)
+    noise_apertures: int = 2000         #: random apertures of the difference-noise check
 
 
 class DetectionConfig(BaseModel):
@@ -281,7 +288,7 @@ class TrainingConfig(BaseModel):
 
 class AlertConfig(BaseModel):
     version: str = "1"
-    schema_version: str = "1.0"
+    schema_version: str = "2.0"         #: alert schema written (ast3stream/schemas/alert/CHANGES.md)
     #: real/bogus score an alert needs (every candidate still goes to ``candidates`` and the
     #: database); None = the lane model's calibrated threshold, stored with its version
     min_score: float | None = None
@@ -289,6 +296,79 @@ class AlertConfig(BaseModel):
     gcn_min_score: float = 0.8
     publisher: str = "ast3stream"       #: ``publisher`` field of every alert packet
     position_error_arcsec: float = 0.5  #: position uncertainty quoted in GCN notices
+    #: message framing of the alert topics: ``confluent`` (schema id + schemaless Avro, as Rubin) or
+    #: ``container`` (one Avro container per message, as ZTF); ``topic_framing`` overrides it per
+    #: topic name without the prefix, e.g. ``{"alerts.dip" = "container"}`` (see ast3stream.alerts.serialize)
+    framing: Literal["confluent", "container"] = "confluent"
+    topic_framing: dict[str, Literal["confluent", "container"]] = {}
+    #: Confluent/Karapace schema registry; the alert schema is registered on start. None = embedded ids
+    registry_url: str | None = None
+    #: processing timestamps in each packet (``timing``: file closed, alert built, latency); outside
+    #: the packet digest, but a replay's packets then differ from the live ones in these fields
+    timestamps: bool = False
+
+
+class SecurityConfig(BaseModel):
+    """Kafka, schema-registry and PostgreSQL security (see ``agents.security``). Passwords and
+    secrets come only from the environment (``AST3_SECURITY__KAFKA_PASSWORD``) or from a file
+    (``*_file``): a settings file that holds one is refused."""
+
+    kafka_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_password_file: Path | None = None
+    oauth_token_url: str | None = None  #: OAUTHBEARER: OAuth 2 client-credentials token endpoint
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_client_secret_file: Path | None = None
+    oauth_scope: str | None = None
+    ssl_cafile: Path | None = None      #: CA bundle for the brokers' (and the registry's) certificates
+    ssl_certfile: Path | None = None    #: client certificate (mutual TLS)
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    registry_password_file: Path | None = None
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_sslrootcert: Path | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
+
+
+class GWPlanConfig(BaseModel):
+    """The night's observable ToO schedule (``too plan``, :mod:`ast3stream.gw.observe`)."""
+
+    site: str = "yaoan"                 #: a preset of ``ast3stream.gw.observe.SITES`` or ``detector`` (detector.site_*)
+    min_alt_deg: float = 30.0           #: altitude limit (airmass 2)
+    max_airmass: float = 2.0
+    horizon: tuple[tuple[float, float], ...] = ()  #: local horizon (azimuth, altitude) [deg], above min_alt_deg
+    sun_alt_deg: float = -18.0          #: astronomical night
+    moon_sep_deg: float = 20.0          #: Moon separation at new Moon ...
+    moon_sep_full_deg: float = 45.0     #: ... and at full Moon (linear in illuminated fraction)
+    exptime_s: float = 60.0
+    overhead_s: float = 30.0            #: slew + readout per exposure
+    revisits: int = 2                   #: visits per field in the night
+    revisit_gap_min: float = 60.0       #: least time between visits of a field
+    max_fields: int = 50                #: fields scheduled per event (best first)
+    auto: bool = True                   #: the stream writes the coming night's plan on every followed notice
+
+
+class GCNKafkaConfig(BaseModel):
+    """GCN Kafka in (``too bridge``): LVK's ``igwn.gwalert`` and classic VOEvents republished unchanged to
+    ``{prefix}.gw``. Credentials come from the environment (``GCN_CLIENT_ID`` / ``GCN_CLIENT_SECRET``)."""
+
+    enabled: bool = False               #: run the bridge in the worker
+    bootstrap: str = "kafka.gcn.nasa.gov:9092"
+    token_url: str = "https://auth.gcn.nasa.gov/oauth2/token"
+    oauth: bool = True                  #: SASL_SSL OAUTHBEARER (GCN); False = plaintext (a test broker)
+    group_id: str = "ast3stream-gw"
+    offset_reset: Literal["latest", "earliest"] = "latest"  #: where a new consumer group starts (not old notices)
+    #: also forward our ``{prefix}.gcn`` notices to this topic on ``bootstrap`` (GCN's Kafka, same credentials); None = off
+    publish_topic: str | None = None
+    topics: tuple[str, ...] = ("igwn.gwalert", "gcn.classic.voevent.LVC_EARLY_WARNING",
+                               "gcn.classic.voevent.LVC_PRELIMINARY", "gcn.classic.voevent.LVC_INITIAL",
+                               "gcn.classic.voevent.LVC_UPDATE", "gcn.classic.voevent.LVC_RETRACTION")
 
 
 class GWConfig(BaseModel):
@@ -300,6 +380,20 @@ class GWConfig(BaseModel):
     order: int | None = None            #: HEALPix order of the field integration; None = auto
     rank_by: Literal["prob", "galaxy_score"] = "prob"
     skymap_dir: Path | None = None      #: where VOEvent sky-map files are found by name (never downloaded)
+    grid_overlap: float = 0.1           #: overlap of neighbouring fields in the default survey grid
+    # notice policy (ast3stream.gw.policy): what the stream follows; the rest is logged and ignored
+    test_mode: bool = False             #: also follow mock superevents (MS..., MDC streams): tests only
+    require_significant: bool = True    #: LVK's ``significant`` flag (FAR below its public threshold)
+    max_far_per_year: float | None = None  #: also ignore notices with a higher false-alarm rate [yr^-1]
+    groups: tuple[str, ...] = ("CBC", "Burst")  #: LVK search groups followed
+    max_terrestrial: float | None = None   #: ignore CBC notices with p(Terrestrial) above this
+    early_warning: bool = True          #: follow EARLYWARNING (pre-merger) notices
+    expire_hours: float = 72.0          #: an event's ToO list stops this long after its last notice
+    kn_rb_min: float = 0.5              #: kilonova ranking (ast3stream.gw.kilonova): real/bogus needed
+    kn_distance_sigma: float = 2.0      #: host distance within this many DISTSIGMA of DISTMU
+    kn_min_rate: float = 0.3            #: |mag/day| of a kilonova-like rise or fade
+    plan: GWPlanConfig = Field(default_factory=GWPlanConfig)
+    gcn: GCNKafkaConfig = Field(default_factory=GCNKafkaConfig)
 
 
 class SimulationConfig(BaseModel):
@@ -349,6 +443,17 @@ class SimulationConfig(BaseModel):
     detector_seed: int = 3              #: the camera's defects do not change from night to night
 
 
+class PortalConfig(BaseModel):
+    """The web portal (``ast3stream portal``; ``run`` and ``demo`` start it too)."""
+
+    enabled: bool = True                #: ``run`` and ``demo`` serve it beside the stack
+    host: str = "127.0.0.1"
+    port: int = 8600
+    token: str | None = None            #: operator actions (retry, template set/rebuild) need it; None = read-only
+    page_size: int = 50                 #: rows per page of the candidate table
+    refresh_s: float = 5.0              #: how often an open night page asks for new exposures
+
+
 class Settings(BaseSettings):
     """All settings. ``Settings.load()`` reads the TOML file and the environment."""
 
@@ -373,8 +478,10 @@ class Settings(BaseSettings):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     gw: GWConfig = Field(default_factory=GWConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    portal: PortalConfig = Field(default_factory=PortalConfig)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> "Settings":
@@ -390,6 +497,10 @@ class Settings(BaseSettings):
             except (OSError, ValueError) as exc:  # tomllib and json errors are ValueErrors
                 raise ConfigError(f"settings file {path}: {exc}") from None
             _check_keys(data, cls, f"settings file {path}: ")
+            secrets = [k for k, v in data.get("security", {}).items() if k.endswith(("password", "secret")) and v]
+            if secrets:
+                raise ConfigError(f"settings file {path}: security.{secrets[0]} must come from the environment "
+                                  "or a *_file, not a settings file")
         _check_env(cls)
         try:
             env = cls()  # environment only
@@ -405,7 +516,8 @@ class Settings(BaseSettings):
         """Write these settings as JSON (what a worker process is started with)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=1))
+        secrets = {k for k in SecurityConfig.model_fields if k.endswith(("password", "secret"))}
+        path.write_text(self.model_dump_json(indent=1, exclude={"security": secrets}))  # workers get them from the environment
         return path
 
     @property

@@ -1,4 +1,4 @@
-"""Stream events: Avro records exchanged between stages (schemas in ``schemas/events/``).
+"""Stream events: Avro records exchanged between stages (schemas in ``ast3stream/schemas/events/``).
 
 A Kafka message value is the Avro *schemaless* encoding of one record prefixed by a
 3-byte frame ``b"A3" + <schema major version>``, so that a consumer can tell a message of
@@ -15,13 +15,14 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
 import fastavro
 
 from .paths import SAFE_NAME
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMA_DIR = Path(str(files("ast3stream") / "schemas"))  #: package data: works from a wheel too
 FRAME = b"A3\x01"
 #: exposure ids name product folders and message keys (as :func:`ast3stream.rawfile.exposure_id` makes them)
 SAFE_ID = SAFE_NAME

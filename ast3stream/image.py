@@ -6,6 +6,9 @@ A reduced exposure is one FITS file with these HDUs (names are the contract):
 ``SCI``      float32 image in electrons, with the WCS once astrometry has run
 ``MASK``     bit flags (int16 on disk, uint16 in memory), see :class:`MaskBits`
 ``SRC``      (optional) source table from the sources stage, 0-based ``x``, ``y``
+``VAR``      (optional) float32 per-pixel variance in the image's units squared (a stacked
+             template's, or a plane given with the image); without it the noise is modelled
+             from the pixels (:mod:`ast3stream.subtraction.noise`)
 
 Pixel convention: ``data[y, x]``, 0-based (see :mod:`ast3stream.config`).
 """
@@ -41,6 +44,7 @@ class Frame:
     header: fits.Header = field(default_factory=fits.Header)
     primary: fits.Header = field(default_factory=fits.Header)
     sources: Table | None = None
+    var: np.ndarray | None = None   #: per-pixel variance (``VAR`` HDU), None when modelled from the pixels
 
     @property
     def wcs(self) -> WCS:
@@ -61,6 +65,8 @@ class Frame:
         ]
         if self.sources is not None:
             hdus.append(fits.BinTableHDU(self.sources, name="SRC"))
+        if self.var is not None:
+            hdus.append(fits.ImageHDU(self.var.astype(np.float32, copy=False), name="VAR"))
         tmp = path.with_name(path.name + ".part")
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
         tmp.replace(path)
@@ -76,4 +82,5 @@ class Frame:
                 header=hdul["SCI"].header.copy(),
                 primary=hdul[0].header.copy(),
                 sources=sources,
+                var=np.asarray(hdul["VAR"].data, dtype=np.float32) if "VAR" in hdul else None,
             )

@@ -154,9 +154,10 @@ class OutgoingAlert:
     object_id: str
     score: float
     passed: bool
-    value: bytes                    #: the encoded Avro packet
-    digest: str                     #: sha256 of ``value`` (the whole packet, history included)
+    value: bytes                    #: the encoded Avro packet (embedded schema id; topics re-frame ``packet``)
+    digest: str                     #: :func:`~ast3stream.alerts.packet_digest` (the whole packet, history included)
     notice: bytes | None = None     #: a GCN-style notice when the candidate qualifies
+    packet: dict | None = None      #: the alert record, framed per topic by ``agents.chain``
 
 
 @dataclass
@@ -291,9 +292,10 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
     cfg = _legacy(subtraction=subtraction, detector=detector)
     tmpl = lane.template
     lane.aligned = align(exp.frame, tmpl.frame, cfg, binning=tmpl.binning)
-    lane.difference = subtract(lane.aligned, tmpl.frame, cfg)
+    lane.difference = subtract(lane.aligned, tmpl.frame, cfg, template_key=(tmpl.key, tmpl.version))
     stats = lane.difference.stats
     metrics = {"x2nrm_mean": stats.get("x2nrm_mean"), "x2nrm_std": stats.get("x2nrm_std"),
+               "noise_ratio": stats.get("noise_ratio"),
                "subtraction_s": stats.get("seconds"), "template_zp": tmpl.stats.get("zp"),
                "template_fwhm_px": tmpl.stats.get("fwhm_px")}
     lane.metrics.update({k: v for k, v in metrics.items() if _finite(v) is not None})
@@ -371,20 +373,22 @@ def object_id(ra: float, dec: float) -> str:
 def classify(exp: Exposure, lane: Lane, *, model) -> StageOutput:
     """Real/bogus scores from the lane's classifier."""
     cands = lane.candidates
-    cands["rb"] = model.score(lane.stamps) if len(cands) else np.array([], dtype=np.float32)
+    fwhm = lane.difference.stats.get("psf_fwhm", exp.metrics.get("fwhm_px", 3.0) / lane.binning)
+    cands["rb"] = model.score(lane.stamps, float(fwhm), np.asarray(cands["sign"]) > 0) if len(cands) \
+        else np.array([], dtype=np.float32)
     lane.model_version = model.version
     return StageOutput()
 
 
 def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict | None, threshold: float,
-          file_closed_at: float, alerts, detector) -> StageOutput:
+          file_closed_at: float, alerts, detector, gw=None) -> StageOutput:
     """Avro packets with cutouts and light-curve history for every candidate (``passed`` when
     its score reaches ``threshold``); GCN-style notices for qualifying candidates of GW fields.
 
     ``history``: ``object_id`` → earlier light-curve rows; ``too``: the field's active ToO entry.
     """
     from .alerts import alert_id as make_alert_id
-    from .alerts import build_alert, encode
+    from .alerts import build_alert, encode, packet_digest
     from .alerts.cutouts import CutoutMaker
     from .alerts.gcn import build_notice, validate_notice
 
@@ -407,7 +411,8 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
             ra=cand["ra"], dec=cand["dec"], x=cand["x"], y=cand["y"], mag=cand["mag"], mag_err=cand["mag_err"],
             snr=cand["snr"], sign=int(cand["sign"]), score=cand["rb"], model_version=lane.model_version,
             maglim=exp.metrics.get("maglim"),
-            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "ssnamenr")})))
+            extra={k: cand.get(k) for k in ("host_id", "host_sep_arcsec", "host_dist_mpc", "ssnamenr", "var_name",
+                                            "tns_name")})))
         cutouts = {name: make(cand["x"], cand["y"], size) for name, make in makers.items()}
         prv = [p for p in history.get(cand["object_id"], []) if p["mjd"] < mjd]
         meta = dict(alert_id=aid, candidate_id=cand_id, exposure_id=exp.exposure_id, lane=lane.name,
@@ -415,20 +420,21 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
                     exptime=detector.exptime, filter=detector.filter, stage_versions=versions,
                     metrics={**exp.metrics, **lane.metrics}, flags=list(exp.flags),
                     gw_event=too["event_id"] if too else None, gw_prob=too["prob"] if too else None,
-                    namespace=exp.namespace)
+                    namespace=exp.namespace, schema_version=alerts.schema_version,
+                    timing=_timing(file_closed_at) if alerts.timestamps else None)
         packet = build_alert(cand, prv, cand, cutouts, meta)
         value = encode(packet)
         passed = cand["rb"] is not None and cand["rb"] >= threshold
         notice = None
         if passed and too and cand["rb"] >= alerts.gcn_min_score and cand["sign"] > 0:
-            notice = build_notice(packet, too)
+            notice = build_notice(packet, too, gw=gw)   # with the kilonova assessment where the event has a map
             validate_notice(notice)
             import json
 
             notice = json.dumps(notice).encode()
         out.alerts.append(OutgoingAlert(alert_id=aid, candidate_id=cand_id, object_id=str(cand["object_id"]),
                                         score=float(cand["rb"]), passed=passed, value=value,
-                                        digest=hashlib.sha256(value).hexdigest(), notice=notice))
+                                        digest=packet_digest(packet), notice=notice, packet=packet))
     summary = {"EXPID": exp.exposure_id, "LANE": lane.name, "FIELD": exp.field_id, "MJD-MID": mjd, "TOO": exp.too,
                "RBMODEL": lane.model_version, "NCAND": len(cands), "NALERT": sum(a.passed for a in out.alerts),
                "RBTHRESH": threshold, "FLAGS": ",".join(exp.flags),
@@ -436,6 +442,11 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
     out.products["bundle"] = (summary, diff, science, template, cands)
     out.metrics = {"n_alerts": float(sum(a.passed for a in out.alerts)), "alert_build_s": time.time() - now}
     return out
+
+
+def _timing(file_closed_at: float) -> dict:
+    built = time.time()
+    return {"file_closed_at": file_closed_at, "alert_built_at": built, "latency_s": built - file_closed_at}
 
 
 def _plain(v):
@@ -479,7 +490,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("detection", detection, True, ("detection",)),
     Stage("crossmatch", crossmatch, True, ("crossmatch", "detector"), ("objects", "galaxies", "asteroids", "variable_stars", "transients")),
     Stage("classify", classify, True, (), ("model",)),
-    Stage("alert", alert, True, ("alerts", "detector"),
+    Stage("alert", alert, True, ("alerts", "detector", "gw"),
           ("versions", "history", "too", "threshold", "file_closed_at"), version_section="alerts"),
 )
 #: runs after the alerts of every lane, at the lowest priority

@@ -33,7 +33,7 @@ def _time(fn, repeat: int = 3) -> float:
 def main(argv=None) -> None:
     from ast3stream.classify import RealBogus
     from ast3stream.classify.cloud import load_cloud_model, to_input
-    from ast3stream.classify.stamps import normalise
+    from ast3stream.classify.stamps import pipeline_stamps
     from ast3stream.classify.synth import simulate_set
     from ast3stream.classify.train import predict_proba
 
@@ -49,10 +49,12 @@ def main(argv=None) -> None:
     results = {}
     for lane in ("qip", "dip"):
         rb = RealBogus.load(lane, device=args.device, batch_size=args.batch)
-        base = simulate_set(64, 64, lane, seed=99)["stamps"]
-        stamps = np.concatenate([base] * int(np.ceil(args.n / len(base))))[:args.n]
-        total = _time(lambda: rb.score(stamps))
-        norm = _time(lambda: normalise(stamps))
+        base = simulate_set(64, 64, lane, seed=99)
+        reps = int(np.ceil(args.n / len(base["stamps"])))
+        stamps = np.concatenate([base["stamps"]] * reps)[:args.n]
+        fwhm = np.concatenate([base["fwhm"]] * reps)[:args.n]
+        total = _time(lambda: rb.score(stamps, fwhm))
+        norm = _time(lambda: pipeline_stamps(stamps, fwhm))
         results[lane] = dict(version=rb.version, stamps_per_s=round(args.n / total, 1),
                              normalise_share=round(norm / total, 3))
         print(f"{lane}: {args.n / total:8.1f} stamps/s (batch {args.batch}, {stamps.shape[-1]}x{stamps.shape[-1]}, "
@@ -65,14 +67,15 @@ def main(argv=None) -> None:
     results["cloud"] = dict(version=info["version"], thumbnails_per_s=round(32 / t, 1))
     print(f"cloud: {32 / t:8.1f} thumbnails/s  {info['version']}")
     if args.ztf:
-        from ast3stream.classify.ztf import agreement, load_ztf
+        from ast3stream.classify.alertset import load_alert_set
+        from ast3stream.classify.evaluate import versus_baseline
 
         shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "alerts" / "ztf"
-        for lane, size in (("qip", 31), ("dip", 91)):
-            stamps, meta = load_ztf(shared, size)
-            scores = RealBogus.load(lane, device=args.device).score(stamps)
-            results[f"ztf_{lane}"] = {"drb": agreement(scores, meta["drb"]), "rb": agreement(scores, meta["rb"]),
-                                      "n_stamps": len(stamps), "frac_real": float(np.mean(scores > 0.5))}
+        alerts = load_alert_set([shared], surveys=("ztf",))
+        for lane in ("qip", "dip"):
+            scores = RealBogus.load(lane, device=args.device).score_inputs(alerts["stamps"])
+            results[f"ztf_{lane}"] = dict(versus_baseline(alerts["label"], scores, alerts["peak_snr"]),
+                                          frac_real=float(np.mean(scores > 0.5)))
             print(f"ZTF {lane}: {json.dumps(results[f'ztf_{lane}'])}")
     print(json.dumps(results))
 

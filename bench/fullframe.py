@@ -131,6 +131,21 @@ def bytes_written(products: Path, exposure_ids: list[str]) -> dict:
             "templates_mb": size(live / "templates") / 1e6}
 
 
+def galaxy_catalogue(sim_dir: Path) -> Path:
+    """The simulated galaxies as a partitioned catalogue folder, built once with astropy's CSV
+    reader (so the run needs no pyarrow, which the GPU machine's carried packages leave out)."""
+    from astropy.table import Table
+
+    from ast3stream.catalogs.sky import META, build
+
+    target = sim_dir / "galaxies.sky"
+    if not (target / META).exists():
+        t = Table.read(sim_dir / "galaxies.csv", format="ascii.csv")
+        build([{"id": np.asarray(t["GLADE_no"], np.int64), "ra": np.asarray(t["RA"], float),
+                "dec": np.asarray(t["Dec"], float), "dist_mpc": np.asarray(t["d_L"], float)}], target)
+    return target
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0)
@@ -157,7 +172,8 @@ def main(argv=None) -> None:
           f"({night.exposures[0].path}); night of {n} files", flush=True)
     data = args.out / "run"
     shutil.rmtree(data, ignore_errors=True)
-    cfg = night_settings(night, data, watcher={"stable_s": 0.3, "poll_s": 0.1})
+    cfg = night_settings(night, data, watcher={"stable_s": 0.3, "poll_s": 0.1},
+                         paths={"galaxies": galaxy_catalogue(sim_dir)})
     db = Database.from_settings(cfg)
     paced, burst = science[:args.paced], science[args.paced:]
     t_start = time.time()

@@ -1,12 +1,18 @@
-"""Per-step time and peak memory of single-frame reduction on a simulated AST3-3 frame.
+"""Seconds per front-half stage (and its reduction steps), PSF photometry and detection on a
+simulated AST3-3 frame, with peak memory.
 
-    python -m bench.reduce [--scale 1.0] [--dir /tmp/ast3_bench_reduce] [--repeat 2]
+    python -m bench.reduce [--scale 1.0] [--repeat 2] [--out DIR] [--dir SIMDIR] [--gpu]
 
-``--scale 1.0`` is the full 14206 x 10654 frame. The night (one exposure, masters) is simulated
-once into ``--dir`` and reused; the frame is then processed ``--repeat`` times in a fresh process
-so that its peak resident memory is the reduction's own. The first run is cold (imports, the
-cloud model and the numba cache are loaded on first use); later runs are what a pipeline
-worker spends per frame. Wall and CPU seconds are printed for each step.
+``--scale 1.0`` is the full 14304 x 10748 raw frame. The night (one exposure, one bias, one flat)
+is simulated once into ``--dir`` and reused; the frame then goes ``--repeat`` times through the
+pipeline's front-half stage functions in a fresh process (so that its peak resident memory is
+the stages' own), the strip pool started first as a worker does. The first run loads the numba
+caches and the cloud model; later runs are what a pipeline worker spends per exposure. The last
+run also times the sources stage in one process (``sources.workers = 1``) for comparison.
+Detection runs on a synthetic difference image of the frame's size (white noise and 2000
+point sources of both signs, SNR 4-30), with the NumPy backend and, with ``--gpu``, the CuPy one;
+``--gpu`` also reduces the frame with ``reduction.backend = cupy`` and compares it with the CPU one.
+``--out DIR`` writes ``reduce.json`` there.
 """
 from __future__ import annotations
 
@@ -25,68 +31,191 @@ def prepare(directory: Path, scale: float) -> None:
     from ast3stream.reduction import Calibration
     from ast3stream.simulate import plan_night, write_exposure
 
+    cfg = Settings(simulation={"n_bias": 1, "n_flat": 1})
     if not any((directory / "raw").glob("*.fits")):
         t0 = time.perf_counter()
-        night = plan_night(directory, n_exposures=1, scale=scale, seed=7, n_fields=1)
+        night = plan_night(directory, n_exposures=1, scale=scale, seed=7, cfg=cfg, n_fields=1)
         write_exposure(night, 0)
         print(f"simulated in {time.perf_counter() - t0:.1f} s", flush=True)
     if (directory / "calib" / "master_bias.fits").exists():
         return
     t0 = time.perf_counter()
     d = directory / "calib"
-    cfg = Settings()
-    Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg.reduction, cfg.detector).save(d)
+    Calibration.build(sorted(d.glob("bias_*.fits")), sorted(d.glob("flat_*.fits")), cfg.reduction,
+                      cfg.detector).save(d)
     print(f"master bias/flat built in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-def worker(directory: Path, repeat: int) -> None:
+def synthetic_difference(shape, fwhm: float = 3.0, sigma: float = 20.0, n: int = 2000, seed: int = 0):
+    """A white-noise difference image with ``n`` Gaussian point sources of both signs, and their truth."""
+    import numpy as np
+    from astropy.io import fits
+
+    from ast3stream.detection.photometry import gaussian_psf
+    from ast3stream.subtraction import Difference
+
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    img = rng.standard_normal(shape, dtype=np.float32)
+    img *= sigma
+    x, y = rng.uniform(40, nx - 40, n), rng.uniform(40, ny - 40, n)
+    snr, sign = rng.uniform(4, 30, n), np.where(rng.random(n) < 0.5, 1, -1)
+    flux = sign * snr * sigma * np.sqrt(4 * np.pi) * fwhm / 2.3548
+    r = 8
+    stamps = gaussian_psf(x - np.rint(x), y - np.rint(y), fwhm, r) * flux[:, None, None]
+    for s, cx, cy in zip(stamps, np.rint(x).astype(int), np.rint(y).astype(int)):
+        img[cy - r:cy + r + 1, cx - r:cx + r + 1] += s.astype(np.float32)
+    hdr = fits.Header(dict(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=10.0, CRVAL2=20.0, CRPIX1=nx / 2,
+                           CRPIX2=ny / 2, CD1_1=-1.14e-4, CD2_2=1.14e-4))
+    diff = Difference(img, np.full(shape, sigma, np.float32), np.zeros(shape, np.uint16), hdr, {"psf_fwhm": fwhm})
+    return diff, x, y, snr, sign
+
+
+def bench_detection(shape, backends) -> dict:
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    from ast3stream.config import DetectionConfig
+    from ast3stream.detection import detect
+    from ast3stream.image import Frame
+
+    t0 = time.perf_counter()
+    diff, x, y, snr, sign = synthetic_difference(shape)
+    out = {"synthetic_s": time.perf_counter() - t0}
+    frame = Frame(diff.diff, diff.mask)
+    for backend in backends:
+        params = DetectionConfig(backend=backend)
+        runs = []
+        for _ in range(3):                               # the first call loads kernels
+            t0 = time.perf_counter()
+            cands, stamps = detect(diff, frame, frame, 3.0, 27.0, params, lane="dip")
+            runs.append(time.perf_counter() - t0)
+        d, j = cKDTree(np.c_[cands["x"], cands["y"]]).query(np.c_[x, y], distance_upper_bound=1.5)
+        found = np.isfinite(d)
+        found[found] = np.asarray(cands["sign"])[j[found]] == sign[found]
+        out[backend] = {"seconds": runs, "n_candidates": len(cands), "completeness_snr_gt_7": float(found[snr > 7].mean()),
+                        "false": int(len(cands) - found.sum())}
+        print(f"  detection [{backend}] {' '.join(f'{t:.2f}' for t in runs)} s; {len(cands)} candidates, "
+              f"completeness (SNR > 7) {out[backend]['completeness_snr_gt_7']:.3f}", file=sys.stderr, flush=True)
+    return out
+
+
+def bench_gpu_reduction(raw, calib, cfg, frame) -> dict:
+    """``reduction.backend = cupy`` against the CPU frame of the last run: step seconds and differences."""
+    import numpy as np
+
+    from ast3stream.reduction import reduce_raw
+
+    params = cfg.reduction.model_copy(update={"backend": "cupy"})
+    runs = []
+    for _ in range(2):
+        steps = {}
+        t0 = time.perf_counter()
+        gpu_frame = reduce_raw(raw, calib, params, cfg.detector, timings=steps)
+        runs.append({"total": time.perf_counter() - t0, **steps})
+    out = {"runs": runs, "max_abs_diff_e": float(np.max(np.abs(gpu_frame.data - frame.data))),
+           "mask_differs_px": int(np.count_nonzero(gpu_frame.mask != frame.mask))}
+    print(f"  reduction [cupy] {runs[-1]}; max |GPU - CPU| {out['max_abs_diff_e']:.3g} e-, "
+          f"{out['mask_differs_px']} mask pixels differ", file=sys.stderr, flush=True)
+    return out
+
+
+def worker(directory: Path, repeat: int, gpu: bool) -> None:
     from ast3stream.catalogs.refcat import RefCat
     from ast3stream.config import Settings
-    from ast3stream.reduction import Calibration
-    from ast3stream.front import reduce_file
+    from ast3stream.pipeline import FRONT, SLOW, Exposure
+    from ast3stream.reduction import Calibration, reduce_raw
+    from ast3stream.sources import strips
 
+    cfg = Settings()
+    t0 = time.perf_counter()
+    strips.pool(strips.n_workers(cfg.sources.workers))
+    pool_s = time.perf_counter() - t0
     raw = sorted((directory / "raw").glob("*.fits"))[0]
     calib = Calibration.load(directory / "calib")
     refcat = RefCat.from_file(directory / "refcat.fits")
+    inputs = {"calibration": calib, "refcat": refcat}
     reports = []
-    for _ in range(repeat):
+    for i in range(repeat):
         cpu = time.process_time()
-        _, report = reduce_file(raw, Settings(), calibration=calib, refcat=refcat, out_dir=directory / "out")
-        report["cpu_s"] = time.process_time() - cpu
-        report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-        reports.append(report)
-    print(json.dumps(reports))
+        exp = Exposure(exposure_id=raw.stem, raw_path=str(raw))
+        timings, steps = {}, {}
+        t0 = time.perf_counter()
+        exp.frame = reduce_raw(raw, calib, cfg.reduction, cfg.detector, timings=steps)
+        timings["reduction"] = time.perf_counter() - t0
+        for st in FRONT[1:] + (SLOW,):
+            t0 = time.perf_counter()
+            out = st.func(exp, **{s: getattr(cfg, s) for s in st.sections}, **{k: inputs[k] for k in st.inputs})
+            exp.metrics.update({k: float(v) for k, v in out.metrics.items() if v is not None})
+            timings[st.name] = time.perf_counter() - t0
+        timings["front total"] = sum(v for k, v in timings.items() if k != "psf")
+        if i == repeat - 1:
+            from ast3stream.sources import extract
+            t0 = time.perf_counter()
+            extract(exp.frame, cfg.sources.model_copy(update={"workers": 1}))
+            timings["sources (1 process)"] = time.perf_counter() - t0
+        reports.append({"timings": timings, "reduction_steps": steps, "cpu_s": time.process_time() - cpu,
+                        "metrics": exp.metrics, "flags": exp.flags, "shape": list(exp.frame.shape)})
+    gpu_reduction = bench_gpu_reduction(raw, calib, cfg, exp.frame) if gpu else None
+    detection = bench_detection(tuple(reports[-1]["shape"]), ["numpy", "cupy"] if gpu else ["numpy"])
+    print(json.dumps({"runs": reports, "detection": detection, "gpu_reduction": gpu_reduction, "pool_start_s": pool_s,
+                      "workers": strips.n_workers(cfg.sources.workers),
+                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}))
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--dir", type=Path, default=None)
+    p.add_argument("--dir", type=Path, default=None, help="simulated night (made once, then reused)")
     p.add_argument("--repeat", type=int, default=2, help="times the frame is processed (first: cold)")
+    p.add_argument("--out", type=Path, default=None, help="write reduce.json here")
+    p.add_argument("--gpu", action="store_true", help="also time the CuPy detection backend")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     directory = args.dir or Path(f"/tmp/ast3_bench_reduce_{args.scale:g}")
     if args.worker:
-        worker(directory, args.repeat)
+        worker(directory, args.repeat, args.gpu)
         return
     prepare(directory, args.scale)
-    out = subprocess.run([sys.executable, "-m", "bench.reduce", "--worker", "--dir", str(directory),
-                          "--repeat", str(args.repeat)], check=True, capture_output=True, text=True).stdout
-    reports = json.loads(out.strip().splitlines()[-1])
-    from astropy.io import fits
-    shape = fits.getheader(reports[0]["reduced"], "SCI")
-    print(f"frame {shape['NAXIS1']} x {shape['NAXIS2']} (scale {args.scale:g}); status {reports[-1]['status']}; "
-          f"flags {reports[-1]['flags']}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print("  step         " + "".join(f"{'run ' + str(i + 1) + (' (cold)' if i == 0 else ''):>14s}"
-                                     for i in range(len(reports))))
-    for r in reports:
-        r["timings"]["total+write"] = r["timings"]["total"] + r["timings"].get("write", 0.0)
-    for step in reports[0]["timings"]:
-        print(f"  {step:12s} " + "".join(f"{r['timings'][step]:12.2f} s" for r in reports))
-    print(f"  {'cpu (all)':12s} " + "".join(f"{r['cpu_s']:12.2f} s" for r in reports))
-    print(f"  peak memory  {reports[-1]['peak_rss_gb']:12.2f} GB")
-    for key in ("n_sources", "n_stars", "fwhm_px", "rms_arcsec", "zp", "zp_err", "maglim", "pcc"):
-        print(f"  {key:12s} {reports[-1].get(key)}")
+    cmd = [sys.executable, "-m", "bench.reduce", "--worker", "--dir", str(directory), "--repeat", str(args.repeat)]
+    proc = subprocess.run(cmd + (["--gpu"] if args.gpu else []), check=True, stdout=subprocess.PIPE, text=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    reports = result["runs"]
+    ny, nx = reports[0]["shape"]
+    print(f"frame {nx} x {ny} (scale {args.scale:g}); flags {reports[-1]['flags']}; {os.cpu_count()} CPUs "
+          f"({result['workers']} strip workers, started in {result['pool_start_s']:.1f} s), "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("  step              " + "".join(f"{'run ' + str(i + 1) + (' (cold)' if i == 0 else ''):>14s}"
+                                          for i in range(len(reports))))
+    rows = [(f"  {k}", [r["reduction_steps"].get(k) for r in reports]) for k in reports[0]["reduction_steps"]]
+    steps = list(reports[0]["timings"]) + [k for k in reports[-1]["timings"] if k not in reports[0]["timings"]]
+    for step in steps:
+        print(f"  {step:18s}" + "".join(f"{r['timings'][step]:12.2f} s" if step in r["timings"] else " " * 14
+                                       for r in reports))
+        if step == "reduction":
+            for name, values in rows:
+                print(f"  {name:18s}" + "".join(f"{v:12.2f} s" for v in values))
+    print(f"  {'cpu (all)':18s}" + "".join(f"{r['cpu_s']:12.2f} s" for r in reports))
+    print(f"  peak memory       {result['peak_rss_gb']:12.2f} GB")
+    for key in ("n_sources", "n_stars", "fwhm_px", "rms_arcsec", "n_astrom", "zp", "zp_err", "maglim", "pcc"):
+        print(f"  {key:18s}{reports[-1]['metrics'].get(key)}")
+    if result.get("gpu_reduction"):
+        g = result["gpu_reduction"]
+        print(f"  reduction [cupy]  {g['runs'][-1]['total']:.2f} s warm (overscan {g['runs'][-1]['overscan']:.2f}, "
+              f"calibrate {g['runs'][-1]['calibrate']:.2f}); max |GPU - CPU| {g['max_abs_diff_e']:.3g} e-, "
+              f"{g['mask_differs_px']} mask pixels differ")
+    det = result["detection"]
+    for backend in ("numpy", "cupy"):
+        if backend in det:
+            r = det[backend]
+            print(f"  detection [{backend}] {min(r['seconds']):.2f} s warm ({r['seconds'][0]:.2f} s first); "
+                  f"{r['n_candidates']} candidates, completeness (SNR > 7) {r['completeness_snr_gt_7']:.3f}, "
+                  f"{r['false']} false")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        result.update(scale=args.scale, cpus=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        (args.out / "reduce.json").write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out / 'reduce.json'}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
 import shlex
 from pathlib import Path
@@ -19,7 +20,7 @@ from ast3stream.pipeline import SLOW, STAGES
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
-ALL_STAGES = {s.name for s in (*STAGES, SLOW)} | {"gw"}
+ALL_STAGES = {s.name for s in (*STAGES, SLOW)} | {"gw", "filters"}
 parser = functools.cache(build_parser)  # the real CLI parser (imports every command's module: build it once)
 
 
@@ -229,3 +230,127 @@ def test_topics_create_on_the_broker(broker, monkeypatch, capsys):
     for name, config in expected.items():
         assert configs[name]["retention.ms"] == config["retention.ms"], name
     assert configs["deploytest.alerts"]["retention.ms"] == str(60 * DAY_MS)
+
+
+# ---- the package as a user installs it: a built wheel, light dependencies only ----------------
+
+LIGHT = ("fastavro", "aiokafka", "pydantic", "pydantic-settings")
+
+
+def _closure(names) -> set[str]:
+    """The installed distributions that ``names`` need (their Requires-Dist, markers evaluated)."""
+    from importlib.metadata import distribution
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        dist = distribution(todo.pop())
+        if dist.metadata["Name"].lower() in seen:
+            continue
+        seen.add(dist.metadata["Name"].lower())
+        for req in map(Requirement, dist.requires or []):
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def _light_site(target: Path) -> Path:
+    """A folder holding only the light dependencies (symlinks into this environment's
+    site-packages): what ``pip install ast3stream`` would have fetched, without a network."""
+    from importlib.metadata import distribution
+
+    target.mkdir()
+    for name in _closure(LIGHT):
+        dist = distribution(name)
+        tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
+        for top in tops:
+            src = Path(dist.locate_file(top))
+            if src.exists() and not (target / top).exists() and top != "__pycache__":
+                (target / top).symlink_to(src)
+    return target
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory):
+    """A fresh venv with the wheel built from this tree (``--no-deps``) and the light dependencies."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"
+    repo = DEPLOY.parent
+    shutil.copytree(repo, src, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "dist", "*.egg-info",
+                                                             "__pycache__", "tests", "bench", "deploy"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(root / "dist"), str(src)], check=True, capture_output=True)
+    wheel = next((root / "dist").glob("ast3stream-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    py = root / "venv" / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
+                    str(wheel)], check=True)
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    (Path(site) / "light-deps.pth").write_text(str(_light_site(root / "light")) + "\n")
+    return py
+
+
+@pytest.mark.broker
+def test_the_wheel_reads_alerts_with_light_dependencies_only(wheel_venv, tmp_path, shared_data, broker):
+    """``pip install ast3stream`` (no extras): schemas load from the wheel, our alert decodes and
+    views, real ZTF alert files show through the CLI, ``alerts listen`` reads both framings from
+    the embedded broker; numpy, astropy, torch and faust are absent."""
+    import os
+    import subprocess
+    from functools import partial
+
+    from ast3stream.alerts import build_alert, encode
+
+    run = partial(subprocess.run, capture_output=True, text=True, cwd=tmp_path,
+                  env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})   # only what the venv has
+
+    cand = {"x": 10.0, "y": 20.0, "ra": 150.0, "dec": 2.0, "mag": 18.3, "mag_err": 0.05, "snr": 30.0,
+            "sign": 1, "rb": 0.9, "object_id": "A3wheel"}
+    alert = build_alert(cand, [], None, {}, {"exposure_id": "e1", "lane": "dip", "mjd": 60500.1})
+    (tmp_path / "alert.bin").write_bytes(encode(alert))
+    code = f"""
+import importlib.util, sys
+from ast3stream.alerts import decode, view
+from ast3stream.alerts.schema import SCHEMA_DIR
+assert "site-packages" in str(SCHEMA_DIR), SCHEMA_DIR
+v = view(decode(open({str(tmp_path / 'alert.bin')!r}, 'rb').read()))
+print(v.survey, v.object_id, round(v.mjd, 3), v.score)
+print([m for m in ("numpy", "astropy", "torch", "faust", "sqlalchemy") if importlib.util.find_spec(m)])
+"""
+    out = run([wheel_venv, "-c", code])
+    assert out.returncode == 0, out.stderr
+    first, absent = out.stdout.splitlines()
+    assert first.split()[:3] == ["ast3stream", "A3wheel", "60500.1"] and absent == "[]"
+    cli = wheel_venv.parent / "ast3stream"
+    shown = run([cli, "alerts", "show", str(shared_data / "alerts" / "ztf"), "--max", "3"])
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.splitlines()) == 4 and " ztf " in shown.stdout
+    helped = run([cli, "--help"])
+    assert helped.returncode == 0 and "filters" in helped.stdout and "simulate" in helped.stdout
+    heavy = run([cli, "simulate", "--out", "x"])
+    assert heavy.returncode != 0 and "pip install 'ast3stream[pipeline]'" in heavy.stderr
+    from aiokafka import AIOKafkaProducer
+
+    from agents.broker import ensure_topics
+
+    async def produce():
+        await ensure_topics(broker.bootstrap, ["wheel.alerts"])
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            for framing in ("confluent", "container"):
+                await producer.send_and_wait("wheel.alerts", encode(alert, framing=framing), key=b"A3wheel")
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    listened = run([cli, "alerts", "listen", "--bootstrap", broker.bootstrap, "--topic", "wheel.alerts",
+                    "--from-beginning", "--format", "json", "--max", "2", "--timeout", "20"])
+    assert listened.returncode == 0, listened.stderr
+    assert [json.loads(line)["candid"] for line in listened.stdout.splitlines()] == [alert["candid"]] * 2

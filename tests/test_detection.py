@@ -74,3 +74,18 @@ def test_detection_completeness_as_sep():
     assert eff[0] < 0.25 and 0.55 < eff[2] < 0.85 and 0.8 < eff[3]
     assert min(eff[5:]) > 0.9
     assert len(cands) - found.sum() <= 8
+
+
+def test_gpu_formulation_of_the_filter_and_pixel_lists_matches_numba():
+    """The CuPy path's array code (run here with NumPy and SciPy's ndimage) equals the numba kernels."""
+    from scipy import ndimage
+
+    from ast3stream.detection.footprints import _pixels, gaussian_1d, matched_snr, matched_snr_xp, pixels_xp
+
+    d, *_ = _injected_difference(1, n=200, shape=(300, 420))
+    noise = d.noise * np.random.default_rng(2).uniform(0.8, 1.2, d.noise.shape).astype(np.float32)
+    cpu = matched_snr(d.diff, noise, d.mask, 3.5)
+    arr = matched_snr_xp(d.diff, noise, d.mask, gaussian_1d(3.5, 6), np, ndimage)
+    np.testing.assert_allclose(cpu, arr, atol=2e-4)
+    for a, b in zip(_pixels(cpu, d.diff, d.mask, 3.0), pixels_xp(cpu, d.diff, d.mask, 3.0)):
+        np.testing.assert_array_equal(a, b)

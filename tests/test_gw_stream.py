@@ -1,55 +1,197 @@
-"""GW notices through the real broker: the gw agent fills and retracts the ToO list; junk is dead-lettered."""
+"""GW notices through the real broker, GCN playing itself on the embedded broker: the worker's GCN
+bridge forwards LVK notices from GCN-named topics to ``{prefix}.gw`` unchanged; the gw agent applies
+the notice policy (the real low-significance S240116o and the mock MS260605l are ignored, with the
+reason), S190425z's INITIAL fills the ToO list, an UPDATE with another map replaces it, the
+RETRACTION empties it; the watcher routes exposures to the priority topic or the normal one
+accordingly; junk is dead-lettered."""
 import asyncio
+import json
+import re
 import time
 
+import astropy.units as u
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
+from astropy.io import fits
+from astropy.table import Table
+from astropy_healpix import HEALPix
 
+from agents.broker import ensure_topics_sync
+from agents.db import Database
 from agents.demo import read_topic
+from agents.gw import GWState
 from agents.runner import Stack
 from agents.topics import topic
-from agents.db import Database
-from ast3stream.events import decode
-from ast3stream.gw import field_size, make_grid
+from ast3stream.events import ExposureEvent, decode
 
 pytestmark = pytest.mark.broker
 
+INITIAL, UPDATE, RETRACTION = (f"gcn.classic.voevent.LVC_{t}" for t in ("INITIAL", "UPDATE", "RETRACTION"))
 
-def test_gw_agent_stores_ranks_and_retracts_too_fields(broker, settings, shared_data):
+
+def _shifted_map(src, dest, dra: float) -> None:
+    """The GW190425 BAYESTAR map turned by ``dra`` deg in RA (a second map for an UPDATE)."""
+    prob = np.asarray(Table.read(src)["PROB"], float)
+    hp = HEALPix(256, order="nested")
+    lon, lat = hp.healpix_to_lonlat(np.arange(hp.npix))
+    prob = prob[hp.lonlat_to_healpix(lon - dra * u.deg, lat)]
+    hdu = fits.BinTableHDU.from_columns([fits.Column("PROB", "D", array=prob / prob.sum())])
+    hdu.header.update(PIXTYPE="HEALPIX", ORDERING="NESTED", NSIDE=256, INDXSCHM="IMPLICIT")
+    hdu.writeto(dest)
+
+
+def _voevent(text: str, alert_type: str, date: str, skymap: str | None) -> bytes:
+    text = text.replace('name="AlertType" dataType="string" value="Initial"',
+                        f'name="AlertType" dataType="string" value="{alert_type}"')
+    text = re.sub(r"<Date>[^<]*</Date>", f"<Date>{date}</Date>", text)
+    text = re.sub(r'(name="skymap_fits" dataType="string" value=")[^"]*"', rf'\g<1>{skymap}"', text) if skymap else \
+        re.sub(r'<Param name="skymap_fits"[^>]*/>', "", text)
+    return text.encode()
+
+
+def _raw(path, field: str, seed: int) -> None:
+    fits.PrimaryHDU(np.random.default_rng(seed).integers(0, 1000, (64, 64)).astype(np.uint16),
+                    fits.Header({"FIELD": field, "MJD-OBS": 58598.5 + seed / 100})).writeto(path)
+
+
+def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_data, tmp_path):
+    sky = shared_data / "gw" / "skyportal"
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "bayestar.fits.gz").symlink_to(sky / "bayestar.fits.gz")
+    _shifted_map(sky / "bayestar.fits.gz", maps / "bayestar_shifted.fits", 60.0)
     settings.kafka.bootstrap = broker.bootstrap
     settings.kafka.prefix = "gwt"
-    fields_csv = settings.paths.data_dir / "fields.csv"
-    fields_csv.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(*field_size(settings), dec_min=-90, dec_max=90).write(fields_csv, format="ascii.csv")
-    settings.paths.fields = fields_csv
-    notices = shared_data / "gw" / "skyportal"
+    settings.watcher.stable_s = 0.3
+    settings.gw.skymap_dir = maps
+    settings.gw.max_fields = 20
+    settings.gw.gcn = settings.gw.gcn.model_copy(update=dict(
+        enabled=True, bootstrap=broker.bootstrap, oauth=False, offset_reset="earliest", group_id="gwt-bridge"))
+    gcn_topics = ["igwn.gwalert", INITIAL, UPDATE, RETRACTION]
+    ensure_topics_sync(broker.bootstrap, gcn_topics)
+    settings.gw.gcn = settings.gw.gcn.model_copy(update=dict(topics=tuple(gcn_topics)))
+    initial = (sky / "GW190425_initial.xml").read_text()
+    s240116o = (shared_data / "gw" / "lvk" / "S240116o-preliminary_fink-modified-times.json").read_bytes()
 
-    async def send(*values):
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    async def send(*pairs):
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0, max_request_size=16 << 20)
         await producer.start()
-        for v in values:
-            await producer.send_and_wait(topic("gwt", "gw"), v)
+        for name, value in pairs:
+            await producer.send_and_wait(name, value)        # GCN's framing: the bare notice, no key
         await producer.stop()
 
-    def wait(cond, timeout=120):
+    def wait(cond, timeout=150):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not cond():
-            time.sleep(0.5)
+            time.sleep(0.3)
         return cond()
 
-    with Stack(settings, watch=False, stages=["gw"]):
-        db = Database.from_settings(settings)
-        asyncio.run(send((notices / "igwn_gwalert_preliminary.json").read_bytes(), b"<not a notice"))
-        assert wait(lambda: len(db.too_fields()) > 0)
-        rows = db.too_fields()
-        assert {r["event_id"] for r in rows} == {"MS260605l"}
-        probs = [r["prob"] for r in sorted(rows, key=lambda r: r["rank"])]
-        assert probs[0] > 0 and all(0 <= p <= 1 for p in probs)
-        assert rows[-1]["cum_prob"] <= 1.0 + 1e-9
+    db = Database.from_settings(settings)
+    state = GWState(db)
+
+    def fields():
+        return {r["field_id"] for r in db.too_fields() if r["event_id"] == "S190425z"}
+
+    def actions():
+        return [(n["event_id"], n["alert_type"], n["action"]) for n in state.notices()]
+
+    with Stack(settings, watch=True, stages=["gw"]):
+        asyncio.run(send(("igwn.gwalert", s240116o),
+                         ("igwn.gwalert", (sky / "igwn_gwalert_preliminary.json").read_bytes()),
+                         (INITIAL, initial.encode()), ("igwn.gwalert", b"<not a notice")))
+        assert wait(lambda: len(actions()) == 3), actions()
+        assert sorted(actions()) == [("MS260605l", "PRELIMINARY", "ignored"), ("S190425z", "INITIAL", "fields"),
+                                     ("S240116o", "PRELIMINARY", "ignored")]       # GCN's topics: any order
+        notes = {n["event_id"]: n for n in state.notices()}
+        assert notes["S240116o"]["reason"] == "not significant (FAR 66.2 per year)"
+        assert notes["MS260605l"]["reason"].startswith("MS260605l is a mock event")
+        assert notes["S190425z"]["origin"] == INITIAL
+        first = fields()
+        assert len(first) == 20 and {e["event_id"]: e["status"] for e in state.events()} == {
+            "S240116o": "ignored", "MS260605l": "ignored", "S190425z": "active"}
+        ev = state.event("S190425z")
+        assert ev["area90_deg2"] == pytest.approx(10183, rel=2e-3) and ev["far_per_year"] == pytest.approx(1.43e-5, rel=0.01)
+        assert db.too_fields() and all(r["event_id"] == "S190425z" for r in db.too_fields())
+        def plans():
+            return list((settings.products_dir / "gw" / "S190425z").glob("plan-S190425z-*.json"))
+
+        assert wait(lambda: len(plans()) == 1)                                 # tonight's plan, written at once
+        assert json.loads(plans()[0].read_text())["site"] == "Yaoan"
+        # the bridge forwarded every notice unchanged, keyed by its GCN topic
+        forwarded = asyncio.run(read_topic(broker.bootstrap, topic("gwt", "gw"), 2.0))
+        assert sorted((m.key, m.value) for m in forwarded) == sorted([
+            (b"igwn.gwalert", s240116o), (b"igwn.gwalert", (sky / "igwn_gwalert_preliminary.json").read_bytes()),
+            (b"igwn.gwalert", b"<not a notice"), (INITIAL.encode(), initial.encode())])
         dead = [decode(m.value, "deadletter") for m in
                 asyncio.run(read_topic(broker.bootstrap, topic("gwt", "deadletter"), 2.0))]
-        assert len(dead) == 1 and dead[0]["reason"].startswith("GW notice rejected")
-        assert dead[0]["value"] == b"<not a notice"
+        assert len(dead) == 1 and dead[0]["reason"].startswith("GW notice rejected") and dead[0]["value"] == b"<not a notice"
 
-        asyncio.run(send((notices / "igwn_gwalert_retraction.json").read_bytes()))
-        assert wait(lambda: db.too_fields() == [])
+        asyncio.run(send((UPDATE, _voevent(initial, "Update", "2019-04-25T10:00:00", "bayestar_shifted.fits"))))
+        assert wait(lambda: fields() and fields() != first)
+        second = fields()
+        assert len(second) == 20 and not (first & second)      # the turned map: other fields, the old ones dropped
+        assert state.event("S190425z")["alert_type"] == "UPDATE"
+
+        dropped, kept = sorted(first)[0], sorted(second)[0]
+        watch = settings.watch_dir
+        watch.mkdir(parents=True, exist_ok=True)
+        _raw(watch / "dropped.fits", dropped, 1)
+        _raw(watch / "kept.fits", kept, 2)
+
+        def routed():
+            lanes = {}
+            for name in ("exposures", "exposures.too"):
+                for m in asyncio.run(read_topic(broker.bootstrap, topic("gwt", name), 0.5)):
+                    lanes[ExposureEvent.decode(m.value).field_id] = name
+            return lanes
+
+        assert wait(lambda: len(routed()) == 2)
+        assert routed() == {dropped: "exposures", kept: "exposures.too"}
+
+        asyncio.run(send((RETRACTION, _voevent(initial, "Retraction", "2019-04-25T11:00:00", None))))
+        assert wait(lambda: state.event("S190425z")["status"] == "retracted")
+        assert db.too_fields() == []
+        _raw(watch / "after.fits", kept, 3)
+        assert wait(lambda: len(routed()) == 2 and sum(1 for _ in asyncio.run(
+            read_topic(broker.bootstrap, topic("gwt", "exposures"), 0.5))) == 2)
+        assert sorted(a[2] for a in actions()[:3]) == ["fields", "ignored", "ignored"]
+        assert actions()[3:] == [("S190425z", "UPDATE", "fields"), ("S190425z", "RETRACTION", "retracted")]
+
+
+def test_bridge_both_ways_and_gcn_credentials(broker, settings, shared_data):
+    """The bridge on its own: GCN's ``igwn.gwalert`` into ``{prefix}.gw`` unchanged, our ``{prefix}.gcn``
+    out to the configured GCN topic; GCN credentials come from the environment only."""
+    from agents.gcn_bridge import GCNToken, bridge, client_settings
+
+    gcn = settings.gw.gcn.model_copy(update=dict(bootstrap=broker.bootstrap, oauth=False, offset_reset="earliest",
+                                                 group_id="gwb", topics=("gwb.igwn.gwalert",),
+                                                 publish_topic="gwb.gcn.notices.ast3"))
+    ensure_topics_sync(broker.bootstrap, ["gwb.igwn.gwalert", "gwb.gw", "gwb.gcn", "gwb.gcn.notices.ast3"])
+    lvk = (shared_data / "gw" / "lvk" / "S240116o-preliminary_fink-modified-times.json").read_bytes()
+    ours = b'{"$schema": "urn:ast3stream:schemas:gcn:optical_counterpart:1.0"}'
+
+    async def scenario():
+        stop = asyncio.Event()
+        task = asyncio.create_task(bridge(gcn, broker.bootstrap, "gwb", stop))
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0, max_request_size=16 << 20)
+        await producer.start()
+        await producer.send_and_wait("gwb.igwn.gwalert", lvk)
+        await producer.send_and_wait("gwb.gcn", ours)
+        await producer.stop()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            got = (await read_topic(broker.bootstrap, "gwb.gw", 0.5), await read_topic(broker.bootstrap,
+                                                                                       "gwb.gcn.notices.ast3", 0.5))
+            if all(got):
+                break
+        stop.set()
+        return got, await task
+
+    (inbound, outbound), moved = asyncio.run(scenario())
+    assert moved == 2 and [m.value for m in inbound] == [lvk] and [m.value for m in outbound] == [ours]
+    with pytest.raises(RuntimeError, match="GCN_CLIENT_ID and GCN_CLIENT_SECRET"):
+        client_settings(settings.gw.gcn, env={})
+    secure = client_settings(settings.gw.gcn, env={"GCN_CLIENT_ID": "id", "GCN_CLIENT_SECRET": "s3cret"})
+    assert secure["security_protocol"] == "SASL_SSL" and secure["sasl_mechanism"] == "OAUTHBEARER"
+    assert isinstance(secure["sasl_oauth_token_provider"], GCNToken) and "s3cret" not in repr(secure)

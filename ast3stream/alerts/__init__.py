@@ -1,12 +1,22 @@
 """Alert packets: Avro schema, building, (de)serialising, cutouts, reading other surveys'
-alerts, subscriber filters and output, GCN-style notices. No Kafka here (see ``agents.listen``)."""
-from ast3stream.alerts.cutouts import make_cutout, read_cutout
-from ast3stream.alerts.filters import AlertFilter
-from ast3stream.alerts.packet import alert_id, build_alert, object_name
-from ast3stream.alerts.reader import AlertView, read_alerts, view
-from ast3stream.alerts.schema import load_schema, versions
-from ast3stream.alerts.serialize import decode, encode, read_avro_file, write_avro_file
+alerts, subscriber filters and output, GCN-style notices. No Kafka here (see ``agents.listen``).
 
-__all__ = ["AlertFilter", "AlertView", "alert_id", "build_alert", "decode", "encode", "load_schema",
-           "make_cutout", "object_name", "read_alerts", "read_avro_file", "read_cutout", "versions",
-           "view", "write_avro_file"]
+Names are imported on first use, so a light install (fastavro only, no ``[pipeline]`` extra)
+can ``from ast3stream.alerts import decode, view`` without numpy or astropy.
+"""
+from importlib import import_module
+
+_WHERE = {"AlertFilter": "filters", "AlertView": "reader", "read_alerts": "reader", "view": "reader",
+          "alert_id": "packet", "build_alert": "packet", "object_name": "packet", "packet_digest": "packet",
+          "make_cutout": "cutouts", "read_cutout": "cutouts", "load_schema": "schema", "versions": "schema",
+          "decode": "serialize", "encode": "serialize", "read_avro_file": "serialize",
+          "write_avro_file": "serialize"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ast3stream.alerts' has no attribute {name!r}")
+    value = getattr(import_module(f"ast3stream.alerts.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

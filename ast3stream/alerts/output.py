@@ -1,16 +1,16 @@
-"""What a subscriber sees: a terminal table row, a JSON line, or files with PNG cutouts."""
+"""What a subscriber sees: a terminal table row, a JSON line, or files with PNG cutouts.
+
+Table and JSON need only the light install; PNG cutouts (``write_files``) need the
+``[pipeline]`` extra (astropy, matplotlib).
+"""
 from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib.image
-import numpy as np
-from astropy.visualization import ZScaleInterval
-
-from ast3stream.alerts.cutouts import read_cutout
 from ast3stream.alerts.reader import AlertView, view
 
 COLUMNS = (("survey", 10), ("object", 24), ("candid", 20), ("mjd", 12), ("ra", 10), ("dec", 10),
@@ -36,7 +36,7 @@ def to_json(alert: Mapping, cutouts: bool = False) -> str:
     def default(obj):
         if isinstance(obj, bytes):
             return base64.b64encode(obj).decode() if cutouts else None
-        if isinstance(obj, np.generic):
+        if hasattr(obj, "item"):   # numpy scalars
             return obj.item()
         raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
     return json.dumps(_finite(dict(alert)), default=default, separators=(",", ":"))
@@ -44,6 +44,12 @@ def to_json(alert: Mapping, cutouts: bool = False) -> str:
 
 def write_files(alert: Mapping, out_dir: str | Path) -> list[Path]:
     """``<out>/<object>/<candid>.json`` (no stamps) and one zscale PNG per cutout."""
+    import matplotlib.image
+    import numpy as np
+    from astropy.visualization import ZScaleInterval
+
+    from ast3stream.alerts.cutouts import read_cutout
+
     v = view(alert)
     folder = Path(out_dir) / v.object_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +71,7 @@ def _num(value, digits: int) -> str:
 
 def _finite(obj):
     """NaN/inf (which JSON lacks) to null, recursively."""
-    if isinstance(obj, float) and not np.isfinite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}

@@ -12,10 +12,18 @@ from ast3stream.alerts.schema import load_schema, versions
 
 PUBLISHER = "ast3stream"
 CUTOUT_FIELDS = {"science": "cutoutScience", "template": "cutoutTemplate", "difference": "cutoutDifference"}
-#: column names used by other stages -> alert field names
+JD_MJD = 2400000.5
+#: column names used by other stages -> alert field names (ZTF's where the meaning is the same)
 ALIASES = {"sign": "isdiffpos", "elongation": "elong", "fluxerr": "flux_err", "magerr": "mag_err",
-           "rb": "score", "fwhm_px": "fwhm_image", "image_fwhm": "fwhm_image", "gw_prob": "gw_field_prob",
+           "mag": "magpsf", "mag_err": "sigmapsf", "maglim": "diffmaglim", "x": "xpos", "y": "ypos",
+           "rb": "drb", "score": "drb", "model_version": "drbversion", "zp": "magzpsci", "filter": "band",
+           "ss_sep_arcsec": "ssdistnr", "ss_mag": "ssmagnr",
+           "fwhm_px": "fwhm_image", "image_fwhm": "fwhm_image", "gw_prob": "gw_field_prob",
            "stage_versions": "versions"}
+#: ZTF's filter ids (``fid``); any other band is 0
+ZTF_FID = {"g": 1, "r": 2, "i": 3}
+#: fields left out of :func:`packet_digest`: wall-clock times, which differ in a replay
+VOLATILE = ("timing",)
 
 
 def alert_id(exposure_id: str, lane: str, cand: int | tuple[float, float],
@@ -40,7 +48,7 @@ def object_name(ra: float, dec: float, prefix: str = "AST3") -> str:
 
 def build_alert(candidate: Mapping, prv_candidates: Sequence[Mapping], crossmatch: Mapping | None,
                 cutouts: Mapping[str, bytes], meta: Mapping) -> dict:
-    """An alert packet dict for :func:`ast3stream.alerts.encode`.
+    """An alert packet dict (schema 2.x, ZTF field names) for :func:`ast3stream.alerts.encode`.
 
     ``candidate``: one row of the detection table (``x``, ``y``, ``ra``, ``dec``, ``mag``,
     ``mag_err``, ``flux``, ``flux_err``, ``snr``, ``sign``, ``fwhm``, ``elongation``, ``score``
@@ -48,10 +56,13 @@ def build_alert(candidate: Mapping, prv_candidates: Sequence[Mapping], crossmatc
     a ``maglim``); ``crossmatch``: ``host_*``, ``ss*``, ``gw_*`` values; ``cutouts``: gzipped
     FITS stamps keyed ``science``/``template``/``difference``; ``meta``: exposure-level values
     (``exposure_id``, ``lane``, ``mjd``, ``model_version``, ``field_id``, ``too``, ``flags``,
-    ``versions``, ``object_id``, ``alert_id``, ``gw_event``, ``gw_prob`` ..., ``namespace``, and
+    ``versions``, ``object_id``, ``alert_id``, ``gw_event``, ``gw_prob`` ..., ``namespace``,
+    ``timing`` = ``{file_closed_at, alert_built_at, latency_s}`` (Unix s; optional), and
     ``metrics`` = image numbers such as ``maglim``, ``fwhm_px``, ``zp``). Row values win over
     ``meta``, ``meta`` over ``metrics``; NaN becomes null; missing optional fields get the
-    schema default. Without ``alert_id`` the id is :func:`alert_id` of the (x, y) position.
+    schema default. Our names are mapped to ZTF's (:data:`ALIASES`; ``mjd``/``first_mjd`` to
+    ``jd``/``jdstarthist``, a sign or bool to ``isdiffpos`` 't'/'f', ``band`` to ``fid``).
+    Without ``alert_id`` the id is :func:`alert_id` of the (x, y) position.
     """
     version = meta.get("schema_version") or versions()[-1]
     schema = load_schema(version)
@@ -61,7 +72,7 @@ def build_alert(candidate: Mapping, prv_candidates: Sequence[Mapping], crossmatc
     if values.get("alert_id") is not None:
         values["candid"] = int(values["alert_id"])
     elif values.get("candid") is None:
-        values["candid"] = alert_id(values["exposure_id"], values["lane"], (values["x"], values["y"]),
+        values["candid"] = alert_id(values["exposure_id"], values["lane"], (values["xpos"], values["ypos"]),
                                     stage_versions, str(meta.get("namespace", "")))
     cand = _conform(_record(schema, "candidate"), values)
     xmatch = {**{k: v for k, v in meta.items() if k.startswith("gw_")}, **(crossmatch or {})}
@@ -69,10 +80,12 @@ def build_alert(candidate: Mapping, prv_candidates: Sequence[Mapping], crossmatc
     alert = {
         "schemavsn": version,
         "publisher": str(meta.get("publisher", PUBLISHER)),
-        "alertId": cand["candid"],
         "objectId": str(object_id),
+        "candid": cand["candid"],
+        "alertId": cand["candid"],
         "candidate": cand,
-        "prv_candidates": [_conform(_record(schema, "prv_candidate"), _renamed(p)) for p in prv_candidates],
+        "prv_candidates": [_conform(_record(schema, "prv_candidate"), _renamed({"band": cand["band"], **p}))
+                           for p in prv_candidates],
         "crossmatch": _conform(_record(schema, "crossmatch"), xmatch),
         "versions": stage_versions,
     }
@@ -80,19 +93,41 @@ def build_alert(candidate: Mapping, prv_candidates: Sequence[Mapping], crossmatc
         stamp = cutouts.get(kind, cutouts.get(name))
         alert[name] = None if stamp is None else {
             "fileName": f"candid{cand['candid']}_{kind}.fits.gz", "stampData": bytes(stamp)}
+    alert["timing"] = _conform(_record(schema, "timing"), meta["timing"]) if meta.get("timing") else None
     return alert
 
 
+def packet_digest(alert: Mapping) -> str:
+    """sha256 of the packet's content (Avro of the packet less :data:`VOLATILE` fields, in its
+    own schema version): the same alert gives the same digest whatever framing carries it, so
+    outputs keyed by it are idempotent across redelivery and replays."""
+    import io
+
+    import fastavro
+
+    record = {k: v for k, v in alert.items() if k not in VOLATILE}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, load_schema(alert.get("schemavsn") or versions()[-1]), record)
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
 def _renamed(row: Mapping) -> dict:
-    """Row values under the alert's field names; ``isdiffpos`` from a sign, bool or 't'/'f'."""
+    """Row values under the alert's (ZTF) field names and units."""
     out = {ALIASES.get(k, k): v for k, v in dict(row).items()}
+    for mjd, jd in (("mjd", "jd"), ("first_mjd", "jdstarthist")):
+        if _plain(out.get(mjd)) is not None and out.get(jd) is None:
+            out[jd] = float(out[mjd]) + JD_MJD
     if _plain(out.get("isdiffpos")) is not None:
-        out["isdiffpos"] = _positive(out["isdiffpos"])
+        out["isdiffpos"] = "t" if _positive(out["isdiffpos"]) else "f"
+    if out.get("band") is None:
+        out["band"] = "g"                                   # the schema's default band
+    if out.get("fid") is None:
+        out["fid"] = ZTF_FID.get(str(out["band"]), 0)
     return out
 
 
 def _positive(sign) -> bool:
-    """``isdiffpos`` from a sign (+1/-1), a bool or ZTF's 't'/'f'."""
+    """Positive difference from a sign (+1/-1), a bool or ZTF's 't'/'f'."""
     return sign in ("t", "1", "true") if isinstance(sign, str) else float(sign) > 0
 
 

@@ -1,9 +1,10 @@
 """The alert schema: versioned Avro files in ``schemas/alert/<major>.<minor>/``.
 
-The record namespace carries the major version only (``ast3stream.v1``): a minor version
-adds fields with defaults, so Avro schema resolution lets any 1.x reader read any 1.x
-writer. Each version has a numeric id ``100 * major + minor`` (Rubin's convention), used in
-the Kafka message frame (:mod:`ast3stream.alerts.serialize`).
+The record namespace carries the major version only (``ast3stream.v2``): a minor version
+adds fields with defaults, so Avro schema resolution lets any 2.x reader read any 2.x
+writer. Without a schema registry each version has the embedded id ``100 * major + minor`` (Rubin's
+convention), used in the Confluent frame (:mod:`ast3stream.alerts.serialize`); with one, the
+registry's id.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pathlib import Path
 import fastavro
 import fastavro.schema
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "alert"
+from ast3stream.events import SCHEMA_DIR as SCHEMAS
+
+SCHEMA_DIR = SCHEMAS / "alert"
 
 
 def versions() -> list[str]:
@@ -38,7 +41,15 @@ def load_schema(version: str | None = None) -> dict:
     return fastavro.parse_schema(fastavro.schema.load_schema(str(path)))
 
 
+@lru_cache(maxsize=None)
+def raw_schema(version: str) -> dict:
+    """The whole schema of ``version`` as one JSON document (named types inlined): what is
+    registered in a schema registry."""
+    return fastavro.schema.load_schema(str(schema_path(version)), _write_hint=False)
+
+
 def schema_id(version: str) -> int:
+    """The embedded id of ``version`` (used when no registry is configured): ``100 * major + minor``."""
     major, minor = (int(n) for n in version.split("."))
     return 100 * major + minor
 

@@ -10,6 +10,7 @@ from scipy.spatial import cKDTree
 
 from ..image import Frame, MaskBits
 from ..subtraction.backend import use_gpu
+from ..subtraction.noise import resample_variance_factor
 from ..templates.binning import bin_array, bin_header
 from .lanczos import pixel_map, resample_cupy, resample_numba
 from .measure import bright_stars
@@ -127,6 +128,11 @@ def align(science: Frame, template: Frame, cfg, gpu: bool | None = None, binning
     the offsets of stars matched between the two frames (:func:`refine_map`) before resampling;
     the aligned header records ``ALNNSTAR``, ``ALNDEG`` and ``ALNRMS`` [px] of that fit.
 
+    A science variance plane (``science.var``) is resampled with the same weights (it then
+    describes the raw pixels, which aperture sums see); ``RSVAR`` is the mean ``sum w^2`` of
+    the weights (the per-pixel variance of resampled noise over the raw one; 1 when binned),
+    ``RSFRACX``/``RSFRACY`` the median fractional offsets (:mod:`ast3stream.subtraction.noise`).
+
     Non-WCS header cards (GAIN, exposure, zero point ...) come from the science frame.
     NaN input pixels are set to 0 and flagged ``BAD``. ``gpu=None`` follows
     ``cfg.subtraction.backend``; the result of the CuPy path is returned as NumPy arrays.
@@ -147,11 +153,21 @@ def align(science: Frame, template: Frame, cfg, gpu: bool | None = None, binning
                                       sc.align_search_px, sc.align_match_px, n)
     args = (data, mask, xmap, ymap, sc.align_grid_step, shape, sc.lanczos_a, sc.align_mask_weight)
     gpu = use_gpu(sc.backend) if gpu is None else gpu
-    out, out_mask = resample_cupy(*args) if gpu else resample_numba(*args)
+    resample = resample_cupy if gpu else resample_numba
+    out, out_mask = resample(*args)
+    var = None
+    if science.var is not None:
+        v = np.where(np.isfinite(science.var), science.var, 0).astype(np.float32)
+        var, _ = resample(v, mask, *args[2:])
     if n > 1:
         out, out_mask = bin_array(out, n), bin_array(out_mask, n, np.bitwise_or)
+        var = bin_array(var, n) if var is not None else None
     if gpu:
         out, out_mask = out.get(), out_mask.get()
+        var = var.get() if var is not None else None
+    if var is not None:
+        out_mask = out_mask | ((var <= 0) * np.uint16(MaskBits.BAD)).astype(np.uint16)
+        var = np.where(var > 0, var, np.inf).astype(np.float32)
     header = bin_header(science.header, n) if n > 1 else science.header.copy()
     for key in list(header):
         if key.startswith(_WCS_PREFIXES):
@@ -159,9 +175,13 @@ def align(science: Frame, template: Frame, cfg, gpu: bool | None = None, binning
     for card in template.header.cards:
         if card.keyword.startswith(_WCS_PREFIXES):
             header[card.keyword] = (card.value, card.comment)
+    rsvar, fx, fy = resample_variance_factor(xmap, ymap, sc.lanczos_a) if n == 1 else (1.0, 0.0, 0.0)
+    header["RSVAR"] = (round(rsvar, 5), "mean sum of squared resampling weights")
+    header["RSFRACX"] = (round(fx, 4), "median fractional x offset of the resampling")
+    header["RSFRACY"] = (round(fy, 4), "median fractional y offset of the resampling")
     if info is not None:
         header["ALNNSTAR"] = (info["n"], "stars in the alignment refinement fit")
         header["ALNDEG"] = (info["degree"], "polynomial degree of the alignment refinement")
         if np.isfinite(info["rms"]):
             header["ALNRMS"] = (round(info["rms"], 4), "[px] rms of the alignment refinement fit")
-    return Frame(data=out, mask=out_mask, header=header, primary=science.primary.copy())
+    return Frame(data=out, mask=out_mask, header=header, primary=science.primary.copy(), var=var)

@@ -1,4 +1,5 @@
-"""Classifiers: the rotation-invariant real/bogus ResNet-18 (QIP 31x31, DIP 91x91) and the cloud CNN."""
+"""Classifiers: the rotation-invariant real/bogus network on survey-independent stamps (32x32 at
+3 px per PSF FWHM, noise units; see :mod:`.stamps`) and the cloud CNN."""
 from .realbogus import RealBogus
 
 __all__ = ["RealBogus"]

@@ -1,4 +1,4 @@
-"""``ast3stream classify build-set | train | eval | cloud-train`` (argparse)."""
+"""``ast3stream classify build-set | train | train-real | eval | eval-real | score | cloud-train`` (argparse)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,13 @@ def add_cli(subparsers) -> None:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--source", choices=("synthetic", "pipeline"), default="synthetic")
     b.add_argument("--sim-dir", type=Path, help="pipeline source: work folder for the simulated nights")
+    b.add_argument("--from-images", type=Path, nargs="+", metavar="DIR",
+                   help="real images: PSF fakes through alignment+subtraction+detection (classify.images)")
+    b.add_argument("--from-alerts", type=Path, nargs="+", metavar="DIR",
+                   help="real alerts of any survey, weakly labelled by their rb/drb/reliability (classify.alertset)")
+    b.add_argument("--per-frame", type=int, default=80, help="--from-images: fakes per science frame")
+    b.add_argument("--exclude-radec", type=float, nargs=2, action="append", default=[], metavar=("RA", "DEC"),
+                   help="--from-images: known variables/transients whose detections are not bogus (repeatable)")
     b.add_argument("--n-real", type=int)
     b.add_argument("--n-bogus", type=int)
     b.add_argument("--seed", type=int)
@@ -32,6 +39,35 @@ def add_cli(subparsers) -> None:
     t.add_argument("--out", type=Path, required=True, help="weights file rb_<lane>.pt (+ .json, .png)")
     _training_args(t)
     t.set_defaults(func=_train)
+
+    r = sub.add_parser("train-real", help="the shipped recipe: simulator + real-image fakes + real alerts, "
+                                          "cross-validated by night/object, calibrated, thresholded")
+    r.add_argument("--alerts", type=Path, required=True, help="alert set (.npz from build-set --from-alerts)")
+    r.add_argument("--images", type=Path, required=True, help="image set (.npz from build-set --from-images)")
+    r.add_argument("--out-dir", type=Path, required=True, help="writes rb_qip.*, rb_dip.*, eval.json, eval.png")
+    r.add_argument("--folds", type=int, default=3)
+    r.add_argument("--n-synth", type=int, default=400, help="simulator stamps per class and lane")
+    r.add_argument("--target-fpr", type=float, default=0.01)
+    for name, typ, default in (("epochs", int, 8), ("width", int, 16), ("seed", int, 0), ("heldout-field", int, 0),
+                               ("threads", int, 1), ("workers", int, 1)):
+        r.add_argument(f"--{name}", type=typ, default=default)
+    r.add_argument("--arch", choices=("braai", "resnet18"), default="braai")
+    r.add_argument("--device", default="cpu")
+    r.set_defaults(func=_train_real)
+
+    v = sub.add_parser("eval-real", help="shipped (or given) weights on real alerts per survey vs peak SNR")
+    v.add_argument("--alerts", type=Path, required=True, help="alert set (.npz from build-set --from-alerts)")
+    v.add_argument("--weights", type=Path, help="default: the shipped rb_dip.pt")
+    v.add_argument("--out-json", type=Path, required=True)
+    v.add_argument("--out-png", type=Path)
+    v.set_defaults(func=_eval_real)
+
+    sc = sub.add_parser("score", help="real/bogus scores of foreign alerts (Avro/Parquet files or folders)")
+    sc.add_argument("alerts", type=Path, nargs="+")
+    sc.add_argument("--lane", choices=("qip", "dip"), default="dip")
+    sc.add_argument("--weights", type=Path)
+    sc.add_argument("--json", type=Path, help="one record per alert plus the summary")
+    sc.set_defaults(func=_score)
 
     e = sub.add_parser("eval", help="evaluate weights on a set: JSON + ROC/DET PNG")
     e.add_argument("--lane", choices=("qip", "dip"), required=True)
@@ -76,7 +112,22 @@ def _build_set(args) -> None:
     from .dataset import build_synthetic, save_dataset
 
     cfg = _settings(args)
-    if args.source == "synthetic":
+    if args.from_images:
+        from .images import IMAGE_KINDS, build_from_images
+
+        data, provenance = build_from_images(args.from_images, per_frame=args.per_frame, seed=cfg.seed,
+                                             exclude_radec=args.exclude_radec, workers=args.workers)
+        provenance.pop("kinds")
+        manifest = save_dataset(args.out, data, args.lane, kinds=IMAGE_KINDS, source="images",
+                                dirs=[str(d) for d in args.from_images], **provenance)
+    elif args.from_alerts:
+        from .alertset import load_alert_set
+
+        data = load_alert_set(args.from_alerts, log=print)
+        manifest = save_dataset(args.out, data, args.lane, kinds=["alert"], source="alerts",
+                                dirs=[str(d) for d in args.from_alerts],
+                                labels="ref > 0.5, ref = drb | rb | reliability | atlas_real")
+    elif args.source == "synthetic":
         data = build_synthetic(args.lane, cfg.n_real, cfg.n_bogus, cfg.seed, (cfg.snr_min, cfg.snr_max),
                                workers=args.workers)
         manifest = save_dataset(args.out, data, args.lane, compress=not args.no_compress, source="synthetic",
@@ -139,6 +190,132 @@ def _eval(args) -> None:
                    out_json=args.out_json, out_png=args.out_png, title=f"{rb.version} on {manifest.get('version')}",
                    model_version=rb.version, set_version=manifest.get("version"))
     print(json.dumps({k: res[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "fnr_at_fpr1")}))
+
+
+def _real_groups(alerts: dict, p: np.ndarray, sel: np.ndarray) -> dict:
+    ok = sel & np.isfinite(alerts["ref"])
+    return {str(s): (alerts["label"][ok & (alerts["survey"] == s)], p[ok & (alerts["survey"] == s)],
+                     alerts["peak_snr"][ok & (alerts["survey"] == s)])
+            for s in np.unique(alerts["survey"][ok])}
+
+
+def _train_real(args) -> None:
+    import torch
+
+    from .dataset import load_dataset
+    from .evaluate import plot_real, versus_baseline
+    from .realbogus import logit_margin
+    from .recipe import crossval, synthetic_inputs
+    from .synth import KINDS
+    from .train import save_weights
+
+    torch.set_num_threads(args.threads)
+    alerts, a_manifest = load_dataset(args.alerts)
+    images, i_manifest = load_dataset(args.images)
+    synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers)
+    res = crossval(alerts, images, synth, k=args.folds, epochs=args.epochs, width=args.width, seed=args.seed,
+                   heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=args.arch, device=args.device)
+    cpu = torch.device("cpu")
+    model, a, b = res["model"], res["a"], res["b"]
+
+    def prob(m):
+        return 1 / (1 + np.exp(-(a * m + b)))
+
+    report = {}
+    ztf = (alerts["survey"] == "ztf") & res["heldout"] & np.isfinite(res["oof_margin"])
+    oof = prob(res["oof_margin"])
+    report["ztf_crossval"] = versus_baseline(alerts["label"][ztf], oof[ztf], alerts["peak_snr"][ztf])
+    report["ztf_crossval"]["per_fold_auc"] = [
+        versus_baseline(alerts["label"][ztf & (res["fold"] == f)], oof[ztf & (res["fold"] == f)],
+                        alerts["peak_snr"][ztf & (res["fold"] == f)]).get("roc_auc") for f in range(args.folds)]
+    p_all = prob(logit_margin(model, alerts["stamps"], cpu))
+    untrained = ~np.isin(alerts["survey"], ("ztf", "pgir"))
+    groups = _real_groups(alerts, p_all, untrained)
+    for name, (y, p, base) in groups.items():
+        report[name] = versus_baseline(y, p, base)
+    groups["ztf (cross-val)"] = (alerts["label"][ztf], oof[ztf], alerts["peak_snr"][ztf])
+    # fakes and bogus of the held-out field (never trained on)
+    hf = images["group"] == args.heldout_field
+    p_img = prob(logit_margin(model, images["stamps"][hf], cpu))
+    y_img = images["label"][hf].astype(int)
+    report["heldout_field_fakes"] = versus_baseline(y_img, p_img, images["snr"][hf])
+    bright = (y_img == 1) & (images["snr"][hf] >= 8)
+    report["heldout_field_fakes"]["frac_snr8_fakes_above_threshold"] = float(np.mean(p_img[bright] >= res["threshold"]))
+    # the simulator, both lanes (fresh seed)
+    sim = synthetic_inputs(300, 300, args.seed + 1000, workers=args.workers)
+    p_sim = prob(logit_margin(model, sim["stamps"], cpu))
+    report["simulator"] = dict(versus_baseline(sim["label"], p_sim, sim["snr"]),
+                               accuracy=float(np.mean((p_sim >= 0.5) == (sim["label"] == 1))),
+                               accuracy_at_threshold=float(np.mean((p_sim >= res["threshold"]) == (sim["label"] == 1))))
+    groups["simulator"] = (sim["label"], p_sim, sim["snr"])
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    plot_real(groups, args.out_dir / "eval.png", title="rb held-out: model (solid) vs peak SNR (dashed)")
+    meta = dict(stamp_size=32, normalisation="ast3stream.classify.stamps.make_stamp",
+                calibration=dict(method="platt", a=a, b=b, n_val=res["n_val"], n_val_bogus=res["n_val_bogus"]),
+                threshold=res["threshold"], target_fpr=args.target_fpr, metrics=report,
+                training=dict(recipe="ast3stream.classify.recipe", arch=args.arch, folds=args.folds, epochs=args.epochs,
+                              width=args.width, seed=args.seed, n_synth=args.n_synth, alert_set=a_manifest.get("version"),
+                              image_set=i_manifest.get("version"), heldout_field=args.heldout_field,
+                              synth_kinds=list(KINDS)))
+    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="2.0", **meta)
+    model.config["lane"] = "qip"
+    save_weights(model, args.out_dir / "rb_qip.pt", "rb-qip", release="2.0", **meta)
+    (args.out_dir / "eval.json").write_text(json.dumps(dict(version=info["version"], **report), indent=1, default=float))
+    print(json.dumps(dict(version=info["version"], threshold=res["threshold"], **report), indent=1, default=float))
+
+
+def _eval_real(args) -> None:
+    from .dataset import load_dataset
+    from .evaluate import plot_real, versus_baseline
+    from .realbogus import RealBogus
+
+    rb = RealBogus.load("dip", "cpu", path=args.weights)
+    alerts, _ = load_dataset(args.alerts)
+    p = rb.score_inputs(alerts["stamps"])
+    groups = _real_groups(alerts, p, np.ones(len(p), bool))
+    report = dict(version=rb.version, threshold=rb.info.get("threshold"),
+                  **{name: versus_baseline(*g) for name, g in groups.items()})
+    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    args.out_json.write_text(json.dumps(report, indent=1, default=float))
+    if args.out_png:
+        plot_real(groups, args.out_png, title=f"{rb.version} on {args.alerts.name}")
+    print(json.dumps(report, indent=1, default=float))
+
+
+def _score(args) -> None:
+    from ..alerts.reader import read_alerts, stamp_triplet
+    from .alertset import REF_ORDER, reference
+    from .evaluate import versus_baseline
+    from .realbogus import RealBogus
+    from .stamps import alert_stamp
+
+    rb = RealBogus.load(args.lane, "cpu", path=args.weights)
+    records, stamps = [], []
+    for source in args.alerts:
+        for v in read_alerts(source):
+            t = stamp_triplet(v)
+            if t is None:
+                continue
+            stamps.append(alert_stamp(t, rb.stamp_size))
+            records.append(dict(survey=v.survey, id=int(v.candid), object_id=v.object_id, mjd=float(v.mjd),
+                                **{k: v.scores[k] for k in REF_ORDER if k in v.scores}, ref=reference(v.scores)))
+    scores = rb.score_inputs(np.stack(stamps)) if stamps else np.zeros(0)
+    for r, s in zip(records, scores):
+        r[f"score_{args.lane}"] = float(s)
+        print(f"{r['survey']:6s} {r['object_id']:>22s} {r['id']:>20d} {r['mjd']:.5f} {s:.4f} "
+              + " ".join(f"{k}={r[k]:.3f}" for k in REF_ORDER if k in r))
+    ref = np.array([r["ref"] for r in records], float)
+    ok = np.isfinite(ref)
+    from .alertset import peak_snr
+
+    summary = dict(model=rb.version, threshold=rb.info.get("threshold"), n=len(records),
+                   n_above_threshold=int(np.sum(scores >= (rb.info.get("threshold") or 0.5))))
+    if ok.any():
+        summary["vs_reference"] = versus_baseline(ref[ok] > 0.5, scores[ok], peak_snr(np.stack(stamps)[ok]))
+    print(json.dumps(summary, default=float))
+    if args.json:
+        args.json.write_text(json.dumps(dict(alerts=[{k: v for k, v in r.items() if k != "ref"} for r in records],
+                                             summary=summary), indent=1, default=float))
 
 
 def _cloud_train(args) -> None:

@@ -1,7 +1,9 @@
 """Versioned real/bogus training sets: one compressed ``.npz`` plus a ``.json`` manifest.
 
-Arrays: ``stamps`` (N, 4, S, S) float32 raw (electrons; SNR in sigma), ``label`` int8 (1 = real),
-``kind`` int8 (index into ``kinds`` of the manifest), ``snr`` float32 (candidate SNR).
+Arrays: ``stamps`` (N, 4, SIZE, SIZE) float32 model inputs (:mod:`.stamps`), ``label`` int8 (1 = real),
+``kind`` int8 (index into ``kinds`` of the manifest), ``snr`` float32 (candidate SNR), and whatever
+else the source adds (alert sets: ``survey``, ``object_id``, ``night``, ``ref``, ``weight`` ...;
+image sets: ``group`` = field).
 The manifest records the lane, counts per kind, how the set was made and a content hash;
 ``version`` is ``rbset-<lane>-<n>-<sha8>``.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .stamps import CHANNELS, PX_PER_FWHM, pipeline_stamps
 from .synth import KINDS, simulate_set
 
 ARRAYS = ("stamps", "label", "kind", "snr")
@@ -22,7 +25,7 @@ ARRAYS = ("stamps", "label", "kind", "snr")
 
 def content_hash(data: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
-    for key in ARRAYS:
+    for key in sorted(data):
         h.update(np.ascontiguousarray(data[key]).tobytes())
     return h.hexdigest()
 
@@ -32,14 +35,15 @@ def save_dataset(path: str | Path, data: dict[str, np.ndarray], lane: str, kinds
     """Write ``path`` (.npz) and ``path.with_suffix('.json')``; return the manifest."""
     path = Path(path).with_suffix(".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    (np.savez_compressed if compress else np.savez)(path, **{k: data[k] for k in ARRAYS})
+    (np.savez_compressed if compress else np.savez)(path, **data)
     sha = content_hash(data)
     n = len(data["label"])
-    counts = np.bincount(data["kind"].astype(int), minlength=len(kinds))
+    counts = np.bincount(data["kind"].astype(int), minlength=len(kinds)) if "kind" in data else []
     manifest = dict(
         version=f"rbset-{lane}-{n}-{sha[:8]}", lane=lane, n=n,
         n_real=int((data["label"] == 1).sum()), n_bogus=int((data["label"] == 0).sum()),
-        stamp_size=int(data["stamps"].shape[-1]), channels=["difference", "template", "science", "snr"],
+        stamp_size=int(data["stamps"].shape[-1]), channels=list(CHANNELS), stamp="ast3stream.classify.stamps.make_stamp",
+        px_per_fwhm=PX_PER_FWHM,
         kinds=list(kinds), counts={k: int(c) for k, c in zip(kinds, counts)}, sha256=sha,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **provenance,
     )
@@ -51,24 +55,26 @@ def load_dataset(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     """Read a set written by :func:`save_dataset`; returns (arrays, manifest)."""
     path = Path(path).with_suffix(".npz")
     with np.load(path) as z:
-        data = {k: z[k] for k in ARRAYS}
+        data = {k: z[k] for k in z.files}
     manifest_path = path.with_suffix(".json")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     return data, manifest
 
 
 def concat(*sets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([s[k] for s in sets]) for k in ARRAYS}
+    return {k: np.concatenate([s[k] for s in sets]) for k in ARRAYS if all(k in s for s in sets)}
 
 
 def _chunk(args):
-    return simulate_set(*args)
+    d = simulate_set(*args)
+    d["stamps"] = pipeline_stamps(d.pop("stamps"), d.pop("fwhm"))
+    return d
 
 
 def build_synthetic(lane: str, n_real: int = 10_000, n_bogus: int = 10_000, seed: int = 0,
                     snr_range: tuple[float, float] = (8.0, 300.0), workers: int = 1,
                     chunk: int = 1000) -> dict[str, np.ndarray]:
-    """A balanced set from :mod:`.synth`, made in chunks of ``chunk`` stamps (seed ``seed*100003 + i``).
+    """A balanced set from :mod:`.synth` as model inputs, made in chunks of ``chunk`` stamps (seed ``seed*100003 + i``).
 
     The result depends only on (lane, n_real, n_bogus, seed, snr_range, chunk), not on ``workers``.
     """

@@ -103,3 +103,50 @@ def _plot(labels, scores, snr, result, path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def versus_baseline(labels: np.ndarray, scores: np.ndarray, baseline: np.ndarray) -> dict:
+    """ROC AUC and FNR at 1 % FPR of ``scores`` and of a trivial ``baseline`` against ``labels``."""
+    labels = np.asarray(labels).astype(int)
+    out = dict(n=int(len(labels)), n_real=int(labels.sum()))
+    if 0 < labels.sum() < len(labels):
+        for name, s in (("", scores), ("baseline_", baseline)):
+            out[name + "roc_auc"] = float(metrics.roc_auc_score(labels, s))
+            out[name + "fnr_at_fpr1"] = fnr_at_fpr(labels, s, 0.01)[0]
+    return out
+
+
+def plot_real(groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> None:
+    """ROC of model (solid) and peak-SNR baseline (dashed) per group ``name: (labels, P, baseline)``,
+    and the reliability diagram of the calibrated P per group."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for i, (name, (y, p, base)) in enumerate(groups.items()):
+        y = np.asarray(y).astype(int)
+        if not 0 < y.sum() < len(y):
+            continue
+        col = f"C{i}"
+        fpr, tpr, _ = metrics.roc_curve(y, p)
+        ax1.plot(fpr, tpr, color=col, label=f"{name} AUC {metrics.roc_auc_score(y, p):.3f}")
+        fpr, tpr, _ = metrics.roc_curve(y, base)
+        ax1.plot(fpr, tpr, color=col, ls="--", lw=0.8, label=f"  peak SNR {metrics.roc_auc_score(y, base):.3f}")
+        edges = np.linspace(0, 1, 11)
+        k = np.clip(np.digitize(p, edges) - 1, 0, 9)
+        n = np.bincount(k, minlength=10)
+        frac = np.bincount(k, weights=y, minlength=10) / np.maximum(n, 1)
+        ax2.plot(((edges[1:] + edges[:-1]) / 2)[n > 0], frac[n > 0], "o-", color=col, label=name)
+    ax1.set(xscale="log", xlim=(1e-3, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate",
+            title="ROC vs the producers' scores > 0.5")
+    ax1.axvline(0.01, color="0.6", lw=0.8, ls="--")
+    ax1.legend(fontsize=6, loc="lower right")
+    ax2.plot([0, 1], [0, 1], color="0.6", lw=0.8)
+    ax2.set(xlabel="calibrated score", ylabel="fraction with reference > 0.5", title="reliability")
+    ax2.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

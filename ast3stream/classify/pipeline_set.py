@@ -25,19 +25,21 @@ PIPELINE_KINDS = ("injected", "transient", "asteroid", "bogus")
 
 
 def empirical_psf(data: np.ndarray, mask: np.ndarray, fwhm: float, saturation: float,
-                  half: int | None = None, max_stars: int = 100) -> np.ndarray:
-    """Unit-sum PSF: median of sub-pixel-centred cutouts of bright, isolated, unsaturated stars."""
+                  half: int | None = None, max_stars: int = 100, isolation: float = 3.0,
+                  thresh: float = 20.0) -> np.ndarray:
+    """Unit-sum PSF: median of sub-pixel-centred cutouts of bright, unsaturated stars with no
+    neighbour within ``isolation`` x ``half`` px, detected at ``thresh`` sigma."""
     import sep
 
     half = half or int(np.ceil(4 * fwhm))
     img = np.ascontiguousarray(data, np.float32)
     bkg = sep.Background(img, mask=mask != 0)
     sub = img - bkg.back()
-    objs = sep.extract(sub, 20.0, err=bkg.globalrms, mask=mask != 0, minarea=5)
+    objs = sep.extract(sub, thresh, err=bkg.globalrms, mask=mask != 0, minarea=5)
     ny, nx = img.shape
     x, y = objs["x"], objs["y"]
     near = cKDTree(np.c_[x, y]).query(np.c_[x, y], k=2)[0][:, 1] if len(objs) > 1 else np.full(len(objs), np.inf)
-    ok = ((objs["flag"] == 0) & (objs["peak"] + bkg.globalback < 0.5 * saturation) & (near > 3 * half)
+    ok = ((objs["flag"] == 0) & (objs["peak"] + bkg.globalback < 0.5 * saturation) & (near > isolation * half)
           & (x > half + 2) & (x < nx - half - 3) & (y > half + 2) & (y < ny - half - 3))
     idx = np.flatnonzero(ok)
     idx = idx[np.argsort(objs["flux"][idx])[::-1][:max_stars]]

@@ -105,8 +105,8 @@ def _line(img, x0, y0, angle, amp, width, length=None):
 
 
 def simulate_stamp(kind: str, lane: str, rng: np.random.Generator,
-                   snr_range: tuple[float, float] = (8.0, 300.0)) -> tuple[np.ndarray, float]:
-    """One raw stamp ``(4, S, S)`` float32 of the given kind and its candidate SNR."""
+                   snr_range: tuple[float, float] = (8.0, 300.0)) -> tuple[np.ndarray, float, float]:
+    """One raw stamp ``(4, S, S)`` float32 of the given kind, its candidate SNR and science FWHM [px]."""
     m = LANES[lane]
     S = m.size
     c0 = (S - 1) / 2
@@ -241,7 +241,7 @@ def simulate_stamp(kind: str, lane: str, rng: np.random.Generator,
             science[core] = np.nan
     stamp = np.stack([difference, template, science, difference / noise]).astype(np.float32)
     _pipeline_masks(stamp, rng)
-    return stamp, snr
+    return stamp, snr, sci_psf.fwhm
 
 
 def _pipeline_masks(stamp: np.ndarray, rng: np.random.Generator, p_edge: float = 0.25,
@@ -277,7 +277,8 @@ def _pipeline_masks(stamp: np.ndarray, rng: np.random.Generator, p_edge: float =
 def simulate_set(n_real: int, n_bogus: int, lane: str, seed: int = 0,
                  snr_range: tuple[float, float] = (8.0, 300.0),
                  real_weights=(0.4, 0.45, 0.15), bogus_weights=None) -> dict[str, np.ndarray]:
-    """A labelled set: ``stamps`` (N,4,S,S) float32, ``label`` (1 = real), ``kind`` (index into KINDS), ``snr``.
+    """A labelled set: raw ``stamps`` (N,4,S,S) float32, ``label`` (1 = real), ``kind`` (index into KINDS),
+    ``snr``, ``fwhm`` (science PSF FWHM [px], for :func:`ast3stream.classify.stamps.pipeline_stamps`).
 
     The candidate SNR of a bogus stamp is the PSF-scale amplitude it was drawn with.
     """
@@ -290,8 +291,10 @@ def simulate_set(n_real: int, n_bogus: int, lane: str, seed: int = 0,
     size = LANES[lane].size
     stamps = np.empty((len(kinds), 4, size, size), np.float32)
     snr = np.empty(len(kinds), np.float32)
+    fwhm = np.empty(len(kinds), np.float32)
     for i, k in enumerate(kinds):
-        stamps[i], snr[i] = simulate_stamp(KINDS[k], lane, rng, snr_range)
+        stamps[i], snr[i], fwhm[i] = simulate_stamp(KINDS[k], lane, rng, snr_range)
     label = (kinds < len(REAL_KINDS)).astype(np.int8)
     order = rng.permutation(len(kinds))
-    return dict(stamps=stamps[order], label=label[order], kind=kinds[order].astype(np.int8), snr=snr[order])
+    return dict(stamps=stamps[order], label=label[order], kind=kinds[order].astype(np.int8), snr=snr[order],
+                fwhm=fwhm[order])

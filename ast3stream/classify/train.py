@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import CloudResNet, RotationInvariantResNet
+from .model import CloudResNet, RotationInvariantBraai, RotationInvariantResNet
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -53,8 +53,9 @@ def predict_proba(model: nn.Module, x: torch.Tensor | np.ndarray, device: torch.
 def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None = None,
         y_val: np.ndarray | None = None, *, epochs: int = 20, batch_size: int = 256, lr: float = 2e-3,
         gamma: float = 0.9, weight_decay: float = 1e-2, seed: int = 0, device: str = "auto",
-        max_seconds: float | None = None, log=print) -> list[dict]:
-    """Train ``model`` in place on normalised inputs ``x`` (N, C, H, W) and labels ``y``; return the history."""
+        max_seconds: float | None = None, weight: np.ndarray | None = None, log=print) -> list[dict]:
+    """Train ``model`` in place on model inputs ``x`` (N, C, H, W) and labels ``y`` (optional
+    per-sample ``weight``: weak-label confidence); return the history."""
     dev = pick_device(device)
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -64,11 +65,12 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None
         model.to(memory_format=torch.channels_last)
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
+    wt = torch.as_tensor(np.ones(len(y)) if weight is None else weight, dtype=torch.float32)
     if dev.type == "cuda":
-        xt, yt = xt.to(dev), yt.to(dev)
+        xt, yt, wt = xt.to(dev), yt.to(dev), wt.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
     history, best, best_state = [], np.inf, None
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -81,10 +83,11 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None
                 continue
             xb = xt[idx.to(xt.device)].to(dev, non_blocking=True)
             yb = yt[idx.to(yt.device)].to(dev, non_blocking=True)
+            wb = wt[idx.to(wt.device)].to(dev, non_blocking=True)
             flip = torch.rand(len(idx), generator=gen) < 0.5
             xb = torch.where(flip.to(dev)[:, None, None, None], xb.flip(-1), xb)
             with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
-                loss = loss_fn(model(xb).float(), yb)
+                loss = (loss_fn(model(xb).float(), yb) * wb).sum() / wb.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -112,7 +115,7 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None
 
 # --- weight files ----------------------------------------------------------------------------
 
-ARCHS = {"realbogus": RotationInvariantResNet, "cloud": CloudResNet}
+ARCHS = {"realbogus": RotationInvariantResNet, "braai": RotationInvariantBraai, "cloud": CloudResNet}
 
 
 def save_weights(model: nn.Module, path: str | Path, name: str, release: str = "1.0", **meta) -> dict:
@@ -128,7 +131,7 @@ def save_weights(model: nn.Module, path: str | Path, name: str, release: str = "
     torch.save(state, buf)
     path.write_bytes(buf.getvalue())
     sha = hashlib.sha256(buf.getvalue()).hexdigest()[:8]
-    arch = "cloud" if isinstance(model, CloudResNet) else "realbogus"
+    arch = next(k for k, cls in ARCHS.items() if type(model) is cls)
     info = dict(version=f"{name}-{release}+{sha}", arch=arch, config=model.config, **meta)
     path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=float))
     return info

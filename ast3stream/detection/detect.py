@@ -65,7 +65,7 @@ def detect(diff, science_aligned, template, fwhm_px: float, zp: float, params: D
         import cupy as xp
     else:
         xp = np
-    d, noise, mask = (xp.asarray(a) for a in (diff.diff, diff.noise, diff.mask))
+    d, noise, mask = (xp.asarray(a) if xp is not np else to_host(a) for a in (diff.diff, diff.noise, diff.mask))
     psf_fwhm = float(diff.stats.get("psf_fwhm", fwhm_px))
     apcorr = float(diff.stats.get("apcorr", 1.0))
     errscale = float(diff.stats.get("errscale", 1.0))

@@ -92,15 +92,20 @@ def matched_snr(d, noise, mask, fwhm: float):
         _matched(np.ascontiguousarray(d, np.float32), np.ascontiguousarray(noise, np.float32),
                  np.ascontiguousarray(mask), k, k * k, out, 32)
         return out
-    from cupyx.scipy.ndimage import convolve1d
+    from cupyx.scipy import ndimage
 
+    return matched_snr_xp(d, noise, mask, k, xp, ndimage)
+
+
+def matched_snr_xp(d, noise, mask, k: np.ndarray, xp, ndimage):
+    """:func:`matched_snr` with the array module ``xp`` and its ``ndimage`` (CuPy's; NumPy's in the tests)."""
     noise = noise.astype(xp.float32, copy=False)
     good = (mask == 0) & (noise > 0) & xp.isfinite(noise)
     w = xp.where(good, 1.0 / xp.where(good, noise, 1.0) ** 2, 0.0).astype(xp.float32)
     kd, kd2 = xp.asarray(k), xp.asarray(k * k)
-    num = convolve1d(convolve1d(xp.where(good, d, 0).astype(xp.float32) * w, kd, axis=1, mode="constant"),
-                     kd, axis=0, mode="constant")
-    den = convolve1d(convolve1d(w, kd2, axis=1, mode="constant"), kd2, axis=0, mode="constant")
+    num = ndimage.convolve1d(ndimage.convolve1d(xp.where(good, d, 0).astype(xp.float32) * w, kd, axis=1,
+                                                mode="constant"), kd, axis=0, mode="constant")
+    den = ndimage.convolve1d(ndimage.convolve1d(w, kd2, axis=1, mode="constant"), kd2, axis=0, mode="constant")
     return xp.where(den > 0, num / xp.sqrt(xp.maximum(den, 1e-30)), 0).astype(xp.float32)
 
 
@@ -133,24 +138,30 @@ def _pixels(snr, d, mask, thresh: float):
     with ``|snr| >= thresh``, row-major; gathered on the device."""
     from .stamps import array_module
 
-    xp = array_module(snr)
+    if array_module(snr) is not np:
+        return pixels_xp(snr, d, mask, thresh)
     ny = snr.shape[0]
-    if xp is np:
-        counts = np.empty(ny, np.int64)
-        mask = np.ascontiguousarray(mask)
-        _row_counts(snr, mask, np.float32(thresh), counts)
-        start = np.zeros(ny + 1, np.int64)
-        np.cumsum(counts, out=start[1:])
-        n = int(start[-1])
-        xs, vs, ds = np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.float32)
-        _row_fill(snr, np.ascontiguousarray(d, np.float32), mask, np.float32(thresh), start, xs, vs, ds)
-        return start, xs, vs, ds
+    counts = np.empty(ny, np.int64)
+    mask = np.ascontiguousarray(mask)
+    _row_counts(snr, mask, np.float32(thresh), counts)
+    start = np.zeros(ny + 1, np.int64)
+    np.cumsum(counts, out=start[1:])
+    n = int(start[-1])
+    xs, vs, ds = np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.float32)
+    _row_fill(snr, np.ascontiguousarray(d, np.float32), mask, np.float32(thresh), start, xs, vs, ds)
+    return start, xs, vs, ds
+
+
+def pixels_xp(snr, d, mask, thresh: float):
+    """:func:`_pixels` with array operations (CuPy on a GPU; any array module)."""
+    from .stamps import array_module, to_host
+
+    xp = array_module(snr)
     flat = xp.flatnonzero(((mask == 0) & (xp.abs(snr) >= thresh)).ravel())
-    vs, ds = snr.ravel()[flat].get(), d.ravel()[flat].astype(xp.float32).get()
-    flat = flat.get()
-    ys, xs = np.divmod(flat, snr.shape[1])
-    start = np.searchsorted(ys, np.arange(ny + 1)).astype(np.int64)
-    return start, xs.astype(np.int64), vs, ds
+    vs, ds = to_host(snr.ravel()[flat]).astype(np.float32), to_host(d.ravel()[flat]).astype(np.float32)
+    ys, xs = np.divmod(to_host(flat).astype(np.int64), snr.shape[1])
+    start = np.searchsorted(ys, np.arange(snr.shape[0] + 1)).astype(np.int64)
+    return start, xs, vs, ds
 
 
 @numba.njit(cache=True)

@@ -82,13 +82,96 @@ def field_probabilities(skymap: Table, fields: Table, width_deg: float, height_d
     fields 1..rank) and ``galaxy_score`` (NaN without ``galaxies``).
     """
     order = auto_order(width_deg, height_deg) if order is None else order
+    if len(fields) == 0:
+        out = Table(fields, copy=True)
+        for name, dtype in (("rank", np.int64), ("prob", float), ("cum_prob", float), ("galaxy_score", float)):
+            out[name] = np.zeros(0, dtype)
+        return out
+    field_idx, pix_serial, contrib, geometry = _memberships(skymap, fields, width_deg, height_deg, order)
+    prob = np.bincount(field_idx, weights=contrib, minlength=len(fields))
+
+    score = np.full(len(fields), np.nan)
+    if galaxies is not None:
+        score = _galaxy_scores(skymap, galaxies, *geometry, width_deg, height_deg)
+    key = prob if rank_by == "prob" else np.nan_to_num(score)
+    ranking = np.lexsort((np.arange(len(fields)), -key))        # stable: ties keep input order
+    rank = np.empty(len(fields), np.int64)
+    rank[ranking] = np.arange(len(fields))
+    gained = _union_gain(rank, field_idx, pix_serial, contrib)
+
+    out = Table(fields[ranking], copy=True)
+    out["rank"] = np.arange(1, len(fields) + 1)
+    out["prob"] = prob[ranking]
+    out["cum_prob"] = np.cumsum(gained)
+    out["galaxy_score"] = score[ranking]
+    out.meta.update(order=order, width_deg=width_deg, height_deg=height_deg)
+    return out
+
+
+def probability_bound(skymap: Table, fields: Table, width_deg: float, height_deg: float) -> np.ndarray:
+    """An upper bound of each field's enclosed probability (cheap): the field's solid angle x
+    the highest density of any map pixel that may overlap it. Fields below a probability
+    threshold can be left out before :func:`field_probabilities` without changing the result."""
+    X, Y = np.radians(width_deg / 2), np.radians(height_deg / 2)
+    area = 4 * np.arcsin(X * Y / np.sqrt((1 + X**2) * (1 + Y**2)))
+    reach = np.arctan(np.hypot(X, Y))
+    coarse = int(np.clip(np.floor(np.log2(np.sqrt(4 * np.pi / 12) / reach)), 0, 29))
+    level, ipix = uniq_to_level_ipix(np.asarray(skymap["UNIQ"]))
+    dens = np.asarray(skymap["PROBDENSITY"], float)
+    peak = np.zeros(12 * 4**coarse)
+    fine = level >= coarse
+    np.maximum.at(peak, ipix[fine] >> (2 * (level[fine] - coarse)), dens[fine])
+    for lvl in np.unique(level[~fine]):        # map pixels coarser than ``coarse`` spread to their children
+        sel = ~fine & (level == lvl)
+        n = 4 ** int(coarse - lvl)
+        children = (ipix[sel, None] * n + np.arange(n)).ravel()
+        np.maximum.at(peak, children, np.repeat(dens[sel], n))
+    hp = HEALPix(2**coarse, order="nested")
+    tree = cKDTree(np.column_stack(hp.healpix_to_xyz(np.arange(hp.npix))))
+    margin = 1.5 * np.sqrt(4 * np.pi / hp.npix)          # > a pixel's centre-to-corner distance
+    near = tree.query_ball_point(_xyz(np.asarray(fields["ra"], float), np.asarray(fields["dec"], float)),
+                                 _chord(reach + margin))
+    return np.array([peak[i].max() if len(i) else 0.0 for i in near]) * area * 1.001
+
+
+def covered_probability(skymap: Table, fields: Table, width_deg: float, height_deg: float,
+                        order: int | None = None) -> np.ndarray:
+    """Probability of the union of fields 1..i (``ra``, ``dec``), in the table's own order
+    (a schedule's time order, exposures as they were taken); repeated fields add nothing."""
+    if len(fields) == 0:
+        return np.zeros(0)
+    order = auto_order(width_deg, height_deg) if order is None else order
+    field_idx, pix_serial, contrib, _ = _memberships(skymap, fields, width_deg, height_deg, order)
+    return np.cumsum(_union_gain(np.arange(len(fields)), field_idx, pix_serial, contrib))
+
+
+def depth_coverage(skymap: Table, fields: Table, width_deg: float, height_deg: float, depths,
+                   order: int | None = None) -> np.ndarray:
+    """Probability covered at least as deep as each of ``depths`` [mag] by fields (``ra``, ``dec``,
+    ``maglim``: the limiting magnitude each exposure reached; NaN counts as not covered)."""
+    depths = np.atleast_1d(np.asarray(depths, float))
+    if len(fields) == 0:
+        return np.zeros(depths.size)
+    order = auto_order(width_deg, height_deg) if order is None else order
+    field_idx, pix_serial, contrib, _ = _memberships(skymap, fields, width_deg, height_deg, order)
+    maglim = np.nan_to_num(np.asarray(fields["maglim"], float), nan=-np.inf)
+    n = int(pix_serial.max()) + 1 if pix_serial.size else 0
+    deepest = np.full(n, -np.inf)
+    np.maximum.at(deepest, pix_serial, maglim[field_idx])
+    value = np.zeros(n)
+    value[pix_serial] = contrib                      # one pixel's contribution, whichever field holds it
+    return np.array([value[deepest >= d].sum() for d in depths])
+
+
+def _memberships(skymap: Table, fields: Table, width_deg: float, height_deg: float, order: int):
+    """(field index, fine-pixel serial, pixel probability) of every fine pixel inside every field,
+    and the fields' search geometry (tree, k, reach, frames)."""
     ra0, dec0 = np.asarray(fields["ra"], float), np.asarray(fields["dec"], float)
     frames = _frames(ra0, dec0)
     tree = cKDTree(frames[:, 0])
     reach = np.arctan(np.hypot(np.radians(width_deg / 2), np.radians(height_deg / 2)))  # half-diagonal
     k = int(tree.query_ball_point(frames[:, 0], _chord(2 * reach), return_length=True).max())
     dens = np.asarray(skymap["PROBDENSITY"], float)
-
     field_idx, pix_serial, contrib, n_seen = [], [], [], 0
     for fine_order, fine in _fine_pixels(tree, reach, skymap, order):
         xyz = np.column_stack(HEALPix(2**fine_order, order="nested").healpix_to_xyz(fine))
@@ -99,30 +182,16 @@ def field_probabilities(skymap: Table, fields: Table, width_deg: float, height_d
         contrib.append(np.where(rows >= 0, dens[rows], 0.0) * 4 * np.pi / (12 * 4.0**fine_order))
         n_seen += fine.size
     field_idx, pix_serial, contrib = (np.concatenate(a) if a else np.zeros(0) for a in (field_idx, pix_serial, contrib))
-    field_idx = field_idx.astype(np.int64)
-    prob = np.bincount(field_idx, weights=contrib, minlength=len(fields))
+    return field_idx.astype(np.int64), pix_serial.astype(np.int64), contrib, (tree, k, reach, frames)
 
-    score = np.full(len(fields), np.nan)
-    if galaxies is not None:
-        score = _galaxy_scores(skymap, galaxies, tree, k, reach, frames, width_deg, height_deg)
-    key = prob if rank_by == "prob" else np.nan_to_num(score)
-    ranking = np.lexsort((np.arange(len(fields)), -key))        # stable: ties keep input order
-    rank = np.empty(len(fields), np.int64)
-    rank[ranking] = np.arange(len(fields))
 
-    # union coverage: each fine pixel counts once, for the best-ranked field containing it
+def _union_gain(rank: np.ndarray, field_idx, pix_serial, contrib) -> np.ndarray:
+    """Probability each rank adds to the union: each fine pixel counts once, for the best-ranked
+    field containing it."""
     first = np.lexsort((rank[field_idx], pix_serial))
     new = np.ones(first.size, bool)
     new[1:] = pix_serial[first][1:] != pix_serial[first][:-1]
-    gained = np.bincount(rank[field_idx[first][new]], weights=contrib[first][new], minlength=len(fields))
-
-    out = Table(fields[ranking], copy=True)
-    out["rank"] = np.arange(1, len(fields) + 1)
-    out["prob"] = prob[ranking]
-    out["cum_prob"] = np.cumsum(gained)
-    out["galaxy_score"] = score[ranking]
-    out.meta.update(order=order, width_deg=width_deg, height_deg=height_deg)
-    return out
+    return np.bincount(rank[field_idx[first][new]], weights=contrib[first][new], minlength=len(rank))
 
 
 def _xyz(ra, dec) -> np.ndarray:

@@ -156,3 +156,13 @@ def credible_area(skymap: Table, level: float = 0.9) -> float:
     """Area of the ``level`` credible region [deg^2]."""
     inside = credible_levels(skymap) <= level
     return float(pixel_area(skymap)[inside].sum() * (180 / np.pi) ** 2)
+
+
+def write_skymap(skymap: Table, path: str | Path) -> Path:
+    """Write a map as a multi-order FITS file (``ORDERING = NUNIQ``, as LVK's ``*.multiorder.fits``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = Table(skymap, copy=False)
+    out.meta = {**skymap.meta, "ORDERING": "NUNIQ", "INDXSCHM": "EXPLICIT"}
+    out.write(path, format="fits", overwrite=True)
+    return path

@@ -106,10 +106,27 @@ class Calibration:
 
     def apply(self, data: np.ndarray, gain: float, mask: np.ndarray, bad_bit: int) -> None:
         """In place, one pass: ``data = gain (data - bias) / flat`` (bad pixels and ``flat <= 0`` are
-        not flat-fielded) and ``bad_bit`` set in ``mask`` on the bad pixels."""
+        not flat-fielded) and ``bad_bit`` set in ``mask`` on the bad pixels. ``data`` and ``mask``
+        may be CuPy arrays: the masters then stay on that GPU for the next frames."""
         if self.bias.shape != data.shape:
             raise ValueError(f"frame {data.shape[::-1]} does not match the calibration {self.bias.shape[::-1]}")
+        if type(data).__module__.startswith("cupy"):
+            import cupy as xp
+
+            bias, divisor, bpm = self._on_device(xp)
+            data -= bias
+            data *= np.float32(gain) / divisor
+            mask[bpm] |= mask.dtype.type(bad_bit)
+            return
         _apply(data, self.bias, self.flat, self.bpm, np.float32(gain), mask, mask.dtype.type(bad_bit))
+
+    def _on_device(self, xp):
+        """Bias, flat divisor (1 on bad pixels and ``flat <= 0``) and bad-pixel map on the GPU, made once."""
+        if getattr(self, "_device", None) is None:
+            bpm = xp.asarray(self.bpm)
+            flat = xp.asarray(self.flat, dtype=xp.float32)
+            self._device = (xp.asarray(self.bias, dtype=xp.float32), xp.where(bpm | (flat <= 0), 1, flat), bpm)
+        return self._device
 
     def save(self, directory) -> Path:
         directory = Path(directory)

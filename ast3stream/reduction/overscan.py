@@ -94,9 +94,11 @@ def _trim(raw, y0, x0, row_level, col_level, saturation, data, saturated):
 
 
 def subtract_overscan(raw: np.ndarray, biassec: str, trimsec: str,
-                      saturation: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
+                      saturation: float = np.inf, xp=np) -> tuple[np.ndarray, np.ndarray]:
     """Trimmed float32 image minus the per-row (or per-column) median of the overscan, and the
-    boolean map of trimmed pixels whose raw value is ``>= saturation`` (one pass over the frame)."""
+    boolean map of trimmed pixels whose raw value is ``>= saturation`` (one pass over the frame).
+
+    With ``xp`` CuPy the raw frame goes to the GPU and both come back as CuPy arrays."""
     try:
         by, bx = section_slices(biassec)
         ty, tx = section_slices(trimsec)
@@ -114,6 +116,10 @@ def subtract_overscan(raw: np.ndarray, biassec: str, trimsec: str,
         col_level[:] = np.median(raw[by, tx], axis=0)
     else:
         raise BadFrameError(f"overscan {biassec} covers neither all rows nor all columns of {trimsec}")
+    if xp is not np:
+        trimmed = xp.asarray(np.require(raw, raw.dtype.newbyteorder("="), "C"))[ty, tx]
+        return (trimmed.astype(xp.float32) - xp.asarray(row_level)[:, None] - xp.asarray(col_level)[None, :],
+                trimmed >= saturation)
     data, saturated = np.empty(shape, np.float32), np.empty(shape, bool)
     _trim(np.require(raw, raw.dtype.newbyteorder("="), "C"), ty.start, tx.start, row_level, col_level,
           float(saturation), data, saturated)
@@ -125,8 +131,11 @@ def _image_hdus(hdul: fits.HDUList) -> list:
             and h.header.get("NAXIS", 0) == 2 and h.header.get("NAXIS1", 0) > 0 and h.header.get("NAXIS2", 0) > 0]
 
 
-def read_raw(path, detector: DetectorConfig) -> RawImage:
-    """Open a raw frame, subtract the overscan and trim it; raise :class:`BadFrameError` if unusable."""
+def read_raw(path, detector: DetectorConfig, xp=np) -> RawImage:
+    """Open a raw frame, subtract the overscan and trim it; raise :class:`BadFrameError` if unusable.
+
+    With ``xp`` CuPy a single-image frame is trimmed on the GPU (``data`` and ``saturated`` are
+    CuPy arrays); amplifier mosaics are assembled on the host."""
     det = detector
     try:
         with fits.open(path, memmap=False) as hdul:
@@ -155,7 +164,7 @@ def read_raw(path, detector: DetectorConfig) -> RawImage:
             read_noise = header_number(header, "RDNOISE", header.get("READNOIS", det.read_noise), path, inclusive=True)
             check_pixels(raw, path)
             try:
-                data, saturated = subtract_overscan(raw, biassec, trimsec, saturation)
+                data, saturated = subtract_overscan(raw, biassec, trimsec, saturation, xp)
             except BadFrameError as exc:
                 raise BadFrameError(f"{path}: {exc}") from None
     except BadFrameError:

@@ -16,9 +16,11 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ..config import DetectorConfig, ReductionConfig
+from ..detection.stamps import array_module, to_host
 from ..image import Frame, MaskBits
 from ..sources.extract import STRIP_MIN_PIXELS
 from ..sources.strips import n_workers, pool
+from ..subtraction.backend import use_gpu
 from .calibration import Calibration
 from .cosmics import detect_cosmics
 from .overscan import BadFrameError, read_raw
@@ -47,7 +49,15 @@ def _flag_grown(where, mask, bit, radius):
 
 def flag_grown(where: np.ndarray, mask: np.ndarray, bit: int, radius: int = 0) -> None:
     """Set ``bit`` in ``mask`` within ``|dy| + |dx| <= radius`` of every true pixel of ``where``
-    (``ndimage.binary_dilation(where, iterations=radius)``, done in place in one pass)."""
+    (``ndimage.binary_dilation(where, iterations=radius)``, done in place in one pass; CuPy
+    arrays with CuPy's ``binary_dilation``)."""
+    if array_module(where) is not np:
+        from cupyx.scipy import ndimage
+
+        grown = ndimage.binary_dilation(where, ndimage.generate_binary_structure(2, 1), iterations=radius) \
+            if radius > 0 else where
+        mask[grown] |= mask.dtype.type(bit)
+        return
     _flag_grown(where, mask, mask.dtype.type(bit), int(radius))
 
 
@@ -88,13 +98,18 @@ def reduce_raw(raw_path, calib: Calibration | None, params: ReductionConfig, det
     rc = params
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
-    raw = read_raw(raw_path, detector)
+    if use_gpu(rc.backend):
+        import cupy as xp
+    else:
+        xp = np
+    raw = read_raw(raw_path, detector, xp)
     header = _approximate_wcs(raw.header, raw.trimsec, raw_path)
     data = raw.data
     timings["overscan"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    mask = np.zeros(data.shape, np.uint16)
+    xp = array_module(data)
+    mask = xp.zeros(data.shape, np.uint16)
     if calib is not None:
         try:
             calib.apply(data, raw.gain, mask, MaskBits.BAD)
@@ -103,6 +118,7 @@ def reduce_raw(raw_path, calib: Calibration | None, params: ReductionConfig, det
     elif raw.gain != 1:
         data *= np.float32(raw.gain)
     flag_grown(raw.saturated, mask, MaskBits.SATURATED, rc.saturation_grow)
+    data, mask = to_host(data), to_host(mask)       # cosmics and trails run on the host
     timings["calibrate"] = time.perf_counter() - t0
 
     ncosmic = 0

@@ -1,7 +1,14 @@
 """Sub-area stars for SFFT's sparse-field mode, chosen with sep (no SExtractor binary).
 
-Stars come from the template once (isolated, clean, high SNR), are measured at the
-same positions on the aligned science image, and are prior-banned when their flux ratio
+The template's PSF FWHM is measured first from fitted profiles of isolated stars
+(:func:`.psf.measure_psf`: the star/galaxy separation, undersampled PSFs, a reason when
+it fails). Sub-area stars come from the template once: isolated (no other detection within
+``star_isolation_fwhm`` FWHM, relaxed down to 1 FWHM in crowded fields until
+``min_stars_varying`` stars qualify), clean (no masked pixel - saturated cores, bleed trails,
+edges - within the sub-area), unsaturated (peak below 70 % of the saturation level), compact
+(not a galaxy core: a flux/peak width within 1.5 times the stars'), high SNR. They are
+measured at the same positions on the aligned science image, whose FWHM is the median of
+profiles fitted to them there, and are prior-banned when their flux ratio
 ``F_sci / F_ref`` or their centroid shift (``sep.winpos``) deviates from the median by
 more than ``ban_sigma`` times the star's own error combined with a systematic floor
 (variables, transients on or beside galaxies, residual cosmics) - the role of SFFT's
@@ -15,6 +22,7 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from ..detection.stamps import array_module, boxes, inside, mosaic, to_host
+from .psf import fit_fwhm, measure_psf
 
 
 def _radius(fwhm: float) -> float:
@@ -46,36 +54,44 @@ def measure(data_sub: np.ndarray, mask: np.ndarray, rms: np.ndarray | float, x, 
     return flux, ferr, fw
 
 
-def select_stars(data_sub: np.ndarray, mask: np.ndarray, rms: np.ndarray, cfg) -> Table:
-    """Isolated, unmasked, high-SNR sources of a background-subtracted image.
+def select_stars(data_sub: np.ndarray, mask: np.ndarray, rms: np.ndarray, cfg, saturation: float | None = None) -> Table:
+    """Sub-area stars of a background-subtracted image (module docstring).
 
     Returns a Table ``x, y, xwin, ywin, flux, flux_err, fwhm`` sorted by decreasing flux, with the
-    image's median star FWHM in ``meta['fwhm']``.
+    image's fitted PSF FWHM in ``meta['fwhm']`` (and ``meta['psf']``, the :class:`.psf.PSF`).
+    Raises :class:`.psf.PSFError` when the PSF cannot be measured.
     """
     sc = cfg.subtraction
     data = np.ascontiguousarray(data_sub, np.float32)
     mask = np.ascontiguousarray(mask, bool)
     rms = np.ascontiguousarray(rms, np.float32)
-    objs = sep.extract(data, 5.0, err=rms, mask=mask, minarea=5, deblend_cont=0.005)
+    psf = measure_psf(data, mask, rms, saturation=saturation, snr_min=max(sc.star_snr_min, 20.0), min_stars=3)
+    fwhm_med = psf.fwhm
+    empty = Table(dict(x=[], y=[], xwin=[], ywin=[], flux=[], flux_err=[], fwhm=[]), meta={"fwhm": fwhm_med, "psf": psf})
+    objs = sep.extract(data, 5.0, err=rms, mask=mask, minarea=3, deblend_cont=0.005)
     objs = objs[np.isfinite(objs["a"]) & np.isfinite(objs["b"]) & (objs["b"] > 0)]
     if len(objs) < 3:
-        return Table(dict(x=[], y=[], xwin=[], ywin=[], flux=[], flux_err=[], fwhm=[]), meta={"fwhm": np.nan})
-    flux, ferr, fwhm = measure(data, mask, rms, objs["x"], objs["y"], 2.3548 * np.median(objs["a"]))
-    good = (objs["flag"] == 0) & (flux / ferr > sc.star_snr_min) & np.isfinite(fwhm)
-    if good.sum() < 3:
-        return Table(dict(x=[], y=[], xwin=[], ywin=[], flux=[], flux_err=[], fwhm=[]), meta={"fwhm": np.nan})
-    fwhm_med = float(np.median(fwhm[good]))
+        return empty
     flux, ferr, fwhm = measure(data, mask, rms, objs["x"], objs["y"], fwhm_med)
+    good = (objs["flag"] == 0) & (flux / ferr > sc.star_snr_min) & np.isfinite(fwhm)
+    good &= objs["peak"] < 0.7 * psf.saturation
+    # compact: flux/peak width of the PSF stars sets the scale (it differs from the fitted FWHM)
+    near = cKDTree(np.c_[objs["x"], objs["y"]]).query(np.c_[psf.stars["x"], psf.stars["y"]])[1]
+    scale = float(np.median(fwhm[near])) if np.isfinite(fwhm[near]).any() else fwhm_med
+    good &= fwhm < 1.5 * scale
     d, _ = cKDTree(np.c_[objs["x"], objs["y"]]).query(np.c_[objs["x"], objs["y"]], k=2)
-    keep = good & (d[:, 1] > sc.star_isolation_fwhm * fwhm_med) & (flux / ferr > sc.star_snr_min)
-    idx = np.flatnonzero(keep)
-    idx = idx[_clean(mask, objs["x"][idx], objs["y"][idx], int(np.ceil(_radius(fwhm_med))))]
+    r_clean = int(np.ceil(_radius(fwhm_med)))
+    for iso in sorted({sc.star_isolation_fwhm, 1.5, 1.0}, reverse=True):
+        idx = np.flatnonzero(good & (d[:, 1] > iso * fwhm_med))
+        idx = idx[_clean(mask, objs["x"][idx], objs["y"][idx], r_clean)]
+        if idx.size >= sc.min_stars_varying or iso <= 1.0:
+            break
     idx = idx[np.argsort(-flux[idx])]
+    if idx.size == 0:
+        return empty
     xw, yw, _ = sep.winpos(data, objs["x"][idx], objs["y"][idx], np.full(len(idx), fwhm_med / 2.3548))
-    compact = np.abs(fwhm[idx] / fwhm_med - 1) < 0.3
-    fwhm_med = float(np.median(fwhm[idx][compact])) if compact.sum() >= 3 else fwhm_med
     return Table(dict(x=objs["x"][idx], y=objs["y"][idx], xwin=xw, ywin=yw, flux=flux[idx], flux_err=ferr[idx],
-                      fwhm=fwhm[idx]), meta={"fwhm": fwhm_med})
+                      fwhm=fwhm[idx]), meta={"fwhm": fwhm_med, "psf": psf, "isolation_fwhm": iso})
 
 
 def pair_stars(stars: Table, sci_sub, sci_mask, sci_rms, cfg) -> Table:
@@ -115,8 +131,11 @@ def pair_stars(stars: Table, sci_sub, sci_mask, sci_rms, cfg) -> Table:
         err = fwhm / np.minimum(f / fe, np.asarray(stars["flux"] / stars["flux_err"]))
         ok &= shift <= sc.ban_sigma * np.hypot(sc.ban_shift_floor_px, err)
     out["flux_sci"], out["flux_sci_err"], out["fwhm_sci"], out["ratio"], out["use"] = f, fe, fw, ratio, ok
-    compact = ok & (np.abs(np.asarray(stars["fwhm"]) / stars.meta["fwhm"] - 1) < 0.3)
-    out.meta["fwhm_sci"] = float(np.median(fw[compact if compact.sum() >= 3 else ok])) if ok.sum() else np.nan
+    # the science FWHM: profiles fitted (as for the template) to the 60 brightest usable stars
+    k = np.flatnonzero(ok)[:60]
+    fit = fit_fwhm(sci_sub, sci_rms, x[k], y[k], fwhm, bad=sci_mask)[0] if k.size else np.zeros(0)
+    fit = fit[np.isfinite(fit)]
+    out.meta["fwhm_sci"] = float(np.median(fit)) if fit.size else np.nan
     out.meta["ratio"] = float(np.median(ratio[ok])) if ok.sum() else np.nan
     return out
 

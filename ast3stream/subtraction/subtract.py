@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,7 @@ from ..image import Frame, MaskBits
 from . import engine
 from .background import background
 from .backend import use_gpu
+from .noise import correlated_factors, effective_gain, noise_acf, random_apertures
 from .stars import local_sky, pair_stars, select_stars, subarea_labels
 from .tiles import fft_shape, tile_shape, tiles
 
@@ -67,32 +69,75 @@ class Difference:
 # --------------------------------------------------------------------------- preparation
 
 
-class _Prepared:
-    """Sky-subtracted image, its bad-pixel map, rms and variance, on the compute device."""
+class Prepared:
+    """Sky-subtracted image, its bad-pixel map, rms and variances, on the compute device.
 
-    def __init__(self, frame: Frame, cfg, xp):
+    ``var`` is the per-pixel variance: from a variance plane (``frame.var``, times ``RSVAR`` for
+    a resampled one) plus the source term when the plane lacks it, or else the sky rms squared
+    plus ``max(signal, 0) / gain`` (:func:`.noise.effective_gain`); ``acf`` the noise's
+    measured autocorrelation (:func:`.noise.noise_acf`)."""
+
+    def __init__(self, frame: Frame, cfg, xp, maximum_filter):
+        sc = cfg.subtraction
+        h = frame.header
         data = xp.asarray(frame.data, dtype=xp.float32)
         self.mask = xp.asarray(frame.mask, dtype=xp.uint16)
+        sat = h.get(sc.saturation_key)
+        self.saturation = float(sat) if isinstance(sat, (int, float)) and sat > 0 else None
+        if self.saturation is not None:  # saturated cores and bleed trails, grown 2 px
+            hot = maximum_filter(data >= np.float32(0.9 * self.saturation), size=5)
+            self.mask = self.mask | (hot.astype(xp.uint16) * np.uint16(MaskBits.SATURATED))
         self.bad = (self.mask & _UNUSABLE) != 0
-        back, self.rms = background(data, self.bad, cfg.subtraction.background_box, xp)
+        var = None if frame.var is None else xp.asarray(frame.var, dtype=xp.float32)
+        if var is not None:
+            self.bad |= ~xp.isfinite(var)
+        back, self.rms = background(data, self.bad, sc.background_box, xp)
         self.sub = data - back
-        gain = float(frame.header.get("GAIN", 1.0)) or 1.0
-        self.var = self.rms ** 2 + xp.maximum(self.sub, 0) / gain
+        rsvar = xp.float32(h.get("RSVAR", 1.0))
+        gain = h.get(sc.gain_key)
+        gain = float(gain) if isinstance(gain, (int, float)) and gain > 0 else None
+        if gain is not None and "/S" in str(h.get("BUNIT", "")).upper().replace(" ", "") and h.get("EXPTIME"):
+            gain *= float(h["EXPTIME"])   # counts/s: variance of the counts over the exposure
+        if gain is not None and var is None:
+            self.gain, self.gain_method = gain, "header"
+        else:
+            step = np.s_[::2, ::2] if data.size > 4_000_000 else np.s_[:, :]
+            sky = next((float(h[k]) for k in sc.sky_keys if isinstance(h.get(k), (int, float))), None)
+            self.gain, self.gain_method = effective_gain(
+                *(None if a is None else _to_host(a[step]) for a in (back, self.rms, self.sub, var, self.bad)),
+                header_gain=gain, header_sky=sky, rsvar=float(rsvar))
+        src = xp.maximum(self.sub, 0) * (rsvar / xp.float32(self.gain)) if np.isfinite(self.gain) else 0
+        if var is not None:
+            self.var = xp.where(xp.isfinite(var), var, 0) * rsvar + src
+        else:
+            self.var = self.rms ** 2 + src
+        self.acf = noise_acf(self.sub, xp.sqrt(xp.maximum(self.var, 1e-30)), self.bad)
 
 
-_TEMPLATES: dict = {}
+_TEMPLATES: OrderedDict = OrderedDict()   #: keyed by the template's identity, least recently used dropped
+_BY_ID: dict = {}                          #: keyed by id(template.data), dropped with the array
 
 
-def _template(template: Frame, cfg, xp, gpu: bool):
-    """Prepared template and its sub-area stars, cached while ``template.data`` lives."""
-    key = (id(template.data), gpu)
-    if key not in _TEMPLATES:
-        prep = _Prepared(template, cfg, xp)
+def _template(template: Frame, cfg, xp, gpu: bool, maximum_filter, key=None):
+    """Prepared template and its sub-area stars. Cached under ``key`` (the template's identity,
+    e.g. its product key and version, so a worker reuses it across exposures whatever frame
+    object carries it; the last ``subtraction.template_cache`` kept) or, without a key, while
+    ``template.data`` lives."""
+    sc = cfg.subtraction
+    ident = ((key if key is not None else id(template.data)), gpu, sc.model_dump_json())
+    cache = _TEMPLATES if key is not None else _BY_ID
+    if ident not in cache:
+        prep = Prepared(template, cfg, xp, maximum_filter)
         host = (lambda a: a.get()) if gpu else (lambda a: a)
-        stars = select_stars(host(prep.sub), host(prep.bad), host(prep.rms), cfg)
-        _TEMPLATES[key] = (prep, stars)
-        weakref.finalize(template.data, _TEMPLATES.pop, key, None)
-    return _TEMPLATES[key]
+        stars = select_stars(host(prep.sub), host(prep.bad), host(prep.rms), cfg, prep.saturation)
+        cache[ident] = (prep, stars)
+        if key is None:
+            weakref.finalize(template.data, _BY_ID.pop, ident, None)
+        while len(_TEMPLATES) > max(1, sc.template_cache):
+            _TEMPLATES.popitem(last=False)
+    elif key is not None:
+        _TEMPLATES.move_to_end(ident)
+    return cache[ident]
 
 
 # --------------------------------------------------------------------------- subtraction
@@ -113,10 +158,13 @@ class _Clock:
         self.t = t
 
 
-def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = None) -> Difference:
+def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = None, template_key=None) -> Difference:
     """SFFT difference ``science - template`` on the template grid (see the module docstring).
 
-    ``stats['seconds']`` is the wall time, ``stats['steps']`` its split by step."""
+    ``template_key`` (hashable, e.g. ``(product key, version)``) identifies the template for the
+    cache of its prepared form. ``stats['seconds']`` is the wall time, ``stats['steps']`` its split
+    by step; ``stats['noise_ratio']`` the random-aperture empirical/predicted noise (also
+    ``NOISERAT`` in the header)."""
     sc = cfg.subtraction
     gpu = use_gpu(sc.backend) if gpu is None else gpu
     if gpu:
@@ -129,9 +177,9 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         from scipy.signal import fftconvolve
     clock = _Clock(xp.cuda.Stream.null.synchronize if gpu else None)
 
-    tpl, stars = _template(template, cfg, xp, gpu)
+    tpl, stars = _template(template, cfg, xp, gpu, maximum_filter, template_key)
     clock("template")
-    sci = _Prepared(science_aligned, cfg, xp)
+    sci = Prepared(science_aligned, cfg, xp, maximum_filter)
     clock("background")
     pairs = pair_stars(stars, sci.sub, sci.bad, sci.rms, cfg)
     clock("stars")
@@ -142,6 +190,8 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     conv = {"ref": "REF", "sci": "SCI"}.get(sc.force_conv, "REF" if fwhm_ref <= fwhm_sci else "SCI")
     (I, J) = (tpl, sci) if conv == "REF" else (sci, tpl)
     fwhm_max = max(fwhm_ref, fwhm_sci)
+    fwhm_j = fwhm_sci if conv == "REF" else fwhm_ref
+    r_ap = max(1.0, fwhm_j)   # radius of the noise check's apertures
 
     bad = tpl.bad | sci.bad
     radius = max(sc.subarea_fwhm * fwhm_max, 6.0)
@@ -160,7 +210,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     layout = tiles(shape, tile_shape(shape, cfg), sc.tile_overlap, hw)
     diff = xp.zeros(shape, xp.float32)
     noise = xp.zeros(shape, xp.float32)
-    ratios = []
+    ratios, parts = [], []
     constant = cfg.model_copy(update={"subtraction": sc.model_copy(
         update={"kernel_poly_order": 0, "background_poly_order": 0})})
     ny_t, nx_t = layout[0][2].shape
@@ -181,7 +231,13 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         k = engine.kernel_at(sol, (fx, fy), tcfg, (nx_t - 1) / 2, (ny_t - 1) / 2)
         ratio = float(k.sum())
         ratios.append(ratio)
-        var = J.var[sy, sx] + fftconvolve(I.var[sy, sx], xp.asarray(k ** 2, dtype=xp.float32), mode="same")
+        q_i, ap_i = correlated_factors(I.acf, k, r_ap)   # I's noise is correlated, then convolved
+        vJ = J.var[sy, sx]
+        vI = fftconvolve(I.var[sy, sx], xp.asarray(k ** 2 * q_i, dtype=xp.float32), mode="same")
+        var = vJ + vI
+        ok = ~bad[sy, sx][::8, ::8]
+        med = [float(xp.median(v[::8, ::8][ok])) if bool(ok.any()) else 0.0 for v in (vJ, vI)]
+        parts.append(((sy.start + sy.stop) / 2, (sx.start + sx.stop) / 2, ap_i, *med))
         d, sig = d.T, xp.sqrt(xp.maximum(var, 0))
         if conv == "SCI":  # D = T - K*S  ->  (K*S - T) / sum(K), in science units
             d, sig = -d / ratio, sig / ratio
@@ -194,7 +250,6 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     diff = xp.where(mask & _UNUSABLE, zero, diff)
     noise = xp.where(noise > 0, noise, xp.float32(np.inf))
     clock("mask")
-    fwhm_j = fwhm_sci if conv == "REF" else fwhm_ref
     # boxes for the PSF fits of matched_fwhm (FWHM <= 1.4 fwhm_j) and the total-flux aperture
     r = int(np.ceil(1.4 * max(1.5, 2.5 * cfg.photometry.aperture_factor / 2 / 2.3548) * fwhm_j)) + 2
     (Jsub, Jrms, Jbad), outside, xl, yl = mosaic([J.sub, J.rms, bad], xs[:200], ys[:200], r)  # the brightest
@@ -212,9 +267,37 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     clock("to_host")
     stats["errscale"] = error_scale(diff, noise, mask, psf_fwhm)
     clock("errscale")
+    stats |= _noise_check(diff, noise, mask, parts, J.acf, r_ap, sci, tpl, sc)
+    stats |= dict(gain_sci=sci.gain, gain_ref=tpl.gain, gain_method_sci=sci.gain_method,
+                  gain_method_ref=tpl.gain_method, psf_stars=int(stars.meta["psf"].n_stars))
+    clock("noise_check")
     stats["seconds"] = clock.t - clock.t0
     stats["steps"] = clock.steps
-    return Difference(diff=diff, noise=noise, mask=mask, header=template.header.copy(), stats=stats)
+    header = template.header.copy()
+    for key, name, comment in (("NOISERAT", "noise_ratio", "random-aperture noise, empirical/predicted"),
+                               ("FWHMSCI", "fwhm_sci", "[px] science PSF FWHM (fitted)"),
+                               ("FWHMREF", "fwhm_ref", "[px] template PSF FWHM (fitted)"),
+                               ("X2NRM", "x2nrm_rstd", "robust std of diff/sigma")):
+        if np.isfinite(stats.get(name, np.nan)):
+            header[key] = (round(float(stats[name]), 4), comment)
+    header["CONVDIR"] = (conv, "image convolved by the SFFT kernel")
+    return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats)
+
+
+def _noise_check(diff, noise, mask, parts, acf_j, r: float, sci, tpl, sc) -> dict:
+    """Random-aperture check of the noise map (:func:`.noise.random_apertures`, radius ``r``): the
+    prediction per aperture is ``sum(sigma^2)`` times the nearest tile's aperture factor, the two
+    images' parts weighted by their median per-pixel variances there."""
+    ap_j = correlated_factors(acf_j, np.ones((1, 1)), r)[1]
+    cy, cx, fac = (np.array(v) for v in zip(*[(y, x, (ap_j * vJ + ap_i * vI) / (vJ + vI) if vJ + vI > 0 else 1.0)
+                                             for y, x, ap_i, vJ, vI in parts]))
+
+    def factor(x, y):
+        return fac[np.argmin((y[:, None] - cy) ** 2 + (x[:, None] - cx) ** 2, axis=1)]
+
+    images = [(P.sub, P.var) for P in (sci, tpl)]
+    ratio, n = random_apertures(diff, noise.astype(np.float64) ** 2, mask, r, factor, images, n=sc.noise_apertures)
+    return dict(noise_ratio=ratio, noise_apertures=n, aperture_factor=float(np.median(fac)))
 
 
 def _to_host(a) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""The shipped real/bogus recipe: simulator + fakes in real frames + real alerts, cross-validated.
+
+Training data, all as model inputs of :mod:`.stamps` (one network serves both lanes, since the
+stamps are in PSF and noise units):
+
+* simulator stamps of both lanes (:mod:`.synth`; the pipeline's own night);
+* PSF fakes injected into real frames and the real subtraction's bogus (:mod:`.images`), every
+  field but ``heldout_field``;
+* real alerts of other surveys with weak labels (:mod:`.alertset`): ZTF (by night/object fold)
+  and PGIR; Rubin, ATLAS, WINTER and DECam alerts are never trained on (generalisation tests).
+
+:func:`crossval` trains one network per ZTF fold and scores the fold's held-out alerts (night and
+object unseen). The shipped network is fold 0's; its calibration (Platt scaling of the logit
+margin) is fitted on fold 0's held-out ZTF alerts and the held-out field's fakes and bogus, and its
+alert ``threshold`` is the calibrated score where that validation pool's false-positive rate is
+``target_fpr``.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from .alertset import folds
+from .dataset import build_synthetic, concat
+from .evaluate import fnr_at_fpr
+from .model import RotationInvariantBraai, RotationInvariantResNet
+from .realbogus import logit_margin
+from .train import fit
+
+TRAIN_SURVEYS = ("ztf", "pgir")
+
+
+def synthetic_inputs(n_real: int, n_bogus: int, seed: int, lanes=("qip", "dip"),
+                     snr_range=(5.0, 300.0), workers: int = 1) -> dict[str, np.ndarray]:
+    """Simulator stamps of each lane as model inputs (:func:`.dataset.build_synthetic`)."""
+    return concat(*(build_synthetic(lane, n_real, n_bogus, seed * 7 + i, snr_range, workers=workers, chunk=250)
+                    for i, lane in enumerate(lanes)))
+
+
+ARCHES = {"braai": lambda width: RotationInvariantBraai("dip", width=width),
+          "resnet18": lambda width: RotationInvariantResNet("dip", width=width, stem=(3, 1))}
+
+
+def _train(x, y, w, *, epochs, seed, width, arch="braai", device="cpu", lr=3e-3, log=print):
+    model = ARCHES[arch](width)
+    hist = fit(model, x, y, epochs=epochs, batch_size=128, lr=lr, gamma=0.85, weight_decay=1e-3, seed=seed,
+               device=device, weight=w, log=lambda s: None)
+    log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in hist[-1].items()}))
+    return model.cpu().eval(), hist
+
+
+def platt(margin: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``(a, b)`` of ``P = sigmoid(a m + b)`` by logistic regression of labels on margins."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=10.0).fit(margin[:, None], y)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+def crossval(alerts: dict, images: dict, synth: dict, *, k: int = 3, epochs: int = 12, width: int = 16,
+             seed: int = 0, heldout_field: int = 0, target_fpr: float = 0.01, arch: str = "braai",
+             device: str = "cpu", log=print) -> dict:
+    """Out-of-fold scores of every ZTF alert, fold-0 model, its calibration and threshold."""
+    fold, heldout = folds(alerts, k)
+    ok = np.isfinite(alerts["ref"])
+    train_alert = ok & np.isin(alerts["survey"], TRAIN_SURVEYS)
+    img_train = images["group"] != heldout_field
+    oof = np.full(len(fold), np.nan)
+    margins_others, models = [], []
+    t0 = time.perf_counter()
+    for f in range(k):
+        tr = train_alert & (fold != f)
+        x = np.concatenate([synth["stamps"], images["stamps"][img_train], alerts["stamps"][tr]])
+        y = np.concatenate([synth["label"], images["label"][img_train], alerts["label"][tr]]).astype(int)
+        w = np.concatenate([np.full(len(synth["label"]), 0.5, np.float32), np.ones(img_train.sum(), np.float32),
+                            alerts["weight"][tr] * 2])
+        model, _ = _train(x, y, w, epochs=epochs, seed=seed + f, width=width, arch=arch, device=device, log=log)
+        models.append(model)
+        te = (fold == f) & (alerts["survey"] == "ztf")
+        oof[te] = logit_margin(model, alerts["stamps"][te], torch.device("cpu"))
+        log(f"fold {f}: trained on {len(y)} stamps ({tr.sum()} alerts), {time.perf_counter() - t0:.0f} s")
+    m0 = models[0]
+    cpu = torch.device("cpu")
+    val = (fold == 0) & heldout & ok & (alerts["survey"] == "ztf")
+    img_val = ~img_train
+    val_m = np.concatenate([oof[val], logit_margin(m0, images["stamps"][img_val], cpu)])
+    val_y = np.concatenate([alerts["label"][val], images["label"][img_val]]).astype(int)
+    a, b = platt(val_m, val_y)
+    p_val = 1 / (1 + np.exp(-(a * val_m + b)))
+    _, thr = fnr_at_fpr(val_y, p_val, target_fpr)
+    return dict(fold=fold, heldout=heldout, oof_margin=oof, model=m0, models=models, a=a, b=b,
+                threshold=float(thr), n_val=int(len(val_y)), n_val_bogus=int((val_y == 0).sum()))

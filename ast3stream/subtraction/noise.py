@@ -1,0 +1,193 @@
+"""Noise model from the data: variance planes, effective gain, aperture-noise prediction and check.
+
+* :func:`to_variance` turns a variance, inverse-variance (weight) or error plane into a
+  variance map (infinite where the plane says "no data").
+* :func:`effective_gain` gives the factor turning signal into Poisson variance
+  (``var = signal / gain``) in the image's own units (counts, electrons, counts/s,
+  surface brightness): none to add when a variance plane grows with the signal (it holds the
+  sources' noise; its slope gives the gain); else the header's gain; else the sky
+  pedestal (or the header's sky level for a sky-subtracted image) over its variance
+  (Poisson sky: ``gain = sky / rms^2``; read noise neglected,
+  so the gain is underestimated and the source noise overestimated, never the reverse);
+  else none (a sky-subtracted image without a gain: the source term is left out, said so).
+* Resampling, co-adding and the SFFT kernel correlate noise: a Lanczos-resampled pixel has
+  variance ``sum w^2 R`` of the raw variance ``R`` (``RSVAR``, :func:`resample_variance_factor`),
+  while an aperture sum keeps ``R`` per pixel. :func:`noise_acf` measures an image's noise
+  autocorrelation on its sky pixels (after alignment, so it holds whatever resampling the
+  image went through, ours or earlier), and :func:`correlated_factors` turns it and the
+  kernel into the per-pixel variance of the convolved image and the ratio of an aperture
+  sum's variance to the sum of its per-pixel variances; :func:`random_apertures` compares the scatter of random-aperture sums of a difference,
+  away from sources and masks, with that prediction (the empirical/predicted ratio).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+VAR_KINDS = ("variance", "invvar", "weight", "error")
+
+
+def to_variance(plane: np.ndarray, kind: str) -> np.ndarray:
+    """float32 variance from a ``kind`` plane (:data:`VAR_KINDS`); inf where it has no data
+    (non-finite, or a zero/negative inverse variance)."""
+    p = np.asarray(plane, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if kind == "variance":
+            v = p
+        elif kind in ("invvar", "weight"):
+            v = 1.0 / p
+        elif kind == "error":
+            v = p * p
+        else:
+            raise ValueError(f"variance kind {kind!r} is not one of {VAR_KINDS}")
+    return np.where(np.isfinite(v) & (v > 0), v, np.inf).astype(np.float32)
+
+
+def effective_gain(back, rms, sub=None, var=None, bad=None, header_gain: float | None = None,
+                   header_sky: float | None = None, rsvar: float = 1.0):
+    """``(gain, method)``: signal / Poisson variance in the image's units (module docstring).
+
+    ``back`` and ``rms`` are the sky background and rms maps, ``sub`` the sky-subtracted image,
+    ``var`` a variance plane when there is one (then ``gain = inf`` means the plane already holds
+    the sources' noise or none is to be added); ``header_sky`` the sky level a sky-subtracted
+    image's header records (e.g. DECam's ``AVSKY``), used when the pixels have no pedestal;
+    ``rsvar`` the resampling's variance factor (``RSVAR``: the raw sky variance is ``rms^2 / rsvar``)."""
+    hg = float(header_gain) if header_gain is not None and np.isfinite(header_gain) and header_gain > 0 else None
+    if hg is not None and var is None:
+        return hg, "header"
+    ok = np.ones(np.shape(back), bool) if bad is None else ~np.asarray(bad, bool)
+    r = float(np.median(rms[ok])) / np.sqrt(rsvar)
+    if var is not None:
+        ok &= np.isfinite(var)
+        r = float(np.sqrt(np.median(var[ok])))
+    sky = float(np.median(back[ok]))
+    g_sky = sky / r ** 2 if r > 0 and sky > 5 * r else None
+    how = "sky pedestal / sky variance"
+    if g_sky is None and header_sky is not None and r > 0 and header_sky > 5 * r:
+        g_sky, how = header_sky / r ** 2, "header sky level / sky variance"
+    if var is not None and sub is not None:
+        bright = ok & (sub > 10 * r)
+        if bright.sum() >= 20:   # does the plane grow with the signal (as 1 / gain)?
+            slope = float(np.polyfit(sub[bright], var[bright], 1)[0])
+            ref = hg or g_sky
+            if slope > 0 and (ref is None or slope > 0.5 / ref):
+                return np.inf, f"variance plane includes source noise (gain {1 / slope:.3g})"
+    if hg is not None:
+        return hg, "header"
+    if g_sky is not None:
+        return g_sky, how
+    return np.inf, "none: sky-subtracted image without a gain, source noise omitted"
+
+
+def lanczos_weights(frac: float, a: int = 3) -> np.ndarray:
+    """Normalised 1-D Lanczos-``a`` weights of the ``2a`` input pixels for a fractional offset."""
+    t = frac - np.arange(-a + 1, a + 1)
+    w = np.sinc(t) * np.sinc(t / a)
+    return w / w.sum()
+
+
+def resample_variance_factor(xmap, ymap, a: int = 3) -> tuple[float, float, float]:
+    """``(mean sum w^2, median frac x, median frac y)`` of Lanczos resampling over the map nodes."""
+    fx, fy = (np.asarray(m, float).ravel() % 1.0 for m in (xmap, ymap))
+    sel = slice(None, None, max(1, fx.size // 4000))
+    s2 = [np.sum(lanczos_weights(u, a) ** 2) * np.sum(lanczos_weights(v, a) ** 2) for u, v in zip(fx[sel], fy[sel])]
+    return float(np.mean(s2)), float(np.median(fx)), float(np.median(fy))
+
+
+def noise_acf(sub, rms, bad, r: int = 4, side: int = 1024) -> np.ndarray:
+    """Normalised ``(2r+1)^2`` autocorrelation (``[dy, dx]``, 1 at the centre) of a sky-subtracted
+    image's noise (NumPy or CuPy), from its central ``side x side`` pixels with sources (beyond
+    3 rms, grown 2 px) and bad pixels left out: what resampling, co-adding or alignment did to
+    it; the floor at the largest lags is removed. A delta when too few sky pixels remain."""
+    from scipy.ndimage import binary_dilation
+
+    from ..detection.stamps import to_host
+
+    ny, nx = sub.shape
+    y0, x0 = max(0, (ny - side) // 2), max(0, (nx - side) // 2)
+    sl = np.s_[y0:y0 + side, x0:x0 + side]
+    z = to_host(sub[sl]).astype(np.float64) / np.maximum(to_host(rms[sl]), 1e-30)
+    m = ~to_host(bad[sl]) & np.isfinite(z)
+    m &= ~binary_dilation(np.abs(np.where(m, z, 0)) > 3, iterations=2)
+    z = np.where(m, z, 0)
+    delta = np.zeros((2 * r + 1, 2 * r + 1))
+    delta[r, r] = 1.0
+    if m.sum() < 1000:
+        return delta
+    shape = [n + r for n in z.shape]
+    fz, fm = np.fft.rfft2(z, shape), np.fft.rfft2(m.astype(float), shape)
+    acf_z = np.fft.irfft2(fz * np.conj(fz), shape)
+    acf_m = np.fft.irfft2(fm * np.conj(fm), shape)
+    idx = np.r_[-r:r + 1]
+    acf = acf_z[np.ix_(idx, idx)] / np.maximum(acf_m[np.ix_(idx, idx)], 1)
+    if not np.isfinite(acf).all() or acf[r, r] <= 0:
+        return delta
+    acf = acf / acf[r, r]
+    # faint static structure and sky residuals add a small positive floor at every lag, which
+    # summed over an aperture would dominate: remove the outer ring's median, zero lags within
+    # 3 sigma of 0 (the estimate's error is ~1 / sqrt(pixels))
+    ring = np.hypot(*np.meshgrid(idx, idx)) >= r
+    acf = acf - np.median(acf[ring])
+    acf[np.abs(acf) < 3 / np.sqrt(m.sum())] = 0
+    acf[r, r] = 1.0
+    return acf
+
+
+def correlated_factors(acf: np.ndarray, kernel: np.ndarray, radius: float) -> tuple[float, float]:
+    """For noise of normalised autocorrelation ``acf`` convolved with ``kernel``: ``(q, f)``, the
+    per-pixel variance over the white-noise value ``var * sum(K^2)``, and an aperture sum's
+    (``radius``) variance over the sum of its per-pixel variances."""
+    from scipy.signal import correlate, fftconvolve
+
+    r = acf.shape[0] // 2
+
+    def weighted(a):   # sum over lags tau of (a corr a)(tau) acf(tau)
+        c = correlate(a, a, mode="full", method="fft")
+        cy, cx = (np.array(c.shape) - 1) // 2
+        h = min(r, cy, cx)
+        win = np.zeros_like(acf)
+        win[r - h:r + h + 1, r - h:r + h + 1] = c[cy - h:cy + h + 1, cx - h:cx + h + 1]
+        return float(np.sum(win * acf))
+
+    per_pixel = weighted(kernel)
+    chi = _disk(radius)
+    return per_pixel / float(np.sum(kernel ** 2)), weighted(fftconvolve(chi, kernel)) / (chi.sum() * per_pixel)
+
+
+def _disk(r: float) -> np.ndarray:
+    n = int(np.ceil(r))
+    o = np.arange(-n, n + 1)
+    return (np.hypot(o[:, None], o[None, :]) <= r).astype(float)
+
+
+def random_apertures(diff, var, mask, radius: float, factor=1.0, images=(), n: int = 2000, seed: int = 0):
+    """Empirical / predicted noise of random-aperture sums of ``diff`` (NumPy or CuPy arrays).
+
+    Apertures of ``radius`` around ``n`` random pixels, with no masked pixel; those on a source
+    of any of ``images`` (``(sub, var)`` pairs: aperture sum beyond 5 sigma) are dropped. The
+    prediction is ``sqrt(factor * sum(var))``, ``factor`` a scalar or a function of the
+    centres ``(x, y)`` (see :func:`correlated_factors`). Returns ``(ratio, n_used)``: the robust std
+    (1.4826 MAD) of sum / prediction, NaN with fewer than 100 apertures."""
+    from ..detection.stamps import boxes, to_host
+
+    ny, nx = diff.shape
+    m = int(np.ceil(radius))
+    if ny <= 2 * m + 2 or nx <= 2 * m + 2:
+        return float("nan"), 0
+    rng = np.random.default_rng(seed)
+    cx, cy = rng.integers(m, nx - m, n), rng.integers(m, ny - m, n)
+    disk = _disk(radius).astype(bool)
+
+    def sums(a):
+        return to_host(boxes(a, cx, cy, m))[:, disk].astype(np.float64).sum(axis=1)
+
+    bad = sums(mask != 0) > 0
+    s, v = sums(diff), sums(var)
+    f = factor(cx, cy) if callable(factor) else factor
+    keep = ~bad & np.isfinite(v) & (v > 0) & np.isfinite(s)
+    for sub, var_i in images:
+        vi = sums(var_i)
+        keep &= np.abs(sums(sub)) < 5 * np.sqrt(np.where(vi > 0, vi, np.inf))
+    if keep.sum() < 100:
+        return float("nan"), int(keep.sum())
+    z = s[keep] / np.sqrt((f * v)[keep] if np.ndim(f) else f * v[keep])
+    return float(1.4826 * np.median(np.abs(z - np.median(z)))), int(keep.sum())

@@ -1,0 +1,100 @@
+"""A deeper template from several epochs of a field: registered, scaled, weighted, clipped co-add.
+
+1. the reference grid is the sharpest epoch's (fitted PSF FWHM, :func:`~ast3stream.subtraction.psf.measure_psf`);
+   every other epoch is Lanczos-resampled onto it (:func:`~ast3stream.alignment.align`, WCS
+   plus star refinement; epochs without a WCS must already be aligned);
+2. each epoch is sky-subtracted and put on the reference's photometric scale: ``s_i``, the
+   median flux ratio of the reference's isolated stars measured in it (prior-banned as for
+   SFFT's sub-areas, :func:`~ast3stream.subtraction.stars.pair_stars`);
+3. weights for point sources, ``w_i = s_i^2 / (sigma_i^2 FWHM_i^2)`` (``sigma_i`` the sky rms:
+   depth and seeing), normalised;
+4. per pixel, values more than ``clip`` sigma from the median of the epochs (cosmic rays,
+   satellites, asteroids, variables in outburst) are rejected when three or more epochs cover
+   it, then the weighted mean; its variance ``sum w_i^2 v_i / (sum w_i)^2`` from each epoch's
+   per-pixel variance (sky plus sources, :class:`~ast3stream.subtraction.subtract.Prepared`)
+   is the stack's ``VAR`` plane; pixels no epoch covers are ``EDGE``.
+
+The PSF of the stack is the weighted mix of the epochs' (no PSF homogenisation: SFFT's kernel
+matches it like any other template). ``NCOMBINE``, ``STACKREF`` and the weights and scales
+go into the header; the saturation and gain cards are dropped (the ``VAR`` plane holds the
+noise, sources included).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..image import Frame, MaskBits
+
+_UNUSABLE = np.uint16(0xFFFF & ~int(MaskBits.INTERP))
+
+
+def stack_frames(frames: list[Frame], cfg, clip: float = 5.0) -> Frame:
+    """Co-add ``frames`` (one field, several epochs) into one template Frame with a ``VAR`` plane
+    (module docstring). ``cfg`` is the settings (its ``subtraction`` section is used)."""
+    from scipy.ndimage import maximum_filter
+
+    from ..alignment import align
+    from ..subtraction.pair import has_wcs
+    from ..subtraction.stars import pair_stars, select_stars
+    from ..subtraction.subtract import Prepared
+
+    if len(frames) < 2:
+        raise ValueError(f"a stack needs at least 2 epochs, got {len(frames)}")
+    preps = [Prepared(f, cfg, np, maximum_filter) for f in frames]
+    stars = [select_stars(p.sub, p.bad, p.rms, cfg, p.saturation) for p in preps]
+    fwhm = np.array([float(s.meta["fwhm"]) for s in stars])
+    ref = int(np.argmin(fwhm))
+    tpl = frames[ref]
+    aligned = []
+    for i, f in enumerate(frames):
+        if i == ref:
+            aligned.append((f, preps[i]))
+            continue
+        if has_wcs(f) and has_wcs(tpl):
+            a = align(f, tpl, cfg, gpu=False)
+        elif f.shape == tpl.shape:
+            a = f
+        else:
+            raise ValueError(f"epoch {i} has no WCS and another shape than the reference: cannot register it")
+        aligned.append((a, Prepared(a, cfg, np, maximum_filter)))
+    scale, sky = np.ones(len(frames)), np.ones(len(frames))
+    for i, (a, p) in enumerate(aligned):
+        sky[i] = float(np.median(p.rms[~p.bad])) if (~p.bad).any() else np.inf
+        if i != ref:
+            pairs = pair_stars(stars[ref], p.sub, p.bad, p.rms, cfg)
+            use = np.asarray(pairs["use"], bool)
+            if use.sum() < 3:
+                raise RuntimeError(f"epoch {i}: only {int(use.sum())} stars in common with the reference; cannot scale it")
+            scale[i] = float(np.median(np.asarray(pairs["ratio"])[use]))
+    w = scale ** 2 / (sky ** 2 * fwhm ** 2)
+    w = w / w.sum()
+    vals = np.stack([p.sub / s for (_, p), s in zip(aligned, scale)]).astype(np.float32)
+    var = np.stack([p.var / s ** 2 for (_, p), s in zip(aligned, scale)]).astype(np.float32)
+    good = np.stack([~p.bad for _, p in aligned]) & np.isfinite(vals) & np.isfinite(var)
+    if len(frames) >= 3:
+        med = np.nanmedian(np.where(good, vals, np.nan), axis=0)
+        n_good = good.sum(axis=0)
+        good &= ~((np.abs(vals - med) > clip * np.sqrt(var)) & (n_good >= 3))
+    wk = np.where(good, w[:, None, None], 0.0)
+    wsum = wk.sum(axis=0)
+    covered = wsum > 0
+    data = np.where(covered, (wk * np.where(good, vals, 0)).sum(axis=0) / np.where(covered, wsum, 1), 0)
+    v = np.where(covered, (wk ** 2 * np.where(good, var, 0)).sum(axis=0) / np.where(covered, wsum, 1) ** 2, np.inf)
+    # pixels no epoch covers keep the epochs' flags (saturated cores ...), EDGE when none had one
+    flags = np.bitwise_or.reduce(np.stack([p.mask for _, p in aligned]), axis=0).astype(np.uint16)
+    flags = np.where(flags & _UNUSABLE, flags, flags | np.uint16(MaskBits.EDGE))
+    mask = np.where(covered, flags & ~_UNUSABLE, flags).astype(np.uint16)
+    header = tpl.header.copy()
+    for key in ("RSVAR", "RSFRACX", "RSFRACY"):
+        header.remove(key, ignore_missing=True)
+    header["NCOMBINE"] = (len(frames), "epochs in the stacked template")
+    header["STACKREF"] = (ref, "index of the reference (sharpest) epoch")
+    for i, (wi, si) in enumerate(zip(w, scale)):
+        header[f"STKW{i}"] = (round(float(wi), 5), f"weight of epoch {i}")
+        header[f"STKS{i}"] = (round(float(si), 5), f"flux scale of epoch {i} to the reference")
+    # one saturation level and one gain no longer describe the stack: its VAR plane holds the noise
+    for key in (cfg.subtraction.saturation_key, cfg.subtraction.gain_key):
+        header.remove(key, ignore_missing=True)
+    out = Frame(data=data.astype(np.float32), mask=mask, header=header, primary=tpl.primary.copy(),
+                var=v.astype(np.float32))
+    return out
