@@ -102,8 +102,9 @@ def known_exposure(db, ev: StageEvent) -> None:
 def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter, bootstrap: str) -> None:
     """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list under the
     notice policy and write the coming night's plan (:mod:`agents.gw`); expired lists are dropped
-    every minute. With ``gw.gcn.enabled`` the GCN Kafka bridge runs here too."""
-    from .gw import GWState, on_notice
+    every minute, coverage reports rewritten every ``gw.coverage_every_s``. With ``gw.gcn.enabled``
+    the GCN Kafka bridge runs here too."""
+    from .gw import GWState, on_notice, write_coverage
 
     async def gw_agent(stream):
         async for event in stream.events():
@@ -119,6 +120,11 @@ def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter, boots
     @app.timer(60.0)
     async def expire_too():
         await retrying("gw", asyncio.to_thread, GWState(res.db).expire)
+
+    @app.timer(res.cfg.gw.coverage_every_s)
+    async def gw_coverage():
+        for ev in await retrying("gw", asyncio.to_thread, GWState(res.db).events, "active"):
+            await retrying("gw", asyncio.to_thread, write_coverage, res.db, res.cfg, ev)
 
     if res.cfg.gw.gcn.enabled:
         @app.task
@@ -288,7 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     from ast3stream.sources.extract import STRIP_MIN_PIXELS
 
     if cfg.detector.nx_raw * cfg.detector.ny_raw >= STRIP_MIN_PIXELS:  # full-size frames: strip workers, started once
+        from ast3stream.front import warm_up
+
         strips.pool(strips.n_workers(cfg.sources.workers))
+        log.warning("front half and detection loaded in %.1f s", warm_up(cfg))  # the first exposure as fast as the next
     app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None, watch=args.watch,
                    web_port=args.web_port, workers=args.workers)
     from faust.worker import Worker

@@ -280,15 +280,20 @@ def event_fields(db: Database, cfg, event_id: str) -> Table:
                  names=names, dtype=[str, float, float, float, float, int, float])
 
 
-def observed(db: Database, cfg, since_mjd: float | None = None) -> Table:
-    """Processed exposures of grid fields (``exposure_id``, ``field_id``, ``ra``, ``dec``, ``mjd``,
-    ``maglim``; NaN where the photometry gave none), after ``since_mjd``."""
+PROCESSED = ("calibrated", "template", "no_template", "alerted")   #: exposure states past photometry
+
+
+def observed(db: Database, cfg, since_mjd: float | None = None, processed: bool = False) -> Table:
+    """Exposures of grid fields taken after ``since_mjd`` (``exposure_id``, ``field_id``, ``ra``,
+    ``dec``, ``mjd``, ``maglim``; NaN where the photometry gave none), failed ones left out; with
+    ``processed`` only those past photometry (:data:`PROCESSED`)."""
     grid = survey_grid(cfg)
     pos = {str(f): (float(ra), float(dec)) for f, ra, dec in zip(grid["field_id"], grid["ra"], grid["dec"])}
     rows = []
     for e in db.rows("exposures"):
         fid = str(e["field_id"])
-        if fid not in pos or e["mjd"] is None or (since_mjd is not None and e["mjd"] < since_mjd):
+        if fid not in pos or e["mjd"] is None or (since_mjd is not None and e["mjd"] < since_mjd) or (
+                e["status"] not in PROCESSED if processed else e["status"] == "failed"):
             continue
         maglim = (e.get("quality") or {}).get("maglim")
         rows.append((e["exposure_id"], fid, *pos[fid], float(e["mjd"]), np.nan if maglim is None else float(maglim)))
@@ -366,6 +371,30 @@ def write_plan(db: Database, cfg, event: dict, where=None, night: str | None = N
     plot_schedule(sched, f"{stem}.png", skymap, title=f"{event['event_id']} ({event['alert_type']}) from "
                                                         f"{where.name}, night of {night}")
     return sched, stem
+
+
+def write_coverage(db: Database, cfg, event: dict, out: Path | None = None) -> tuple[dict, Path] | None:
+    """The event's coverage report (:func:`ast3stream.gw.coverage.coverage_report`) from the
+    exposures processed since the event and their candidates, written as ``coverage-<event>.json``
+    and ``.png`` under ``out`` (default ``<products>/gw/<event>``); None when the event has no map."""
+    from ast3stream.gw.coverage import coverage_report
+    from ast3stream.gw.plot import plot_coverage
+
+    skymap = event_skymap(event)
+    if skymap is None:
+        return None
+    seen = observed(db, cfg, since_mjd=Time(event["event_time"]).mjd if event.get("event_time") else None,
+                    processed=True)
+    report = coverage_report(skymap, seen, *field_size(cfg.detector, cfg.gw), cfg.gw,
+                             candidates_of(db, seen["exposure_id"]), event_id=event["event_id"])
+    out = Path(out) if out else cfg.products_dir / "gw" / event["event_id"]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"coverage-{event['event_id']}.json"
+    tmp = path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(path)
+    plot_coverage(report, path.with_suffix(".png"), skymap, seen)
+    return report, path
 
 
 def on_notice(value: bytes, db: Database, cfg, origin: str) -> Outcome:

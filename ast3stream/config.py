@@ -389,6 +389,7 @@ class GWConfig(BaseModel):
     max_terrestrial: float | None = None   #: ignore CBC notices with p(Terrestrial) above this
     early_warning: bool = True          #: follow EARLYWARNING (pre-merger) notices
     expire_hours: float = 72.0          #: an event's ToO list stops this long after its last notice
+    coverage_every_s: float = 300.0     #: the worker rewrites each active event's coverage report this often
     kn_rb_min: float = 0.5              #: kilonova ranking (ast3stream.gw.kilonova): real/bogus needed
     kn_distance_sigma: float = 2.0      #: host distance within this many DISTSIGMA of DISTMU
     kn_min_rate: float = 0.3            #: |mag/day| of a kilonova-like rise or fade

@@ -81,6 +81,44 @@ def reduce_file(raw_path, cfg: Settings, *, calibration=None, refcat=None, out_d
     return exp, report
 
 
+def warm_up(cfg: Settings) -> float:
+    """Load what the front half and detection use on their first frame (the numba kernels from
+    their disk cache, sep, astroscrappy, the cloud model) on a small synthetic frame, so that the
+    first exposure after a worker starts is not slower than the next; returns the seconds taken."""
+    import tempfile
+
+    from astropy.io import fits
+
+    from .detection import detect
+    from .image import Frame
+    from .quality import thumbnail
+    from .quality.assess import cloud_probability
+    from .reduction import reduce_raw
+    from .sources import clean_star_list, extract
+    from .subtraction import Difference
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    ny, nx = 256, 300
+    yy, xx = np.mgrid[:ny, :nx]
+    sky = rng.normal(600.0, 15.0, (ny, nx))
+    for x, y in rng.uniform(20, 230, (30, 2)):
+        sky += 20000.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 4.0)
+    header = fits.Header({"TRIMSEC": f"[1:{nx - 16},1:{ny}]", "BIASSEC": f"[{nx - 12}:{nx},1:{ny}]", "GAIN": 1.0,
+                          "RDNOISE": 2.5, "SATURATE": 60000.0, "EXPTIME": cfg.detector.exptime})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "warm.fits"
+        fits.PrimaryHDU(np.clip(sky, 0, 65535).astype(np.uint16), header).writeto(path)
+        frame = reduce_raw(path, None, cfg.reduction, cfg.detector)
+    clean_star_list(extract(frame, cfg.sources), cfg.sources)
+    cloud_probability(thumbnail(frame, cfg.quality.thumbnail_size), None)
+    diff = Difference(frame.data - np.median(frame.data), np.full(frame.shape, 15.0, np.float32), frame.mask,
+                      fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CDELT1": -1e-4, "CDELT2": 1e-4}),
+                      {"psf_fwhm": 3.0})
+    detect(diff, frame, Frame(frame.data, frame.mask), 3.0, 25.0, cfg.detection, lane="dip")
+    return time.perf_counter() - t0
+
+
 def _plain(v):
     v = float(v)
     return v if np.isfinite(v) else None

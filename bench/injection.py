@@ -119,7 +119,7 @@ def run(args) -> dict:
     cfg = Settings(subtraction=dict(kernel_half_width=args.kernel_half_width, backend=args.backend))
     cfg.detector = detector_from_header(night.exposures[0].path, cfg.detector)
     calib = Calibration.build(sorted((out / "sim" / "calib").glob("bias_*.fits")),
-                              sorted((out / "sim" / "calib").glob("flat_*.fits")), cfg)
+                              sorted((out / "sim" / "calib").glob("flat_*.fits")), cfg.reduction, cfg.detector)
     refcat = RefCat.from_file(out / "sim" / "refcat.fits")
     print(f"simulated {len(night.exposures)} exposures at scale {args.scale} in {time.time() - t0:.0f} s")
     rng = np.random.default_rng(args.seed)

@@ -35,12 +35,14 @@ def _stars(zp_clear, extinction, n=400, shape=(1000, 1200), seed=0):
 def test_transparency_map_shows_grey_and_patchy_extinction():
     cfg = Settings()
     hdr = fits.Header(dict(EXPTIME=cfg.detector.exptime, AIRMASS=1.5))
-    zp = clear_zero_point(hdr, cfg)
+    zp = clear_zero_point(hdr, cfg.detector, cfg.quality.extinction_k)
     assert zp == pytest.approx(cfg.detector.zeropoint - 0.5 * cfg.quality.extinction_k)
-    grey = transparency_map(_stars(zp, lambda x, y: np.full_like(x, 0.2)), (1000, 1200), zp, cfg)
+    grey = transparency_map(_stars(zp, lambda x, y: np.full_like(x, 0.2)), (1000, 1200), zp, cfg.quality,
+                            cfg.photometry)
     assert grey.shape == (32, 32) and np.isfinite(grey).mean() > 0.95
     assert np.nanmedian(grey) == pytest.approx(0.2, abs=0.01)
-    patchy = transparency_map(_stars(zp, lambda x, y: np.where(x < 600, 0.8, 0.0)), (1000, 1200), zp, cfg)
+    patchy = transparency_map(_stars(zp, lambda x, y: np.where(x < 600, 0.8, 0.0)), (1000, 1200), zp,
+                              cfg.quality, cfg.photometry)
     assert np.nanmedian(patchy[:, :12]) == pytest.approx(0.8, abs=0.05)      # [y, x]: left columns
     assert np.nanmedian(patchy[:, 20:]) == pytest.approx(0.0, abs=0.05)
-    assert np.isnan(transparency_map(None, (1000, 1200), zp, cfg)).all()
+    assert np.isnan(transparency_map(None, (1000, 1200), zp, cfg.quality, cfg.photometry)).all()

@@ -224,7 +224,7 @@ def ingest_and_reduce(path: Path, cfg: Settings):
     """What the watcher and the reduction stage do with a new file: its reduced frame, or the error."""
     check_complete(path)
     describe(path, CTX)
-    return reduce_raw(path, None, cfg)
+    return reduce_raw(path, None, cfg.reduction, cfg.detector)
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +285,8 @@ def solvable(small_night, night_settings):
 
     cfg = night_settings("astrometry")
     path = small_night[1].exposures[0].path
-    frame = reduce_raw(path, None, cfg)
-    stars = clean_star_list(extract(frame, cfg), cfg)
+    frame = reduce_raw(path, None, cfg.reduction, cfg.detector)
+    stars = clean_star_list(extract(frame, cfg.sources), cfg.sources)
     return cfg, frame, stars, RefCat.from_file(cfg.refcat_path), fits.getheader(path)
 
 
@@ -310,7 +310,7 @@ def test_a_wrong_or_broken_header_wcs_is_rejected_with_its_reason(solvable, shif
         return
     assert breaker is None, f"broken WCS {breaker} accepted"
     try:
-        wcs, stats = solve(replace(frame, header=wcs_header), stars, refcat, cfg)
+        wcs, stats = solve(replace(frame, header=wcs_header), stars, refcat, cfg.astrometry, cfg.detector)
     except AstrometryError as exc:
         assert str(exc)
         assert not (shift_arcmin < 3 and abs(angle) < 0.5 and abs(scale - 1) < 0.005), f"no solution: {exc}"

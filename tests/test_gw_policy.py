@@ -100,3 +100,57 @@ def test_ignored_by_policy_unless_given_by_hand(shared_data, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("MS260605l retracted (RETRACTION)")
     assert [line.split()[1:3] for line in lines[1:]] == [["PRELIMINARY", "fields"], ["RETRACTION", "retracted"]]
+
+
+def test_other_missions_voevents_are_refused_with_the_reason(shared_data):
+    """The 13 real Fermi GBM / INTEGRAL VOEvents and the skyportal Swift, AMON and GBM ones are not
+    LVK notices: each is refused with its ivorn (on the stream: dead-lettered with that reason)."""
+    from ast3stream.gw import BadNotice
+
+    gw = shared_data / "gw"
+    files = [*sorted((gw / "voevents").glob("*.xml")),
+             *(gw / "skyportal" / n for n in ("AMON.xml", "SWIFT_1125809-092.xml", "SWIFT_1125809-104.xml",
+                                               "GRB180116A_Fermi_GBM_Gnd_Pos.xml"))]
+    assert len(files) == 17
+    for f in files:
+        with pytest.raises(BadNotice, match=r"not an LVK gravitational-wave notice \(ivorn 'ivo://nasa.gsfc.gcn/"):
+            read_notice(f)
+
+
+def test_gcn_token_by_client_credentials_and_cached():
+    """The OIDC client-credentials grant GCN uses, against a local token endpoint: one request, the
+    token reused until a minute before it expires."""
+    import asyncio
+    import threading
+    import urllib.parse
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from agents.gcn_bridge import GCNToken
+
+    seen = []
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+            body = json.dumps({"access_token": f"tok{len(seen)}", "expires_in": 3600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        provider = GCNToken(f"http://127.0.0.1:{server.server_port}/oauth2/token", "my-id", "my-secret")
+
+        async def twice():
+            return await provider.token(), await provider.token()
+
+        assert asyncio.run(twice()) == ("tok1", "tok1")
+        assert seen == [{"grant_type": ["client_credentials"], "client_id": ["my-id"], "client_secret": ["my-secret"]}]
+    finally:
+        server.shutdown()

@@ -66,6 +66,7 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
     settings.watcher.stable_s = 0.3
     settings.gw.skymap_dir = maps
     settings.gw.max_fields = 20
+    settings.gw.coverage_every_s = 1.0
     settings.gw.gcn = settings.gw.gcn.model_copy(update=dict(
         enabled=True, bootstrap=broker.bootstrap, oauth=False, offset_reset="earliest", group_id="gwt-bridge"))
     gcn_topics = ["igwn.gwalert", INITIAL, UPDATE, RETRACTION]
@@ -148,6 +149,21 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
 
         assert wait(lambda: len(routed()) == 2)
         assert routed() == {dropped: "exposures", kept: "exposures.too"}
+        # the worker's coverage report (every second here) counts processed exposures only: no chain runs
+        # here, so the ToO exposure is marked calibrated by hand, with its limiting magnitude
+        report = settings.products_dir / "gw" / "S190425z" / "coverage-S190425z.json"
+        assert wait(report.exists) and json.loads(report.read_text())["n_exposures"] == 0
+        too_id = ExposureEvent.decode(asyncio.run(read_topic(broker.bootstrap, topic("gwt", "exposures.too"),
+                                                             0.5))[0].value).exposure_id
+        db.update_exposure(too_id, status="calibrated", quality={"maglim": 20.4})
+
+        def covered():
+            return json.loads(report.read_text()) if report.exists() else {}
+
+        assert wait(lambda: covered().get("n_exposures") == 1)
+        kept_prob = next(r["prob"] for r in db.too_fields() if r["field_id"] == kept)
+        assert covered()["prob_covered"] == pytest.approx(kept_prob, rel=1e-6)
+        assert covered()["by_depth"] == [{"maglim": 20.0, "prob": pytest.approx(kept_prob, rel=1e-6)}]
 
         asyncio.run(send((RETRACTION, _voevent(initial, "Retraction", "2019-04-25T11:00:00", None))))
         assert wait(lambda: state.event("S190425z")["status"] == "retracted")

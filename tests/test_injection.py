@@ -37,7 +37,7 @@ def night(tmp_path_factory):
     cfg = Settings(subtraction=dict(kernel_half_width=8, backend="numpy"))
     cfg.detector = detector_from_header(night.exposures[0].path, cfg.detector)
     calib = Calibration.build(sorted((out / "calib").glob("bias_*.fits")), sorted((out / "calib").glob("flat_*.fits")),
-                              cfg)
+                              cfg.reduction, cfg.detector)
     refcat = RefCat.from_file(out / "refcat.fits")
     (tpl, _), (sci, rep) = (reduce_file(e.path, cfg, calibration=calib, refcat=refcat) for e in night.exposures)
     tpl, sci = tpl.frame, sci.frame

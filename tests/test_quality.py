@@ -82,3 +82,9 @@ def test_cli_reduce(night, tmp_path):
     assert rc == 0
     report = json.loads((tmp_path / f"{exp.expid}.json").read_text())
     assert report["status"] == "ok" and (tmp_path / f"{exp.expid}.fits").exists()
+
+
+def test_warm_up_loads_the_front_half():
+    from ast3stream.front import warm_up
+
+    assert warm_up(Settings()) > 0

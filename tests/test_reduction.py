@@ -134,3 +134,17 @@ def test_cosmics_in_worker_processes_as_in_process(night, monkeypatch):
     assert len(runs[0][0]) > 100
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+def test_overscan_array_path_as_numba():
+    """The GPU path's array code of the overscan step (run here on NumPy) equals the numba kernel."""
+    from types import SimpleNamespace
+
+    from ast3stream.reduction import subtract_overscan
+
+    raw = np.random.default_rng(4).integers(900, 65535, (60, 80)).astype(np.uint16)
+    host = subtract_overscan(raw, "[71:80,1:60]", "[1:68,1:60]", 60000.0)
+    arrays = subtract_overscan(raw, "[71:80,1:60]", "[1:68,1:60]", 60000.0,
+                               SimpleNamespace(asarray=np.asarray, float32=np.float32))
+    np.testing.assert_allclose(arrays[0], host[0], rtol=0, atol=1e-3)
+    np.testing.assert_array_equal(arrays[1], host[1])

@@ -14,7 +14,6 @@ side (``heldout``), so a held-out alert's object and night are both unseen in tr
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 

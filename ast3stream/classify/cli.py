@@ -49,7 +49,7 @@ def add_cli(subparsers) -> None:
     r.add_argument("--n-synth", type=int, default=400, help="simulator stamps per class and lane")
     r.add_argument("--target-fpr", type=float, default=0.01)
     for name, typ, default in (("epochs", int, 8), ("width", int, 16), ("seed", int, 0), ("heldout-field", int, 0),
-                               ("threads", int, 1), ("workers", int, 1)):
+                               ("threads", int, 1), ("workers", int, 1), ("batch-size", int, 128)):
         r.add_argument(f"--{name}", type=typ, default=default)
     r.add_argument("--arch", choices=("braai", "resnet18"), default="braai")
     r.add_argument("--device", default="cpu")
@@ -62,10 +62,9 @@ def add_cli(subparsers) -> None:
     v.add_argument("--out-png", type=Path)
     v.set_defaults(func=_eval_real)
 
-    sc = sub.add_parser("score", help="real/bogus scores of foreign alerts (Avro/Parquet files or folders)")
+    sc = sub.add_parser("score", help="real/bogus scores of foreign alerts (Avro/Parquet files or folders), both lanes")
     sc.add_argument("alerts", type=Path, nargs="+")
-    sc.add_argument("--lane", choices=("qip", "dip"), default="dip")
-    sc.add_argument("--weights", type=Path)
+    sc.add_argument("--weights-dir", type=Path, help="folder with rb_qip/rb_dip (default: the shipped models)")
     sc.add_argument("--json", type=Path, help="one record per alert plus the summary")
     sc.set_defaults(func=_score)
 
@@ -147,20 +146,19 @@ def _train(args) -> None:
     from .dataset import concat, load_dataset
     from .evaluate import evaluate
     from .model import RotationInvariantResNet
-    from .stamps import normalise
     from .train import fit, load_weights, pick_device, predict_proba, save_weights
 
     cfg = _settings(args)
     sets = [load_dataset(path) for path in args.train]
     tr = concat(*(data for data, _ in sets))
     va, va_manifest = load_dataset(args.val)
-    x, xv = normalise(tr["stamps"]), normalise(va["stamps"])
+    x, xv = tr["stamps"], va["stamps"]                      # model inputs (classify.stamps)
     if args.init is not None:
         model, init_info = load_weights(args.init)
         if model.config["lane"] != args.lane:
             raise ValueError(f"{args.init} is a {model.config['lane']} model, not {args.lane}")
     else:
-        model, init_info = RotationInvariantResNet(args.lane, width=cfg.width), {}
+        model, init_info = RotationInvariantResNet(args.lane, width=cfg.width, stem=(3, 1)), {}
     history = fit(model, x, tr["label"], xv, va["label"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                   lr=cfg.lr, gamma=cfg.gamma, weight_decay=cfg.weight_decay, seed=cfg.seed,
                   device=args.device, max_seconds=args.max_seconds)
@@ -169,7 +167,7 @@ def _train(args) -> None:
     metrics = evaluate(va["label"], scores, va["snr"], va["kind"], va_manifest.get("kinds"),
                        out_png=out.with_suffix(".png"), title=f"rb-{args.lane} held-out {va_manifest.get('version')}")
     info = save_weights(model, out, f"rb-{args.lane}", stamp_size=int(x.shape[-1]),
-                        normalisation="ast3stream.classify.stamps.normalise",
+                        normalisation="ast3stream.classify.stamps.make_stamp",
                         training=dict(cfg.model_dump(), device=str(pick_device(args.device)),
                                       train_sets=[m.get("version") for _, m in sets],
                                       init=init_info.get("version"), history=history),
@@ -185,7 +183,7 @@ def _eval(args) -> None:
 
     rb = RealBogus.load(args.lane, args.device, path=args.weights)
     data, manifest = load_dataset(args.set)
-    scores = rb.score(data["stamps"])
+    scores = rb.score_inputs(data["stamps"])
     res = evaluate(data["label"], scores, data["snr"], data["kind"], manifest.get("kinds"),
                    out_json=args.out_json, out_png=args.out_png, title=f"{rb.version} on {manifest.get('version')}",
                    model_version=rb.version, set_version=manifest.get("version"))
@@ -213,8 +211,10 @@ def _train_real(args) -> None:
     alerts, a_manifest = load_dataset(args.alerts)
     images, i_manifest = load_dataset(args.images)
     synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers)
-    res = crossval(alerts, images, synth, k=args.folds, epochs=args.epochs, width=args.width, seed=args.seed,
-                   heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=args.arch, device=args.device)
+    synth_val = synthetic_inputs(args.n_synth // 4, args.n_synth // 4, args.seed + 500, workers=args.workers)
+    res = crossval(alerts, images, synth, synth_val, k=args.folds, epochs=args.epochs, width=args.width, seed=args.seed,
+                   heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=args.arch, device=args.device,
+                   batch_size=args.batch_size)
     cpu = torch.device("cpu")
     model, a, b = res["model"], res["a"], res["b"]
 
@@ -241,6 +241,7 @@ def _train_real(args) -> None:
     report["heldout_field_fakes"] = versus_baseline(y_img, p_img, images["snr"][hf])
     bright = (y_img == 1) & (images["snr"][hf] >= 8)
     report["heldout_field_fakes"]["frac_snr8_fakes_above_threshold"] = float(np.mean(p_img[bright] >= res["threshold"]))
+    groups["held-out field fakes"] = (y_img, p_img, images["snr"][hf])
     # the simulator, both lanes (fresh seed)
     sim = synthetic_inputs(300, 300, args.seed + 1000, workers=args.workers)
     p_sim = prob(logit_margin(model, sim["stamps"], cpu))
@@ -254,6 +255,7 @@ def _train_real(args) -> None:
                 calibration=dict(method="platt", a=a, b=b, n_val=res["n_val"], n_val_bogus=res["n_val_bogus"]),
                 threshold=res["threshold"], target_fpr=args.target_fpr, metrics=report,
                 training=dict(recipe="ast3stream.classify.recipe", arch=args.arch, folds=args.folds, epochs=args.epochs,
+                              batch_size=args.batch_size, device=args.device,
                               width=args.width, seed=args.seed, n_synth=args.n_synth, alert_set=a_manifest.get("version"),
                               image_set=i_manifest.get("version"), heldout_field=args.heldout_field,
                               synth_kinds=list(KINDS)))
@@ -284,38 +286,44 @@ def _eval_real(args) -> None:
 
 def _score(args) -> None:
     from ..alerts.reader import read_alerts, stamp_triplet
-    from .alertset import REF_ORDER, reference
+    from .alertset import REF_ORDER, peak_snr, reference
     from .evaluate import versus_baseline
     from .realbogus import RealBogus
     from .stamps import alert_stamp
 
-    rb = RealBogus.load(args.lane, "cpu", path=args.weights)
+    models = {lane: RealBogus.load(lane, "cpu", path=args.weights_dir / f"rb_{lane}.pt" if args.weights_dir else None)
+              for lane in ("qip", "dip")}
     records, stamps = [], []
     for source in args.alerts:
         for v in read_alerts(source):
             t = stamp_triplet(v)
             if t is None:
                 continue
-            stamps.append(alert_stamp(t, rb.stamp_size))
+            stamps.append(alert_stamp(t, models["dip"].stamp_size))
             records.append(dict(survey=v.survey, id=int(v.candid), object_id=v.object_id, mjd=float(v.mjd),
-                                **{k: v.scores[k] for k in REF_ORDER if k in v.scores}, ref=reference(v.scores)))
-    scores = rb.score_inputs(np.stack(stamps)) if stamps else np.zeros(0)
-    for r, s in zip(records, scores):
-        r[f"score_{args.lane}"] = float(s)
-        print(f"{r['survey']:6s} {r['object_id']:>22s} {r['id']:>20d} {r['mjd']:.5f} {s:.4f} "
-              + " ".join(f"{k}={r[k]:.3f}" for k in REF_ORDER if k in r))
-    ref = np.array([r["ref"] for r in records], float)
+                                **{k: v.scores[k] for k in REF_ORDER if k in v.scores}))
+    x = np.stack(stamps) if stamps else np.zeros((0, 4, models["dip"].stamp_size, models["dip"].stamp_size), np.float32)
+    scores = {lane: m.score_inputs(x) for lane, m in models.items()}
+    for i, r in enumerate(records):
+        r.update({f"score_{lane}": float(scores[lane][i]) for lane in models})
+        print(f"{r['survey']:6s} {r['object_id']:>22s} {r['id']:>20d} {r['mjd']:.5f} qip {r['score_qip']:.4f} "
+              f"dip {r['score_dip']:.4f} " + " ".join(f"{k}={r[k]:.3f}" for k in REF_ORDER if k in r))
+    ref = np.array([reference(r) for r in records], float)
     ok = np.isfinite(ref)
-    from .alertset import peak_snr
-
-    summary = dict(model=rb.version, threshold=rb.info.get("threshold"), n=len(records),
-                   n_above_threshold=int(np.sum(scores >= (rb.info.get("threshold") or 0.5))))
+    surveys = np.array([r["survey"] for r in records])
+    summary = dict(models={lane: m.version for lane, m in models.items()}, n=len(records),
+                   thresholds={lane: m.info.get("threshold") for lane, m in models.items()},
+                   n_above_threshold={lane: int(np.sum(scores[lane] >= (models[lane].info.get("threshold") or 0.5)))
+                                      for lane in models})
     if ok.any():
-        summary["vs_reference"] = versus_baseline(ref[ok] > 0.5, scores[ok], peak_snr(np.stack(stamps)[ok]))
+        base = peak_snr(x)
+        summary["vs_reference"] = {lane: versus_baseline(ref[ok] > 0.5, scores[lane][ok], base[ok]) for lane in models}
+        summary["vs_reference_by_survey"] = {
+            str(sv): versus_baseline(ref[ok & (surveys == sv)] > 0.5, scores["dip"][ok & (surveys == sv)],
+                                     base[ok & (surveys == sv)]) for sv in np.unique(surveys[ok])}
     print(json.dumps(summary, default=float))
     if args.json:
-        args.json.write_text(json.dumps(dict(alerts=[{k: v for k, v in r.items() if k != "ref"} for r in records],
-                                             summary=summary), indent=1, default=float))
+        args.json.write_text(json.dumps(dict(alerts=records, summary=summary), indent=1, default=float))
 
 
 def _cloud_train(args) -> None:

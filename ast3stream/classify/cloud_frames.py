@@ -31,16 +31,19 @@ from ..sources import clean_star_list, extract
 
 def frame_inputs(raw_path, calib: Calibration, refcat: RefCat, cfg: Settings) -> tuple[np.ndarray, np.ndarray]:
     """The cloud CNN's inputs for one raw frame: (thumbnail, transparency map)."""
-    frame = reduce_raw(raw_path, calib, cfg)
+    frame = reduce_raw(raw_path, calib, cfg.reduction, cfg.detector)
     thumb = thumbnail(frame, cfg.quality.thumbnail_size)
-    sources = extract(frame, cfg)
+    sources = extract(frame, cfg.sources)
     try:
-        wcs, _ = solve(frame, clean_star_list(sources, cfg), refcat, cfg)
+        wcs, _ = solve(frame, clean_star_list(sources, cfg.sources), refcat, cfg.astrometry, cfg.detector)
         apply_wcs(frame, wcs)
-        sources, _ = calibrate(frame, sources, refcat, cfg)
+        sources, _ = calibrate(frame, sources, refcat, cfg.photometry, extraction=cfg.sources,
+                                match_radius_arcsec=cfg.astrometry.match_radius_arcsec)
     except (AstrometryError, ValueError):
         sources = None
-    return thumb, transparency_map(sources, frame.shape, clear_zero_point(frame.primary, cfg), cfg)
+    return thumb, transparency_map(sources, frame.shape,
+                                   clear_zero_point(frame.primary, cfg.detector, cfg.quality.extinction_k),
+                                   cfg.quality, cfg.photometry)
 
 
 def night_plan(seed: int) -> dict:
@@ -72,7 +75,7 @@ def night_thumbnails(seed: int, scale: float, n_exposures: int = 16, n_fields: i
         red.reduction.cosmics = red.reduction.trails = False
         red.detector = detector_from_header(night.exposures[0].path, red.detector)
         calib = Calibration.build(sorted((tmp / "calib").glob("bias_*.fits")),
-                                  sorted((tmp / "calib").glob("flat_*.fits")), red)
+                                  sorted((tmp / "calib").glob("flat_*.fits")), red.reduction, red.detector)
         refcat = RefCat.from_file(tmp / "refcat.fits")
         depth = np.asarray(night.table["cloud"], np.float32)
         keep = (depth == 0) | (depth >= cloudy_min)

@@ -135,7 +135,7 @@ def frame_stamps(science: Frame, template: Frame, cfg, rng: np.random.Generator,
     aligned = align(injected, template, cfg)
     diff = subtract(aligned, template, cfg)
     dfwhm = float(diff.stats.get("psf_fwhm", fwhm))
-    cands, stamps = detect(diff, aligned, template, dfwhm, 25.0, cfg, "dip")
+    cands, stamps = detect(diff, aligned, template, dfwhm, 25.0, cfg.detection, lane="dip")
     from astropy.wcs import WCS
 
     w = WCS(diff.header)
@@ -145,7 +145,6 @@ def frame_stamps(science: Frame, template: Frame, cfg, rng: np.random.Generator,
     keep = labels >= 0
     if len(exclude_radec) and len(cands):
         from astropy.coordinates import SkyCoord
-        import astropy.units as u
 
         known = SkyCoord(*np.asarray(exclude_radec, float).T, unit="deg")
         sep_ = SkyCoord(cands["ra"], cands["dec"], unit="deg").match_to_catalog_sky(known)[1]

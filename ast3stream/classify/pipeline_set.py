@@ -8,7 +8,7 @@ stack of bright isolated stars). The injected frame then goes through the lane's
 detection — and every candidate within ``match_px`` of an injection is a positive. The
 simulator's own transients and asteroids found the same way are positives too. All other
 candidates are the subtraction's bogus detections (alignment and PSF-matching residuals,
-cosmic rays, hot pixels, saturated stars, trails).
+cosmic rays, hot pixels, saturated stars, trails). Stamps are model inputs (:mod:`.stamps`).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from scipy.ndimage import shift as nd_shift
 from scipy.spatial import cKDTree
 
 from ..image import Frame
+from .stamps import pipeline_stamps
 
 PIPELINE_KINDS = ("injected", "transient", "asteroid", "bogus")
 
@@ -130,7 +131,7 @@ def pair_stamps(science: Frame, s_report: dict, template: Frame, t_truth, cfg, l
         tmpl = bin_frame(template, n) if n > 1 else template
         aligned = align(injected, tmpl, cfg, binning=n)  # as the pipeline: align, then bin
         diff = subtract(aligned, tmpl, cfg)
-        cands, stamps = detect(diff, aligned, tmpl, fwhm / n, zp, cfg, lane)
+        cands, stamps = detect(diff, aligned, tmpl, fwhm / n, zp, cfg.detection, lane=lane, binning=n)
         w = WCS(diff.header)
         inj = np.column_stack(w.all_world2pix(*radec, 0))
         truth = {k: np.column_stack(w.all_world2pix(t_truth["ra"][t_truth["kind"] == k],
@@ -138,7 +139,8 @@ def pair_stamps(science: Frame, s_report: dict, template: Frame, t_truth, cfg, l
                  for k in ("transient", "asteroid")}
         labels, kinds = label_candidates(cands, inj, truth, match_px=2.0 / n ** 0.5)
         keep = labels >= 0
-        out[lane] = dict(stamps=stamps[keep], label=labels[keep], kind=kinds[keep],
+        x = pipeline_stamps(stamps[keep], float(diff.stats.get("psf_fwhm", fwhm / n)), np.asarray(cands["sign"])[keep] > 0)
+        out[lane] = dict(stamps=x, label=labels[keep], kind=kinds[keep],
                          snr=np.asarray(cands["snr"], np.float32)[keep],
                          n_injected=len(xy), n_recovered=int((kinds == 0).sum()))
     return out
@@ -165,7 +167,7 @@ def build_from_pipeline(lanes, sim_dir: str | Path, n_real: int = 10_000, n_bogu
     else:
         night = simulate_night(sim_dir, n_exposures=n_exposures, scale=scale, seed=seed, cfg=cfg, n_fields=n_fields)
     cal = Calibration.build(sorted((sim_dir / "calib").glob("bias_*.fits")),
-                            sorted((sim_dir / "calib").glob("flat_*.fits")), cfg)
+                            sorted((sim_dir / "calib").glob("flat_*.fits")), cfg.reduction, cfg.detector)
     refcat = RefCat.from_file(sim_dir / "refcat.fits")
     table = night.table
     rng = np.random.default_rng(seed)

@@ -10,10 +10,12 @@ stamps are in PSF and noise units):
   and PGIR; Rubin, ATLAS, WINTER and DECam alerts are never trained on (generalisation tests).
 
 :func:`crossval` trains one network per ZTF fold and scores the fold's held-out alerts (night and
-object unseen). The shipped network is fold 0's; its calibration (Platt scaling of the logit
-margin) is fitted on fold 0's held-out ZTF alerts and the held-out field's fakes and bogus, and its
-alert ``threshold`` is the calibrated score where that validation pool's false-positive rate is
-``target_fpr``.
+object unseen). The shipped network is fold 0's. Its calibration (Platt scaling of the logit
+margin) is fitted on a validation pool of fold 0's held-out ZTF alerts, the held-out field's
+fakes and bogus and a fresh simulator set; its alert ``threshold`` is the calibrated score where
+the false-positive rate on the pool's *subtraction* bogus (held-out field and simulator) is
+``target_fpr``: the weakly labelled ZTF "bogus" (drb < 0.5, a pipeline score that is itself wrong
+for a few per cent of alerts) would set the threshold on label noise rather than on bogus.
 """
 from __future__ import annotations
 
@@ -44,9 +46,9 @@ ARCHES = {"braai": lambda width: RotationInvariantBraai("dip", width=width),
           "resnet18": lambda width: RotationInvariantResNet("dip", width=width, stem=(3, 1))}
 
 
-def _train(x, y, w, *, epochs, seed, width, arch="braai", device="cpu", lr=3e-3, log=print):
+def _train(x, y, w, *, epochs, seed, width, arch="braai", device="cpu", batch_size=128, lr=3e-3, log=print):
     model = ARCHES[arch](width)
-    hist = fit(model, x, y, epochs=epochs, batch_size=128, lr=lr, gamma=0.85, weight_decay=1e-3, seed=seed,
+    hist = fit(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, gamma=0.85, weight_decay=1e-3, seed=seed,
                device=device, weight=w, log=lambda s: None)
     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in hist[-1].items()}))
     return model.cpu().eval(), hist
@@ -60,9 +62,9 @@ def platt(margin: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
 
-def crossval(alerts: dict, images: dict, synth: dict, *, k: int = 3, epochs: int = 12, width: int = 16,
+def crossval(alerts: dict, images: dict, synth: dict, synth_val: dict, *, k: int = 3, epochs: int = 12, width: int = 16,
              seed: int = 0, heldout_field: int = 0, target_fpr: float = 0.01, arch: str = "braai",
-             device: str = "cpu", log=print) -> dict:
+             device: str = "cpu", batch_size: int = 128, log=print) -> dict:
     """Out-of-fold scores of every ZTF alert, fold-0 model, its calibration and threshold."""
     fold, heldout = folds(alerts, k)
     ok = np.isfinite(alerts["ref"])
@@ -75,9 +77,10 @@ def crossval(alerts: dict, images: dict, synth: dict, *, k: int = 3, epochs: int
         tr = train_alert & (fold != f)
         x = np.concatenate([synth["stamps"], images["stamps"][img_train], alerts["stamps"][tr]])
         y = np.concatenate([synth["label"], images["label"][img_train], alerts["label"][tr]]).astype(int)
-        w = np.concatenate([np.full(len(synth["label"]), 0.5, np.float32), np.ones(img_train.sum(), np.float32),
+        w = np.concatenate([np.ones(len(synth["label"]), np.float32), np.ones(img_train.sum(), np.float32),
                             alerts["weight"][tr] * 2])
-        model, _ = _train(x, y, w, epochs=epochs, seed=seed + f, width=width, arch=arch, device=device, log=log)
+        model, _ = _train(x, y, w, epochs=epochs, seed=seed + f, width=width, arch=arch, device=device,
+                          batch_size=batch_size, log=log)
         models.append(model)
         te = (fold == f) & (alerts["survey"] == "ztf")
         oof[te] = logit_margin(model, alerts["stamps"][te], torch.device("cpu"))
@@ -86,10 +89,10 @@ def crossval(alerts: dict, images: dict, synth: dict, *, k: int = 3, epochs: int
     cpu = torch.device("cpu")
     val = (fold == 0) & heldout & ok & (alerts["survey"] == "ztf")
     img_val = ~img_train
-    val_m = np.concatenate([oof[val], logit_margin(m0, images["stamps"][img_val], cpu)])
-    val_y = np.concatenate([alerts["label"][val], images["label"][img_val]]).astype(int)
+    sub_m = np.concatenate([logit_margin(m0, images["stamps"][img_val], cpu), logit_margin(m0, synth_val["stamps"], cpu)])
+    sub_y = np.concatenate([images["label"][img_val], synth_val["label"]]).astype(int)
+    val_m, val_y = np.concatenate([oof[val], sub_m]), np.concatenate([alerts["label"][val], sub_y]).astype(int)
     a, b = platt(val_m, val_y)
-    p_val = 1 / (1 + np.exp(-(a * val_m + b)))
-    _, thr = fnr_at_fpr(val_y, p_val, target_fpr)
+    _, thr = fnr_at_fpr(sub_y, 1 / (1 + np.exp(-(a * sub_m + b))), target_fpr)
     return dict(fold=fold, heldout=heldout, oof_margin=oof, model=m0, models=models, a=a, b=b,
                 threshold=float(thr), n_val=int(len(val_y)), n_val_bogus=int((val_y == 0).sum()))

@@ -49,7 +49,7 @@ def _matched(d, noise, mask, k, k2, out, block):
     for b in numba.prange(nblock):
         y0, y1 = b * block, min((b + 1) * block, ny)
         h0, h1 = max(y0 - r, 0), min(y1 + r, ny)
-        hn = np.zeros((h1 - h0, nx), np.float32)
+        hn = np.zeros((h1 - h0, nx), np.float32)     # rows filtered in x: (D w) * k and w * k^2
         hd = np.zeros((h1 - h0, nx), np.float32)
         wrow = np.empty(nx, np.float32)
         drow = np.empty(nx, np.float32)
@@ -61,24 +61,24 @@ def _matched(d, noise, mask, k, k2, out, block):
                     w = np.float32(1.0) / (s * s)
                 wrow[x] = w
                 drow[x] = d[yy, x] * w if w > 0 else np.float32(0.0)
-            for x in range(nx):
-                sn = np.float32(0.0)
-                sd = np.float32(0.0)
-                for j in range(max(0, r - x), min(k.size, nx - x + r)):
-                    xx = x + j - r
-                    sn += drow[xx] * k[j]
-                    sd += wrow[xx] * k2[j]
-                hn[yy - h0, x] = sn
-                hd[yy - h0, x] = sd
+            hn_row, hd_row = hn[yy - h0], hd[yy - h0]
+            for j in range(k.size):                  # tap by tap: the inner loops run over contiguous x
+                kj, k2j, o = k[j], k2[j], j - r
+                for x in range(max(0, -o), min(nx, nx - o)):
+                    hn_row[x] += drow[x + o] * kj
+                    hd_row[x] += wrow[x + o] * k2j
+        sn = np.empty(nx, np.float32)
+        sd = np.empty(nx, np.float32)
         for y in range(y0, y1):
+            sn[:] = 0
+            sd[:] = 0
+            for j in range(max(0, r - y), min(k.size, ny - y + r)):
+                kj, k2j, yy = k[j], k2[j], y + j - r - h0
+                for x in range(nx):
+                    sn[x] += hn[yy, x] * kj
+                    sd[x] += hd[yy, x] * k2j
             for x in range(nx):
-                sn = np.float32(0.0)
-                sd = np.float32(0.0)
-                for j in range(max(0, r - y), min(k.size, ny - y + r)):
-                    yy = y + j - r - h0
-                    sn += hn[yy, x] * k[j]
-                    sd += hd[yy, x] * k2[j]
-                out[y, x] = sn / np.sqrt(sd) if sd > 0 else np.float32(0.0)
+                out[y, x] = sn[x] / np.sqrt(sd[x]) if sd[x] > 0 else np.float32(0.0)
 
 
 def matched_snr(d, noise, mask, fwhm: float):

@@ -10,11 +10,9 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from astropy.table import Table
 from astropy.time import Time
 
@@ -144,10 +142,8 @@ def plan_command(args) -> int:
 
 
 def coverage_command(args) -> int:
-    from agents.gw import GWState, candidates_of, event_skymap, observed
-    from ast3stream.gw.coverage import coverage_report, summary
-    from ast3stream.gw.plot import plot_coverage
-    from ast3stream.gw.too import field_size
+    from agents.gw import GWState, write_coverage
+    from ast3stream.gw.coverage import summary
 
     cfg, db = _context(args)
     state = GWState(db)
@@ -155,21 +151,14 @@ def coverage_command(args) -> int:
     if not events:
         print("no active GW events", file=sys.stderr)
         return 1
-    width, height = field_size(cfg.detector, cfg.gw)
     for ev in events:
-        skymap = event_skymap(ev)
-        if skymap is None:
+        made = write_coverage(db, cfg, ev, args.out)
+        if made is None:
             print(f"{ev['event_id']}: no stored sky map", file=sys.stderr)
             continue
-        seen = observed(db, cfg, since_mjd=Time(ev["event_time"]).mjd if ev["event_time"] else None)
-        report = coverage_report(skymap, seen, width, height, cfg.gw, candidates_of(db, seen["exposure_id"]),
-                                 event_id=ev["event_id"])
-        out = args.out or cfg.products_dir / "gw" / ev["event_id"]
-        out.mkdir(parents=True, exist_ok=True)
-        Path(out / f"coverage-{ev['event_id']}.json").write_text(json.dumps(report, indent=1))
-        png = plot_coverage(report, out / f"coverage-{ev['event_id']}.png", skymap, seen)
+        report, path = made
         print(summary(report))
-        print(f"report: {out / ('coverage-' + ev['event_id'] + '.json')}; plot: {png}")
+        print(f"report: {path}; plot: {path.with_suffix('.png')}")
     return 0
 
 

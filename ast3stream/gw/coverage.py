@@ -24,7 +24,7 @@ def coverage_report(skymap: Table, exposures: Table, width_deg: float, height_de
     exposures = exposures[np.argsort(np.asarray(exposures["mjd"], float))] if len(exposures) else exposures
     maglim = np.asarray(exposures["maglim"], float) if len(exposures) else np.zeros(0)
     finite = maglim[np.isfinite(maglim)]
-    depths = np.arange(np.floor(finite.min() * 2) / 2, finite.max() + 0.25, 0.5) if finite.size else np.zeros(0)
+    depths = np.arange(np.floor(finite.min() * 2) / 2, finite.max() + 1e-9, 0.5) if finite.size else np.zeros(0)
     by_depth = depth_coverage(skymap, exposures, width_deg, height_deg, depths) if depths.size else np.zeros(0)
     cum = covered_probability(skymap, exposures, width_deg, height_deg)
     report = dict(

@@ -166,8 +166,11 @@ def _from_voevent(text: str, skymap_dir: Path | None) -> GWNotice:
               for g in root.iter() if _tag(g) == "Group"}
     isotime = next((e.text for e in root.iter() if _tag(e) == "ISOTime"), None)
     date = next((e.text for e in root.iter() if _tag(e) == "Date"), None)
+    ivorn = root.get("ivorn", "")
+    if "GraceID" not in params and not ivorn.startswith("ivo://gwnet/"):
+        raise BadNotice(f"not an LVK gravitational-wave notice (ivorn {ivorn[:100]!r})")
     url = params.get("skymap_fits") or params.get("Skymap_URL")
-    superevent_id = params.get("GraceID") or root.get("ivorn", "").split("#")[-1].split("-")[0]
+    superevent_id = params.get("GraceID") or ivorn.split("#")[-1].split("-")[0]
     if not superevent_id:
         raise BadNotice("VOEvent without a GraceID")
     try:

@@ -4,7 +4,7 @@
 variance (variance / inverse variance / weight / error, an HDU of the same file named in
 ``subtraction.var_hdus`` or a sidecar file) and mask (a sidecar file: non-zero = bad);
 :func:`subtract_pair` aligns the science on the template (Lanczos, WCS; a pair without WCS
-must be already aligned: same shape), subtracts (SFFT) and detects candidates;
+must be already aligned: same shape and matched stars within 0.5 px), subtracts (SFFT) and detects candidates;
 :func:`write_products` writes the difference, sigma and SNR maps, the candidate table and a
 diagnostic PNG (science, template, difference, SNR histogram against N(0, 1)).
 """
@@ -100,18 +100,23 @@ def subtract_pair(science: Frame, template: Frame, cfg, zp: float | None = None)
     """Align (when both have a WCS), subtract and detect (module docstring). ``zp``: the
     magnitude zero point for the candidate table (header ``MAGZPT``/``ZP``, else 25)."""
     from ..alignment import align
+    from ..alignment.measure import measure_alignment
     from ..detection import detect
 
     if has_wcs(science) and has_wcs(template):
         aligned = align(science, template, cfg)
     elif science.shape == template.shape:
         aligned = science
+        m = measure_alignment(science, template, match_px=3.0, snr_min=20.0)
+        if not (m["n_matched"] >= 5 and m["median_px"] < 0.5):
+            raise ValueError(f"no WCS on both frames, and they are not aligned ({m['n_matched']} stars matched within "
+                             f"3 px, median offset {m['median_px']:.2f} px): solve their astrometry first")
     else:
         raise ValueError(f"no WCS and shapes differ ({science.shape} vs {template.shape}): cannot align the pair")
     diff = subtract(aligned, template, cfg)
     if zp is None:
         zp = next((float(science.header[k]) for k in ("MAGZPT", "MAGZP", "ZP", "ZEROPT") if k in science.header), 25.0)
-    cands, _ = detect(diff, aligned, template, diff.stats["fwhm_sci"], zp, cfg, "dip")
+    cands, _ = detect(diff, aligned, template, diff.stats["fwhm_sci"], zp, cfg.detection, lane="dip")
     return PairResult(diff, aligned, template, cands)
 
 

@@ -4,15 +4,21 @@ Steps (Hu et al. 2022 sparse-field mode with our own masks):
 
 1. sky background and rms of both images (:mod:`.background`); sky subtracted;
 2. sub-area stars from the template, measured and prior-banned on the science
-   (:mod:`.stars`); the sharper image ``I`` is convolved, ``J`` is not; in the masked
+   (:mod:`.stars`; pixels above 90 % of the header's saturation level are masked); the sharper
+   image ``I`` (fitted PSF FWHM, :mod:`.psf`) is convolved, ``J`` is not; in the masked
    pair (zero outside the sub-areas) each sub-area has its local annulus sky removed,
    since the fit cannot absorb pedestals that differ between sub-areas and the zeroed rest;
 3. per tile of one shape (:mod:`.tiles`, zero-padded to FFT-friendly sides) SFFT fits ``K`` and the differential background
    on the sub-areas (polynomial orders from the config, or 0 with fewer than
    ``min_stars_varying`` stars in the tile) and returns ``D = J - K * I``; tiles are
    blended with linear ramps;
-4. noise: ``sigma_D^2 = V_J + K^2 * V_I`` with ``V = rms^2 + max(image, 0) / gain``,
-   ``K`` taken at the tile centre (``*`` is convolution);
+4. noise: ``sigma_D^2 = V_J + q_I K^2 * V_I`` (``*`` is convolution, ``K`` taken at the tile
+   centre), ``V`` each image's per-pixel variance (its variance plane, or ``rms^2 +
+   max(image, 0) / gain`` with the gain from the header or the pixels, :mod:`.noise`), ``q_I``
+   the factor by which the convolved image's measured noise correlation (resampling,
+   co-adding) raises the per-pixel variance of ``K * I``; then the random-aperture check:
+   the empirical / predicted noise of aperture sums (radius 1 FWHM) away from sources and
+   masks, the prediction including the correlation (``stats['noise_ratio']``, ``NOISERAT``);
 5. ``D`` and ``sigma_D`` are put in science units and sign (``S - K * T``, or
    ``(K * S - T) / sum(K)`` when the science is the sharper image);
 6. X2NRM: mean, std and robust std (1.4826 MAD) of ``D / sigma_D`` over unmasked pixels,

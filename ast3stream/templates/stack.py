@@ -8,9 +8,9 @@
    SFFT's sub-areas, :func:`~ast3stream.subtraction.stars.pair_stars`);
 3. weights for point sources, ``w_i = s_i^2 / (sigma_i^2 FWHM_i^2)`` (``sigma_i`` the sky rms:
    depth and seeing), normalised;
-4. per pixel, values more than ``clip`` sigma from the median of the epochs (cosmic rays,
-   satellites, asteroids, variables in outburst) are rejected when three or more epochs cover
-   it, then the weighted mean; its variance ``sum w_i^2 v_i / (sum w_i)^2`` from each epoch's
+4. per pixel, values more than ``clip`` sigma (with half the median added in quadrature: seeing
+   changes star cores) from the median of the epochs (cosmic rays, satellites, asteroids,
+   variables in outburst) are rejected when three or more epochs cover it, then the weighted mean; its variance ``sum w_i^2 v_i / (sum w_i)^2`` from each epoch's
    per-pixel variance (sky plus sources, :class:`~ast3stream.subtraction.subtract.Prepared`)
    is the stack's ``VAR`` plane; pixels no epoch covers are ``EDGE``.
 
@@ -74,7 +74,10 @@ def stack_frames(frames: list[Frame], cfg, clip: float = 5.0) -> Frame:
     if len(frames) >= 3:
         med = np.nanmedian(np.where(good, vals, np.nan), axis=0)
         n_good = good.sum(axis=0)
-        good &= ~((np.abs(vals - med) > clip * np.sqrt(var)) & (n_good >= 3))
+        # the tolerance includes half the median: the epochs' seeing differs, and bright star
+        # cores differ by tens of per cent between them without being outliers
+        tol = clip * np.sqrt(var + (0.5 * med) ** 2)
+        good &= ~((np.abs(vals - med) > tol) & (n_good >= 3))
     wk = np.where(good, w[:, None, None], 0.0)
     wsum = wk.sum(axis=0)
     covered = wsum > 0
