@@ -3,7 +3,8 @@
 Used by ``ast3stream run`` / ``demo`` and by the tests. Workers are separate processes
 (``python -m agents.app``, each in its own process group), as they are on a real site, so
 one can be killed and restarted without touching the others; :meth:`Stack.supervise`
-(what ``run`` does) restarts a dead worker with backoff. :meth:`Stack.stop` ends every
+(what ``run`` does) restarts a dead worker with backoff, and a dead embedded broker with
+its workers (:meth:`Stack.restart_broker`). :meth:`Stack.stop` ends every
 child within a bounded time (SIGTERM, then SIGKILL). A lock file makes a second stack on
 the same data folder and namespace refuse to start.
 
@@ -48,7 +49,7 @@ class Stack:
     stages: list[str] | None = None
     broker: EmbeddedBroker | None = None
     procs: list[subprocess.Popen | None] = field(default_factory=list)
-    resumed: list[str] = field(default_factory=list)  #: exposures published again at start
+    resumed: list[str] = field(default_factory=list)  #: exposures published again at the last (re)start
     _lock: object = None
     _started: list[float] = field(default_factory=list)
     _restarts: list[int] = field(default_factory=list)
@@ -131,13 +132,31 @@ class Stack:
             restarted.append(i)
         return restarted
 
+    def restart_broker(self) -> bool:
+        """When the embedded broker has died: stop the workers, start it again (same port), publish
+        the unfinished exposures again (its memory is gone), start the workers. True if it did."""
+        if self.broker is None or self.broker.proc is None or self.broker.proc.poll() is None:
+            return False
+        log.warning("embedded broker exited with %s; restarting it and the workers", self.broker.proc.returncode)
+        workers = len(self.procs)
+        self.stop(keep_broker=True)
+        self.broker.start()
+        ensure_topics_sync(self.cfg.kafka.bootstrap, topic_configs(self.cfg.kafka),
+                           self.cfg.kafka.partitions, self.cfg.kafka.replication)
+        if self.broker.storage.startswith("memory"):
+            self.resumed = resume_unfinished(self.cfg, Database.from_settings(self.cfg))
+        for i in range(workers):
+            self.start_worker(i)
+        return True
+
     def supervise(self, stop: threading.Event, progress=print, poll: float = 1.0) -> None:
-        """Until ``stop`` is set: restart dead workers, print a line per finished stage run."""
+        """Until ``stop`` is set: restart a dead broker or dead workers, print a line per finished stage run."""
         db = Database.from_settings(self.cfg)
         seen: set[tuple] = set()
         since = time.time() - 60
         while not stop.wait(poll):
-            self.restart_dead()
+            if not self.restart_broker():
+                self.restart_dead()
             runs = [r for r in db.recent_stage_timings(500) if r["end"] is not None and r["end"] >= since]
             for r in sorted(runs, key=lambda r: r["end"]):
                 key = (r["exposure_id"], r["lane"], r["stage"], r["end"])
@@ -160,8 +179,9 @@ class Stack:
                 tail = (self.log_dir / f"worker{i}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"worker {i} exited with {proc.returncode}:\n{tail}")
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to every worker's process group, SIGKILL to what is left after ``timeout``; then the broker."""
+    def stop(self, timeout: float = 20.0, keep_broker: bool = False) -> None:
+        """SIGTERM to every worker's process group, SIGKILL to what is left after ``timeout``; then the
+        broker and the lock (unless ``keep_broker``)."""
         live = [p for p in self.procs if p and p.poll() is None]
         for proc in live:
             _killpg(proc, signal.SIGTERM)
@@ -175,6 +195,8 @@ class Stack:
             if proc:
                 _killpg(proc, signal.SIGKILL)  # the worker's own children too
                 proc.wait()
+        if keep_broker:
+            return
         if self.broker:
             self.broker.stop()
         if self._lock is not None:
@@ -223,7 +245,8 @@ def resume_unfinished(cfg: Settings, db: Database) -> list[str]:
     messages (the embedded one, in memory): the chains run again from the raw files."""
     events = []
     for row in sorted(db.rows("exposures"), key=lambda r: (r["mjd"] or 0, r["exposure_id"])):
-        if row["status"] == "registered" or lanes_done(db, row["exposure_id"]):
+        if row["status"] in ("registered", "template", "no_template", "failed") or (
+                row["status"] == "alerted" and not row["too"]) or lanes_done(db, row["exposure_id"]):
             continue  # never published (the watcher offers it again), or finished
         path = Path(row["path"])
         events.append(ExposureEvent(exposure_id=row["exposure_id"], path=row["path"], sha256=row["sha256"],

@@ -112,3 +112,41 @@ def test_a_killed_run_resumes_in_flight_exposures_and_sigterm_leaves_no_child(sm
     assert len(again) == len(set(again)) and not set(again) & published_before  # each alert sent once
     assert set(again) | published_before == set(small_night_alerts)
     assert db.count("dead_letters") == 0
+
+
+async def _members(bootstrap: str, group: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [found] = (await admin.describe_consumer_groups([group]))[0].groups
+        return len(found[5])
+    finally:
+        await admin.close()
+
+
+@pytest.mark.broker
+def test_the_supervisor_restarts_a_dead_embedded_broker_and_the_workers(settings):
+    import threading
+
+    from agents.runner import Stack
+
+    group = f"{settings.kafka.prefix}-pipeline"
+    with Stack(settings) as stack:
+        _until(lambda: asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the worker to join")
+        old = stack.procs[0].pid
+        stack.broker.proc.kill()
+        stop = threading.Event()
+
+        def watch():
+            _until(lambda: stack.broker.proc.poll() is None and stack.procs[0].pid != old
+                   and asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the stack to come back")
+            stop.set()
+
+        checker = threading.Thread(target=watch, daemon=True)
+        checker.start()
+        threading.Timer(300, stop.set).start()
+        stack.supervise(stop, progress=lambda line: None, poll=0.5)  # what `run` does
+        checker.join(1)
+        assert stack.broker.proc.poll() is None and stack.procs[0].poll() is None and stack.procs[0].pid != old
