@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CuPy vs NumPy subtraction on the real DECam pair; from the repo root, with copies of the four files under shared/:
-#   source .gpu/setup.sh && bash /work/coord/device-h12.sh     (results: $OUT/h12_gpu.json, $OUT/h12_gpu.log)
+#   source .gpu/setup.sh && bash bench/gpu/decam_cupy_vs_numpy.sh     (results: $OUT/h12_gpu.json, $OUT/h12_gpu.log)
 # Checks the CuPy path of the new subtraction code (fitted-PSF stars, noise ACF, random-aperture check,
 # template cache by identity) on the real DECam pair against the NumPy path.
 set -euo pipefail
