@@ -348,6 +348,7 @@ def _problems(ev) -> list[str]:
     """The names of what is wrong with an event's values (what its rejection must name)."""
     d = asdict(ev)
     bad = [] if SAFE_ID.fullmatch(d["exposure_id"]) else ["exposure_id"]
+    bad += ["field_id"] if d.get("field_id") is not None and not SAFE_ID.fullmatch(d["field_id"]) else []
     bad += [] if d.get("raw_path", d.get("path")) else ["path"]
     bad += [k for k in ("file_closed_at", "detected_at", "mjd") if d.get(k) is not None and not np.isfinite(d[k])]
     bad += [f"metric {k}" for k, v in d.get("metrics", {}).items() if not np.isfinite(v)]

@@ -120,7 +120,13 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
         assert wait(lambda: len(plans()) == 1)                                 # tonight's plan, written at once
         assert json.loads(plans()[0].read_text())["site"] == "Yaoan"
         # the bridge forwarded every notice unchanged, keyed by its GCN topic
-        forwarded = asyncio.run(read_topic(broker.bootstrap, topic("gwt", "gw"), 2.0))
+        forwarded: list = []
+
+        def all_forwarded():                       # the bridge and the GW agent run side by side
+            forwarded[:] = asyncio.run(read_topic(broker.bootstrap, topic("gwt", "gw"), 2.0))
+            return len(forwarded) >= 4
+
+        assert wait(all_forwarded, 60), forwarded
         assert sorted((m.key, m.value) for m in forwarded) == sorted([
             (b"igwn.gwalert", s240116o), (b"igwn.gwalert", (sky / "igwn_gwalert_preliminary.json").read_bytes()),
             (b"igwn.gwalert", b"<not a notice"), (INITIAL.encode(), initial.encode())])
