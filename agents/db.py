@@ -151,13 +151,15 @@ class Database:
     ``retry_s``: how long each call rides out transient errors before :class:`DatabaseUnavailable`.
     """
 
-    def __init__(self, url: str, namespace: str = "", retry_s: float = 30.0):
+    def __init__(self, url: str, namespace: str = "", retry_s: float = 30.0, connect_args: dict | None = None):
         self.url = url
         self.namespace = namespace
         self.retry_s = retry_s
         kwargs: dict = {"future": True, "pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
+        elif connect_args:
+            kwargs["connect_args"] = connect_args       # PostgreSQL TLS (agents.security.database_connect_args)
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             @sa.event.listens_for(self.engine, "connect")
@@ -184,7 +186,10 @@ class Database:
     def from_settings(cls, cfg, namespace: str | None = None, retry_s: float = 30.0) -> "Database":
         if not cfg.database.url:
             cfg.paths.data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(cfg.database_url, cfg.database.namespace if namespace is None else namespace, retry_s)
+        from .security import database_connect_args
+
+        return cls(cfg.database_url, cfg.database.namespace if namespace is None else namespace, retry_s,
+                   database_connect_args(cfg.security))
 
     # -- generic ------------------------------------------------------------------------
     @_retried

@@ -20,6 +20,7 @@ from ast3stream.config import Settings
 from agents.db import Database
 from ast3stream.pipeline import LANES, SLOW, STAGES
 
+from .security import kafka_options
 from .topics import stage_topic, topic
 
 #: the stage whose output each stage takes ("ingest": the exposure event); PSF photometry runs after photometry
@@ -36,9 +37,10 @@ def consumed_topics(prefix: str) -> list[str]:
 async def topic_lag(cfg: Settings) -> dict[str, int]:
     """Messages not yet committed by the pipeline's consumer group, per topic it consumes (all partitions)."""
     group = f"{cfg.kafka.prefix}-pipeline"
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka.bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka.bootstrap, **kafka_options(cfg.security))
     await admin.start()
-    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False,
+                                **kafka_options(cfg.security))
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in consumed_topics(cfg.kafka.prefix) for p in range(cfg.kafka.partitions)]

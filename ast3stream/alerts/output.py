@@ -49,17 +49,18 @@ def write_files(alert: Mapping, out_dir: str | Path) -> list[Path]:
     from astropy.visualization import ZScaleInterval
 
     from ast3stream.alerts.cutouts import read_cutout
+    from ast3stream.paths import inside
 
     v = view(alert)
-    folder = Path(out_dir) / v.object_id
+    folder = inside(out_dir, str(v.object_id), what="objectId")   # a foreign alert names the folder
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{v.candid}.json"]
+    paths = [folder / f"{int(v.candid)}.json"]
     paths[0].write_text(to_json(alert) + "\n")
     for kind, stamp in v.cutouts.items():
         data, _ = read_cutout(stamp)
         finite = data[np.isfinite(data)]
         vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0, 1)
-        path = folder / f"{v.candid}_{kind}.png"
+        path = folder / f"{int(v.candid)}_{kind}.png"
         matplotlib.image.imsave(path, np.nan_to_num(data, nan=vmin), cmap="gray", vmin=vmin, vmax=vmax, origin="lower")
         paths.append(path)
     return paths
