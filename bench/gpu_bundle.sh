@@ -17,7 +17,9 @@ cd "$W/site"
 rm -rf numpy numpy.libs numpy-* scipy scipy.libs scipy-*            # the machine's own numpy 2.5 and scipy
 find . -name __pycache__ -prune -exec rm -rf {} +
 find . -name "*.so*" -exec strip --strip-unneeded {} + 2>/dev/null || true
-rm -rf matplotlib/mpl-data/fonts matplotlib/mpl-data/sample_data matplotlib/mpl-data/images
+# keep the fonts Agg needs (DejaVu Sans, the last-resort font, mathtext's cm/STIX), drop the rest
+find matplotlib/mpl-data/fonts -type f ! -name "DejaVuSans*.ttf" ! -name "LastResortHE*" ! -name "cm*.ttf" ! -name "STIXGeneral.ttf" -delete
+rm -rf matplotlib/mpl-data/sample_data matplotlib/mpl-data/images
 find . -mindepth 2 -type d -name tests -prune ! -path ./astropy/tests -exec rm -rf {} +   # astropy imports astropy.tests
 cd - >/dev/null
 mkdir -p .gpu
