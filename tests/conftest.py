@@ -123,6 +123,13 @@ def night_settings(small_night, tmp_path):
     return lambda name="run", **sections: _night_settings(small_night, tmp_path / name, **sections)
 
 
+@pytest.fixture
+def settings_for(tmp_path):
+    """``make(night, name, **sections)``: settings for running a simulated ``night`` (``(folder,
+    SimulatedNight)``) in the data folder ``tmp_path/name``."""
+    return lambda night, name="run", **sections: _night_settings(night, tmp_path / name, **sections)
+
+
 @pytest.fixture(scope="session")
 def small_night_alerts(small_night, tmp_path_factory):
     """``{alert_id: digest}`` of ``small_night`` run in-process on SQLite: what any other run must reproduce."""
