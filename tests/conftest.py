@@ -54,7 +54,7 @@ def _pg_server():
     server = PostgresServer(bindir)
     try:
         try:
-            server.start()
+            server.start(timeout=600.0)  # generous: a loaded machine starts it slowly
         except (OSError, RuntimeError) as exc:
             pg_unavailable(f"a PostgreSQL server could not start: {exc}")
         yield server

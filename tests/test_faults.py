@@ -48,6 +48,7 @@ from ast3stream.config import Settings
 from agents.db import Database, DatabaseUnavailable
 from ast3stream.pipeline import StageError
 from ast3stream.rawfile import detector_from_header
+from waiting import until
 
 
 SCALE = 0.06
@@ -100,15 +101,6 @@ def _settings(root: Path, sim: Path, prefix: str, bootstrap: str, **kafka) -> Se
     return cfg
 
 
-def _until(condition, what: str, timeout: float = TIMEOUT, stack: Stack | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if stack:
-            stack.check_workers()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def _stages_done(db: Database, exposure_id: str) -> set[str]:
     return {r["stage"] for r in db.rows("stage_runs", exposure_id=exposure_id) if r["end"] is not None}
 
@@ -147,7 +139,8 @@ def play_night(stack: Stack, db: Database, nt) -> list[str]:
     """Drop the night's files; the last visit's field goes on the ToO list first (quick lane too)."""
     raws = [Path(e.path) for e in nt.exposures]
     play(raws[:-1], stack.cfg.watch_dir)
-    _until(lambda: db.count("exposures") == len(raws) - 1, "the first exposures to be registered", stack=stack)
+    until(lambda: db.count("exposures") == len(raws) - 1, "the first exposures to be registered",
+          check=stack.check_workers)
     db.store_too_fields("S250101x", Table({"field_id": [nt.exposures[-1].field_id], "prob": [0.4],
                                            "cum_prob": [0.4]}))
     play(raws[-1:], stack.cfg.watch_dir)
@@ -157,7 +150,7 @@ def play_night(stack: Stack, db: Database, nt) -> list[str]:
 def recover(stack: Stack, db: Database, ids: list[str]) -> tuple[list[dict], list]:
     """Wait until every exposure finished and every message was consumed; the alerts and dead letters."""
     assert wait_for(db, ids, TIMEOUT, stack, progress=lambda s: None) == []
-    _until(lambda: asyncio.run(_unconsumed(stack.cfg)) == 0, "the consumer group to catch up", stack=stack)
+    until(lambda: asyncio.run(_unconsumed(stack.cfg)) == 0, "the consumer group to catch up", check=stack.check_workers)
     prefix, bootstrap = stack.cfg.kafka.prefix, stack.cfg.kafka.bootstrap
     alerts = [decode(m.value) for m in asyncio.run(read_topic(bootstrap, topic(prefix, "alerts"), 3.0))]
     dead = asyncio.run(read_topic(bootstrap, topic(prefix, "deadletter"), 1.0))
@@ -189,12 +182,12 @@ def test_restarted_clients_and_a_rebalance_lose_nothing_and_duplicate_nothing(ni
     with Stack(cfg) as stack:
         db = Database.from_settings(cfg)
         ids = play_night(stack, db, nt)
-        _until(lambda: "sources" in _stages_done(db, ids[1]), "sources of the science visit", stack=stack)
+        until(lambda: "sources" in _stages_done(db, ids[1]), "sources of the science visit", check=stack.check_workers)
         stack.kill_worker(0, signal.SIGTERM)  # the worker and its watcher stop cleanly
         assert stack.procs[0].returncode == 0
         stack.start_worker(0)
         assert stack.add_worker() == 1  # a second worker joins: the group rebalances mid-night
-        _until(lambda: asyncio.run(_members(cfg)) == 2, "both workers in the consumer group", stack=stack)
+        until(lambda: asyncio.run(_members(cfg)) == 2, "both workers in the consumer group", check=stack.check_workers)
         assert "alert" not in _stages_done(db, ids[2])
         alerts, dead = recover(stack, db, ids)
         joined = (stack.log_dir / "worker1.log").read_text(errors="replace")
@@ -211,7 +204,7 @@ def s3_env(tmp_path):
                             stdout=open(tmp_path / "moto.log", "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=die_with_parent)
     try:
-        _until(lambda: _listening(port), "the S3 server", timeout=60)
+        until(lambda: _listening(port), "the S3 server", timeout=60)
         urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/tansu", method="PUT"))
         yield {"AWS_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
@@ -237,7 +230,8 @@ def test_restarted_broker_loses_nothing_and_duplicates_nothing(night, s3_env, tm
         with Stack(cfg) as stack:
             db = Database.from_settings(cfg)
             ids = play_night(stack, db, nt)
-            _until(lambda: "sources" in _stages_done(db, ids[1]), "sources of the science visit", stack=stack)
+            until(lambda: "sources" in _stages_done(db, ids[1]), "sources of the science visit",
+                  check=stack.check_workers)
             broker.stop()  # every client loses its connections mid-night
             time.sleep(2)
             broker.start()

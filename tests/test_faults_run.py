@@ -24,16 +24,9 @@ from agents.demo import play, read_topic
 from agents.runner import lanes_done
 from agents.topics import topic
 from ast3stream.alerts import decode
+from waiting import running, until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _until(condition, what: str, timeout: float = 300.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc is None or proc.poll() is None, f"`run` exited with {proc.returncode} waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -92,7 +85,7 @@ def _sigterm_leaves_no_child(proc: subprocess.Popen) -> None:
     start = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
-    _until(lambda: not _alive(children), "every child of `run` to stop after SIGTERM", timeout=30)
+    until(lambda: not _alive(children), "every child of `run` to stop after SIGTERM", timeout=30)
     assert time.monotonic() - start < 30
 
 
@@ -114,22 +107,22 @@ def test_a_killed_run_resumes_in_flight_exposures_and_sigterm_leaves_no_child(sm
     first = _run(settings, tmp_path / "run1.log")
     try:
         play([Path(e.path) for e in small_night[1].exposures], cfg.watch_dir)
-        _until(lambda: any(r["stage"] == "astrometry" and r["end"] for r in db.rows("stage_runs", exposure_id=ids[1])),
-               "astrometry of the first science visit", proc=first)
+        until(lambda: any(r["stage"] == "astrometry" and r["end"] for r in db.rows("stage_runs", exposure_id=ids[1])),
+              "astrometry of the first science visit", check=running(first))
         assert not lanes_done(db, ids[2])
         children = _descendants(first.pid)
         assert len(children) >= 2  # the broker and the worker
         first.kill()  # kill -9: the broker and its messages go too
         first.wait(10)
-        _until(lambda: not _alive(children), "the first run's children to go", timeout=60)
+        until(lambda: not _alive(children), "the first run's children to go", timeout=60)
     finally:
         first.kill()
     published_before = {r["alert_id"] for r in db.rows("alerts")}
 
     second = _run(settings, tmp_path / "run2.log")
     try:
-        _until(lambda: all(lanes_done(db, e) for e in ids), "every exposure to finish after the restart",
-               timeout=600, proc=second)
+        until(lambda: all(lanes_done(db, e) for e in ids), "every exposure to finish after the restart",
+              timeout=600, check=running(second))
         assert "resumed" in (tmp_path / "run2.log").read_text()
         again = _alert_ids(cfg)
         _sigterm_leaves_no_child(second)
@@ -161,17 +154,17 @@ def test_a_worker_killed_with_eight_exposures_in_flight_is_restarted_and_each_al
     template, science = ids[0], ids[1:]
     run = _run(settings, tmp_path / "run.log")
     try:
-        _until(lambda: len(_workers(run.pid)) == 1, "the worker to start", proc=run)
+        until(lambda: len(_workers(run.pid)) == 1, "the worker to start", check=running(run))
         [worker] = _workers(run.pid)
         play([Path(e.path) for e in busy_night[1].exposures], cfg.watch_dir)
-        _until(lambda: db.count("exposures") == len(ids) and not db.count("exposures", status="registered")
-               and any("astrometry" in _stages_done(db, e) for e in science), "a science visit past astrometry "
-               "with every exposure published", proc=run)
+        until(lambda: db.count("exposures") == len(ids) and not db.count("exposures", status="registered")
+              and any("astrometry" in _stages_done(db, e) for e in science), "a science visit past astrometry "
+              "with every exposure published", check=running(run))
         os.killpg(worker, signal.SIGKILL)  # kill -9 of the worker and its process group
         in_flight = [e for e in science if not lanes_done(db, e)]
         assert len(in_flight) == 8
-        _until(lambda: _workers(run.pid) - {worker}, "`run` to start the worker again", timeout=60, proc=run)
-        _until(lambda: all(lanes_done(db, e) for e in ids), "every exposure to finish", timeout=600, proc=run)
+        until(lambda: _workers(run.pid) - {worker}, "`run` to start the worker again", timeout=60, check=running(run))
+        until(lambda: all(lanes_done(db, e) for e in ids), "every exposure to finish", timeout=600, check=running(run))
         assert "restarting it" in (tmp_path / "run.log").read_text()
         published = _alert_ids(cfg)
         _sigterm_leaves_no_child(run)
@@ -209,14 +202,14 @@ def test_the_supervisor_restarts_a_dead_embedded_broker_and_the_workers(settings
 
     group = f"{settings.kafka.prefix}-pipeline"
     with Stack(settings) as stack:
-        _until(lambda: asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the worker to join")
+        until(lambda: asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the worker to join")
         old = stack.procs[0].pid
         stack.broker.proc.kill()
         stop = threading.Event()
 
         def watch():
-            _until(lambda: stack.broker.proc.poll() is None and stack.procs[0].pid != old
-                   and asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the stack to come back")
+            until(lambda: stack.broker.proc.poll() is None and stack.procs[0].pid != old
+                  and asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the stack to come back")
             stop.set()
 
         checker = threading.Thread(target=watch, daemon=True)
