@@ -38,11 +38,11 @@ def alert_id_of(name: str, value: bytes, registry=None) -> str | None:
 
 
 async def topics_holding(kafka, security, names: list[str], key: bytes, alert_id: str, registry=None,
-                         idle_s: float = 1.0) -> set[str]:
+                         idle_s: float = 5.0, skew_s: float = 60.0) -> set[str]:
     """The topics among ``names`` (without the prefix) that hold a message with ``key`` and
-    ``alert_id``: every partition is read from its beginning up to its first message written
-    after this call began, or until ``idle_s`` of silence (Tansu's end offsets are not
-    reliable on every storage)."""
+    ``alert_id``: every partition is read from its beginning up to its first message stamped
+    more than ``skew_s`` (the clocks of two hosts may differ) after this call began, or until
+    ``idle_s`` of silence (Tansu's end offsets are not reliable on every storage)."""
     began_ms = time.time() * 1000
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=kafka.max_message_bytes,
@@ -62,11 +62,11 @@ async def topics_holding(kafka, security, names: list[str], key: bytes, alert_id
             for tp, messages in batch.items():
                 name = full[tp.topic]
                 for m in messages:
-                    if m.timestamp > began_ms:  # written since: not the one cut off
-                        reading.discard(tp)
-                        break
                     if m.key == key and alert_id_of(name, m.value, registry) == str(alert_id):
                         found.add(name)
+                    if m.timestamp > began_ms + skew_s * 1000:  # written since: the rest is too
+                        reading.discard(tp)
+                        break
         return found
     finally:
         await consumer.stop()

@@ -10,9 +10,10 @@ is deterministic), so a re-run duplicates nothing.
 
 Retention (:meth:`ProductStore.prune`) bounds the disk: what a namespace keeps for good is
 the templates in force, and per exposure and lane its bundle and alert packets
-(:data:`KEEP`); everything else (handoff state, thumbnails, PSF tables, superseded
-templates) goes once it is older than ``products.retention_days``, and so do stuck or
-failed exposures' files.
+(:data:`KEEP`); everything else (handoff state, thumbnails, PSF tables) goes once it is
+older than ``products.retention_days``, and so do failed exposures' files. An unfinished
+exposure's files and a template not (yet) in force (superseded, or stored and about to be
+claimed) get a day at least, so a prune never takes what a running chain still needs.
 
 Writes happen in a background thread, off the alert path; :meth:`ProductStore.flush` waits
 for those under a key prefix (the chain does so before an exposure's message is committed,
@@ -146,7 +147,7 @@ class ProductStore:
             if not path.is_file() or path.name in KEEP and path.parent.parent.parent == root or path in keep:
                 continue
             owner = path.relative_to(root).parts[0]
-            window = retention_days if owner in finished or owner == "templates" else max(retention_days, 1.0)
+            window = retention_days if owner in finished else max(retention_days, 1.0)
             try:
                 if now - path.stat().st_mtime >= window * 86400:
                     path.unlink()
