@@ -51,7 +51,6 @@ from ast3stream.rawfile import detector_from_header
 from waiting import until
 
 
-SCALE = 0.06
 TIMEOUT = 600
 
 
@@ -81,14 +80,6 @@ def test_infrastructure_errors_hold_the_message_and_other_errors_do_not(monkeypa
         raise RuntimeError("stage failed") from DatabaseUnavailable("away")
     except RuntimeError as exc:
         assert transient(exc)
-
-
-@pytest.fixture(scope="module")
-def night(tmp_path_factory):
-    from ast3stream.simulate import simulate_night
-
-    out = tmp_path_factory.mktemp("night")
-    return out, simulate_night(out, n_exposures=3, scale=SCALE, seed=11, n_fields=1)
 
 
 def _settings(root: Path, sim: Path, prefix: str, bootstrap: str, **kafka) -> Settings:
@@ -176,8 +167,8 @@ def assert_exactly_once(cfg: Settings, db: Database, nt, alerts: list[dict], dea
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_restarted_clients_and_a_rebalance_lose_nothing_and_duplicate_nothing(night, broker, tmp_path):
-    sim, nt = night
+def test_restarted_clients_and_a_rebalance_lose_nothing_and_duplicate_nothing(small_night, broker, tmp_path):
+    sim, nt = small_night
     cfg = _settings(tmp_path, sim, "fclients", broker.bootstrap, partitions=2)
     with Stack(cfg) as stack:
         db = Database.from_settings(cfg)
@@ -223,8 +214,8 @@ def _listening(port: int) -> bool:
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_restarted_broker_loses_nothing_and_duplicates_nothing(night, s3_env, tmp_path):
-    sim, nt = night
+def test_restarted_broker_loses_nothing_and_duplicates_nothing(small_night, s3_env, tmp_path):
+    sim, nt = small_night
     with EmbeddedBroker(log_path=tmp_path / "broker.log", storage="s3://tansu/", env=s3_env) as broker:
         cfg = _settings(tmp_path, sim, "frestart", broker.bootstrap)
         with Stack(cfg) as stack:
