@@ -45,6 +45,7 @@ from ast3stream.pipeline import STAGES
 
 from .chain import Chain, Resources, StageFailed
 from .metrics import CONTENT_TYPE, METRICS
+from .outbox import topics_holding
 from .retry import retrying
 from .security import faust_credentials, kafka_options
 from .topics import stage_topic, topic
@@ -169,7 +170,8 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
     def submit(priority: tuple, fn, *args, **kwargs):
         return asyncio.wrap_future(pool.submit(priority, functools.partial(fn, *args, **kwargs)))
 
-    chain = Chain(res, publish, submit, stages=own)
+    chain = Chain(res, publish, submit, stages=own,
+                  sent=functools.partial(topics_holding, kafka, cfg.security))
 
     async def dead_letter(stage: str, message, reason: str, exc: BaseException, exposure_id: str | None):
         log.warning("%s: dead letter for %s: %s", stage, exposure_id or "?", reason)

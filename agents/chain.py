@@ -60,6 +60,7 @@ log = logging.getLogger("ast3stream.chain")
 
 Publish = Callable[[str, bytes, bytes], Awaitable[None]]  #: (topic name without prefix, key, value)
 Submit = Callable[..., Awaitable]                         #: (priority, fn, *args, **kwargs) -> result
+Sent = Callable[..., Awaitable[set]]                      #: (topic names, key, alert id, registry) -> names holding it
 
 
 class StageFailed(RuntimeError):
@@ -74,6 +75,10 @@ class StageFailed(RuntimeError):
 
 async def _inline(priority, fn, *args, **kwargs):
     return fn(*args, **kwargs)
+
+
+async def _nowhere(names, key, alert_id, registry=None) -> set[str]:
+    return set()
 
 
 class Resources:
@@ -198,15 +203,18 @@ class Chain:
     """Runs exposures through the stages this worker owns (all of them by default).
 
     ``publish`` sends one message and returns once the broker has it; ``submit`` runs a
-    function on the worker's priority pool (default: inline, for ``process_exposure``).
+    function on the worker's priority pool (default: inline, for ``process_exposure``);
+    ``sent`` tells which topics already hold an alert whose send was cut off
+    (:func:`agents.outbox.topics_holding`; default: none, for ``process_exposure``).
     """
 
     def __init__(self, res: Resources, publish: Publish, submit: Submit = _inline,
-                 stages: Iterable[str] | None = None, poll_s: float = 0.5):
+                 stages: Iterable[str] | None = None, poll_s: float = 0.5, sent: Sent = _nowhere):
         self.res = res
         self.cfg = res.cfg
         self.db = res.db
         self.publish = publish
+        self.sent = sent
         self.submit = submit
         self.stages = {s.name for s in STAGES} if stages is None else set(stages)
         self.poll_s = poll_s
@@ -470,10 +478,15 @@ class Chain:
             await self._send("candidates", key, wire.encode(a.packet, "candidates"))
             if not a.passed or await self._db(self.db.alert_published, a.alert_id):
                 continue
-            for name in ("alerts", f"alerts.{lane.name}"):   # framing and schema id per topic
-                await self._send(name, key, wire.encode(a.packet, name))
-            if a.notice is not None:
-                await self._send("gcn", key, a.notice)
+            names = ["alerts", f"alerts.{lane.name}"] + (["gcn"] if a.notice is not None else [])
+            if await self._db(self.db.intend_alert, a.alert_id):  # an earlier send was cut off
+                held = await retrying("alerts", self.sent, names, key, a.alert_id, wire.registry)
+                log.warning("%s/%s: alert %s was cut off before it was recorded; already on %s, sent now to %s",
+                            exp.exposure_id, lane.name, a.alert_id, sorted(held) or "none",
+                            [n for n in names if n not in held])
+                names = [n for n in names if n not in held]
+            for name in names:   # framing and schema id per topic
+                await self._send(name, key, a.notice if name == "gcn" else wire.encode(a.packet, name))
             now = time.time()
             await self._db(self.db.record_alert, dict(
                 alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=exp.exposure_id,

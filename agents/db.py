@@ -5,7 +5,8 @@ ToO field list is an input made from GW notices and is shared by every namespace
 ``exposures`` (one row per raw file: status and timings per stage, quality),
 ``stage_runs`` (one row per stage x lane x exposure), ``templates``, ``too_fields``,
 ``candidates``, ``objects`` (transients: candidates within 1.5 arcsec), ``photometry``
-(light curves incl. forced photometry and upper limits), ``alerts``, ``dead_letters`` and
+(light curves incl. forced photometry and upper limits), ``alerts`` (published),
+``alert_sends`` (alerts about to be sent: see :mod:`agents.outbox`), ``dead_letters`` and
 ``files`` (raw files the watcher did not publish: rejected ones by content hash, so a
 restart does not dead-letter them again, and copies of known exposures).
 Every write is an idempotent upsert keyed by a deterministic id, so redelivered
@@ -132,6 +133,8 @@ def _tables(md: sa.MetaData, ns: str) -> dict[str, sa.Table]:
                     C("score", sa.Float),
                     C("digest", sa.String(64)),  # sha256 of the packet less its history (see pipeline.alert)
                     C("published_at", sa.Float), C("latency_s", sa.Float)),
+        "alert_sends": T(f"{p}alert_sends", md,  # intents: an alert here and not in ``alerts`` was cut off
+                         C("alert_id", sa.String(64), primary_key=True), C("started_at", sa.Float)),
         "files": T(f"{p}files", md,  # raw files the watcher did not publish: bad ones, copies
                    C("sha256", sa.String(64), primary_key=True),
                    C("path", sa.Text, primary_key=True),
@@ -224,6 +227,17 @@ class Database:
             stmt = stmt.where(tab.c[k] == v)
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
+
+    @_retried
+    def clear(self) -> None:
+        """Delete every row of this namespace's tables (a replay's; never the live tables, nor
+        the shared ToO field list)."""
+        if not self.namespace:
+            raise ValueError("the live tables are never cleared")
+        with self.engine.begin() as conn:
+            for name, tab in self.t.items():
+                if name != "too_fields":
+                    conn.execute(tab.delete())
 
     # -- exposures ----------------------------------------------------------------------
     @_retried
@@ -419,6 +433,17 @@ class Database:
 
     def alert_published(self, alert_id: str) -> bool:
         return bool(self.rows("alerts", alert_id=alert_id))
+
+    @_retried
+    def intend_alert(self, alert_id: str) -> bool:
+        """Record that ``alert_id`` is about to be sent; True when an earlier attempt was on
+        record already (it was cut off before :meth:`record_alert`: see :mod:`agents.outbox`)."""
+        tab = self.t["alert_sends"]
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(tab.c.alert_id).where(tab.c.alert_id == alert_id)).first():
+                return True
+            conn.execute(tab.insert().values(alert_id=alert_id, started_at=time.time()))
+        return False
 
     def record_alert(self, row: Mapping) -> None:
         self._upsert("alerts", row, update=False)

@@ -10,6 +10,9 @@ the live alert ids, and a consumer can diff the two runs.
 
 Selection by time uses the events' own MJD, not the broker's timestamp index (Tansu's
 ListOffsets by time is unreliable).
+
+A namespace that holds a replay already is refused (its old result would stand), unless
+``force``: then its tables and products are deleted first (:func:`clear_namespace`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from ast3stream.events import ExposureEvent, MalformedMessage
 
 from .runner import Stack, wait_for
 from .security import kafka_options
+from .store import ProductStore
 from .topics import topic
 
 
@@ -107,17 +111,35 @@ def replay_settings(cfg: Settings, namespace: str, overrides: list[str]) -> Sett
     return Settings(**data)
 
 
+def clear_namespace(cfg: Settings, db: Database) -> None:
+    """Delete a replay namespace's tables and products (``cfg``: the replay's settings). Its
+    topics stay (Kafka topics are append-only): the new run's messages follow the old ones,
+    and the namespace's consumer group carries on after those."""
+    db.clear()
+    store = ProductStore.open(cfg.products_dir)
+    store.delete(store.key(db.namespace))
+
+
 def replay(cfg: Settings, namespace: str, *, from_offset: int = 0, to_offset: int | None = None,
            night: str | None = None, field: str | None = None, overrides: list[str] = (),
-           timeout: float = 3600.0) -> dict:
+           timeout: float = 3600.0, force: bool = False) -> dict:
     if not cfg.kafka.bootstrap:
         raise SystemExit("replay reads stored events from a running broker: give --bootstrap "
                          "(the embedded broker keeps its topics in memory while it runs)")
+    if not namespace:
+        raise SystemExit("replay needs a --namespace of its own (the live tables are never replayed into)")
     opts = kafka_options(cfg.security)
-    exposures = asyncio.run(stored_exposures(cfg.kafka.bootstrap, cfg.kafka.prefix, from_offset, to_offset,
-                                             night, field, opts))
     rcfg = replay_settings(cfg, namespace, list(overrides))
     db = Database.from_settings(rcfg)
+    if held := db.count("exposures"):
+        if not force:
+            raise SystemExit(f"namespace {namespace!r} holds a replay already ({held} exposures): give another "
+                             "--namespace, or --force to delete it first")
+        clear_namespace(rcfg, db)
+    exposures = asyncio.run(stored_exposures(cfg.kafka.bootstrap, cfg.kafka.prefix, from_offset, to_offset,
+                                             night, field, opts))
+    if not exposures:
+        return {"namespace": namespace, "prefix": rcfg.kafka.prefix, "exposures": 0, "alerts": 0, "unfinished": []}
     with Stack(rcfg, watch=False) as stack:
         for exp in exposures:
             db.register_exposure(exp)
@@ -131,6 +153,7 @@ def replay(cfg: Settings, namespace: str, *, from_offset: int = 0, to_offset: in
 
 def main(args, cfg: Settings) -> int:
     result = replay(cfg, args.namespace, from_offset=args.from_offset, to_offset=args.to_offset,
-                    night=args.night, field=args.field, overrides=args.set, timeout=args.timeout)
+                    night=args.night, field=args.field, overrides=args.set, timeout=args.timeout,
+                    force=args.force)
     print(result)
     return 0 if not result["unfinished"] else 1

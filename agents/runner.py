@@ -11,9 +11,10 @@ the same data folder and namespace refuse to start.
 Progress lives in the database, the broker is transport: the embedded broker keeps its
 messages in memory, so when a stack starts one, every exposure whose chain the database
 shows unfinished is published again (:func:`resume_unfinished`) and runs again from its
-raw file with the same deterministic ids (the database writes are idempotent upserts and
-an alert recorded as published is not sent again). With a configured broker (or the
-embedded one on S3 storage) the uncommitted messages are still there and are redelivered.
+raw file with the same deterministic ids (the database writes are idempotent upserts, an
+alert recorded as published is not sent again, and one cut off between the broker and the
+database is first looked for on its topics: :mod:`agents.outbox`). With a configured broker
+(or the embedded one on S3 storage) the uncommitted messages are still there and are redelivered.
 """
 from __future__ import annotations
 

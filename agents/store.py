@@ -10,9 +10,11 @@ is deterministic), so a re-run duplicates nothing.
 
 Retention (:meth:`ProductStore.prune`) bounds the disk: what a namespace keeps for good is
 the templates in force, and per exposure and lane its bundle and alert packets
-(:data:`KEEP`); everything else (handoff state, thumbnails, PSF tables, superseded
-templates) goes once it is older than ``products.retention_days``, and so do stuck or
-failed exposures' files.
+(:data:`KEEP`); everything else (handoff state, thumbnails, PSF tables) goes once it is
+older than ``products.retention_days``, and so do failed exposures' files. An unfinished
+exposure's files, a template not (yet) in force (superseded, or stored and about to be
+claimed) and the temporary file of a write in progress get a day at least, so a prune never
+takes what a running chain still needs.
 
 Writes happen in a background thread, off the alert path; :meth:`ProductStore.flush` waits
 for those under a key prefix (the chain does so before an exposure's message is committed,
@@ -80,7 +82,7 @@ class ProductStore:
         return key
 
     def _write(self, key: str, path: Path, write) -> None:
-        delay = 1.0
+        delay, pruned = 1.0, 0
         while True:
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
             try:
@@ -90,6 +92,9 @@ class ProductStore:
                 return
             except BaseException as exc:
                 tmp.unlink(missing_ok=True)  # never half a file
+                if isinstance(exc, FileNotFoundError) and not path.parent.exists() and pruned < 3:
+                    pruned += 1  # a prune took the empty folder in between: make it again
+                    continue
                 if not isinstance(exc, OSError) or exc.errno not in FULL:
                     raise
                 log.warning("product store: no space for %s (%s); holding it, trying again in %.0f s",
@@ -146,7 +151,8 @@ class ProductStore:
             if not path.is_file() or path.name in KEEP and path.parent.parent.parent == root or path in keep:
                 continue
             owner = path.relative_to(root).parts[0]
-            window = retention_days if owner in finished or owner == "templates" else max(retention_days, 1.0)
+            writing = path.name.startswith(".")  # a temporary file of a write in progress
+            window = retention_days if owner in finished and not writing else max(retention_days, 1.0)
             try:
                 if now - path.stat().st_mtime >= window * 86400:
                     path.unlink()

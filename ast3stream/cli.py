@@ -287,6 +287,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting for the replay, e.g. classify.version=2")
     p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--force", action="store_true", help="replay into a namespace that holds one already: "
+                   "delete its tables and products first")
     p.set_defaults(func=cmd_replay)
 
     added: set[str] = set()

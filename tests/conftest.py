@@ -54,7 +54,7 @@ def _pg_server():
     server = PostgresServer(bindir)
     try:
         try:
-            server.start()
+            server.start(timeout=600.0)  # generous: a loaded machine starts it slowly
         except (OSError, RuntimeError) as exc:
             pg_unavailable(f"a PostgreSQL server could not start: {exc}")
         yield server
@@ -121,6 +121,13 @@ def small_night(tmp_path_factory):
 def night_settings(small_night, tmp_path):
     """``make(name, **sections)``: settings for running ``small_night`` in the data folder ``tmp_path/name``."""
     return lambda name="run", **sections: _night_settings(small_night, tmp_path / name, **sections)
+
+
+@pytest.fixture
+def settings_for(tmp_path):
+    """``make(night, name, **sections)``: settings for running a simulated ``night`` (``(folder,
+    SimulatedNight)``) in the data folder ``tmp_path/name``."""
+    return lambda night, name="run", **sections: _night_settings(night, tmp_path / name, **sections)
 
 
 @pytest.fixture(scope="session")

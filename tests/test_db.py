@@ -82,17 +82,21 @@ def test_retention_keeps_templates_in_force_bundles_and_alerts_only(db_url, tmp_
         db.update_exposure(eid, status=status)
         for name in (("bundle.fits",), ("alerts.avro",), ("thumbnail.png",), ("psf.fits",), ("state", "frame.fits")):
             store.put(store.key("live", eid, "dip", *name), lambda p: p.write_bytes(b"x"), sync=True)
+    (tmp_path / "products" / "live" / "e2" / "dip" / ".bundle.fits.1.part").write_bytes(b"x")  # being written
     for eid in ("e1", "e0"):  # e0: a template no longer in force
         store.put(store.key("live", "templates", "f1", f"{eid}_dip.fits"), lambda p: p.write_bytes(b"x"), sync=True)
     db.set_template("f1", "dip", "e1", store.key("live", "templates", "f1", "e1_dip.fits"))
     now = time.time()
-    assert store.prune(db, retention_days=0, now=now + 60) == 7  # e1, e2: thumbnail, psf, state; e0's template
+    assert store.prune(db, retention_days=0, now=now + 60) == 6  # e1, e2: thumbnail, psf, state
     left = sorted(p.relative_to(tmp_path / "products" / "live").as_posix()
                   for p in (tmp_path / "products").rglob("*") if p.is_file())
-    assert left == ["e1/dip/alerts.avro", "e1/dip/bundle.fits", "e2/dip/alerts.avro", "e2/dip/bundle.fits",
-                    "e3/dip/alerts.avro", "e3/dip/bundle.fits", "e3/dip/psf.fits", "e3/dip/state/frame.fits",
-                    "e3/dip/thumbnail.png", "templates/f1/e1_dip.fits"]
-    assert store.prune(db, retention_days=0, now=now + 2 * 86400) == 3  # a stuck exposure's files after a day
+    assert left == ["e1/dip/alerts.avro", "e1/dip/bundle.fits", "e2/dip/.bundle.fits.1.part", "e2/dip/alerts.avro",
+                    "e2/dip/bundle.fits", "e3/dip/alerts.avro", "e3/dip/bundle.fits", "e3/dip/psf.fits",
+                    "e3/dip/state/frame.fits", "e3/dip/thumbnail.png", "templates/f1/e0_dip.fits",
+                    "templates/f1/e1_dip.fits"]
+    # after a day: a stuck exposure's files, a template not in force (superseded or about to be claimed),
+    # a write's temporary file (of a writer killed)
+    assert store.prune(db, retention_days=0, now=now + 2 * 86400) == 5
     assert store.disk_use("live") == 7
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from pg_server import create_database
+from waiting import until
 
 from agents.broker import free_port
 from agents.demo import play, read_topic
@@ -36,16 +37,6 @@ def _terminate_connections(admin_url: str, url: str) -> int:
                                 {"db": sa.make_url(url).database}).scalar_one()
     finally:
         engine.dispose()
-
-
-def _wait_until(condition, what: str, timeout: float = TIMEOUT, stack: Stack | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if stack:
-            stack.check_workers()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} in {timeout:g} s")
-        time.sleep(0.2)
 
 
 def test_an_unreachable_server_raises_database_unavailable():
@@ -104,18 +95,18 @@ def test_dropped_connections_and_a_server_restart_mid_night_lose_and_duplicate_n
         def reached(stage: str) -> bool:
             return stage in {r["stage"] for r in db.rows("stage_runs", exposure_id=science)}
 
-        _wait_until(lambda: reached("reduction"), f"reduction of {science}", stack=stack)
+        until(lambda: reached("reduction"), f"reduction of {science}", TIMEOUT, stack.check_workers)
         cuts = []  # from reduction to photometry, cut every connection five times a second
 
         def cut_until_photometry() -> bool:
             cuts.append(_terminate_connections(pg_server.url, url))
             return reached("photometry")
 
-        _wait_until(cut_until_photometry, f"photometry of {science}", stack=stack)
+        until(cut_until_photometry, f"photometry of {science}", TIMEOUT, stack.check_workers)
         assert not reached("alert")
         pg_server.stop()
         time.sleep(3)
-        pg_server.start()
+        pg_server.start(timeout=600.0)  # a loaded machine restarts it slowly
         left = wait_for(db, ids, TIMEOUT, stack, progress=lambda s: None)
         alerts = [decode(m.value) for m in asyncio.run(read_topic(broker.bootstrap, topic("dbfault", "alerts"), 3.0))]
         dead = asyncio.run(read_topic(broker.bootstrap, topic("dbfault", "deadletter"), 1.0))

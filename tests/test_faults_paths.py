@@ -119,6 +119,20 @@ def test_a_full_disk_holds_the_write_until_there_is_space(tmp_path, monkeypatch,
     assert "no space for live/e1/dip/alerts.avro" in caplog.text and "holding it" in caplog.text
 
 
+def test_a_write_whose_folder_a_prune_took_in_between_makes_it_again(tmp_path):
+    store = ProductStore(tmp_path)
+    attempts = []
+
+    def write(path):
+        attempts.append(path)
+        if len(attempts) == 1:
+            path.parent.rmdir()  # the prune of another worker: the folder was empty
+        path.write_text("ok")
+
+    key = store.put(store.key("live", "e1", "dip", "bundle.fits"), write, sync=True)
+    assert store.path(key).read_text() == "ok" and len(attempts) == 2
+
+
 def test_a_second_stack_on_the_same_data_folder_refuses(tmp_path):
     held = lock_data_dir(tmp_path / "run.lock")
     with pytest.raises(AlreadyRunning, match=f"{tmp_path} is in use by a running stack"):

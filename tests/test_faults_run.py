@@ -1,8 +1,9 @@
 """``ast3stream run`` as a site operator runs it, on the embedded default broker (in memory).
 
-``kill -9`` of ``run`` itself takes the broker and its messages with it; a fresh ``run``
-resumes every exposure the database shows unfinished, and the alerts are those of a run
-without faults, each published once. SIGTERM to ``run`` leaves no child behind.
+``kill -9`` of the worker with eight exposures in flight: ``run`` starts it again and each
+exposure alerts once. ``kill -9`` of ``run`` itself takes the broker and its messages with
+it; a fresh ``run`` resumes every exposure the database shows unfinished, and the alerts are
+those of a run without faults, each published once. SIGTERM to ``run`` leaves no child behind.
 """
 from __future__ import annotations
 
@@ -17,21 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from agents.chain import Resources
 from agents.db import Database
 from agents.demo import play, read_topic
 from agents.runner import lanes_done
 from agents.topics import topic
 from ast3stream.alerts import decode
+from waiting import running, until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _until(condition, what: str, timeout: float = 300.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc is None or proc.poll() is None, f"`run` exited with {proc.returncode} waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -62,6 +57,38 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
+def _workers(pid: int) -> set[int]:
+    """The live workers (``python -m agents.app``) among the descendants of ``pid``."""
+    out = set()
+    for child in _alive(_descendants(pid)):
+        try:
+            if b"agents.app" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.add(child)
+        except OSError:
+            continue
+    return out
+
+
+def _stages_done(db: Database, exposure_id: str) -> set[str]:
+    return {r["stage"] for r in db.rows("stage_runs", exposure_id=exposure_id) if r["end"] is not None}
+
+
+def _alert_ids(cfg) -> list[str]:
+    """The alert ids on the ``alerts`` topic of the embedded broker ``run`` started."""
+    bootstrap = json.loads((cfg.paths.data_dir / "settings.json").read_text())["kafka"]["bootstrap"]
+    return [str(decode(m.value)["alertId"])
+            for m in asyncio.run(read_topic(bootstrap, topic(cfg.kafka.prefix, "alerts"), 2.0))]
+
+
+def _sigterm_leaves_no_child(proc: subprocess.Popen) -> None:
+    children = _descendants(proc.pid)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    until(lambda: not _alive(children), "every child of `run` to stop after SIGTERM", timeout=30)
+    assert time.monotonic() - start < 30
+
+
 def _run(settings: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-m", "ast3stream.cli", "--config", str(settings), "run"],
@@ -80,38 +107,79 @@ def test_a_killed_run_resumes_in_flight_exposures_and_sigterm_leaves_no_child(sm
     first = _run(settings, tmp_path / "run1.log")
     try:
         play([Path(e.path) for e in small_night[1].exposures], cfg.watch_dir)
-        _until(lambda: any(r["stage"] == "astrometry" and r["end"] for r in db.rows("stage_runs", exposure_id=ids[1])),
-               "astrometry of the first science visit", proc=first)
+        until(lambda: any(r["stage"] == "astrometry" and r["end"] for r in db.rows("stage_runs", exposure_id=ids[1])),
+              "astrometry of the first science visit", check=running(first))
         assert not lanes_done(db, ids[2])
         children = _descendants(first.pid)
         assert len(children) >= 2  # the broker and the worker
         first.kill()  # kill -9: the broker and its messages go too
         first.wait(10)
-        _until(lambda: not _alive(children), "the first run's children to go", timeout=60)
+        until(lambda: not _alive(children), "the first run's children to go", timeout=60)
     finally:
         first.kill()
     published_before = {r["alert_id"] for r in db.rows("alerts")}
 
     second = _run(settings, tmp_path / "run2.log")
     try:
-        _until(lambda: all(lanes_done(db, e) for e in ids), "every exposure to finish after the restart",
-               timeout=600, proc=second)
+        until(lambda: all(lanes_done(db, e) for e in ids), "every exposure to finish after the restart",
+              timeout=600, check=running(second))
         assert "resumed" in (tmp_path / "run2.log").read_text()
-        bootstrap = json.loads((cfg.paths.data_dir / "settings.json").read_text())["kafka"]["bootstrap"]
-        again = [str(decode(m.value)["alertId"])
-                 for m in asyncio.run(read_topic(bootstrap, topic(cfg.kafka.prefix, "alerts"), 2.0))]
-        children = _descendants(second.pid)
-        start = time.monotonic()
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(30) == 0
-        _until(lambda: not _alive(children), "every child of `run` to stop after SIGTERM", timeout=30)
-        assert time.monotonic() - start < 30
+        again = _alert_ids(cfg)
+        _sigterm_leaves_no_child(second)
     finally:
         second.kill()
     assert {r["alert_id"]: r["digest"] for r in db.rows("alerts")} == small_night_alerts  # a run without faults
     assert len(again) == len(set(again)) and not set(again) & published_before  # each alert sent once
     assert set(again) | published_before == set(small_night_alerts)
     assert db.count("dead_letters") == 0
+
+
+@pytest.fixture(scope="module")
+def busy_night(tmp_path_factory):
+    """One field: a template visit, then eight science visits, all dropped at once."""
+    from ast3stream.simulate import simulate_night
+
+    out = tmp_path_factory.mktemp("busy_night")
+    return out, simulate_night(out, n_exposures=9, scale=0.06, seed=11, n_fields=1)
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_worker_killed_with_eight_exposures_in_flight_is_restarted_and_each_alerts_once(busy_night, settings_for,
+                                                                                          tmp_path):
+    cfg = settings_for(busy_night, "busy", watcher={"stable_s": 0.5, "giveup_s": 3.0})
+    settings = cfg.save(tmp_path / "busy.json")
+    db = Database.from_settings(cfg)
+    ids = [e.expid for e in busy_night[1].exposures]
+    template, science = ids[0], ids[1:]
+    run = _run(settings, tmp_path / "run.log")
+    try:
+        until(lambda: len(_workers(run.pid)) == 1, "the worker to start", check=running(run))
+        [worker] = _workers(run.pid)
+        play([Path(e.path) for e in busy_night[1].exposures], cfg.watch_dir)
+        until(lambda: db.count("exposures") == len(ids) and not db.count("exposures", status="registered")
+              and any("astrometry" in _stages_done(db, e) for e in science), "a science visit past astrometry "
+              "with every exposure published", check=running(run))
+        os.killpg(worker, signal.SIGKILL)  # kill -9 of the worker and its process group
+        in_flight = [e for e in science if not lanes_done(db, e)]
+        assert len(in_flight) == 8
+        until(lambda: _workers(run.pid) - {worker}, "`run` to start the worker again", timeout=60, check=running(run))
+        until(lambda: all(lanes_done(db, e) for e in ids), "every exposure to finish", timeout=600, check=running(run))
+        assert "restarting it" in (tmp_path / "run.log").read_text()
+        published = _alert_ids(cfg)
+        _sigterm_leaves_no_child(run)
+    finally:
+        run.kill()
+    statuses = {r["exposure_id"]: r["status"] for r in db.rows("exposures")}
+    assert statuses == {template: "template", **{e: "alerted" for e in science}}
+    assert db.count("dead_letters") == 0
+    recorded = db.rows("alerts")
+    assert {r["exposure_id"] for r in recorded} == set(science)  # all eight alerted
+    assert len(published) == len(set(published)) == len(recorded)  # each once
+    assert set(published) == {r["alert_id"] for r in recorded}
+    res = Resources(cfg, db=db)
+    assert {r["candidate_id"] for r in recorded} == {
+        c["candidate_id"] for c in db.rows("candidates") if c["score"] >= res.threshold(c["lane"])}
 
 
 async def _members(bootstrap: str, group: str) -> int:
@@ -134,14 +202,14 @@ def test_the_supervisor_restarts_a_dead_embedded_broker_and_the_workers(settings
 
     group = f"{settings.kafka.prefix}-pipeline"
     with Stack(settings) as stack:
-        _until(lambda: asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the worker to join")
+        until(lambda: asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the worker to join")
         old = stack.procs[0].pid
         stack.broker.proc.kill()
         stop = threading.Event()
 
         def watch():
-            _until(lambda: stack.broker.proc.poll() is None and stack.procs[0].pid != old
-                   and asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the stack to come back")
+            until(lambda: stack.broker.proc.poll() is None and stack.procs[0].pid != old
+                  and asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the stack to come back")
             stop.set()
 
         checker = threading.Thread(target=watch, daemon=True)

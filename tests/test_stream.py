@@ -7,7 +7,6 @@ bad files mixed in. Then the night is replayed into a new namespace. (Faults: te
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ast3stream.config import Settings
 from agents.db import Database
 from ast3stream.events import decode as decode_event
 from ast3stream.rawfile import detector_from_header
+from waiting import until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -78,14 +78,14 @@ def live_run(night, broker, tmp_path_factory):
         del header["EXPID"]
         fits.PrimaryHDU(fits.getdata(raws[2])[:100, :120], header).writeto(cfg.watch_dir / "wrongsize_0003.fits")
         play(raws[2:3], cfg.watch_dir)
-        deadline = time.monotonic() + 60
-        while db.count("exposures") < 4 and time.monotonic() < deadline:  # 3 good + the wrong-size one
-            time.sleep(0.2)
+        until(lambda: db.count("exposures") == 4, "3 good exposures and the wrong-size one to be registered",
+              TIMEOUT, stack.check_workers)
         # a gravitational-wave notice puts the field on the ToO list: the last visit takes the quick lane too
         db.store_too_fields("S250101x", Table({"field_id": [nt.exposures[3].field_id], "prob": [0.4], "cum_prob": [0.4]}))
         play(raws[3:], cfg.watch_dir)
         left = wait_for(db, [e.expid for e in nt.exposures] + ["wrongsize_0003"], TIMEOUT, stack, progress=lambda s: None)
-        time.sleep(3)  # the watcher gives up on the bad files after giveup_s
+        until(lambda: db.count("dead_letters") >= 3, "the watcher to give up on the bad files (giveup_s)",
+              TIMEOUT, stack.check_workers)
         dead = [decode_event(m.value, "deadletter") for m in
                 asyncio.run(read_topic(broker.bootstrap, topic("e2e", "deadletter"), 2.0))]
         alerts = _alerts(broker.bootstrap, "e2e")
@@ -144,9 +144,23 @@ def test_replay_reproduces_the_same_alerts_and_a_new_version_stays_in_its_namesp
     assert {r["alert_id"]: r["digest"] for r in replayed.rows("alerts")} == live_digests
     assert len(again) == len(alerts)
 
-    newer = replay(cfg, "rb2", overrides=["classify.version=2"], timeout=TIMEOUT)
-    assert newer["unfinished"] == []
-    new_ids = {r["alert_id"] for r in Database(cfg.database_url, "rb2").rows("alerts")}
+    # a new version: the template visit and the first science visit (offsets 0-1), and the ToO visit
+    newer = replay(cfg, "rb2", to_offset=1, overrides=["classify.version=2"], timeout=TIMEOUT)
+    assert newer["unfinished"] == [] and newer["exposures"] == 3
+    rb2 = Database(cfg.database_url, "rb2")
+    new_ids = {r["alert_id"] for r in rb2.rows("alerts")}
     assert new_ids and not (new_ids & set(live_digests))
     assert {r["alert_id"]: r["digest"] for r in db.rows("alerts")} == live_digests  # live untouched
     assert len(_alerts(broker.bootstrap, "e2e")) == len(alerts)
+
+    # the namespace holds a replay: refused, unless --force, which deletes it first
+    with pytest.raises(SystemExit, match="'rb2' holds a replay already .* --force"):
+        replay(cfg, "rb2", overrides=["classify.version=2"], timeout=TIMEOUT)
+    assert {r["alert_id"] for r in rb2.rows("alerts")} == new_ids
+    products = cfg.products_dir / "rb2"
+    assert products.is_dir()
+    cleared = replay(cfg, "rb2", night="19000101", overrides=["classify.version=2"], timeout=TIMEOUT, force=True)
+    assert cleared["exposures"] == 0
+    assert rb2.count("exposures") == rb2.count("alerts") == rb2.count("stage_runs") == 0
+    assert not products.exists()
+    assert db.count("alerts") == replayed.count("alerts") == len(live_digests)  # the others untouched
