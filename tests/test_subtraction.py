@@ -68,20 +68,18 @@ def test_decam_known_transient():
     d = subtract(align(sci, tpl, CFG), tpl, CFG)
     snr = d.snr
     assert snr[178:185, 57:64].max() > 20          # the SN at x=60, y=181
+    from ast3stream.lightcurves import forced_photometry
+
+    assert forced_photometry(d, [60.0], [181.0], d.stats["psf_fwhm"], 25.0)["snr"][0] >= 20
     away = np.abs(snr)
     away[165:198, 45:78] = 0
     assert (away > 5).mean() < 2e-3                 # the rest is consistent with noise
     assert 0.85 < d.stats["x2nrm_rstd"] < 1.2
     assert 0.9 < d.stats["noise_ratio"] < 1.2       # stacks: correlated noise, measured and propagated
-    # fewer |z| > 5 blobs outside the SN than the SFFT authors' own difference (z by its robust std)
+    # fewer |z| > 5 blobs outside the SN than the SFFT authors' own difference
     from scipy.ndimage import label
 
-    theirs = fits.getdata(root / "FinalDifference.fits").astype(float)
-    z = theirs / (1.4826 * np.median(np.abs(theirs - np.median(theirs))))
-    z[165:198, 45:78] = 0
-    edge = np.zeros(z.shape, bool)
-    edge[8:-8, 8:-8] = True                          # the same area (our kernel border is masked)
-    assert label((away > 5) & edge)[1] <= label((np.abs(z) > 5) & edge)[1]
+    assert label((away > 5) & _INNER)[1] < _their_blobs()
 
 
 #: LHS 3250, the py-hotpants example's target (its test.py coordinates)
@@ -281,12 +279,55 @@ def _decam_frame(name, gain=True):
     return Frame(h.data.astype(np.float32), np.zeros(h.data.shape, np.uint16), header)
 
 
+def _their_blobs() -> int:
+    """|z| > 5 blobs of the SFFT authors' stack difference (z by its robust std) outside the SN,
+    on the area inside our kernel border."""
+    from scipy.ndimage import label
+
+    theirs = fits.getdata(DATA / "images" / "decam-sfft" / "4check" / "FinalDifference.fits").astype(float)
+    z = theirs / (1.4826 * np.median(np.abs(theirs - np.median(theirs))))
+    z[165:198, 45:78] = 0
+    return label((np.abs(z) > 5) & _INNER)[1]
+
+
+_INNER = np.zeros((256, 256), bool)
+_INNER[8:-8, 8:-8] = True
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("epoch", [pytest.param("a", marks=pytest.mark.xfail(
+    strict=True, reason="19.9 sigma: the worst-seeing pair (FWHM 4.9 px), the SN 2.7 px from its host's core")),
+    "b", "c", "d", "e"])
+def test_decam_single_exposure_sn_and_blobs(epoch):
+    """Every single-exposure pair, cosmic-ray hits flagged (:func:`~ast3stream.subtraction.pair.mask_cosmics`):
+    the SN at (60, 181) at >= 20 sigma by forced PSF photometry (errors from the difference's
+    empirical PSF-fit noise, :meth:`~ast3stream.subtraction.subtract.Difference.errscale_at`),
+    and fewer |z| > 5 blobs outside it than the SFFT authors' stack difference."""
+    from scipy.ndimage import label
+
+    from ast3stream.lightcurves import forced_photometry
+    from ast3stream.subtraction.pair import mask_cosmics
+
+    if not (DATA / "images" / "decam-sfft").exists():
+        pytest.skip("../shared/data/images/decam-sfft is absent")
+    tpl = _decam_frame(f"input_data/DEC-OBS18{epoch}.mini.fits")
+    sci = _decam_frame(f"input_data/DEC-OBS04{epoch}.mini.fits")
+    for f in (tpl, sci):
+        mask_cosmics(f, CFG)
+    d = subtract(align(sci, tpl, CFG), tpl, CFG)
+    away = np.abs(d.snr)
+    away[165:198, 45:78] = 0
+    assert label((away > 5) & _INNER)[1] < _their_blobs()
+    assert forced_photometry(d, [60.0], [181.0], d.stats["psf_fwhm"], 25.0)["snr"][0] >= 20
+
+
 @pytest.mark.shared
 @pytest.mark.parametrize("epoch", ["a", "e"])
 def test_decam_single_exposures(epoch):
-    """Single DECam exposures: the SN's PSF-fit SNR >= 15 (18 in a, 47 in e: a fifth of the stack's depth); the random-aperture noise within
-    0.85-1.2 of the prediction; with GAIN removed (estimated from the sky) the sigma map within
-    10 % and the ratio in the same band."""
+    """Single DECam exposures: the random-aperture noise within 0.85-1.2 of the prediction; with
+    GAIN removed (estimated from the sky) the sigma map within 10 % and the ratio in the same
+    band; the correlated-noise factor of PSF fits is smaller on the SN's bright host than on
+    empty sky (the unconvolved image's Poisson noise dominates there)."""
     from ast3stream.lightcurves import forced_photometry
 
     if not (DATA / "images" / "decam-sfft").exists():
@@ -298,6 +339,8 @@ def test_decam_single_exposures(epoch):
     assert d.stats["conv"] == "REF"
     assert d.stats["fwhm_sci"] / d.stats["fwhm_ref"] == pytest.approx(sci.header["FWHM"] / tpl.header["FWHM"], rel=0.05)
     assert forced_photometry(d, [60.0], [181.0], d.stats["psf_fwhm"], 25.0)["snr"][0] >= 15
+    assert d.errscale_at([60.0], [181.0])[0] < d.stats["errscale"]
+    assert d.errscale_at([128.0], [30.0])[0] == pytest.approx(d.stats["errscale"], rel=0.05)
     assert 0.85 < d.stats["noise_ratio"] < 1.2 and d.header["NOISERAT"] == pytest.approx(d.stats["noise_ratio"], abs=1e-3)
     tpl_ng, sci_ng = (_decam_frame(f"input_data/DEC-OBS{n}{epoch}.mini.fits", gain=False) for n in ("18", "04"))
     d2 = subtract(align(sci_ng, tpl_ng, CFG), tpl_ng, CFG)
