@@ -109,6 +109,25 @@ def mask_cosmics(frame: Frame, cfg) -> int:
     return len(hits)
 
 
+def load_psf_model(spec) -> np.ndarray:
+    """A PSFEx model file, ``FILE`` or ``FILE[CCD]`` (a row of a legacypipe merged file), as an
+    image-pixel PSF of unit sum (resampled from the model's ``PSF_SAMP`` when it is not 1)."""
+    from scipy.ndimage import zoom
+
+    from .psf import psfex_model
+
+    spec, ccd = str(spec), None
+    if spec.endswith("]") and "[" in spec:
+        spec, ccd = spec[:-1].split("[", 1)
+    img, samp, _ = psfex_model(spec, ccd)
+    if abs(samp - 1.0) > 1e-3:
+        img = zoom(img, samp, order=3)
+        if img.shape[0] % 2 == 0:
+            img = img[:-1, :-1]
+        img = img / img.sum()
+    return img
+
+
 def has_wcs(frame: Frame) -> bool:
     return frame.wcs.has_celestial
 
@@ -121,10 +140,13 @@ class PairResult:
     candidates: Table
 
 
-def subtract_pair(science: Frame, template: Frame, cfg, zp: float | None = None, cosmics: bool = False) -> PairResult:
+def subtract_pair(science: Frame, template: Frame, cfg, zp: float | None = None, cosmics: bool = False,
+                  psf_models: tuple | None = None) -> PairResult:
     """Align (when both have a WCS), subtract and detect (module docstring). ``zp``: the
     magnitude zero point for the candidate table (header ``MAGZPT``/``ZP``, else 25);
-    ``cosmics``: first flag both frames' cosmic-ray hits (:func:`mask_cosmics`; single exposures)."""
+    ``cosmics``: first flag both frames' cosmic-ray hits (:func:`mask_cosmics`; single exposures);
+    ``psf_models``: ``(science, template)`` PSF images for cutouts with too few stars
+    (:func:`load_psf_model`, :func:`.subtract.subtract`)."""
     from ..alignment import align
     from ..alignment.measure import measure_alignment
     from ..detection import detect
@@ -142,7 +164,7 @@ def subtract_pair(science: Frame, template: Frame, cfg, zp: float | None = None,
                              f"3 px, median offset {m['median_px']:.2f} px): solve their astrometry first")
     else:
         raise ValueError(f"no WCS and shapes differ ({science.shape} vs {template.shape}): cannot align the pair")
-    diff = subtract(aligned, template, cfg)
+    diff = subtract(aligned, template, cfg, psf_models=psf_models)
     if zp is None:
         zp = next((float(science.header[k]) for k in ("MAGZPT", "MAGZP", "ZP", "ZEROPT") if k in science.header), 25.0)
     cands, _ = detect(diff, aligned, template, diff.stats["fwhm_sci"], zp, cfg.detection, lane="dip")
@@ -212,6 +234,7 @@ def add_cli(subparsers) -> None:
         p.add_argument(f"--{who}-var", help="variance plane file, FILE or FILE[HDU]")
         p.add_argument(f"--{who}-var-kind", default="variance", choices=VAR_KINDS)
         p.add_argument(f"--{who}-mask", help="mask file (non-zero = bad)")
+        p.add_argument(f"--{who}-psf", help="PSFEx model, FILE or FILE[CCD]: the kernel's fallback with too few stars")
     p.add_argument("--zp", type=float, help="magnitude zero point for the candidate table")
     p.add_argument("--cosmics", action="store_true", help="flag cosmic-ray hits in both frames first (single exposures)")
     p.add_argument("--config", help="TOML settings file")
@@ -228,7 +251,9 @@ def _cmd_subtract(args) -> int:
     frames = [load_frame(getattr(args, w), hdu(getattr(args, f"{w}_hdu")), getattr(args, f"{w}_var"),
                          getattr(args, f"{w}_var_kind"), getattr(args, f"{w}_mask"))
               for w in ("science", "template")]
-    result = subtract_pair(*frames, cfg, zp=args.zp, cosmics=args.cosmics)
+    models = (tuple(load_psf_model(getattr(args, f"{w}_psf")) for w in ("science", "template"))
+              if args.science_psf and args.template_psf else None)
+    result = subtract_pair(*frames, cfg, zp=args.zp, cosmics=args.cosmics, psf_models=models)
     paths = write_products(result, args.out, args.stem)
     s = result.difference.stats
     keep = ("conv", "fwhm_sci", "fwhm_ref", "n_stars", "flux_ratio", "x2nrm_rstd", "noise_ratio", "gain_sci",
