@@ -302,7 +302,9 @@ def test_legacypipe_epochs_with_one_star_use_the_psfex_models():
     """testcase3's 41 x 51 px cutouts hold one source: no PSF can be measured there, so every pair
     of epochs of a band is matched with the kernel SFFT fits on the two PSFEx models and the flux
     scale of the aperture fluxes; each difference has |z| > 5 in < 1e-3 of the pixels away from
-    sources and is N(0, 1) (robust std 0.85-1.15)."""
+    sources and is N(0, 1) (robust std 0.85-1.15), its aperture-noise ratio within 0.9-1.2 where the
+    cutout has room for the check; with GAIN removed the first pair's sigma map is the same within
+    10 % and its ratio within 0.9-1.2."""
     import itertools
 
     from ast3stream.subtraction.pair import load_psf_model, subtract_pair
@@ -324,6 +326,17 @@ def test_legacypipe_epochs_with_one_star_use_the_psfex_models():
         away = (d.mask == 0) & ~_sources(r.aligned.data, r.template.data)
         assert (np.abs(d.snr[away]) > 5).mean() < 1e-3, (s.name, t.name)
         assert 0.85 < d.stats["x2nrm_rstd"] < 1.15
+        if np.isfinite(d.stats["noise_ratio"]):   # >= 100 source-free apertures fit in the cutout
+            assert 0.9 < d.stats["noise_ratio"] < 1.2
+    # GAIN removed (oow and ood kept): the same sigma map within 10 %, the noise check in band
+    s, t = pairs[0]
+    r2 = subtract_pair(_cp_frame(s, keep_gain=False), _cp_frame(t, keep_gain=False), CFG,
+                       psf_models=(load_psf_model(_legacy_psf(s)), load_psf_model(_legacy_psf(t))))
+    r1 = subtract_pair(_cp_frame(s), _cp_frame(t), CFG,
+                       psf_models=(load_psf_model(_legacy_psf(s)), load_psf_model(_legacy_psf(t))))
+    ok = (r1.difference.mask == 0) & (r2.difference.mask == 0)
+    assert np.median(r2.difference.noise[ok] / r1.difference.noise[ok]) == pytest.approx(1.0, abs=0.10)
+    assert 0.9 < r2.difference.stats["noise_ratio"] < 1.2
 
 
 def _decam_frame(name, gain=True):
