@@ -267,8 +267,6 @@ def _train_real(args) -> None:
                                accuracy_at_threshold_snr8=float(np.mean(((p_sim >= res["threshold"]) == (sim["label"] == 1))
                                                                         [sim["snr"] >= 8])))
     groups["simulator"] = (sim["label"], p_sim, sim["snr"])
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    plot_real(groups, args.out_dir / "eval.png", title="rb held-out: model (solid) vs peak SNR (dashed)")
     meta = dict(stamp_size=32, normalisation="ast3stream.classify.stamps.make_stamp",
                 calibration=dict(method="platt", a=a, b=b, n_val=res["n_val"], n_val_bogus=res["n_val_bogus"]),
                 threshold=res["threshold"], target_fpr=args.target_fpr, metrics=report,
@@ -283,6 +281,7 @@ def _train_real(args) -> None:
     save_weights(model, args.out_dir / "rb_qip.pt", "rb-qip", release="2.0", **meta)
     (args.out_dir / "eval.json").write_text(json.dumps(dict(version=info["version"], **report), indent=1, default=float))
     print(json.dumps(dict(version=info["version"], threshold=res["threshold"], **report), indent=1, default=float))
+    plot_real(groups, args.out_dir / "eval.png", title=f"{info['version']} held out: model (solid) vs peak SNR (dashed)")
 
 
 def _eval_real(args) -> None:
