@@ -69,9 +69,9 @@ def _train(x, y, w, *, epochs, seed, width, arch="braai", device="cpu", batch_si
     return model.eval(), hist
 
 
-def platt(margin: np.ndarray, y: np.ndarray, l2: float = 0.05, iters: int = 50) -> tuple[float, float]:
+def platt(margin: np.ndarray, y: np.ndarray, l2: float = 0.1, iters: int = 50) -> tuple[float, float]:
     """``(a, b)`` of ``P = sigmoid(a m + b)`` (Platt 1999): logistic regression of the labels on
-    the margins, by Newton's method with a small ridge ``l2`` on ``a``."""
+    the margins, by Newton's method with a ridge ``l2 a^2 / 2`` (scikit-learn's C = 1 / l2 = 10)."""
     m, y = np.asarray(margin, float), np.asarray(y, float)
     X = np.column_stack([m, np.ones_like(m)])
     beta = np.zeros(2)
