@@ -49,7 +49,7 @@ def synthetic_inputs(n_real: int, n_bogus: int, seed: int, lanes=("qip", "dip"),
 
 ARCHES = {"braai": lambda width: RotationInvariantBraai("dip", width=width),
           "resnet18": lambda width: RotationInvariantResNet("dip", width=width, stem=(3, 1))}
-SHARES = {"synth": 0.4, "images": 0.2, "alerts": 0.4}   #: share of the training weight per source
+SHARES = {"synth": 0.55, "images": 0.15, "alerts": 0.3}   #: share of the training weight per source
 
 
 def balanced_weights(label: np.ndarray, weight: np.ndarray, share: float, n_total: int) -> np.ndarray:
