@@ -5,7 +5,7 @@ source .gpu/setup.sh
 mkdir -p $OUT
 export AST3_DETECTION__BACKEND=cupy AST3_REDUCTION__BACKEND=cupy AST3_SUBTRACTION__BACKEND=cupy
 export AST3STREAM_GIL_PROBE_S=1.0   # the worker logs every GIL hold >= 1 s (and dumps the first ones' stacks)
-timeout 540 python -m bench.fullframe --scale 1.0 --fields 2 --paced 2 --cadence 15 --burst 3 --timeout 240 \
+timeout ${FF_TIMEOUT:-540} python -m bench.fullframe --scale 1.0 ${FF_ARGS:---fields 2 --paced 2 --cadence 15 --burst 3 --timeout 240} \
   --out /tmp/ff --cache /tmp/ffcache > $OUT/fullframe.log 2>&1; echo "fullframe rc $?"
 cp /tmp/ff/summary.json $OUT/ 2>/dev/null
 log=/tmp/ff/run/logs/worker0.log
