@@ -129,7 +129,7 @@ def cmd_status(args) -> int:
 
 def cmd_template(args) -> int:
     from agents.chain import Resources
-    from agents.templates import set_template
+    from agents.templates import set_template, stack_template
 
     cfg = _settings(args)
     res = Resources(cfg)
@@ -143,6 +143,9 @@ def cmd_template(args) -> int:
             print(f"unknown exposure {args.exposure}", file=sys.stderr)
             return 2
         set_template(res, args.exposure)
+    elif args.action == "rebuild" and args.stack:
+        row = stack_template(res, args.field, args.stack)
+        print(f"{row['field_id']} template {row['exposure_id']} maglim={row['maglim']}")
     elif args.action == "rebuild":
         rows = db.rows("templates", field_id=args.field, lane="dip")
         if not rows:
@@ -258,6 +261,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "set", "rebuild"])
     p.add_argument("--exposure", help="exposure id (set)")
     p.add_argument("--field", help="field id (rebuild)")
+    p.add_argument("--stack", type=int, metavar="N",
+                   help="rebuild: co-add the field's N best acceptable epochs (>= 2) as its template")
     p.set_defaults(func=cmd_template)
 
     p = sub.add_parser("products", help="prune intermediate product files (retention)")

@@ -131,15 +131,21 @@ def settings_for(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def small_night_alerts(small_night, tmp_path_factory):
-    """``{alert_id: digest}`` of ``small_night`` run in-process on SQLite: what any other run must reproduce."""
+def small_night_processed(small_night, tmp_path_factory):
+    """The worker resources (SQLite, product store) after ``small_night`` ran in-process, no broker."""
     from agents.chain import Resources, process_exposure
 
     ctx = Resources(_night_settings(small_night, tmp_path_factory.mktemp("small_night_sqlite")))
     for exp in small_night[1].exposures:
         process_exposure(exp.path, ctx)
     assert sorted(r["status"] for r in ctx.db.rows("exposures")) == ["alerted", "alerted", "template"]
-    return {r["alert_id"]: r["digest"] for r in ctx.db.rows("alerts")}
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def small_night_alerts(small_night_processed):
+    """``{alert_id: digest}`` of ``small_night`` run in-process on SQLite: what any other run must reproduce."""
+    return {r["alert_id"]: r["digest"] for r in small_night_processed.db.rows("alerts")}
 
 
 @pytest.fixture(scope="session")

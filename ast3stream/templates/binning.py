@@ -1,6 +1,6 @@
 """n x n binning of a Frame (the QIP template and science images) with its WCS adjusted.
 
-Pixels are summed (flux and electrons conserved), masks OR-ed; a partial last row/column
+Pixels are summed (flux and electrons conserved; variances add), masks OR-ed; a partial last row/column
 is dropped. For binned pixel coordinates (1-based FITS) ``x' = (x - 0.5) / n + 0.5``, so
 
     CRPIX' = (CRPIX - 0.5) / n + 0.5,   CD' = n CD,   CDELT' = n CDELT (with PC),
@@ -52,10 +52,11 @@ def bin_header(header: fits.Header, n: int) -> fits.Header:
 
 
 def bin_frame(frame: Frame, n: int) -> Frame:
-    """``n x n`` binned copy of ``frame``: data summed, mask OR-ed, WCS adjusted, no source table."""
+    """``n x n`` binned copy of ``frame``: data and variance summed, mask OR-ed, WCS adjusted, no source table."""
     return Frame(
         data=bin_array(np.asarray(frame.data, np.float32), n).astype(np.float32),
         mask=bin_array(np.asarray(frame.mask, np.uint16), n, np.bitwise_or).astype(np.uint16),
         header=bin_header(frame.header, n),
         primary=frame.primary.copy(),
+        var=None if frame.var is None else bin_array(np.asarray(frame.var, np.float32), n).astype(np.float32),
     )

@@ -12,7 +12,9 @@
    changes star cores) from the median of the epochs (cosmic rays, satellites, asteroids,
    variables in outburst) are rejected when three or more epochs cover it, then the weighted mean; its variance ``sum w_i^2 v_i / (sum w_i)^2`` from each epoch's
    per-pixel variance (sky plus sources, :class:`~ast3stream.subtraction.subtract.Prepared`)
-   is the stack's ``VAR`` plane; pixels no epoch covers are ``EDGE``.
+   is the stack's ``VAR`` plane; pixels no epoch covers are ``EDGE``;
+5. the depth gain over the reference, ``DEPTHGN = 2.5 log10(sigma_ref / sigma_stack)`` (sky rms,
+   the stack's from the median of its ``VAR``), for point sources of the reference's PSF.
 
 The PSF of the stack is the weighted mix of the epochs' (no PSF homogenisation: SFFT's kernel
 matches it like any other template). ``NCOMBINE``, ``STACKREF`` and the weights and scales
@@ -98,6 +100,9 @@ def stack_frames(frames: list[Frame], cfg, clip: float = 5.0) -> Frame:
     # one saturation level and one gain no longer describe the stack: its VAR plane holds the noise
     for key in (cfg.subtraction.saturation_key, cfg.subtraction.gain_key):
         header.remove(key, ignore_missing=True)
+    # point-source depth gain over the reference epoch: its sky noise over the stack's (same PSF assumed)
+    stack_sky = float(np.sqrt(np.median(v[covered]))) if covered.any() else np.inf
+    header["DEPTHGN"] = (round(float(2.5 * np.log10(sky[ref] / stack_sky)), 4), "[mag] depth gain over STACKREF")
     out = Frame(data=data.astype(np.float32), mask=mask, header=header, primary=tpl.primary.copy(),
                 var=v.astype(np.float32))
     return out
