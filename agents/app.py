@@ -283,13 +283,46 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
 
 def warm_subtraction(cfg: Settings) -> None:
-    """Compile SFFT for ``subtraction.warm_shapes`` (15-50 s per shape on a CPU, more on a GPU)
-    before the worker joins its consumer group, so that no exposure waits for the compiler."""
+    """Compile the subtraction for both lanes' tile shapes (``subtraction.warm_shapes``, else the
+    detector's, :func:`ast3stream.subtraction.engine.lane_tile_shapes`) before the worker joins its
+    consumer group, so that no exposure waits for the compiler. Compiled kernels are cached on
+    disk (numba: ``NUMBA_CACHE_DIR`` or its user cache; CuPy: ``CUPY_CACHE_DIR``, by default
+    ``<data_dir>/cache/cupy``), so only a machine's first worker compiles."""
     from ast3stream.subtraction import use_gpu, warm_up
 
+    os.environ.setdefault("CUPY_CACHE_DIR", str(cfg.paths.data_dir / "cache" / "cupy"))
     start = time.time()
-    warm_up(cfg, gpu=use_gpu(cfg.subtraction.backend))
-    log.warning("subtraction compiled for tile shapes %s in %.1f s", cfg.subtraction.warm_shapes, time.time() - start)
+    try:
+        shapes = warm_up(cfg, gpu=use_gpu(cfg.subtraction.backend))
+    except Exception:  # the worker still runs: its first exposures compile what is missing
+        log.exception("subtraction warm-up failed after %.1f s", time.time() - start)
+        return
+    log.warning("subtraction warmed for tile shapes %s in %.1f s", shapes, time.time() - start)
+
+
+def gil_probe(threshold_s: float, dumps: int = 10) -> None:
+    """Diagnostics (``AST3STREAM_GIL_PROBE_S``): a thread that wakes every ``threshold_s / 5`` s.
+    When it cannot run for ``threshold_s`` (a thread held the GIL in C code: a kernel, a
+    library call), faulthandler's C watchdog writes every thread's stack to stderr (the worker
+    log) for the first ``dumps`` stalls; each stall is logged with its length."""
+    import faulthandler
+    import sys
+
+    step = threshold_s / 5
+
+    def loop():
+        stalls, last = 0, time.monotonic()
+        while True:
+            if stalls < dumps:
+                faulthandler.dump_traceback_later(threshold_s, file=sys.stderr)
+            time.sleep(step)
+            now = time.monotonic()
+            if now - last - step >= threshold_s:
+                stalls += 1
+                log.warning("GIL probe: no thread switch for %.2f s (stall %d)", now - last - step, stalls)
+            last = now
+
+    threading.Thread(target=loop, daemon=True, name="gil-probe").start()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -306,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     bootstrap = args.bootstrap or cfg.kafka.bootstrap
     if not bootstrap:
         parser.error("a worker needs a broker: --bootstrap or kafka.bootstrap (`ast3stream run` starts one)")
-    if cfg.subtraction.warm_shapes and (args.stages is None or "subtraction" in args.stages.split(",")):
+    if probe := os.environ.get("AST3STREAM_GIL_PROBE_S"):
+        gil_probe(float(probe))
+    if args.stages is None or "subtraction" in args.stages.split(","):
         warm_subtraction(cfg)
     from ast3stream.sources import strips
     from ast3stream.sources.extract import STRIP_MIN_PIXELS

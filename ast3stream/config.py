@@ -227,7 +227,7 @@ class SubtractionConfig(BaseModel):
     ban_ratio_floor: float = 0.02       #: systematic floor of the relative flux-ratio error
     ban_shift_floor_px: float = 0.05    #: systematic floor of the centroid-shift error [px]
     threads: int = 0                    #: CPU threads for numba/FFTW; 0 = all
-    warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes a subtraction worker compiles before consuming
+    warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes a subtraction worker compiles before consuming (empty: both lanes' of the detector)
     gain_key: str = "GAIN"              #: header card of the gain (signal/variance); absent: estimated from the pixels
     saturation_key: str = "SATURATE"    #: header card of the saturation level (image units); pixels >= 90 % masked
     sky_keys: list[str] = ["SKYLEVEL", "AVSKY"]  #: header cards of the sky level a sky-subtracted image had (gain estimate)

@@ -16,7 +16,8 @@ Printed and written to ``summary.json`` in ``--out``: per-stage p50/p95 (both la
 end (file closed → alert stage done, and → first alert) p50/p95/max per lane and phase, the
 first science exposure after the start on its own, throughput (exposures per minute) per
 phase, consumer lag over time (per stage, from the database; broker lag of the exposure
-topics), peak host memory of the worker (VmHWM) and the GPU memory in use (``nvidia-smi``),
+topics), peak host memory of the worker (VmHWM; its series beside the stage runs' start and end) and
+the GPU memory in use (``nvidia-smi``),
 and bytes written per exposure (the products folder).
 """
 from __future__ import annotations
@@ -216,7 +217,11 @@ def main(argv=None) -> None:
     t0 = sampler.rows[0]["t"] if sampler.rows else t_start
     result["broker_lag_series"] = {"t": [round(r["t"] - t0, 1) for r in sampler.rows],
                                    "exposures": [sum(v for k, v in r["lag"].items() if ".exposures" in k)
-                                                 for r in sampler.rows]}
+                                                 for r in sampler.rows],
+                                   "rss_gb": [None if r["rss_gb"] is None else round(r["rss_gb"], 2)
+                                              for r in sampler.rows]}
+    result["stage_runs"] = [[r["exposure_id"], r["lane"], r["stage"], round(r["start"] - t0, 1),
+                             round(r["end"] - t0, 1)] for r in runs if r["end"] is not None]
     result["bytes"] = bytes_written(cfg.products_dir, [p.stem for p in science])
     (args.out / "summary.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k not in ("broker_lag_series",)}, indent=1))

@@ -5,7 +5,7 @@
 #   bench/gpu_bundle.sh [python3.12]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=${1:-python3.12}
+P=${1:-$(command -v python3.12 || ls -d ~/.pyenv/versions/3.12*/bin/python3.12 | head -1)}
 W=$(mktemp -d)
 "$P" -m pip wheel -q --no-deps -w "$W/whl" "sfft==1.7.3"            # needs Cython < 3 to build
 "$P" -m pip install -q --target "$W/site" --only-binary=:all: \
@@ -17,10 +17,13 @@ cd "$W/site"
 rm -rf numpy numpy.libs numpy-* scipy scipy.libs scipy-*            # the machine's own numpy 2.5 and scipy
 find . -name __pycache__ -prune -exec rm -rf {} +
 find . -name "*.so*" -exec strip --strip-unneeded {} + 2>/dev/null || true
-rm -rf matplotlib/mpl-data/fonts matplotlib/mpl-data/sample_data matplotlib/mpl-data/images
+# keep the fonts Agg needs (DejaVu Sans, the last-resort font, mathtext's cm/STIX), drop the rest
+find matplotlib/mpl-data/fonts -type f ! -name "DejaVuSans*.ttf" ! -name "LastResortHE*" ! -name "cm*.ttf" ! -name "STIXGeneral.ttf" -delete
+rm -rf matplotlib/mpl-data/sample_data matplotlib/mpl-data/images
+find . -mindepth 2 -type d -name tests -prune ! -path ./astropy/tests -exec rm -rf {} +   # astropy imports astropy.tests
 cd - >/dev/null
 mkdir -p .gpu
-tar -C "$W/site" -cf - . | xz -T0 -6 > .gpu/site312.tar.xz
+tar -C "$W/site" -cf - . | xz -T0 -9 > .gpu/site312.tar.xz
 cat > .gpu/setup.sh <<'SH'
 # source .gpu/setup.sh: unpack the carried packages on the GPU machine
 mkdir -p /tmp/site

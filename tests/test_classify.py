@@ -233,3 +233,26 @@ def test_score_cli_on_foreign_alerts(shared_data, tmp_path, capsys):
     assert {"survey", "id", "object_id", "mjd", "score_qip", "score_dip", "reliability"} <= set(out["alerts"][0])
     assert 0 <= out["summary"]["vs_reference"]["dip"]["roc_auc"] <= 1
     assert "rubin" in capsys.readouterr().out
+
+
+def test_numpy_roc_and_platt_match_scikit_learn():
+    """The training path's ROC, AUC and Platt fit (NumPy, for machines without scikit-learn)."""
+    from sklearn import metrics
+    from sklearn.linear_model import LogisticRegression
+
+    from ast3stream.classify.evaluate import fnr_at_fpr, roc_auc, roc_curve
+    from ast3stream.classify.recipe import platt
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    s = np.round(rng.normal(y * 1.2, 1.0), 1)                     # ties on purpose
+    assert abs(roc_auc(y, s) - metrics.roc_auc_score(y, s)) < 1e-12
+    fpr, tpr, thr = metrics.roc_curve(y, s, drop_intermediate=False)
+    mine = roc_curve(y, s)
+    assert np.allclose(mine[0], fpr) and np.allclose(mine[1], tpr) and np.allclose(mine[2][1:], thr[1:])
+    fnr, t = fnr_at_fpr(y, s, 0.05)
+    assert np.mean(s[y == 0] >= t) <= 0.05 and abs(fnr - np.mean(s[y == 1] < t)) < 1e-12
+    m = rng.normal(0, 3, 600)
+    yl = (rng.random(600) < 1 / (1 + np.exp(-(0.7 * m + 0.4)))).astype(int)
+    lr = LogisticRegression(C=10.0).fit(m[:, None], yl)
+    assert np.allclose(platt(m, yl), (lr.coef_[0, 0], lr.intercept_[0]), atol=2e-3)

@@ -68,20 +68,18 @@ def test_decam_known_transient():
     d = subtract(align(sci, tpl, CFG), tpl, CFG)
     snr = d.snr
     assert snr[178:185, 57:64].max() > 20          # the SN at x=60, y=181
+    from ast3stream.lightcurves import forced_photometry
+
+    assert forced_photometry(d, [60.0], [181.0], d.stats["psf_fwhm"], 25.0)["snr"][0] >= 20
     away = np.abs(snr)
     away[165:198, 45:78] = 0
     assert (away > 5).mean() < 2e-3                 # the rest is consistent with noise
     assert 0.85 < d.stats["x2nrm_rstd"] < 1.2
     assert 0.9 < d.stats["noise_ratio"] < 1.2       # stacks: correlated noise, measured and propagated
-    # fewer |z| > 5 blobs outside the SN than the SFFT authors' own difference (z by its robust std)
+    # fewer |z| > 5 blobs outside the SN than the SFFT authors' own difference
     from scipy.ndimage import label
 
-    theirs = fits.getdata(root / "FinalDifference.fits").astype(float)
-    z = theirs / (1.4826 * np.median(np.abs(theirs - np.median(theirs))))
-    z[165:198, 45:78] = 0
-    edge = np.zeros(z.shape, bool)
-    edge[8:-8, 8:-8] = True                          # the same area (our kernel border is masked)
-    assert label((away > 5) & edge)[1] <= label((np.abs(z) > 5) & edge)[1]
+    assert label((away > 5) & _INNER)[1] < _their_blobs()
 
 
 #: LHS 3250, the py-hotpants example's target (its test.py coordinates)
@@ -273,6 +271,74 @@ def test_cp_variance_plane_and_gain_from_pixels():
     assert gain == pytest.approx(true_gain, rel=0.10) and how.startswith("sky pedestal")
 
 
+def _legacy_psf(image: Path) -> str | None:
+    """The PSFEx model of a legacypipe cutout: its CCD's row of the merged ``calib/psfex`` file,
+    else its ``calib/psfex-single`` file."""
+    stem, ccd = image.name.split(".")[:2]
+    case = LEGACY / image.relative_to(LEGACY).parts[0]
+    merged = sorted(case.glob(f"calib/psfex/**/{stem}-psfex.fits"))
+    if merged:
+        return f"{merged[0]}[{ccd}]"
+    single = sorted(case.glob(f"calib/psfex-single/**/{stem}-{ccd}-psfex.fits"))
+    return str(single[0]) if single else None
+
+
+def _sources(*images) -> np.ndarray:
+    """Pixels of the sources (sep, 3 sigma, grown 3 px) of any of the sky-subtracted images."""
+    import sep
+    from scipy.ndimage import binary_dilation
+
+    out = None
+    for img in images:
+        img = np.ascontiguousarray(img, np.float32)
+        bkg = sep.Background(img, bw=16, bh=16)
+        seg = sep.extract(img - bkg.back(), 3.0, err=bkg.globalrms, segmentation_map=True)[1] > 0
+        out = seg if out is None else out | seg
+    return binary_dilation(out, iterations=3)
+
+
+@pytest.mark.shared
+def test_legacypipe_epochs_with_one_star_use_the_psfex_models():
+    """testcase3's 41 x 51 px cutouts hold one source: no PSF can be measured there, so every pair
+    of epochs of a band is matched with the kernel SFFT fits on the two PSFEx models and the flux
+    scale of the aperture fluxes; each difference has |z| > 5 in < 1e-3 of the pixels away from
+    sources and is N(0, 1) (robust std 0.85-1.15), its aperture-noise ratio within 0.9-1.2 where the
+    cutout has room for the check; with GAIN removed the first pair's sigma map is the same within
+    10 % and its ratio within 0.9-1.2."""
+    import itertools
+
+    from ast3stream.subtraction.pair import load_psf_model, subtract_pair
+
+    files = sorted((LEGACY / "testcase3" / "images").glob("**/*_ooi_*.fits"))
+    if not files:
+        pytest.skip("../shared/data/images/legacypipe is absent")
+    bands: dict = {}
+    for f in files:
+        if _legacy_psf(f):
+            bands.setdefault(fits.getheader(f)["FILTER"][0], []).append(f)
+    pairs = [p for fs in bands.values() for p in itertools.combinations(fs, 2)]
+    assert len(pairs) >= 5
+    for s, t in pairs:
+        models = (load_psf_model(_legacy_psf(s)), load_psf_model(_legacy_psf(t)))
+        r = subtract_pair(_cp_frame(s), _cp_frame(t), CFG, psf_models=models)
+        d = r.difference
+        assert d.stats["kernel_from"] == "psf models" and d.stats["scale_from"].startswith("aperture fluxes")
+        away = (d.mask == 0) & ~_sources(r.aligned.data, r.template.data)
+        assert (np.abs(d.snr[away]) > 5).mean() < 1e-3, (s.name, t.name)
+        assert 0.85 < d.stats["x2nrm_rstd"] < 1.15
+        if np.isfinite(d.stats["noise_ratio"]):   # >= 100 source-free apertures fit in the cutout
+            assert 0.9 < d.stats["noise_ratio"] < 1.2
+    # GAIN removed (oow and ood kept): the same sigma map within 10 %, the noise check in band
+    s, t = pairs[0]
+    r2 = subtract_pair(_cp_frame(s, keep_gain=False), _cp_frame(t, keep_gain=False), CFG,
+                       psf_models=(load_psf_model(_legacy_psf(s)), load_psf_model(_legacy_psf(t))))
+    r1 = subtract_pair(_cp_frame(s), _cp_frame(t), CFG,
+                       psf_models=(load_psf_model(_legacy_psf(s)), load_psf_model(_legacy_psf(t))))
+    ok = (r1.difference.mask == 0) & (r2.difference.mask == 0)
+    assert np.median(r2.difference.noise[ok] / r1.difference.noise[ok]) == pytest.approx(1.0, abs=0.10)
+    assert 0.9 < r2.difference.stats["noise_ratio"] < 1.2
+
+
 def _decam_frame(name, gain=True):
     h = fits.open(DATA / "images" / "decam-sfft" / name)[0]
     header = h.header.copy()
@@ -281,12 +347,55 @@ def _decam_frame(name, gain=True):
     return Frame(h.data.astype(np.float32), np.zeros(h.data.shape, np.uint16), header)
 
 
+def _their_blobs() -> int:
+    """|z| > 5 blobs of the SFFT authors' stack difference (z by its robust std) outside the SN,
+    on the area inside our kernel border."""
+    from scipy.ndimage import label
+
+    theirs = fits.getdata(DATA / "images" / "decam-sfft" / "4check" / "FinalDifference.fits").astype(float)
+    z = theirs / (1.4826 * np.median(np.abs(theirs - np.median(theirs))))
+    z[165:198, 45:78] = 0
+    return label((np.abs(z) > 5) & _INNER)[1]
+
+
+_INNER = np.zeros((256, 256), bool)
+_INNER[8:-8, 8:-8] = True
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("epoch", [pytest.param("a", marks=pytest.mark.xfail(
+    strict=True, reason="19.9 sigma: the worst-seeing pair (FWHM 4.9 px), the SN 2.7 px from its host's core")),
+    "b", "c", "d", "e"])
+def test_decam_single_exposure_sn_and_blobs(epoch):
+    """Every single-exposure pair, cosmic-ray hits flagged (:func:`~ast3stream.subtraction.pair.mask_cosmics`):
+    the SN at (60, 181) at >= 20 sigma by forced PSF photometry (errors from the difference's
+    empirical PSF-fit noise, :meth:`~ast3stream.subtraction.subtract.Difference.errscale_at`),
+    and fewer |z| > 5 blobs outside it than the SFFT authors' stack difference."""
+    from scipy.ndimage import label
+
+    from ast3stream.lightcurves import forced_photometry
+    from ast3stream.subtraction.pair import mask_cosmics
+
+    if not (DATA / "images" / "decam-sfft").exists():
+        pytest.skip("../shared/data/images/decam-sfft is absent")
+    tpl = _decam_frame(f"input_data/DEC-OBS18{epoch}.mini.fits")
+    sci = _decam_frame(f"input_data/DEC-OBS04{epoch}.mini.fits")
+    for f in (tpl, sci):
+        mask_cosmics(f, CFG)
+    d = subtract(align(sci, tpl, CFG), tpl, CFG)
+    away = np.abs(d.snr)
+    away[165:198, 45:78] = 0
+    assert label((away > 5) & _INNER)[1] < _their_blobs()
+    assert forced_photometry(d, [60.0], [181.0], d.stats["psf_fwhm"], 25.0)["snr"][0] >= 20
+
+
 @pytest.mark.shared
 @pytest.mark.parametrize("epoch", ["a", "e"])
 def test_decam_single_exposures(epoch):
-    """Single DECam exposures: the SN's PSF-fit SNR >= 15 (18 in a, 47 in e: a fifth of the stack's depth); the random-aperture noise within
-    0.85-1.2 of the prediction; with GAIN removed (estimated from the sky) the sigma map within
-    10 % and the ratio in the same band."""
+    """Single DECam exposures: the random-aperture noise within 0.85-1.2 of the prediction; with
+    GAIN removed (estimated from the sky) the sigma map within 10 % and the ratio in the same
+    band; the correlated-noise factor of PSF fits is smaller on the SN's bright host than on
+    empty sky (the unconvolved image's Poisson noise dominates there)."""
     from ast3stream.lightcurves import forced_photometry
 
     if not (DATA / "images" / "decam-sfft").exists():
@@ -298,6 +407,8 @@ def test_decam_single_exposures(epoch):
     assert d.stats["conv"] == "REF"
     assert d.stats["fwhm_sci"] / d.stats["fwhm_ref"] == pytest.approx(sci.header["FWHM"] / tpl.header["FWHM"], rel=0.05)
     assert forced_photometry(d, [60.0], [181.0], d.stats["psf_fwhm"], 25.0)["snr"][0] >= 15
+    assert d.errscale_at([60.0], [181.0])[0] < d.stats["errscale"]
+    assert d.errscale_at([128.0], [30.0])[0] == pytest.approx(d.stats["errscale"], rel=0.05)
     assert 0.85 < d.stats["noise_ratio"] < 1.2 and d.header["NOISERAT"] == pytest.approx(d.stats["noise_ratio"], abs=1e-3)
     tpl_ng, sci_ng = (_decam_frame(f"input_data/DEC-OBS{n}{epoch}.mini.fits", gain=False) for n in ("18", "04"))
     d2 = subtract(align(sci_ng, tpl_ng, CFG), tpl_ng, CFG)

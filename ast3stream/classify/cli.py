@@ -48,10 +48,13 @@ def add_cli(subparsers) -> None:
     r.add_argument("--folds", type=int, default=3)
     r.add_argument("--n-synth", type=int, default=400, help="simulator stamps per class and lane")
     r.add_argument("--target-fpr", type=float, default=0.01)
-    for name, typ, default in (("epochs", int, 8), ("width", int, 16), ("seed", int, 0), ("heldout-field", int, 0),
-                               ("threads", int, 1), ("workers", int, 1), ("batch-size", int, 128)):
+    for name, typ, default in (("epochs", int, 8), ("width", int, 16), ("seed", int, 0), ("threads", int, 1),
+                               ("workers", int, 1), ("batch-size", int, 128), ("lr", float, 3e-3)):
         r.add_argument(f"--{name}", type=typ, default=default)
-    r.add_argument("--arch", choices=("braai", "resnet18"), default="braai")
+    r.add_argument("--heldout-field", type=int, default=0, help="image group (field/night) never trained on")
+    r.add_argument("--max-seconds", type=float, help="cap on each fold's training time")
+    r.add_argument("--arch", nargs="+", choices=("braai", "resnet18"), default=["braai"],
+                   help="several: cross-validated on the same folds, the better ZTF AUC shipped")
     r.add_argument("--device", default="cpu")
     r.set_defaults(func=_train_real)
 
@@ -201,34 +204,44 @@ def _train_real(args) -> None:
     import torch
 
     from .dataset import load_dataset
-    from .evaluate import plot_real, versus_baseline
+    from .evaluate import fnr_at_fpr, plot_real, versus_baseline
     from .realbogus import logit_margin
-    from .recipe import crossval, synthetic_inputs
+    from .recipe import SHARES, crossval, synthetic_inputs
     from .synth import KINDS
-    from .train import save_weights
+    from .train import pick_device, save_weights
 
     torch.set_num_threads(args.threads)
     alerts, a_manifest = load_dataset(args.alerts)
     images, i_manifest = load_dataset(args.images)
     synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers)
     synth_val = synthetic_inputs(args.n_synth // 4, args.n_synth // 4, args.seed + 500, workers=args.workers)
-    res = crossval(alerts, images, synth, synth_val, k=args.folds, epochs=args.epochs, width=args.width, seed=args.seed,
-                   heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=args.arch, device=args.device,
-                   batch_size=args.batch_size)
-    cpu = torch.device("cpu")
+    ztf_all = (alerts["survey"] == "ztf") & np.isfinite(alerts["ref"])
+    runs, comparison = {}, {}
+    for arch in args.arch:           # every architecture on the same folds, the better one shipped
+        runs[arch] = crossval(alerts, images, synth, synth_val, k=args.folds, epochs=args.epochs, width=args.width,
+                              seed=args.seed, heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=arch,
+                              device=args.device, batch_size=args.batch_size, lr=args.lr, max_seconds=args.max_seconds)
+        sel = ztf_all & runs[arch]["heldout"]
+        comparison[arch] = dict(versus_baseline(alerts["label"][sel], runs[arch]["oof_margin"][sel],
+                                                alerts["peak_snr"][sel]),
+                                n_params=int(sum(p.numel() for p in runs[arch]["model"].parameters())))
+        print(json.dumps({arch: comparison[arch]}), flush=True)
+    best = max(comparison, key=lambda k: comparison[k].get("roc_auc", 0.0))
+    res = runs[best]
+    dev = pick_device(args.device)         # the network stays where it trained
     model, a, b = res["model"], res["a"], res["b"]
 
     def prob(m):
         return 1 / (1 + np.exp(-(a * m + b)))
 
-    report = {}
-    ztf = (alerts["survey"] == "ztf") & res["heldout"] & np.isfinite(res["oof_margin"])
+    report = dict(architectures=comparison, shipped_arch=best)
+    ztf = ztf_all & res["heldout"] & np.isfinite(res["oof_margin"])
     oof = prob(res["oof_margin"])
     report["ztf_crossval"] = versus_baseline(alerts["label"][ztf], oof[ztf], alerts["peak_snr"][ztf])
     report["ztf_crossval"]["per_fold_auc"] = [
         versus_baseline(alerts["label"][ztf & (res["fold"] == f)], oof[ztf & (res["fold"] == f)],
                         alerts["peak_snr"][ztf & (res["fold"] == f)]).get("roc_auc") for f in range(args.folds)]
-    p_all = prob(logit_margin(model, alerts["stamps"], cpu))
+    p_all = prob(logit_margin(model, alerts["stamps"], dev))
     untrained = ~np.isin(alerts["survey"], ("ztf", "pgir"))
     groups = _real_groups(alerts, p_all, untrained)
     for name, (y, p, base) in groups.items():
@@ -236,25 +249,29 @@ def _train_real(args) -> None:
     groups["ztf (cross-val)"] = (alerts["label"][ztf], oof[ztf], alerts["peak_snr"][ztf])
     # fakes and bogus of the held-out field (never trained on)
     hf = images["group"] == args.heldout_field
-    p_img = prob(logit_margin(model, images["stamps"][hf], cpu))
+    p_img = prob(logit_margin(model, images["stamps"][hf], dev))
     y_img = images["label"][hf].astype(int)
     report["heldout_field_fakes"] = versus_baseline(y_img, p_img, images["snr"][hf])
     bright = (y_img == 1) & (images["snr"][hf] >= 8)
     report["heldout_field_fakes"]["frac_snr8_fakes_above_threshold"] = float(np.mean(p_img[bright] >= res["threshold"]))
+    _, field_thr = fnr_at_fpr(y_img, p_img, args.target_fpr)      # 1 % FPR on this field's own bogus
+    report["heldout_field_fakes"].update(field_threshold=field_thr, n_snr8_fakes=int(bright.sum()),
+                                         frac_snr8_fakes_above_field_threshold=float(np.mean(p_img[bright] >= field_thr)))
     groups["held-out field fakes"] = (y_img, p_img, images["snr"][hf])
     # the simulator, both lanes (fresh seed)
     sim = synthetic_inputs(300, 300, args.seed + 1000, workers=args.workers)
-    p_sim = prob(logit_margin(model, sim["stamps"], cpu))
+    p_sim = prob(logit_margin(model, sim["stamps"], dev))
     report["simulator"] = dict(versus_baseline(sim["label"], p_sim, sim["snr"]),
                                accuracy=float(np.mean((p_sim >= 0.5) == (sim["label"] == 1))),
-                               accuracy_at_threshold=float(np.mean((p_sim >= res["threshold"]) == (sim["label"] == 1))))
+                               accuracy_at_threshold=float(np.mean((p_sim >= res["threshold"]) == (sim["label"] == 1))),
+                               accuracy_at_threshold_snr8=float(np.mean(((p_sim >= res["threshold"]) == (sim["label"] == 1))
+                                                                        [sim["snr"] >= 8])))
     groups["simulator"] = (sim["label"], p_sim, sim["snr"])
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    plot_real(groups, args.out_dir / "eval.png", title="rb held-out: model (solid) vs peak SNR (dashed)")
     meta = dict(stamp_size=32, normalisation="ast3stream.classify.stamps.make_stamp",
                 calibration=dict(method="platt", a=a, b=b, n_val=res["n_val"], n_val_bogus=res["n_val_bogus"]),
                 threshold=res["threshold"], target_fpr=args.target_fpr, metrics=report,
-                training=dict(recipe="ast3stream.classify.recipe", arch=args.arch, folds=args.folds, epochs=args.epochs,
+                training=dict(recipe="ast3stream.classify.recipe", arch=best, compared=list(args.arch), folds=args.folds,
+                              epochs=args.epochs, lr=args.lr, max_seconds=args.max_seconds, shares=SHARES,
                               batch_size=args.batch_size, device=args.device,
                               width=args.width, seed=args.seed, n_synth=args.n_synth, alert_set=a_manifest.get("version"),
                               image_set=i_manifest.get("version"), heldout_field=args.heldout_field,
@@ -264,6 +281,7 @@ def _train_real(args) -> None:
     save_weights(model, args.out_dir / "rb_qip.pt", "rb-qip", release="2.0", **meta)
     (args.out_dir / "eval.json").write_text(json.dumps(dict(version=info["version"], **report), indent=1, default=float))
     print(json.dumps(dict(version=info["version"], threshold=res["threshold"], **report), indent=1, default=float))
+    plot_real(groups, args.out_dir / "eval.png", title=f"{info['version']} held out: model (solid) vs peak SNR (dashed)")
 
 
 def _eval_real(args) -> None:

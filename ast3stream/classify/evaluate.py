@@ -2,7 +2,9 @@
 
 Accuracy, precision, recall, F1 at the operating threshold; ROC AUC; the false-negative rate
 at the threshold where the false-positive rate is 1 % (``fnr_at_fpr1``); and DET curves
-(Martin et al. 1997: FNR vs FPR on normal-deviate axes) per candidate-SNR bin, with scikit-learn.
+(Martin et al. 1997: FNR vs FPR on normal-deviate axes) per candidate-SNR bin. ROC curve and AUC
+(Mann-Whitney U / (n_real n_bogus), ties counted half) are NumPy, so training and the real-sky
+evaluation run where scikit-learn is absent (the lent GPU); the rest uses scikit-learn.
 """
 from __future__ import annotations
 
@@ -10,20 +12,42 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn import metrics
+from scipy.stats import rankdata
 
 SNR_BINS = (0.0, 10.0, 20.0, 50.0, np.inf)
 
 
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)``: one point per distinct score (called real when ``score >= t``),
+    starting at ``t = inf`` (nothing called real)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, float)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    return (np.r_[0, fp] / max(fp[-1], 1), np.r_[0, tp] / max(tp[-1], 1), np.r_[np.inf, s[last]])
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve, ``P(score_real > score_bogus)`` with ties counted half."""
+    y = np.asarray(labels).astype(bool)
+    r = rankdata(np.asarray(scores, float))
+    n1, n0 = int(y.sum()), int((~y).sum())
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def fnr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr_max: float = 0.01) -> tuple[float, float]:
     """Lowest FNR reachable with FPR <= ``fpr_max``, and the score threshold that gives it."""
-    fpr, tpr, thr = metrics.roc_curve(labels, scores)
+    fpr, tpr, thr = roc_curve(labels, scores)
     ok = fpr <= fpr_max
     i = np.argmax(np.where(ok, tpr, -1))
     return float(1 - tpr[i]), float(thr[i])
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
+    from sklearn import metrics
+
     labels = np.asarray(labels).astype(int)
     pred = (np.asarray(scores) > threshold).astype(int)
     out = dict(n=int(len(labels)), n_real=int(labels.sum()), n_bogus=int((labels == 0).sum()),
@@ -33,7 +57,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
                recall=float(metrics.recall_score(labels, pred, zero_division=0)),
                f1=float(metrics.f1_score(labels, pred, zero_division=0)))
     if 0 < labels.sum() < len(labels):
-        out["roc_auc"] = float(metrics.roc_auc_score(labels, scores))
+        out["roc_auc"] = roc_auc(labels, scores)
         out["fnr_at_fpr1"], out["threshold_at_fpr1"] = fnr_at_fpr(labels, scores, 0.01)
     return out
 
@@ -73,6 +97,7 @@ def _plot(labels, scores, snr, result, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy.stats import norm
+    from sklearn import metrics
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.5))
     groups = [("all", np.ones(len(labels), bool))]
@@ -83,8 +108,8 @@ def _plot(labels, scores, snr, result, path: Path, title: str) -> None:
     for name, sel in groups:
         if not (0 < labels[sel].sum() < sel.sum()):
             continue
-        fpr, tpr, _ = metrics.roc_curve(labels[sel], scores[sel])
-        ax1.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc_score(labels[sel], scores[sel]):.4f})")
+        fpr, tpr, _ = roc_curve(labels[sel], scores[sel])
+        ax1.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels[sel], scores[sel]):.4f})")
         dfpr, dfnr, _ = metrics.det_curve(labels[sel], scores[sel])
         ax2.plot(norm.ppf(np.clip(dfpr, eps, 1 - eps)), norm.ppf(np.clip(dfnr, eps, 1 - eps)), label=name)
     ax1.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate",
@@ -111,7 +136,7 @@ def versus_baseline(labels: np.ndarray, scores: np.ndarray, baseline: np.ndarray
     out = dict(n=int(len(labels)), n_real=int(labels.sum()))
     if 0 < labels.sum() < len(labels):
         for name, s in (("", scores), ("baseline_", baseline)):
-            out[name + "roc_auc"] = float(metrics.roc_auc_score(labels, s))
+            out[name + "roc_auc"] = roc_auc(labels, s)
             out[name + "fnr_at_fpr1"] = fnr_at_fpr(labels, s, 0.01)[0]
     return out
 
@@ -129,10 +154,10 @@ def plot_real(groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path
         if not 0 < y.sum() < len(y):
             continue
         col = f"C{i}"
-        fpr, tpr, _ = metrics.roc_curve(y, p)
-        ax1.plot(fpr, tpr, color=col, label=f"{name} AUC {metrics.roc_auc_score(y, p):.3f}")
-        fpr, tpr, _ = metrics.roc_curve(y, base)
-        ax1.plot(fpr, tpr, color=col, ls="--", lw=0.8, label=f"  peak SNR {metrics.roc_auc_score(y, base):.3f}")
+        fpr, tpr, _ = roc_curve(y, p)
+        ax1.plot(fpr, tpr, color=col, label=f"{name} AUC {roc_auc(y, p):.3f}")
+        fpr, tpr, _ = roc_curve(y, base)
+        ax1.plot(fpr, tpr, color=col, ls="--", lw=0.8, label=f"  peak SNR {roc_auc(y, base):.3f}")
         edges = np.linspace(0, 1, 11)
         k = np.clip(np.digitize(p, edges) - 1, 0, 9)
         n = np.bincount(k, minlength=10)

@@ -17,7 +17,7 @@ frame. Pixels become electrons (``GAIN``); non-finite pixels and those above 90 
   ``exclude_radec`` (known variables, catalogued transients, asteroids of the night).
 
 Stamps are model inputs (:func:`ast3stream.classify.stamps.pipeline_stamps`) with the difference's
-PSF FWHM; ``group`` is the field (splits are by field, never by stamp).
+PSF FWHM; ``group`` is the field and night (splits are by field/night, never by stamp).
 """
 from __future__ import annotations
 
@@ -172,7 +172,8 @@ def _frame_job(job):
 
 def build_from_images(dirs, cfg=None, per_frame: int = 60, seed: int = 0, exclude_radec=(),
                       max_frames: int | None = None, workers: int = 1, log=print) -> tuple[dict[str, np.ndarray], dict]:
-    """Stamps of every science frame of every field below ``dirs``; ``group`` = field index.
+    """Stamps of every science frame of every field below ``dirs``; ``group`` = index of the
+    frame's (field, night) in ``groups`` of the provenance (held-out splits are by field and night).
     Frame ``i`` uses the random seed ``seed * 1000 + i`` whatever ``workers``."""
     from concurrent.futures import ProcessPoolExecutor
 
@@ -196,6 +197,9 @@ def build_from_images(dirs, cfg=None, per_frame: int = 60, seed: int = 0, exclud
             prov.append(out[2])
     if not parts:
         raise ValueError(f"no usable image pairs below {', '.join(map(str, dirs))}")
+    nights = sorted({(p["field"], int(np.floor(p["mjd"]))) for p in prov})
+    for part, p in zip(parts, prov):
+        part["group"][:] = nights.index((p["field"], int(np.floor(p["mjd"]))))
     data = {k: np.concatenate([p[k] for p in parts]) for k in ("stamps", "label", "kind", "snr", "group")}
     return data, dict(kinds=list(IMAGE_KINDS), frames=prov, per_frame=per_frame, seed=seed,
-                      fields=sorted({p["field"] for p in prov}))
+                      groups=[f"{field} night {night}" for field, night in nights])

@@ -56,7 +56,8 @@ def detect(diff, science_aligned, template, fwhm_px: float, zp: float, params: D
 
     ``fwhm_px`` is the science image FWHM in this lane's pixels (for the FWHM cut); the matched
     filter and the photometry use the difference image's PSF, ``diff.stats['psf_fwhm']`` when
-    present, with ``diff.stats['apcorr']`` and ``diff.stats['errscale']`` (module docstring).
+    present, with ``diff.stats['apcorr']`` and ``diff.stats['errscale']`` (module docstring; the PSF-flux
+    errors with :meth:`~ast3stream.subtraction.subtract.Difference.errscale_at`, which splits it).
     ``binning`` is the lane's binning (QIP: ``detector.qip_binning``), ``lane`` its name (stamp
     size). ``meta`` holds ``maglim`` (``params.maglim_snr`` sigma), ``lane`` and ``n_raw``.
     """
@@ -86,7 +87,7 @@ def detect(diff, science_aligned, template, fwhm_px: float, zp: float, params: D
         near = to_host(boxes(mask, np.rint(x[idx]).astype(int), np.rint(y[idx]).astype(int), r))
         idx = idx[~near.reshape(len(idx), -1).any(axis=1)]
     flux, ferr = psf_flux(d, noise, x[idx], y[idx], psf_fwhm, mask=mask, apcorr=apcorr)
-    ferr = errscale * ferr
+    ferr = diff.errscale_at(x[idx], y[idx]) * ferr   # the correlated-noise factor at each position
     sign = objs["sign"][idx]
     sel = sign * flux >= dc.thresh * ferr
     k = idx[sel]

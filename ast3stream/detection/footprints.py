@@ -41,7 +41,7 @@ def gaussian_1d(fwhm: float, r: int) -> np.ndarray:
     return (np.diff(erf(e / s)) / 2).astype(np.float32)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _matched(d, noise, mask, k, k2, out, block):
     ny, nx = d.shape
     r = k.size // 2
@@ -109,7 +109,7 @@ def matched_snr_xp(d, noise, mask, k: np.ndarray, xp, ndimage):
     return xp.where(den > 0, num / xp.sqrt(xp.maximum(den, 1e-30)), 0).astype(xp.float32)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _row_counts(snr, mask, thresh, counts):
     ny, nx = snr.shape
     for y in numba.prange(ny):
@@ -120,7 +120,7 @@ def _row_counts(snr, mask, thresh, counts):
         counts[y] = n
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _row_fill(snr, d, mask, thresh, start, xs, vs, ds):
     ny, nx = snr.shape
     for y in numba.prange(ny):
@@ -164,7 +164,7 @@ def pixels_xp(snr, d, mask, thresh: float):
     return start, xs, vs, ds
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _find(parent, i):
     while parent[i] != i:
         parent[i] = parent[parent[i]]
@@ -172,7 +172,7 @@ def _find(parent, i):
     return i
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _value_at(start, xs, vs, y, x):
     """SNR of listed pixel (y, x), or 0 when it is not listed."""
     lo, hi = start[y], start[y + 1]
@@ -187,7 +187,7 @@ def _value_at(start, xs, vs, y, x):
     return np.float32(0.0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _label(start, xs, vs, ds, nx, peak_level):
     ny = start.size - 1
     n = xs.size

@@ -11,13 +11,14 @@ def forced_photometry(diff, x, y, fwhm_px: float, zp: float, snr_limit: float = 
     """``x, y, flux, flux_err, snr, mag, mag_err, upper_limit, detected`` at 0-based positions.
 
     The PSF is ``diff.stats['psf_fwhm']`` when present (else ``fwhm_px``), scaled by
-    ``diff.stats['apcorr']``; errors are multiplied by ``diff.stats['errscale']`` (correlated
-    noise); ``upper_limit = zp - 2.5 log10(snr_limit flux_err)``; ``mag`` is
-    NaN unless ``flux / flux_err >= snr_limit``.
+    ``diff.stats['apcorr']``; errors are multiplied by ``diff.errscale_at(x, y)`` (correlated
+    noise, :meth:`~ast3stream.subtraction.subtract.Difference.errscale_at`);
+    ``upper_limit = zp - 2.5 log10(snr_limit flux_err)``; ``mag`` is NaN unless
+    ``flux / flux_err >= snr_limit``.
     """
     fwhm = float(diff.stats.get("psf_fwhm", fwhm_px))
     flux, err = psf_flux(diff.diff, diff.noise, x, y, fwhm, mask=diff.mask, apcorr=float(diff.stats.get("apcorr", 1.0)))
-    err = err * float(diff.stats.get("errscale", 1.0))
+    err = err * diff.errscale_at(x, y)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = flux / err
         detected = snr >= snr_limit

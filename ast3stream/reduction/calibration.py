@@ -57,7 +57,7 @@ def bad_pixel_mask(bias: np.ndarray, flat: np.ndarray, flat_low: float, flat_hig
     return bad
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _apply(data, bias, flat, bpm, gain, mask, bad):
     for y in numba.prange(data.shape[0]):
         for x in range(data.shape[1]):

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _candidate_cells(data, mask, sky, read_noise, sigclip, tile):
     ny, nx = data.shape
     gy, gx = (ny + tile - 1) // tile, (nx + tile - 1) // tile
@@ -55,7 +55,7 @@ def candidate_cells(data: np.ndarray, mask: np.ndarray, sky: float, read_noise: 
                             float(sky), float(read_noise), float(sigclip), int(tile))
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _gather(data, mask, cy, cx, tile, pad, ncol):
     ny, nx = data.shape
     w = tile + 2 * pad

@@ -84,7 +84,7 @@ class RawImage:
     trimsec: str            #: region of the raw image kept, 1-based (single-HDU frames)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _trim(raw, y0, x0, row_level, col_level, saturation, data, saturated):
     for y in numba.prange(data.shape[0]):
         for x in range(data.shape[1]):

@@ -34,7 +34,7 @@ _LAYOUT = re.compile(r"^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|BZERO|BSCALE|BLANK|PCOUNT
                      r"[AB]P?_DMAX|LONPOLE|LATPOLE|RADESYS|EQUINOX)$")
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _flag_grown(where, mask, bit, radius):
     ny, nx = where.shape
     for y in numba.prange(ny):

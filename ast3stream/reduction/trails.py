@@ -43,7 +43,7 @@ class Trail:
         return float(np.hypot(self.x1 - self.x0, self.y1 - self.y0))
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _bin_masked(data, mask, factor):
     ny, nx = data.shape[0] // factor, data.shape[1] // factor
     out = np.empty((ny, nx), np.float32)
@@ -66,7 +66,7 @@ def bin_image(data: np.ndarray, factor: int, mask: np.ndarray | None = None) -> 
     return _bin_masked(np.ascontiguousarray(data, np.float32), mask, int(factor))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _chord(rho, c, s, width, height):
     """Length inside ``[0, width] x [0, height]`` of the line ``rho (c, s) + t (-s, c)``."""
     lo, hi = -np.inf, np.inf
@@ -82,7 +82,7 @@ def _chord(rho, c, s, width, height):
     return max(hi - lo, 0.0)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _hough(xs, ys, cos, sin, offset, acc, sign):
     """Add ``sign`` to the Hough accumulator ``acc[theta, rho + offset]`` for every point."""
     for i in numba.prange(cos.size):
@@ -90,7 +90,7 @@ def _hough(xs, ys, cos, sin, offset, acc, sign):
             acc[i, int(np.rint(xs[j] * cos[i] + ys[j] * sin[i])) + offset] += sign
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _row_best(acc, i, rho, cos, sin, width, height, density, min_votes):
     best, where = -np.inf, 0
     for k in range(rho.size):
@@ -102,7 +102,7 @@ def _row_best(acc, i, rho, cos, sin, width, height, density, min_votes):
     return best, where
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _rows_best(acc, rho, cos, sin, width, height, density, min_votes):
     best = np.empty(cos.size)
     where = np.zeros(cos.size, np.int64)
@@ -215,7 +215,7 @@ def _half_width(data: np.ndarray, sky: float, seg, nbin: int) -> float:
     return float(max(1.5 * max(abs(d[lo]), abs(d[hi])) + 1.0, nbin / 2.0 + 1.0))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _extents(labels, n):
     """Longer side of the bounding box of each label 1..n."""
     lo = np.full((n + 1, 2), labels.size, np.int64)

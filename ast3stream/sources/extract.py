@@ -26,7 +26,7 @@ MASKED = 0x100   #: flag bit: the Kron aperture holds masked (bad/saturated/cosm
 STRIP_MIN_PIXELS = 16_000_000   #: smaller frames are measured in one process
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _bit_mask(mask, bits, out):
     for y in numba.prange(mask.shape[0]):
         for x in range(mask.shape[1]):
@@ -41,7 +41,7 @@ def bit_mask(mask: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _half_max_area(sub, xs, ys, peaks, radius):
     ny, nx = sub.shape
     out = np.zeros(xs.size, np.float64)

@@ -4,18 +4,28 @@
 arrays stay on the GPU) are called directly on arrays: the same work as
 ``Customized_Packet.CP`` without its FITS round trips and without recompiling for every call.
 SFFT works on ``[x, y]`` (transposed) float64 arrays and returns ``D = J - K * I``.
+
+Compilation is paid once per machine, not per process: the NumPy backend's numba kernels are
+cached on disk, each configuration (tile shape, kernel and background orders) in a folder of
+its own under ``NUMBA_CACHE_DIR`` (numba's user cache folder when unset). sfft's kernels are
+closures over the tile shape defined at the same source lines, so configurations sharing one
+cache index load each other's object code and fail (``NRT_adapt_ndarray_to_python``); one
+folder per configuration never mixes them. The CuPy backend's kernels (``nvcc``) go to CuPy's
+own disk cache, ``CUPY_CACHE_DIR``.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import threading
 
 import numpy as np
 
-from .tiles import fft_shape
+from .tiles import fft_shape, tile_shape
 
 _CONFIGS: dict = {}
+_COMPILE = threading.Lock()   #: one compilation at a time (it switches numba's cache folder)
 
 if not hasattr(np, "in1d"):  # sfft 1.7.3 calls np.in1d, which numpy 2.4 removed
     np.in1d = np.isin
@@ -26,22 +36,46 @@ def _quiet():
 
 
 def sfft_config(shape_xy: tuple[int, int], cfg, gpu: bool):
-    """Compiled SFFT configuration for an ``(NX, NY)`` tile (cached for the process).
-
-    numba's on-disk cache stays off: sfft's NumPy kernels are closures over the tile shape, and a
-    process that loads cached versions for two shapes fails (``NRT_adapt_ndarray_to_python``)."""
+    """Compiled SFFT configuration for an ``(NX, NY)`` tile (cached for the process, and the
+    NumPy backend's numba kernels on disk in :func:`numba_cache_dir`)."""
     from sfft.sfftcore.SFFTConfigure import SingleSFFTConfigure
 
     sc = cfg.subtraction
     key = (tuple(shape_xy), sc.kernel_half_width, sc.kernel_poly_order, sc.background_poly_order, gpu)
-    if key not in _CONFIGS:
-        with _quiet():
-            _CONFIGS[key] = SingleSFFTConfigure.SSC(
-                NX=shape_xy[0], NY=shape_xy[1], KerHW=sc.kernel_half_width,
-                KerPolyOrder=sc.kernel_poly_order, BGPolyOrder=sc.background_poly_order,
-                ConstPhotRatio=True, BACKEND_4SUBTRACT="Cupy" if gpu else "Numpy",
-                NUM_CPU_THREADS_4SUBTRACT=threads(cfg), NUMBA_CACHE=False, VERBOSE_LEVEL=0)
+    with _COMPILE:
+        if key not in _CONFIGS:
+            with _quiet(), _numba_cache(None if gpu else numba_cache_dir(key[:4])):
+                _CONFIGS[key] = SingleSFFTConfigure.SSC(
+                    NX=shape_xy[0], NY=shape_xy[1], KerHW=sc.kernel_half_width,
+                    KerPolyOrder=sc.kernel_poly_order, BGPolyOrder=sc.background_poly_order,
+                    ConstPhotRatio=True, BACKEND_4SUBTRACT="Cupy" if gpu else "Numpy",
+                    NUM_CPU_THREADS_4SUBTRACT=threads(cfg), NUMBA_CACHE=not gpu, VERBOSE_LEVEL=0)
     return _CONFIGS[key]
+
+
+def numba_cache_dir(key: tuple) -> str:
+    """The numba cache folder of one SFFT configuration ``((NX, NY), half-width, kernel order,
+    background order)``: under ``NUMBA_CACHE_DIR``, else numba's user cache folder."""
+    import numba
+    from numba.misc.appdirs import AppDirs
+
+    (nx, ny), hw, dk, db = key
+    base = numba.config.CACHE_DIR or AppDirs(appname="numba", appauthor=False).user_cache_dir
+    return os.path.join(base, "sfft", f"{nx}x{ny}-w{hw}-k{dk}-b{db}")
+
+
+@contextlib.contextmanager
+def _numba_cache(path: str | None):
+    """numba caches the functions decorated inside the block in ``path`` (nothing when None)."""
+    import numba
+
+    before = numba.config.CACHE_DIR
+    if path is not None:
+        numba.config.CACHE_DIR = path
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = before
 
 
 def threads(cfg) -> int:
@@ -78,14 +112,49 @@ def kernel_at(solution: np.ndarray, shape_xy: tuple[int, int], cfg, x: float, y:
     return ker.T
 
 
-def warm_up(cfg, shapes=None, gpu: bool = True) -> None:
-    """Compile SFFT for each ``(ny, nx)`` tile shape (padded to :func:`~.tiles.fft_shape`) (``cfg.subtraction.warm_shapes`` by default)
-    and run one subtraction on noise, so a worker's first real image pays no compilation."""
-    xp = np
-    if gpu:
-        import cupy as xp
-    rng = np.random.default_rng(0)
-    for shape in shapes or cfg.subtraction.warm_shapes:
-        ny, nx = fft_shape(shape)
-        a = xp.asarray(rng.normal(size=(nx, ny)))
-        solve(a, a, a, a, cfg, gpu)
+def lane_tile_shapes(cfg) -> list[tuple[int, int]]:
+    """The ``(ny, nx)`` SFFT tile shapes of the detector's frames: a DIP frame (the trimmed
+    section) and a QIP frame (binned ``qip_binning`` x ``qip_binning``), see :func:`~.tiles.tile_shape`."""
+    from ..reduction.sections import section_slices
+
+    det = cfg.detector
+    sy, sx = section_slices(det.trimsec)
+    ny, nx = sy.stop - sy.start, sx.stop - sx.start
+    b = det.qip_binning
+    shapes = [tile_shape((ny, nx), cfg), tile_shape((ny // b, nx // b), cfg)]
+    return list(dict.fromkeys(shapes))
+
+
+def warm_up(cfg, shapes=None, gpu: bool = True) -> list[tuple[int, int]]:
+    """Compile (or load from the disk caches) SFFT's configured and constant-kernel (tiles with
+    few stars) configurations for each ``(ny, nx)`` tile shape (``cfg.subtraction.warm_shapes``,
+    else :func:`lane_tile_shapes`), so a worker's first real image pays no compilation. On the
+    GPU it also runs one whole subtraction of a synthetic pair of each shape and SFFT on noise,
+    which compiles the CuPy kernels of every step. Returns the shapes."""
+    sc = cfg.subtraction
+    constant = cfg.model_copy(update={"subtraction": sc.model_copy(
+        update={"kernel_poly_order": 0, "background_poly_order": 0})})
+    shapes = [tuple(s) for s in (shapes or sc.warm_shapes or lane_tile_shapes(cfg))]
+    for shape in shapes:
+        fy, fx = fft_shape(shape)
+        for c in (cfg, constant):
+            sfft_config((fx, fy), c, gpu)
+        if gpu:
+            _run_once(shape, cfg, constant)
+    return shapes
+
+
+def _run_once(shape: tuple[int, int], cfg, constant) -> None:
+    import cupy as cp
+
+    from .subtract import subtract
+    from .synthetic import synthetic_pair
+
+    ny, nx = shape
+    science, template, _ = synthetic_pair(shape=shape, n_stars=max(50, min(3000, ny * nx // 1000)),
+                                          shift=(0.0, 0.0), rotation_deg=0.0, seed=0)
+    subtract(science, template, cfg, gpu=True)
+    fy, fx = fft_shape(shape)
+    a = cp.asarray(np.random.default_rng(0).normal(size=(fx, fy)))
+    for c in (cfg, constant):
+        solve(a, a, a, a, c, True)

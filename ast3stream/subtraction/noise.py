@@ -132,25 +132,37 @@ def noise_acf(sub, rms, bad, r: int = 4, side: int = 1024) -> np.ndarray:
     return acf
 
 
+def _lag_weighted(a: np.ndarray, acf: np.ndarray) -> float:
+    """``sum_tau (a corr a)(tau) acf(tau)``: the variance of ``sum(a * n)`` for unit-variance noise
+    ``n`` of normalised autocorrelation ``acf``."""
+    from scipy.signal import correlate
+
+    r = acf.shape[0] // 2
+    c = correlate(a, a, mode="full", method="fft")
+    cy, cx = (np.array(c.shape) - 1) // 2
+    h = min(r, cy, cx)
+    win = np.zeros_like(acf)
+    win[r - h:r + h + 1, r - h:r + h + 1] = c[cy - h:cy + h + 1, cx - h:cx + h + 1]
+    return float(np.sum(win * acf))
+
+
 def correlated_factors(acf: np.ndarray, kernel: np.ndarray, radius: float) -> tuple[float, float]:
     """For noise of normalised autocorrelation ``acf`` convolved with ``kernel``: ``(q, f)``, the
     per-pixel variance over the white-noise value ``var * sum(K^2)``, and an aperture sum's
-    (``radius``) variance over the sum of its per-pixel variances."""
-    from scipy.signal import correlate, fftconvolve
+    (``radius``) variance over the sum of its per-pixel variances (:func:`weighted_sum_factor`
+    with the aperture's top-hat weights)."""
+    per_pixel = _lag_weighted(kernel, acf)
+    return per_pixel / float(np.sum(kernel ** 2)), weighted_sum_factor(acf, kernel, _disk(radius))
 
-    r = acf.shape[0] // 2
 
-    def weighted(a):   # sum over lags tau of (a corr a)(tau) acf(tau)
-        c = correlate(a, a, mode="full", method="fft")
-        cy, cx = (np.array(c.shape) - 1) // 2
-        h = min(r, cy, cx)
-        win = np.zeros_like(acf)
-        win[r - h:r + h + 1, r - h:r + h + 1] = c[cy - h:cy + h + 1, cx - h:cx + h + 1]
-        return float(np.sum(win * acf))
+def weighted_sum_factor(acf: np.ndarray, kernel: np.ndarray, weights: np.ndarray) -> float:
+    """Variance of ``sum(w * (K * n))`` (``n`` noise of autocorrelation ``acf``) over the value
+    ``sum(w^2) var(K * n)`` that independent pixels would give: the factor by which the noise
+    correlation raises an aperture sum's (top-hat ``w``) or a PSF fit's (``w`` the PSF) variance
+    over the prediction from the per-pixel noise map. ``kernel`` ``[[1]]`` for unconvolved noise."""
+    from scipy.signal import fftconvolve
 
-    per_pixel = weighted(kernel)
-    chi = _disk(radius)
-    return per_pixel / float(np.sum(kernel ** 2)), weighted(fftconvolve(chi, kernel)) / (chi.sum() * per_pixel)
+    return _lag_weighted(fftconvolve(weights, kernel), acf) / (float(np.sum(weights ** 2)) * _lag_weighted(kernel, acf))
 
 
 def _disk(r: float) -> np.ndarray:

@@ -3,6 +3,7 @@
 :func:`load_frame` reads an image (first HDU with 2-D data, or a named one) with optional
 variance (variance / inverse variance / weight / error, an HDU of the same file named in
 ``subtraction.var_hdus`` or a sidecar file) and mask (a sidecar file: non-zero = bad);
+:func:`mask_cosmics` flags cosmic-ray hits of a single exposure (L.A.Cosmic, van Dokkum 2001);
 :func:`subtract_pair` aligns the science on the template (Lanczos, WCS; a pair without WCS
 must be already aligned: same shape and matched stars within 0.5 px), subtracts (SFFT) and detects candidates;
 :func:`write_products` writes the difference, sigma and SNR maps, the candidate table and a
@@ -84,6 +85,49 @@ def load_frame(path, hdu=None, var=None, var_kind: str = "variance", mask=None,
                  header=header, primary=primary, var=plane)
 
 
+def mask_cosmics(frame: Frame, cfg) -> int:
+    """Flag the cosmic-ray hits of a single exposure as ``COSMIC`` in ``frame.mask`` (in place);
+    returns their number. L.A.Cosmic (:func:`ast3stream.reduction.detect_cosmics`) runs on the
+    sky-subtracted image in electrons, with the sky rms as its "read noise" (the image's own
+    noise floor, whether the sky was subtracted or not) and the sources' Poisson noise from the
+    gain (header, else estimated from the pixels: :class:`.subtract.Prepared`). Without a usable
+    gain (a variance plane that holds the source noise) nothing is flagged: such products (e.g.
+    the legacypipe community pipeline's) come with their own masks."""
+    from scipy.ndimage import maximum_filter
+
+    from ..reduction import detect_cosmics
+    from .subtract import Prepared
+
+    p = Prepared(frame, cfg, np, maximum_filter)
+    if not np.isfinite(p.gain):
+        return 0
+    rms = float(np.median(p.rms[~p.bad])) if (~p.bad).any() else 0.0
+    electrons = np.where(p.bad, 0, p.sub * p.gain).astype(np.float32)
+    saturation = p.gain * p.saturation if p.saturation is not None else 1e30
+    hits = detect_cosmics(electrons, p.bad, rms * p.gain, saturation)
+    frame.mask[hits[:, 0], hits[:, 1]] |= np.uint16(MaskBits.COSMIC)
+    return len(hits)
+
+
+def load_psf_model(spec) -> np.ndarray:
+    """A PSFEx model file, ``FILE`` or ``FILE[CCD]`` (a row of a legacypipe merged file), as an
+    image-pixel PSF of unit sum (resampled from the model's ``PSF_SAMP`` when it is not 1)."""
+    from scipy.ndimage import zoom
+
+    from .psf import psfex_model
+
+    spec, ccd = str(spec), None
+    if spec.endswith("]") and "[" in spec:
+        spec, ccd = spec[:-1].split("[", 1)
+    img, samp, _ = psfex_model(spec, ccd)
+    if abs(samp - 1.0) > 1e-3:
+        img = zoom(img, samp, order=3)
+        if img.shape[0] % 2 == 0:
+            img = img[:-1, :-1]
+        img = img / img.sum()
+    return img
+
+
 def has_wcs(frame: Frame) -> bool:
     return frame.wcs.has_celestial
 
@@ -96,13 +140,20 @@ class PairResult:
     candidates: Table
 
 
-def subtract_pair(science: Frame, template: Frame, cfg, zp: float | None = None) -> PairResult:
+def subtract_pair(science: Frame, template: Frame, cfg, zp: float | None = None, cosmics: bool = False,
+                  psf_models: tuple | None = None) -> PairResult:
     """Align (when both have a WCS), subtract and detect (module docstring). ``zp``: the
-    magnitude zero point for the candidate table (header ``MAGZPT``/``ZP``, else 25)."""
+    magnitude zero point for the candidate table (header ``MAGZPT``/``ZP``, else 25);
+    ``cosmics``: first flag both frames' cosmic-ray hits (:func:`mask_cosmics`; single exposures);
+    ``psf_models``: ``(science, template)`` PSF images for cutouts with too few stars
+    (:func:`load_psf_model`, :func:`.subtract.subtract`)."""
     from ..alignment import align
     from ..alignment.measure import measure_alignment
     from ..detection import detect
 
+    if cosmics:
+        for frame in (science, template):
+            mask_cosmics(frame, cfg)
     if has_wcs(science) and has_wcs(template):
         aligned = align(science, template, cfg)
     elif science.shape == template.shape:
@@ -113,7 +164,7 @@ def subtract_pair(science: Frame, template: Frame, cfg, zp: float | None = None)
                              f"3 px, median offset {m['median_px']:.2f} px): solve their astrometry first")
     else:
         raise ValueError(f"no WCS and shapes differ ({science.shape} vs {template.shape}): cannot align the pair")
-    diff = subtract(aligned, template, cfg)
+    diff = subtract(aligned, template, cfg, psf_models=psf_models)
     if zp is None:
         zp = next((float(science.header[k]) for k in ("MAGZPT", "MAGZP", "ZP", "ZEROPT") if k in science.header), 25.0)
     cands, _ = detect(diff, aligned, template, diff.stats["fwhm_sci"], zp, cfg.detection, lane="dip")
@@ -183,7 +234,9 @@ def add_cli(subparsers) -> None:
         p.add_argument(f"--{who}-var", help="variance plane file, FILE or FILE[HDU]")
         p.add_argument(f"--{who}-var-kind", default="variance", choices=VAR_KINDS)
         p.add_argument(f"--{who}-mask", help="mask file (non-zero = bad)")
+        p.add_argument(f"--{who}-psf", help="PSFEx model, FILE or FILE[CCD]: the kernel's fallback with too few stars")
     p.add_argument("--zp", type=float, help="magnitude zero point for the candidate table")
+    p.add_argument("--cosmics", action="store_true", help="flag cosmic-ray hits in both frames first (single exposures)")
     p.add_argument("--config", help="TOML settings file")
     p.set_defaults(func=_cmd_subtract)
 
@@ -198,7 +251,9 @@ def _cmd_subtract(args) -> int:
     frames = [load_frame(getattr(args, w), hdu(getattr(args, f"{w}_hdu")), getattr(args, f"{w}_var"),
                          getattr(args, f"{w}_var_kind"), getattr(args, f"{w}_mask"))
               for w in ("science", "template")]
-    result = subtract_pair(*frames, cfg, zp=args.zp)
+    models = (tuple(load_psf_model(getattr(args, f"{w}_psf")) for w in ("science", "template"))
+              if args.science_psf and args.template_psf else None)
+    result = subtract_pair(*frames, cfg, zp=args.zp, cosmics=args.cosmics, psf_models=models)
     paths = write_products(result, args.out, args.stem)
     s = result.difference.stats
     keep = ("conv", "fwhm_sci", "fwhm_ref", "n_stars", "flux_ratio", "x2nrm_rstd", "noise_ratio", "gain_sci",

@@ -189,12 +189,10 @@ def measure_psf(data_sub, bad, rms, *, saturation: float | None = None, snr_min:
                           peak=objs["peak"][sel]))
 
 
-def psfex_fwhm(path, ccd: str | None = None) -> tuple[float, float]:
-    """``(fwhm, psfex_fwhm)`` [image px] of a PSFEx model file (the row ``ccd`` of a legacypipe
-    merged file): ``fwhm`` is this module's estimator (circular Moffat, :func:`fit_fwhm`)
-    applied to the model's constant term at its sampling ``PSF_SAMP``, comparable with
-    :func:`measure_psf`; ``psfex_fwhm`` is PSFEx's own ``PSF_FWHM`` (keyword or column; NaN when
-    absent), a different definition that reads ~25 % larger on the DECam models."""
+def psfex_model(path, ccd: str | None = None) -> tuple[np.ndarray, float, float]:
+    """``(image, samp, psfex_fwhm)`` of a PSFEx model file (the row ``ccd`` of a legacypipe merged
+    file): the model's constant term normalised to unit sum, its sampling ``PSF_SAMP`` [image px
+    per model px] and PSFEx's own ``PSF_FWHM`` (NaN when absent)."""
     from astropy.io import fits
 
     with fits.open(path) as hdul:
@@ -216,7 +214,21 @@ def psfex_fwhm(path, ccd: str | None = None) -> tuple[float, float]:
             samp = float(t[names["psf_samp"]][row]) if "psf_samp" in names else float(hdu.header.get("PSF_SAMP", 1.0))
             own = (float(t[names["psf_fwhm"]][row]) if "psf_fwhm" in names
                    else float(hdu.header.get("PSF_FWHM", np.nan)))
-            c = (img.shape[0] - 1) / 2
-            fw, _, _ = fit_fwhm(img / img.max() * 1e4, 1.0, [c], [c], 3.0, profile="moffat")
-            return float(fw[0] * samp), own
+            return img / img.sum(), samp, own
     raise PSFError(f"{path}: no PSFEx model (psf_mask column) found")
+
+
+def model_fwhm(img: np.ndarray, samp: float = 1.0) -> float:
+    """This module's estimator (circular Moffat, :func:`fit_fwhm`) on a PSF model image [image px],
+    comparable with :func:`measure_psf`."""
+    c = (img.shape[0] - 1) / 2
+    fw, _, _ = fit_fwhm(img / img.max() * 1e4, 1.0, [c], [c], 3.0, profile="moffat")
+    return float(fw[0] * samp)
+
+
+def psfex_fwhm(path, ccd: str | None = None) -> tuple[float, float]:
+    """``(fwhm, psfex_fwhm)`` [image px] of a PSFEx model file (:func:`psfex_model`): ``fwhm`` is
+    :func:`model_fwhm` of the model's constant term at its sampling; ``psfex_fwhm`` is PSFEx's own
+    ``PSF_FWHM``, a different definition that reads ~25 % larger on the DECam models."""
+    img, samp, own = psfex_model(path, ccd)
+    return model_fwhm(img, samp), own

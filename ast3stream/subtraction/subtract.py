@@ -28,7 +28,11 @@ Steps (Hu et al. 2022 sparse-field mode with our own masks):
    ``apcorr``, total (zero-point aperture) over PSF-fit flux of the sub-area stars, and
    ``errscale``, the factor by which correlated noise (resampling, convolution) makes PSF-flux
    errors larger than the per-pixel noise map says
-   (:func:`~ast3stream.detection.photometry.error_scale`).
+   (:func:`~ast3stream.detection.photometry.error_scale`);
+8. that factor split between the unconvolved image's noise and the convolved one's
+   (:meth:`Difference.errscale_at`): on empty sky the convolved noise, correlated over the
+   kernel, dominates a PSF fit's error; on a bright galaxy the unconvolved image's Poisson noise
+   does, and the sky's factor alone would overstate a nuclear transient's error by 10-20 %.
 
 Masked pixels (any bit but ``INTERP``) are replaced by sky before convolution; the output
 mask is the OR of both masks dilated by the larger FWHM (rounded, at least 1 px), plus
@@ -43,14 +47,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.io import fits
+from astropy.table import Table
 
-from ..detection.photometry import error_scale, matched_fwhm, psf_flux
+from ..detection.photometry import error_scale, gaussian_psf, matched_fwhm, psf_flux
 from ..detection.stamps import array_module, mosaic
 from ..image import Frame, MaskBits
 from . import engine
 from .background import background
 from .backend import use_gpu
-from .noise import correlated_factors, effective_gain, noise_acf, random_apertures
+from .noise import correlated_factors, effective_gain, noise_acf, random_apertures, weighted_sum_factor
+from .psf import PSFError, model_fwhm
 from .stars import local_sky, pair_stars, select_stars, subarea_labels
 from .tiles import fft_shape, tile_shape, tiles
 
@@ -66,10 +72,45 @@ class Difference:
     mask: np.ndarray
     header: fits.Header = field(default_factory=fits.Header)
     stats: dict = field(default_factory=dict)
+    #: uint8, 255 x the fraction of ``noise**2`` from the unconvolved image (None: not known)
+    white: np.ndarray | None = None
 
     @property
     def snr(self) -> np.ndarray:
         return np.where(self.mask == 0, self.diff / self.noise, 0).astype(np.float32)
+
+    def errscale_at(self, x, y) -> np.ndarray:
+        """The correlated-noise factor of PSF-fit flux errors at positions ``x, y``.
+
+        ``stats['errscale']`` is measured on empty sky, where the convolved image's noise,
+        correlated over the kernel and PSF, dominates a PSF fit's error. On a bright host the
+        unconvolved image's own Poisson noise (nearly white) dominates instead, and the sky's
+        factor would overstate the error. So the factor is split (step 8 of the module
+        docstring): ``sqrt(c_w f + c_c (1 - f))``, ``f`` the PSF-fit-weighted fraction of the
+        variance from the unconvolved image (:attr:`white`), ``c_w, c_c`` the two parts'
+        factors (``stats['errscale_white']**2``, ``stats['errscale_conv']**2``), calibrated so
+        that the sky's ``f`` gives ``errscale``. Without the split: ``errscale`` everywhere."""
+        x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
+        out = np.full(len(x), float(self.stats.get("errscale", 1.0)))
+        if self.white is None or "errscale_white" not in self.stats:
+            return out
+        from ..detection.stamps import boxes, inside
+
+        fwhm = float(self.stats["psf_fwhm"])
+        r = int(np.ceil(1.5 * fwhm))
+        cx, cy = np.rint(x).astype(int), np.rint(y).astype(int)
+        k = np.flatnonzero(inside(self.diff.shape, cx, cy, r))
+        if k.size == 0:
+            return out
+        wt = gaussian_psf(np.zeros(k.size), np.zeros(k.size), fwhm, r) ** 2
+        wt = wt / boxes(self.noise, cx[k], cy[k], r).astype(float) ** 2 * (boxes(self.mask, cx[k], cy[k], r) == 0)
+        f = boxes(self.white, cx[k], cy[k], r) / 255.0
+        norm = wt.sum(axis=(1, 2))
+        ok = norm > 0
+        f_eff = (wt * f).sum(axis=(1, 2))[ok] / norm[ok]
+        cw, cc = self.stats["errscale_white"] ** 2, self.stats["errscale_conv"] ** 2
+        out[k[ok]] = np.sqrt(cw * f_eff + cc * (1 - f_eff))
+        return out
 
 
 # --------------------------------------------------------------------------- preparation
@@ -124,18 +165,25 @@ _TEMPLATES: OrderedDict = OrderedDict()   #: keyed by the template's identity, l
 _BY_ID: dict = {}                          #: keyed by id(template.data), dropped with the array
 
 
-def _template(template: Frame, cfg, xp, gpu: bool, maximum_filter, key=None):
+def _template(template: Frame, cfg, xp, gpu: bool, maximum_filter, key=None, model=None):
     """Prepared template and its sub-area stars. Cached under ``key`` (the template's identity,
     e.g. its product key and version, so a worker reuses it across exposures whatever frame
     object carries it; the last ``subtraction.template_cache`` kept) or, without a key, while
-    ``template.data`` lives."""
+    ``template.data`` lives. With a PSF ``model`` of the template, a PSF that cannot be measured
+    (too few stars) gives no sub-area stars and the model's FWHM instead of the error."""
     sc = cfg.subtraction
     ident = ((key if key is not None else id(template.data)), gpu, sc.model_dump_json())
     cache = _TEMPLATES if key is not None else _BY_ID
     if ident not in cache:
         prep = Prepared(template, cfg, xp, maximum_filter)
         host = (lambda a: a.get()) if gpu else (lambda a: a)
-        stars = select_stars(host(prep.sub), host(prep.bad), host(prep.rms), cfg, prep.saturation)
+        try:
+            stars = select_stars(host(prep.sub), host(prep.bad), host(prep.rms), cfg, prep.saturation)
+        except PSFError as exc:
+            if model is None:
+                raise
+            stars = Table({k: np.zeros(0) for k in ("x", "y", "xwin", "ywin", "flux", "flux_err", "fwhm")},
+                          meta={"fwhm": model_fwhm(model), "psf": None, "psf_error": str(exc)})
         cache[ident] = (prep, stars)
         if key is None:
             weakref.finalize(template.data, _BY_ID.pop, ident, None)
@@ -164,8 +212,15 @@ class _Clock:
         self.t = t
 
 
-def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = None, template_key=None) -> Difference:
+def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = None, template_key=None,
+             psf_models: tuple | None = None) -> Difference:
     """SFFT difference ``science - template`` on the template grid (see the module docstring).
+
+    ``psf_models``: ``(science, template)`` PSF model images [image px, unit sum], e.g. the
+    files' PSFEx models (:func:`.psf.psfex_model`); used when fewer than 3 sub-area stars are
+    usable (small cutouts): SFFT then fits the kernel on the two models (noise-free "stars",
+    :func:`_model_subareas`) and the flux scale comes from the stars there are, else the
+    exposure times (``stats['kernel_from']``, ``stats['scale_from']``).
 
     ``template_key`` (hashable, e.g. ``(product key, version)``) identifies the template for the
     cache of its prepared form. ``stats['seconds']`` is the wall time, ``stats['steps']`` its split
@@ -183,7 +238,8 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         from scipy.signal import fftconvolve
     clock = _Clock(xp.cuda.Stream.null.synchronize if gpu else None)
 
-    tpl, stars = _template(template, cfg, xp, gpu, maximum_filter, template_key)
+    model_sci, model_ref = psf_models if psf_models is not None else (None, None)
+    tpl, stars = _template(template, cfg, xp, gpu, maximum_filter, template_key, model_ref)
     clock("template")
     sci = Prepared(science_aligned, cfg, xp, maximum_filter)
     clock("background")
@@ -191,8 +247,13 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     clock("stars")
     use = np.asarray(pairs["use"], bool)
     fwhm_ref, fwhm_sci = float(stars.meta["fwhm"]), float(pairs.meta["fwhm_sci"])
-    if use.sum() < 3:
-        raise RuntimeError(f"only {use.sum()} usable sub-area stars; cannot fit the matching kernel")
+    from_models = use.sum() < 3
+    if from_models and psf_models is None:
+        raise RuntimeError(f"only {use.sum()} usable sub-area stars; cannot fit the matching kernel "
+                           "(give the frames' PSF models)")
+    if from_models:
+        fwhm_sci = model_fwhm(model_sci)
+        fwhm_ref = model_fwhm(model_ref)
     conv = {"ref": "REF", "sci": "SCI"}.get(sc.force_conv, "REF" if fwhm_ref <= fwhm_sci else "SCI")
     (I, J) = (tpl, sci) if conv == "REF" else (sci, tpl)
     fwhm_max = max(fwhm_ref, fwhm_sci)
@@ -209,6 +270,11 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     mI, mJ = ((xp.where(inside, P.sub - xp.asarray(np.r_[0, local_sky(P.sub, P.bad, xs, ys, radius, radius + 6)],
                                                      dtype=xp.float32)[label], zero))
               for P in (I, J))
+    scale_from = "stars"
+    if from_models:
+        scale, scale_from = _flux_scale(pairs, use, sci, tpl, 3.0 * fwhm_max)
+        models = (model_ref, model_sci) if conv == "REF" else (model_sci, model_ref)
+        amp = (1.0, scale) if conv == "REF" else (scale, 1.0)
     clock("subareas")
 
     shape = bad.shape
@@ -216,7 +282,8 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     layout = tiles(shape, tile_shape(shape, cfg), sc.tile_overlap, hw)
     diff = xp.zeros(shape, xp.float32)
     noise = xp.zeros(shape, xp.float32)
-    ratios, parts = [], []
+    white = xp.zeros(shape, xp.float32)
+    ratios, parts, kernels = [], [], []
     constant = cfg.model_copy(update={"subtraction": sc.model_copy(
         update={"kernel_poly_order": 0, "background_poly_order": 0})})
     ny_t, nx_t = layout[0][2].shape
@@ -231,12 +298,18 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     for sy, sx, w in layout:
         n_in = np.sum((xs >= sx.start) & (xs < sx.stop) & (ys >= sy.start) & (ys < sy.stop))
         tcfg = cfg if n_in >= sc.min_stars_varying else constant
-        sol, d = engine.solve(*(T(a, sy, sx) for a in (Ifill, Jfill, mI, mJ)), tcfg, gpu)
+        if from_models:
+            mI, mJ = (_model_subareas(m, a, (ny_t, nx_t), hw, xp) for m, a in zip(models, amp))
+            sol, d = engine.solve(T(Ifill, sy, sx), T(Jfill, sy, sx), T(mI, np.s_[:], np.s_[:]),
+                                  T(mJ, np.s_[:], np.s_[:]), tcfg, gpu)
+        else:
+            sol, d = engine.solve(*(T(a, sy, sx) for a in (Ifill, Jfill, mI, mJ)), tcfg, gpu)
         d = d[:nx_t, :ny_t]
         clock("sfft")
         k = engine.kernel_at(sol, (fx, fy), tcfg, (nx_t - 1) / 2, (ny_t - 1) / 2)
         ratio = float(k.sum())
         ratios.append(ratio)
+        kernels.append(k)
         q_i, ap_i = correlated_factors(I.acf, k, r_ap)   # I's noise is correlated, then convolved
         vJ = J.var[sy, sx]
         vI = fftconvolve(I.var[sy, sx], xp.asarray(k ** 2 * q_i, dtype=xp.float32), mode="same")
@@ -250,6 +323,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         wt = xp.asarray(w, dtype=xp.float32)
         diff[sy, sx] += wt * d.astype(xp.float32)
         noise[sy, sx] += wt * sig.astype(xp.float32)
+        white[sy, sx] += wt * (vJ / xp.maximum(var, xp.float32(1e-30))).astype(xp.float32)
         clock("noise")
 
     mask = _output_mask(tpl.mask | sci.mask, max(1, round(fwhm_max)), hw, xp, maximum_filter)
@@ -260,22 +334,30 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     r = int(np.ceil(1.4 * max(1.5, 2.5 * cfg.photometry.aperture_factor / 2 / 2.3548) * fwhm_j)) + 2
     (Jsub, Jrms, Jbad), outside, xl, yl = mosaic([J.sub, J.rms, bad], xs[:200], ys[:200], r)  # the brightest
     Jbad |= outside
-    psf_fwhm = matched_fwhm(Jsub, Jrms, xl, yl, fwhm_j, Jbad)
+    if from_models:   # the Gaussian matched to J's model
+        mj = models[1]
+        c = (mj.shape[0] - 1) / 2
+        psf_fwhm = matched_fwhm(mj / mj.max() * 1e4, np.ones(mj.shape), [c], [c], fwhm_j)
+    else:
+        psf_fwhm = matched_fwhm(Jsub, Jrms, xl, yl, fwhm_j, Jbad)
     stats = dict(backend="cupy" if gpu else "numpy", n_tiles=len(layout), tile_shape=list(layout[0][2].shape),
                  conv=conv, fwhm_sci=fwhm_sci, fwhm_ref=fwhm_ref, psf_fwhm=psf_fwhm,
                  flux_ratio=float(np.median(ratios)), n_stars=int(use.sum()),
-                 n_banned=int(len(pairs) - use.sum()),
+                 n_banned=int(len(pairs) - use.sum()), kernel_from="psf models" if from_models else "stars",
+                 scale_from=scale_from,
                  apcorr=_aperture_correction(Jsub, Jrms, Jbad, xl, yl, psf_fwhm, cfg))
     clock("calibration")
     stats |= x2nrm(diff, noise, mask, xp)
     clock("x2nrm")
-    diff, noise, mask = (_to_host(a) for a in (diff, noise, mask.astype(xp.uint16, copy=False)))
+    white = xp.rint(xp.clip(white, 0, 1) * 255).astype(xp.uint8)
+    diff, noise, mask, white = (_to_host(a) for a in (diff, noise, mask.astype(xp.uint16, copy=False), white))
     clock("to_host")
     stats["errscale"] = error_scale(diff, noise, mask, psf_fwhm)
+    stats |= _errscale_split(stats["errscale"], white, mask, J.acf, I.acf, kernels, psf_fwhm)
     clock("errscale")
     stats |= _noise_check(diff, noise, mask, parts, J.acf, r_ap, sci, tpl, sc)
     stats |= dict(gain_sci=sci.gain, gain_ref=tpl.gain, gain_method_sci=sci.gain_method,
-                  gain_method_ref=tpl.gain_method, psf_stars=int(stars.meta["psf"].n_stars))
+                  gain_method_ref=tpl.gain_method, psf_stars=int(stars.meta["psf"].n_stars) if stars.meta["psf"] else 0)
     clock("noise_check")
     stats["seconds"] = clock.t - clock.t0
     stats["steps"] = clock.steps
@@ -287,7 +369,63 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         if np.isfinite(stats.get(name, np.nan)):
             header[key] = (round(float(stats[name]), 4), comment)
     header["CONVDIR"] = (conv, "image convolved by the SFFT kernel")
-    return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats)
+    return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats, white=white)
+
+
+def _errscale_split(errscale: float, white, mask, acf_j, acf_i, kernels, fwhm: float) -> dict:
+    """``errscale_white`` and ``errscale_conv`` (:meth:`Difference.errscale_at`): the PSF-fit
+    variance factors of the unconvolved image's noise (autocorrelation ``acf_j``) and of the
+    convolved one's (``acf_i`` convolved with the tiles' kernels, median over tiles),
+    :func:`.noise.weighted_sum_factor` with the Gaussian PSF of ``fwhm`` as the weights, both
+    scaled so that the sky's median white fraction gives the measured ``errscale``."""
+    r = int(np.ceil(1.5 * fwhm))
+    p = gaussian_psf(0.0, 0.0, fwhm, r)
+    c_w = weighted_sum_factor(acf_j, np.ones((1, 1)), p)
+    c_c = float(np.median([weighted_sum_factor(acf_i, k, p) for k in kernels]))
+    sky = mask[::4, ::4] == 0
+    if not sky.any() or not np.isfinite(errscale):
+        return {}
+    f = float(np.median(white[::4, ::4][sky])) / 255.0
+    cal = errscale ** 2 / (c_w * f + c_c * (1 - f))
+    return dict(errscale_white=float(np.sqrt(cal * c_w)), errscale_conv=float(np.sqrt(cal * c_c)),
+                white_fraction_sky=f)
+
+
+def _model_subareas(model: np.ndarray, amp: float, shape, hw: int, xp):
+    """A tile-sized image holding one PSF ``model`` (times ``amp``) at its centre and zero
+    elsewhere: SFFT's masked input when the kernel is fitted on the PSF models. The model is
+    cropped to fit the tile with the kernel's half-width ``hw`` to spare on each side."""
+    ny, nx = shape
+    h = min(model.shape[0] // 2, (min(ny, nx) - 2 * hw - 3) // 2)
+    if h < 2:
+        raise RuntimeError(f"tile {shape} too small for a kernel of half-width {hw} on a PSF model")
+    c = model.shape[0] // 2
+    out = np.zeros(shape, np.float32)
+    cy, cx = ny // 2, nx // 2
+    out[cy - h:cy + h + 1, cx - h:cx + h + 1] = amp * 1e4 * model[c - h:c + h + 1, c - h:c + h + 1]
+    return xp.asarray(out)
+
+
+def _flux_scale(pairs, use, sci, tpl, radius: float) -> tuple[float, str]:
+    """Science / template flux scale without enough sub-area stars (``sci``, ``tpl``: the
+    :class:`Prepared` images): the median flux ratio of the usable stars there are, else that of
+    the aperture fluxes (``radius``) of every source detected at SNR > 10 in both (galaxies
+    included: a large aperture holds their flux whatever the seeing), else 1."""
+    import sep
+
+    if use.any():
+        return float(np.median(np.asarray(pairs["ratio"], float)[use])), f"{int(use.sum())} star(s)"
+    ref = np.ascontiguousarray(_to_host(tpl.sub), np.float32)
+    bad = np.ascontiguousarray(_to_host(tpl.bad | sci.bad))
+    objs = sep.extract(ref, 5.0, err=np.ascontiguousarray(_to_host(tpl.rms), np.float32), mask=bad, minarea=3)
+    if len(objs):
+        f = [sep.sum_circle(np.ascontiguousarray(_to_host(P.sub), np.float32), objs["x"], objs["y"], radius,
+                            err=np.ascontiguousarray(np.sqrt(_to_host(P.var)), np.float32), mask=bad)
+             for P in (sci, tpl)]
+        ok = (f[0][0] > 10 * f[0][1]) & (f[1][0] > 10 * f[1][1]) & (f[0][2] == 0) & (f[1][2] == 0)
+        if ok.any():
+            return float(np.median(f[0][0][ok] / f[1][0][ok])), f"aperture fluxes of {int(ok.sum())} source(s)"
+    return 1.0, "none (1)"
 
 
 def _noise_check(diff, noise, mask, parts, acf_j, r: float, sci, tpl, sc) -> dict:
