@@ -1,7 +1,7 @@
 """``ast3stream run`` as a site operator runs it, on the embedded default broker (in memory).
 
 ``kill -9`` of the worker with eight exposures in flight: ``run`` starts it again and each
-exposure alerts once. ``kill -9`` of ``run`` itself takes the broker and its messages with
+exposure alerts once; with retention at 0 days only templates, bundles and alerts stay. ``kill -9`` of ``run`` itself takes the broker and its messages with
 it; a fresh ``run`` resumes every exposure the database shows unfinished, and the alerts are
 those of a run without faults, each published once. SIGTERM to ``run`` leaves no child behind.
 """
@@ -80,6 +80,12 @@ def _alert_ids(cfg) -> list[str]:
             for m in asyncio.run(read_topic(bootstrap, topic(cfg.kafka.prefix, "alerts"), 2.0))]
 
 
+def _products(cfg) -> list[str]:
+    """The files of the live namespace in the product store, relative to it."""
+    root = cfg.products_dir / "live"
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
 def _sigterm_leaves_no_child(proc: subprocess.Popen) -> None:
     children = _descendants(proc.pid)
     start = time.monotonic()
@@ -147,7 +153,8 @@ def busy_night(tmp_path_factory):
 @pytest.mark.broker
 def test_a_worker_killed_with_eight_exposures_in_flight_is_restarted_and_each_alerts_once(busy_night, settings_for,
                                                                                           tmp_path):
-    cfg = settings_for(busy_night, "busy", watcher={"stable_s": 0.5, "giveup_s": 3.0})
+    cfg = settings_for(busy_night, "busy", watcher={"stable_s": 0.5, "giveup_s": 3.0},
+                       products={"retention_days": 0.0, "prune_every_s": 2.0})
     settings = cfg.save(tmp_path / "busy.json")
     db = Database.from_settings(cfg)
     ids = [e.expid for e in busy_night[1].exposures]
@@ -167,9 +174,15 @@ def test_a_worker_killed_with_eight_exposures_in_flight_is_restarted_and_each_al
         until(lambda: all(lanes_done(db, e) for e in ids), "every exposure to finish", timeout=600, check=running(run))
         assert "restarting it" in (tmp_path / "run.log").read_text()
         published = _alert_ids(cfg)
+        # retention at 0 days: once the slow lane (PSF) is done too, only templates, bundles and alerts stay
+        kept = {r["path"].split("/", 1)[1] for r in db.rows("templates")} | {
+            f"{e}/dip/{name}" for e in science for name in ("bundle.fits", "alerts.avro")}
+        until(lambda: all("psf" in _stages_done(db, e) for e in science) and set(_products(cfg)) == kept,
+              "retention (0 days) to prune every other product", check=running(run))
         _sigterm_leaves_no_child(run)
     finally:
         run.kill()
+    assert set(_products(cfg)) == kept and any(f.startswith("templates/") for f in kept)
     statuses = {r["exposure_id"]: r["status"] for r in db.rows("exposures")}
     assert statuses == {template: "template", **{e: "alerted" for e in science}}
     assert db.count("dead_letters") == 0
@@ -208,13 +221,14 @@ def test_the_supervisor_restarts_a_dead_embedded_broker_and_the_workers(settings
         stop = threading.Event()
 
         def watch():
-            until(lambda: stack.broker.proc.poll() is None and stack.procs[0].pid != old
-                  and asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the stack to come back")
-            stop.set()
+            try:
+                until(lambda: stack.broker.proc.poll() is None and stack.procs[0].pid != old
+                      and asyncio.run(_members(settings.kafka.bootstrap, group)) == 1, "the stack to come back")
+            finally:
+                stop.set()  # back, or given up on: the assertion below tells
 
         checker = threading.Thread(target=watch, daemon=True)
         checker.start()
-        threading.Timer(300, stop.set).start()
         stack.supervise(stop, progress=lambda line: None, poll=0.5)  # what `run` does
         checker.join(1)
         assert stack.broker.proc.poll() is None and stack.procs[0].poll() is None and stack.procs[0].pid != old
