@@ -309,12 +309,13 @@ def gil_probe(threshold_s: float, dumps: int = 10) -> None:
     import sys
 
     step = threshold_s / 5
+    out = sys.__stderr__   # the process's stderr: faust replaces sys.stderr by a log proxy with no file descriptor
 
     def loop():
         stalls, last = 0, time.monotonic()
         while True:
             if stalls < dumps:
-                faulthandler.dump_traceback_later(threshold_s, file=sys.stderr)
+                faulthandler.dump_traceback_later(threshold_s, file=out)
             time.sleep(step)
             now = time.monotonic()
             if now - last - step >= threshold_s:
