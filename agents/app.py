@@ -144,7 +144,7 @@ class PipelineApp(faust.App):
 
 
 def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, watch: bool = False,
-             web_port: int | None = None, workers: int | None = None) -> faust.App:
+             web_port: int | None = None, workers: int | None = None, res: Resources | None = None) -> faust.App:
     prefix = cfg.kafka.prefix
     app = PipelineApp(
         f"{prefix}-pipeline", broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
@@ -158,7 +158,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
         stream_wait_empty=True, broker_max_poll_interval=3600.0,
         broker_credentials=faust_credentials(cfg.security),
     )
-    res = Resources(cfg)
+    res = res or Resources(cfg)
     kafka = cfg.kafka.model_copy(update={"bootstrap": bootstrap})   # the broker this worker uses
     pool = PriorityPool(workers or max(1, os.cpu_count() or 1))
     own = {s.name for s in STAGES} if stages is None else set(stages) & {s.name for s in STAGES}
@@ -352,8 +352,13 @@ def main(argv: list[str] | None = None) -> None:
 
         strips.pool(strips.n_workers(cfg.sources.workers))
         log.warning("front half and detection loaded in %.1f s", warm_up(cfg))  # the first exposure as fast as the next
-    app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None, watch=args.watch,
-                   web_port=args.web_port, workers=args.workers)
+    stages = args.stages.split(",") if args.stages else None
+    res = Resources(cfg)
+    start = time.time()
+    what = res.warm(stages or [s.name for s in STAGES])
+    log.warning("%s warmed in %.1f s", what, time.time() - start)
+    app = make_app(cfg, bootstrap, stages=stages, watch=args.watch, web_port=args.web_port, workers=args.workers,
+                   res=res)
     from faust.worker import Worker
 
     logging.basicConfig(level=args.loglevel.upper().replace("WARN", "WARNING"))

@@ -170,6 +170,24 @@ class Resources:
         from ast3stream.classify import RealBogus
         return self._get(("rb", lane), lambda: RealBogus.load(lane, device=self.cfg.classify.device))
 
+    def warm(self, stages: Iterable[str]) -> str:
+        """Before a worker consumes: load the classifiers (torch included) and score one input,
+        and prepare the newest templates in force (up to ``subtraction.template_cache``), so that
+        the first exposure after a start does not pay for them; returns what was done."""
+        stages, done = set(stages), []
+        if "classify" in stages:
+            for lane in ("qip", "dip"):
+                clf = self.classifier(lane)
+                clf.score_inputs(np.zeros((1, 4, clf.stamp_size, clf.stamp_size), np.float32))
+            done.append("classifiers")
+        if "subtraction" in stages:
+            rows = sorted(self.db.rows("templates"), key=lambda r: r["created_at"], reverse=True)
+            for row in rows[:self.cfg.subtraction.template_cache]:
+                pl.prepare_template(self.template(row, row["lane"]), subtraction=self.cfg.subtraction,
+                                    detector=self.cfg.detector)
+            done.append(f"{min(len(rows), self.cfg.subtraction.template_cache)} templates")
+        return " and ".join(done) or "nothing"
+
     def threshold(self, lane: str) -> float:
         """The score an alert needs: ``alerts.min_score`` when set, else the lane model's own."""
         if self.cfg.alerts.min_score is not None:
@@ -277,6 +295,23 @@ class Chain:
         row = await self._db(self.db.template, exp.field_id, ev.lane)
         lane.template = await asyncio.to_thread(self.res.template, row, ev.lane)
         await self._back(exp, lane, ev, after=ev.stage)
+
+    def prepare(self, tmpl: TemplateInForce) -> None:
+        """Prepare a template for subtraction beside the alert path (after the lanes' stages,
+        before PSF photometry), so that the field's next exposure finds it ready."""
+        if "subtraction" not in self.stages:
+            return
+
+        async def run():
+            try:
+                await self.submit((1, 1), pl.prepare_template, tmpl, subtraction=self.cfg.subtraction,
+                                  detector=self.cfg.detector)
+            except Exception:  # its first subtraction prepares it again and reports the error
+                log.exception("preparing template %s failed", tmpl.key)
+
+        task = asyncio.ensure_future(run())
+        self._slow.add(task)
+        task.add_done_callback(self._slow.discard)
 
     async def drain(self) -> None:
         """Wait for the slow-lane work started by earlier chains."""
@@ -439,7 +474,7 @@ class Chain:
         qip = await self._apply(exp, [ClaimTemplate(exp.field_id, "qip", winner, key(winner, "qip"), stats)])
         if winner == exp.exposure_id:
             for name, row in (("dip", dip), ("qip", qip)):
-                self.res.remember(row, name, frames[name])
+                self.prepare(self.res.remember(row, name, frames[name]))
         else:
             for name in frames:
                 await asyncio.to_thread(store.delete, key(exp.exposure_id, name))

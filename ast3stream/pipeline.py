@@ -302,6 +302,14 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
     return StageOutput(metrics=lane.metrics)
 
 
+def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> float:
+    """Prepare the template the subtraction stage will use (sky, noise, sub-area stars, on the
+    configured backend) and cache it under its key and version; seconds taken (0 if cached)."""
+    from .subtraction import prepare_template as prepare
+
+    return prepare(tmpl.frame, _legacy(subtraction=subtraction, detector=detector), key=(tmpl.key, tmpl.version))
+
+
 def detection(exp: Exposure, lane: Lane, *, detection) -> StageOutput:
     """Candidates on the difference image with the paper's cuts; 4-channel stamps."""
     from .detection import detect

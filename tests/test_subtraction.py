@@ -431,6 +431,29 @@ def test_template_cache_keyed_by_identity(synthetic):
     assert sum(k[0] == key for k in _TEMPLATES) == 1
 
 
+def test_a_template_prepared_ahead_is_not_prepared_again_and_gives_the_same_difference(synthetic, monkeypatch):
+    """``prepare_template`` (what a worker runs when a template is registered) does the
+    template's part of the first subtraction; three threads asking at once prepare it once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import importlib
+
+    from ast3stream.subtraction import prepare_template
+    module = importlib.import_module("ast3stream.subtraction.subtract")
+
+    made = []
+    real = module.Prepared
+    monkeypatch.setattr(module, "Prepared", lambda frame, *a: made.append(frame) or real(frame, *a))
+    aligned, tpl, first = synthetic
+    key = ("templates/F2_dip.fits", 2.0)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: prepare_template(tpl, CFG, key=key), range(3)))
+    assert [f is tpl for f in made] == [True]
+    d = subtract(aligned, tpl, CFG, template_key=key)
+    assert d.stats["steps"]["template"] < 0.05
+    assert np.array_equal(d.diff, first.diff, equal_nan=True)
+
+
 @pytest.mark.shared
 @pytest.mark.slow
 def test_lt_stacked_template_is_deeper():

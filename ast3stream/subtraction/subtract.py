@@ -40,6 +40,7 @@ mask is the OR of both masks dilated by the larger FWHM (rounded, at least 1 px)
 """
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -163,18 +164,29 @@ class Prepared:
 
 _TEMPLATES: OrderedDict = OrderedDict()   #: keyed by the template's identity, least recently used dropped
 _BY_ID: dict = {}                          #: keyed by id(template.data), dropped with the array
+_PREPARING: dict = {}                      #: identity -> lock held while that template is prepared
+_CACHE_LOCK = threading.Lock()
 
 
 def _template(template: Frame, cfg, xp, gpu: bool, maximum_filter, key=None, model=None):
     """Prepared template and its sub-area stars. Cached under ``key`` (the template's identity,
     e.g. its product key and version, so a worker reuses it across exposures whatever frame
     object carries it; the last ``subtraction.template_cache`` kept) or, without a key, while
-    ``template.data`` lives. With a PSF ``model`` of the template, a PSF that cannot be measured
+    ``template.data`` lives. A second caller of a template being prepared waits for it rather
+    than preparing it again. With a PSF ``model`` of the template, a PSF that cannot be measured
     (too few stars) gives no sub-area stars and the model's FWHM instead of the error."""
     sc = cfg.subtraction
     ident = ((key if key is not None else id(template.data)), gpu, sc.model_dump_json())
     cache = _TEMPLATES if key is not None else _BY_ID
-    if ident not in cache:
+    with _CACHE_LOCK:
+        lock = _PREPARING.setdefault(ident, threading.Lock())
+    with lock:
+        with _CACHE_LOCK:
+            if ident in cache:
+                if key is not None:
+                    _TEMPLATES.move_to_end(ident)
+                _PREPARING.pop(ident, None)
+                return cache[ident]
         prep = Prepared(template, cfg, xp, maximum_filter)
         host = (lambda a: a.get()) if gpu else (lambda a: a)
         try:
@@ -184,14 +196,41 @@ def _template(template: Frame, cfg, xp, gpu: bool, maximum_filter, key=None, mod
                 raise
             stars = Table({k: np.zeros(0) for k in ("x", "y", "xwin", "ywin", "flux", "flux_err", "fwhm")},
                           meta={"fwhm": model_fwhm(model), "psf": None, "psf_error": str(exc)})
-        cache[ident] = (prep, stars)
-        if key is None:
-            weakref.finalize(template.data, _BY_ID.pop, ident, None)
-        while len(_TEMPLATES) > max(1, sc.template_cache):
-            _TEMPLATES.popitem(last=False)
-    elif key is not None:
-        _TEMPLATES.move_to_end(ident)
-    return cache[ident]
+        with _CACHE_LOCK:
+            cache[ident] = (prep, stars)
+            _PREPARING.pop(ident, None)
+            if key is None:
+                weakref.finalize(template.data, _BY_ID.pop, ident, None)
+            while len(_TEMPLATES) > max(1, sc.template_cache):
+                _TEMPLATES.popitem(last=False)
+        return prep, stars
+
+
+def _backend(gpu: bool):
+    """The array module, ``maximum_filter`` and ``fftconvolve`` of the backend."""
+    if gpu:
+        import cupy as xp
+        from cupyx.scipy.ndimage import maximum_filter
+        from cupyx.scipy.signal import fftconvolve
+    else:
+        xp = np
+        from scipy.ndimage import maximum_filter
+        from scipy.signal import fftconvolve
+    return xp, maximum_filter, fftconvolve
+
+
+def prepare_template(template: Frame, cfg, key, gpu: bool | None = None, psf_model=None) -> float:
+    """Prepare and cache a template (sky, noise, sub-area stars) before its first subtraction,
+    as :func:`subtract` would on first use of ``key``; returns the seconds it took (0 when it
+    was cached already). A worker calls it when a template is registered or at start, so that
+    the first exposure of a field does not pay for it on its alert path."""
+    gpu = use_gpu(cfg.subtraction.backend) if gpu is None else gpu
+    xp, maximum_filter, _ = _backend(gpu)
+    t0 = time.perf_counter()
+    _template(template, cfg, xp, gpu, maximum_filter, key, psf_model)
+    if gpu:
+        xp.cuda.Stream.null.synchronize()
+    return time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- subtraction
@@ -228,14 +267,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     ``NOISERAT`` in the header)."""
     sc = cfg.subtraction
     gpu = use_gpu(sc.backend) if gpu is None else gpu
-    if gpu:
-        import cupy as xp
-        from cupyx.scipy.ndimage import maximum_filter
-        from cupyx.scipy.signal import fftconvolve
-    else:
-        xp = np
-        from scipy.ndimage import maximum_filter
-        from scipy.signal import fftconvolve
+    xp, maximum_filter, fftconvolve = _backend(gpu)
     clock = _Clock(xp.cuda.Stream.null.synchronize if gpu else None)
 
     model_sci, model_ref = psf_models if psf_models is not None else (None, None)
