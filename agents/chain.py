@@ -25,15 +25,18 @@ from the store (:meth:`Chain.resume`).
 
 A crash mid-chain loses nothing: the exposure event's offset is committed only when the
 chain has finished, so the event is redelivered and the chain runs again from the raw file
-with the same ids; an alert already recorded as published is not sent again.
+with the same ids; a lane's candidates and alerts go out once (:mod:`agents.outbox`).
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 import weakref
 from collections import OrderedDict
 from dataclasses import replace
@@ -60,7 +63,7 @@ log = logging.getLogger("ast3stream.chain")
 
 Publish = Callable[[str, bytes, bytes], Awaitable[None]]  #: (topic name without prefix, key, value)
 Submit = Callable[..., Awaitable]                         #: (priority, fn, *args, **kwargs) -> result
-Sent = Callable[..., Awaitable[set]]                      #: (topic names, key, alert id, registry) -> names holding it
+Sent = Callable[..., Awaitable[dict]]                     #: (topic names, {alert id: key}, registry) -> {alert id: names}
 
 
 class StageFailed(RuntimeError):
@@ -77,8 +80,8 @@ async def _inline(priority, fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-async def _nowhere(names, key, alert_id, registry=None) -> set[str]:
-    return set()
+async def _nowhere(names, wanted, registry=None) -> dict[str, set[str]]:
+    return {a: set() for a in wanted}
 
 
 class Resources:
@@ -222,13 +225,18 @@ class Chain:
 
     ``publish`` sends one message and returns once the broker has it; ``submit`` runs a
     function on the worker's priority pool (default: inline, for ``process_exposure``);
-    ``sent`` tells which topics already hold an alert whose send was cut off
-    (:func:`agents.outbox.topics_holding`; default: none, for ``process_exposure``).
+    ``sent`` tells which topics already hold the messages of a lane whose sending was cut off
+    (:func:`agents.outbox.topics_holding`; default: none, for ``process_exposure``); ``lease_s``:
+    how long this chain's claim on sending a lane holds without being renewed (another worker
+    takes it over after that).
     """
 
     def __init__(self, res: Resources, publish: Publish, submit: Submit = _inline,
-                 stages: Iterable[str] | None = None, poll_s: float = 0.5, sent: Sent = _nowhere):
+                 stages: Iterable[str] | None = None, poll_s: float = 0.5, sent: Sent = _nowhere,
+                 lease_s: float = 10.0):
         self.res = res
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  #: of its send claims
+        self.lease_s = lease_s
         self.cfg = res.cfg
         self.db = res.db
         self.publish = publish
@@ -505,33 +513,44 @@ class Chain:
     # -- outputs --------------------------------------------------------------------------
     async def _send_alerts(self, exp: Exposure, lane: Lane, out: pl.StageOutput, file_closed_at: float) -> None:
         """Every candidate to ``candidates``; those above the threshold to ``alerts`` and
-        ``alerts.{lane}`` (once: an alert recorded as published is not sent again), notices
-        to ``gcn``; then the lane's bundle and alert packets to the product store."""
-        wire = self.res.wire
-        for a in out.alerts:
-            key = a.object_id.encode()
-            await self._send("candidates", key, wire.encode(a.packet, "candidates"))
-            if not a.passed or await self._db(self.db.alert_published, a.alert_id):
-                continue
-            names = ["alerts", f"alerts.{lane.name}"] + (["gcn"] if a.notice is not None else [])
-            if await self._db(self.db.intend_alert, a.alert_id):  # an earlier send was cut off
-                held = await retrying("alerts", self.sent, names, key, a.alert_id, wire.registry)
-                log.warning("%s/%s: alert %s was cut off before it was recorded; already on %s, sent now to %s",
-                            exp.exposure_id, lane.name, a.alert_id, sorted(held) or "none",
-                            [n for n in names if n not in held])
-                names = [n for n in names if n not in held]
-            for name in names:   # framing and schema id per topic
-                await self._send(name, key, a.notice if name == "gcn" else wire.encode(a.packet, name))
-            now = time.time()
-            await self._db(self.db.record_alert, dict(
-                alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=exp.exposure_id,
-                lane=lane.name, score=a.score, digest=a.digest, published_at=now, latency_s=now - file_closed_at))
-            METRICS.alert(lane.name, now - file_closed_at)
+        ``alerts.{lane}``, notices to ``gcn``: each once, under the lane's send claim
+        (:mod:`agents.outbox`); then the lane's bundle and alert packets to the product store."""
+        wire, eid = self.res.wire, exp.exposure_id
+        while (claim := await self._db(self.db.claim_sends, eid, lane.name, self.owner, self.lease_s)) == "busy":
+            await asyncio.sleep(self.poll_s)   # another worker sends this lane (a rebalance): wait for it
+        if claim == "done":
+            log.info("%s/%s: candidates and alerts sent already", eid, lane.name)
+            return
+        sends = [(a, ["candidates"] + (["alerts", f"alerts.{lane.name}"] + (["gcn"] if a.notice is not None else [])
+                                       if a.passed else [])) for a in out.alerts]
+        held = {}
+        if claim == "resumed":   # an earlier send was cut off: what is on the topics already
+            held = await retrying("alerts", self.sent, sorted({n for _, names in sends for n in names}),
+                                  {a.alert_id: a.object_id.encode() for a, _ in sends}, wire.registry)
+            log.warning("%s/%s: sending was cut off; %d of %d candidates' messages on their topics already",
+                        eid, lane.name, sum(bool(v) for v in held.values()), len(sends))
+        renewed = time.monotonic()
+        for a, names in sends:
+            for name in [n for n in names if n not in held.get(a.alert_id, ())]:   # framing, schema id per topic
+                if time.monotonic() - renewed > self.lease_s / 3:
+                    if not await self._db(self.db.renew_sends, eid, lane.name, self.owner):
+                        log.warning("%s/%s: another worker took over sending (this one's lease ran out)",
+                                    eid, lane.name)
+                        return
+                    renewed = time.monotonic()
+                await self._send(name, a.object_id.encode(), a.notice if name == "gcn" else wire.encode(a.packet, name))
+            if a.passed:
+                now = time.time()
+                await self._db(self.db.record_alert, dict(
+                    alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=eid,
+                    lane=lane.name, score=a.score, digest=a.digest, published_at=now, latency_s=now - file_closed_at))
+                METRICS.alert(lane.name, now - file_closed_at)
         passed = [a.value for a in out.alerts if a.passed]
         if passed:
             store = self.res.store
             store.put(product_key(store, exp, lane.name, PRODUCT_FILES["alerts"]), writer("alerts", passed))
         await self._apply(exp, [UpdateExposure(status="alerted")])
+        await self._db(self.db.renew_sends, eid, lane.name, self.owner, True)
 
     async def _psf(self, exp: Exposure, event: StageEvent) -> None:
         """PSF photometry beside the alert path (lowest priority); its table goes to the store."""
