@@ -8,7 +8,8 @@ Steps (Hu et al. 2022 sparse-field mode with our own masks):
    image ``I`` (fitted PSF FWHM, :mod:`.psf`) is convolved, ``J`` is not; in the masked
    pair (zero outside the sub-areas) each sub-area has its local annulus sky removed,
    since the fit cannot absorb pedestals that differ between sub-areas and the zeroed rest;
-3. per tile of one shape (:mod:`.tiles`, zero-padded to FFT-friendly sides) SFFT fits ``K`` and the differential background
+3. per tile of one shape (:mod:`.tiles`, zero-padded to FFT-friendly sides) SFFT fits ``K`` (half-width
+   ``ceil(2 x`` the larger FWHM``)``, capped, :func:`kernel_half_width`) and the differential background
    on the sub-areas (polynomial orders from the config, or 0 with fewer than
    ``min_stars_varying`` stars in the tile) and returns ``D = J - K * I``; tiles are
    blended with linear ramps;
@@ -40,6 +41,7 @@ mask is the OR of both masks dilated by the larger FWHM (rounded, at least 1 px)
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -310,8 +312,11 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     clock("subareas")
 
     shape = bad.shape
-    hw = sc.kernel_half_width
-    layout = tiles(shape, tile_shape(shape, cfg), sc.tile_overlap, hw)
+    tshape = tile_shape(shape, cfg)
+    hw = kernel_half_width(fwhm_max, tshape, sc.kernel_half_width)
+    cfg = cfg.model_copy(update={"subtraction": sc.model_copy(update={"kernel_half_width": hw})})
+    sc = cfg.subtraction
+    layout = tiles(shape, tshape, sc.tile_overlap, hw)
     diff = xp.zeros(shape, xp.float32)
     noise = xp.zeros(shape, xp.float32)
     white = xp.zeros(shape, xp.float32)
@@ -373,7 +378,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     else:
         psf_fwhm = matched_fwhm(Jsub, Jrms, xl, yl, fwhm_j, Jbad)
     stats = dict(backend="cupy" if gpu else "numpy", n_tiles=len(layout), tile_shape=list(layout[0][2].shape),
-                 conv=conv, fwhm_sci=fwhm_sci, fwhm_ref=fwhm_ref, psf_fwhm=psf_fwhm,
+                 conv=conv, fwhm_sci=fwhm_sci, fwhm_ref=fwhm_ref, psf_fwhm=psf_fwhm, kernel_half_width=hw,
                  flux_ratio=float(np.median(ratios)), n_stars=int(use.sum()),
                  n_banned=int(len(pairs) - use.sum()), kernel_from="psf models" if from_models else "stars",
                  scale_from=scale_from,
@@ -401,7 +406,20 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         if np.isfinite(stats.get(name, np.nan)):
             header[key] = (round(float(stats[name]), 4), comment)
     header["CONVDIR"] = (conv, "image convolved by the SFFT kernel")
+    header["KERHW"] = (hw, "[px] SFFT kernel half-width")
     return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats, white=white)
+
+
+def kernel_half_width(fwhm: float, shape: tuple[int, int], largest: int) -> int:
+    """SFFT kernel half-width for a pair whose broader PSF has FWHM ``fwhm`` [px] on an image of
+    ``shape``: ``ceil(2 fwhm)`` (sfft's Easy packets: ``KerHW = int(KerHWRatio x max(FWHM_REF,
+    FWHM_SCI))``, ``KerHWRatio = 2``, clipped to 2-20), at least 2, at most ``largest`` (the
+    configured ``kernel_half_width``) and a quarter of the image's shorter side, so the
+    ``EDGE`` border of the circular convolution leaves half of a small cutout. The cost of
+    SFFT's CPU backend grows with the ``(2 hw + 1)^2`` kernel pixels (its linear system with
+    their square); a kernel wider than the PSFs only fits noise."""
+    hw = math.ceil(2.0 * fwhm) if np.isfinite(fwhm) else largest
+    return int(max(2, min(hw, largest, min(shape) // 4)))
 
 
 def _errscale_split(errscale: float, white, mask, acf_j, acf_i, kernels, fwhm: float) -> dict:
