@@ -203,7 +203,8 @@ class TemplateConfig(BaseModel):
 class SubtractionConfig(BaseModel):
     version: str = "1"
     backend: Literal["auto", "cupy", "numpy"] = "auto"
-    kernel_half_width: int = 15
+    kernel_half_width: int = 15         #: SFFT kernel half-width [px] (the largest, with kernel_half_width_ratio)
+    kernel_half_width_ratio: float | None = Field(None, gt=0)  #: set: half-width ceil(ratio x larger FWHM), capped (sfft's KerHWRatio; `subtract` uses 2); None: fixed, the shapes a worker warms
     kernel_poly_order: int = 2
     background_poly_order: int = 2
     tile_nx: int = 3072

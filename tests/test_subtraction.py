@@ -14,7 +14,8 @@ from ast3stream.subtraction.tiles import fft_length, fft_shape, tiles
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: small kernel: the CPU NumPy backend's cost grows with the number of kernel unknowns
-CFG = Settings(subtraction=dict(kernel_half_width=8, backend="numpy"))
+#: and the half-width from the pair's FWHM, as `ast3stream subtract` does
+CFG = Settings(subtraction=dict(kernel_half_width=8, kernel_half_width_ratio=2.0, backend="numpy"))
 
 
 def test_tiles_one_shape_weights_sum_to_one():

@@ -238,6 +238,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--zp", type=float, help="magnitude zero point for the candidate table")
     p.add_argument("--cosmics", action="store_true", help="flag cosmic-ray hits in both frames first (single exposures)")
     p.add_argument("--config", help="TOML settings file")
+    p.add_argument("--kernel-hw-ratio", type=float, default=2.0,
+                   help="SFFT kernel half-width = ceil(RATIO x the larger FWHM), capped by "
+                        "subtraction.kernel_half_width (default 2, as sfft's packets; 0: that width, fixed)")
     p.set_defaults(func=_cmd_subtract)
 
 
@@ -247,6 +250,7 @@ def _cmd_subtract(args) -> int:
     from ..config import Settings
 
     cfg = Settings.load(args.config)
+    cfg.subtraction.kernel_half_width_ratio = args.kernel_hw_ratio or None
     hdu = lambda v: int(v) if v is not None and v.isdigit() else v  # noqa: E731
     frames = [load_frame(getattr(args, w), hdu(getattr(args, f"{w}_hdu")), getattr(args, f"{w}_var"),
                          getattr(args, f"{w}_var_kind"), getattr(args, f"{w}_mask"))

@@ -313,9 +313,11 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
 
     shape = bad.shape
     tshape = tile_shape(shape, cfg)
-    hw = kernel_half_width(fwhm_max, tshape, sc.kernel_half_width)
-    cfg = cfg.model_copy(update={"subtraction": sc.model_copy(update={"kernel_half_width": hw})})
-    sc = cfg.subtraction
+    hw = sc.kernel_half_width
+    if sc.kernel_half_width_ratio is not None:  # per pair: a new SFFT configuration (compiled) per distinct width
+        hw = kernel_half_width(fwhm_max, tshape, sc.kernel_half_width, sc.kernel_half_width_ratio)
+        cfg = cfg.model_copy(update={"subtraction": sc.model_copy(update={"kernel_half_width": hw})})
+        sc = cfg.subtraction
     layout = tiles(shape, tshape, sc.tile_overlap, hw)
     diff = xp.zeros(shape, xp.float32)
     noise = xp.zeros(shape, xp.float32)
@@ -410,15 +412,15 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats, white=white)
 
 
-def kernel_half_width(fwhm: float, shape: tuple[int, int], largest: int) -> int:
+def kernel_half_width(fwhm: float, shape: tuple[int, int], largest: int, ratio: float = 2.0) -> int:
     """SFFT kernel half-width for a pair whose broader PSF has FWHM ``fwhm`` [px] on an image of
-    ``shape``: ``ceil(2 fwhm)`` (sfft's Easy packets: ``KerHW = int(KerHWRatio x max(FWHM_REF,
+    ``shape``: ``ceil(ratio fwhm)`` (sfft's Easy packets: ``KerHW = int(KerHWRatio x max(FWHM_REF,
     FWHM_SCI))``, ``KerHWRatio = 2``, clipped to 2-20), at least 2, at most ``largest`` (the
     configured ``kernel_half_width``) and a quarter of the image's shorter side, so the
     ``EDGE`` border of the circular convolution leaves half of a small cutout. The cost of
     SFFT's CPU backend grows with the ``(2 hw + 1)^2`` kernel pixels (its linear system with
     their square); a kernel wider than the PSFs only fits noise."""
-    hw = math.ceil(2.0 * fwhm) if np.isfinite(fwhm) else largest
+    hw = math.ceil(ratio * fwhm) if np.isfinite(fwhm) else largest
     return int(max(2, min(hw, largest, min(shape) // 4)))
 
 
