@@ -127,11 +127,17 @@ def test_k8s_env_vars_are_settings(monkeypatch):
 
 
 def parse_worker(argv: list[str], monkeypatch) -> dict:
-    """Run the real ``ast3stream worker`` entry point up to building the faust app."""
+    """Run the real ``ast3stream worker`` entry point up to building the faust app (without the
+    warm-ups: they compile for the full frame, 45 s of a clean-clone CI run, and are not checked here)."""
     import agents.app
+    import ast3stream.front
     import faust.worker
+    from ast3stream.sources import strips
 
     seen: dict = {}
+    monkeypatch.setattr(agents.app, "warm_subtraction", lambda cfg: None)
+    monkeypatch.setattr(ast3stream.front, "warm_up", lambda cfg: 0.0)
+    monkeypatch.setattr(strips, "pool", lambda n: None)
     monkeypatch.setenv("AST3_KAFKA__BOOTSTRAP", "kafka:9092")
     monkeypatch.setattr(agents.app, "make_app", lambda cfg, bootstrap, **kw: seen.update(kw))
     monkeypatch.setattr(faust.worker, "Worker", lambda *a, **kw: type("W", (), {"execute_from_commandline": lambda s: None})())

@@ -208,10 +208,12 @@ async def _members(bootstrap: str, group: str) -> int:
 
 
 @pytest.mark.broker
-def test_the_supervisor_restarts_a_dead_embedded_broker_and_the_workers(settings):
+def test_the_supervisor_restarts_a_dead_embedded_broker_and_the_workers(night_settings):
     import threading
 
     from agents.runner import Stack
+
+    settings = night_settings("supervised")   # the small night's frame size: the workers' warm-ups take seconds
 
     group = f"{settings.kafka.prefix}-pipeline"
     with Stack(settings) as stack:
