@@ -97,7 +97,8 @@ def select_stars(data_sub: np.ndarray, mask: np.ndarray, rms: np.ndarray, cfg, s
 def pair_stars(stars: Table, sci_sub, sci_mask, sci_rms, cfg) -> Table:
     """Measure template ``stars`` on the aligned science image and flag the usable ones.
 
-    Adds ``flux_sci``, ``flux_sci_err``, ``fwhm_sci``, ``ratio`` and boolean ``use``
+    Adds ``flux_sci``, ``flux_sci_err``, ``fwhm_sci``, ``ratio``, the residual centroid shift
+    ``dx, dy`` (median of the usable ones removed) with its error ``shift_err``, and boolean ``use``
     (clean and SNR-qualified in the science image, not prior-banned); ``meta['fwhm_sci']``
     and ``meta['ratio']`` (median flux ratio) are set. The images (NumPy or CuPy) are measured
     on a :func:`~ast3stream.detection.stamps.mosaic` of boxes around the stars.
@@ -106,7 +107,7 @@ def pair_stars(stars: Table, sci_sub, sci_mask, sci_rms, cfg) -> Table:
     out = stars.copy()
     if len(stars) == 0:
         out.meta.update(fwhm_sci=np.nan, ratio=np.nan)
-        for name in ("flux_sci", "flux_sci_err", "fwhm_sci", "ratio"):
+        for name in ("flux_sci", "flux_sci_err", "fwhm_sci", "ratio", "dx", "dy", "shift_err"):
             out[name] = np.zeros(0)
         out["use"] = np.zeros(0, bool)
         return out
@@ -131,6 +132,12 @@ def pair_stars(stars: Table, sci_sub, sci_mask, sci_rms, cfg) -> Table:
         err = fwhm / np.minimum(f / fe, np.asarray(stars["flux"] / stars["flux_err"]))
         ok &= shift <= sc.ban_sigma * np.hypot(sc.ban_shift_floor_px, err)
     out["flux_sci"], out["flux_sci_err"], out["fwhm_sci"], out["ratio"], out["use"] = f, fe, fw, ratio, ok
+    # centroid shift left after alignment (median removed) and its statistical error [px]
+    dx, dy = xs - xt, ys - yt
+    if ok.any():
+        dx, dy = dx - np.median(dx[ok]), dy - np.median(dy[ok])
+    out["dx"], out["dy"] = dx, dy
+    out["shift_err"] = fwhm / np.minimum(f / fe, np.asarray(stars["flux"] / stars["flux_err"]))
     # the science FWHM: profiles fitted (as for the template) to the 60 brightest usable stars
     k = np.flatnonzero(ok)[:60]
     fit = fit_fwhm(sci_sub, sci_rms, x[k], y[k], fwhm, bad=sci_mask)[0] if k.size else np.zeros(0)

@@ -13,11 +13,12 @@ Steps (Hu et al. 2022 sparse-field mode with our own masks):
    on the sub-areas (polynomial orders from the config, or 0 with fewer than
    ``min_stars_varying`` stars in the tile) and returns ``D = J - K * I``; tiles are
    blended with linear ramps;
-4. noise: ``sigma_D^2 = V_J + q_I K^2 * V_I`` (``*`` is convolution, ``K`` taken at the tile
+4. noise: ``sigma_D^2 = V_J + q_I K^2 * V_I + sigma_reg^2 |grad(K * I)|^2`` (``*`` is convolution, ``K`` taken at the tile
    centre), ``V`` each image's per-pixel variance (its variance plane, or ``rms^2 +
    max(image, 0) / gain`` with the gain from the header or the pixels, :mod:`.noise`), ``q_I``
    the factor by which the convolved image's measured noise correlation (resampling,
-   co-adding) raises the per-pixel variance of ``K * I``; then the random-aperture check:
+   co-adding) raises the per-pixel variance of ``K * I``, ``sigma_reg`` the stars' residual
+   registration scatter (:func:`registration_scatter`, ZOGY's astrometric noise); then the random-aperture check:
    the empirical / predicted noise of aperture sums (radius 1 FWHM) away from sources and
    masks, the prediction including the correlation (``stats['noise_ratio']``, ``NOISERAT``);
 5. ``D`` and ``sigma_D`` are put in science units and sign (``S - K * T``, or
@@ -323,6 +324,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     noise = xp.zeros(shape, xp.float32)
     white = xp.zeros(shape, xp.float32)
     ratios, parts, kernels = [], [], []
+    sig_reg = 0.0 if from_models else registration_scatter(pairs)
     constant = cfg.model_copy(update={"subtraction": sc.model_copy(
         update={"kernel_poly_order": 0, "background_poly_order": 0})})
     ny_t, nx_t = layout[0][2].shape
@@ -356,7 +358,11 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         ok = ~bad[sy, sx][::8, ::8]
         med = [float(xp.median(v[::8, ::8][ok])) if bool(ok.any()) else 0.0 for v in (vJ, vI)]
         parts.append(((sy.start + sy.stop) / 2, (sx.start + sx.stop) / 2, ap_i, *med))
-        d, sig = d.T, xp.sqrt(xp.maximum(var, 0))
+        d = d.T
+        if sig_reg > 0:   # registration noise (ZOGY eq. 30): sigma_reg^2 |grad(K * I)|^2, K * I = J - D
+            gy, gx = xp.gradient(J.sub[sy, sx] - d.astype(xp.float32))
+            var = var + xp.float32(sig_reg ** 2) * (gx * gx + gy * gy)
+        sig = xp.sqrt(xp.maximum(var, 0))
         if conv == "SCI":  # D = T - K*S  ->  (K*S - T) / sum(K), in science units
             d, sig = -d / ratio, sig / ratio
         wt = xp.asarray(w, dtype=xp.float32)
@@ -381,7 +387,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         psf_fwhm = matched_fwhm(Jsub, Jrms, xl, yl, fwhm_j, Jbad)
     stats = dict(backend="cupy" if gpu else "numpy", n_tiles=len(layout), tile_shape=list(layout[0][2].shape),
                  conv=conv, fwhm_sci=fwhm_sci, fwhm_ref=fwhm_ref, psf_fwhm=psf_fwhm, kernel_half_width=hw,
-                 flux_ratio=float(np.median(ratios)), n_stars=int(use.sum()),
+                 flux_ratio=float(np.median(ratios)), n_stars=int(use.sum()), registration_rms=sig_reg,
                  n_banned=int(len(pairs) - use.sum()), kernel_from="psf models" if from_models else "stars",
                  scale_from=scale_from,
                  apcorr=_aperture_correction(Jsub, Jrms, Jbad, xl, yl, psf_fwhm, cfg))
@@ -404,12 +410,29 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     for key, name, comment in (("NOISERAT", "noise_ratio", "random-aperture noise, empirical/predicted"),
                                ("FWHMSCI", "fwhm_sci", "[px] science PSF FWHM (fitted)"),
                                ("FWHMREF", "fwhm_ref", "[px] template PSF FWHM (fitted)"),
-                               ("X2NRM", "x2nrm_rstd", "robust std of diff/sigma")):
+                               ("X2NRM", "x2nrm_rstd", "robust std of diff/sigma"),
+                               ("REGRMS", "registration_rms", "[px] registration noise in the sigma map")):
         if np.isfinite(stats.get(name, np.nan)):
             header[key] = (round(float(stats[name]), 4), comment)
     header["CONVDIR"] = (conv, "image convolved by the SFFT kernel")
     header["KERHW"] = (hw, "[px] SFFT kernel half-width")
     return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats, white=white)
+
+
+def registration_scatter(pairs, max_err: float = 0.03, min_stars: int = 5) -> float:
+    """Per-axis rms [px] of the sub-area stars' centroid shifts left after alignment (registration
+    residuals, differential chromatic refraction ...), from the usable stars whose statistical
+    shift error is below ``max_err``: ``median(dx^2 + dy^2) / (2 ln 2)`` (the median of a 2-D
+    Gaussian's ``r^2``) less their median squared error; 0 with fewer than ``min_stars`` of them.
+    In the sigma map it adds ZOGY's astrometric-noise variance ``sigma_reg^2 |grad(K * I)|^2``
+    (Zackay, Ofek & Gal-Yam 2016, eq. 30), so the dipoles that a misregistration of
+    ``sigma_reg`` leaves at bright stars are not significant."""
+    use = np.asarray(pairs["use"], bool) & (np.asarray(pairs["shift_err"], float) < max_err)
+    if use.sum() < min_stars:
+        return 0.0
+    r2 = np.asarray(pairs["dx"], float)[use] ** 2 + np.asarray(pairs["dy"], float)[use] ** 2
+    e2 = np.asarray(pairs["shift_err"], float)[use] ** 2
+    return float(np.sqrt(max(0.0, np.median(r2) / (2 * np.log(2)) - np.median(e2))))
 
 
 def kernel_half_width(fwhm: float, shape: tuple[int, int], largest: int, ratio: float = 2.0) -> int:
