@@ -22,6 +22,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -439,7 +440,9 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
                "RBMODEL": lane.model_version, "NCAND": len(cands), "NALERT": sum(a.passed for a in out.alerts),
                "RBTHRESH": threshold, "FLAGS": ",".join(exp.flags),
                **{k.upper()[:8]: v for k, v in {**exp.metrics, **lane.metrics}.items()}}
-    out.products["bundle"] = (summary, diff, science, template, cands)
+    # only the planes the bundle writes, so the noise map, white fraction and the aligned mask go with the lane
+    out.products["bundle"] = (summary, SimpleNamespace(diff=diff.diff, mask=diff.mask, header=diff.header),
+                              SimpleNamespace(data=science.data, header=science.header), template, cands)
     out.metrics = {"n_alerts": float(sum(a.passed for a in out.alerts)), "alert_build_s": time.time() - now}
     return out
 
