@@ -44,7 +44,7 @@ from ast3stream.config import Settings
 from ast3stream.events import ExposureEvent, MalformedMessage, StageEvent
 from ast3stream.pipeline import STAGES
 
-from .chain import Chain, Resources, StageFailed
+from .chain import Chain, Resources, StageFailed, release_host_memory
 from .metrics import CONTENT_TYPE, METRICS
 from .outbox import topics_holding
 from .retry import retrying
@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("front half and detection loaded in %.1f s", warm_up(cfg))  # the first exposure as fast as the next
     app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None, watch=args.watch,
                    web_port=args.web_port, workers=args.workers)
+    release_host_memory()   # what the warm-ups' transfers left in the pinned pool
     from faust.worker import Worker
 
     logging.basicConfig(level=args.loglevel.upper().replace("WARN", "WARNING"))

@@ -503,11 +503,20 @@ class Chain:
         qip = await self._apply(exp, [ClaimTemplate(exp.field_id, "qip", winner, key(winner, "qip"), stats)])
         if winner == exp.exposure_id:
             for name, row in (("dip", dip), ("qip", qip)):
-                self.res.remember(row, name, frames[name])
+                tmpl = self.res.remember(row, name, frames[name])
+                if "subtraction" in self.stages:   # this exposure has no alerts to wait for it
+                    await self._prepare(tmpl)
         else:
             for name in frames:
                 await asyncio.to_thread(store.delete, key(exp.exposure_id, name))
         return dip if lane == "dip" else qip
+
+    async def _prepare(self, tmpl: TemplateInForce) -> None:
+        try:
+            await self.submit((1, 0), pl.prepare_template, tmpl, subtraction=self.cfg.subtraction,
+                              detector=self.cfg.detector)
+        except Exception:   # its first subtraction prepares it (and fails with the reason, if any)
+            log.exception("template %s (%s x%d) could not be prepared ahead", tmpl.exposure_id, tmpl.key, tmpl.binning)
 
     async def _observing_order(self, exp: Exposure, lane: Lane) -> None:
         if exp.field_id and exp.mjd is not None:

@@ -280,6 +280,14 @@ def acceptable_template(exp: Exposure, *, template) -> tuple[bool, str]:
     return is_acceptable(exp.metrics, exp.flags, _legacy(template=template))
 
 
+def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> None:
+    """Prepare a lane's template for subtraction as soon as it is in force, off the alert path
+    (:func:`ast3stream.subtraction.engine.prepare_template`, cached by its key and version)."""
+    from .subtraction.engine import prepare_template as prepare
+
+    prepare(tmpl.frame, _legacy(subtraction=subtraction, detector=detector), (tmpl.key, tmpl.version))
+
+
 # --------------------------------------------------------------------------------------
 # back half (per lane)
 
