@@ -145,7 +145,7 @@ class PipelineApp(faust.App):
 
 
 def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, watch: bool = False,
-             web_port: int | None = None, workers: int | None = None) -> faust.App:
+             web_port: int | None = None, workers: int | None = None, res: Resources | None = None) -> faust.App:
     prefix = cfg.kafka.prefix
     app = PipelineApp(
         f"{prefix}-pipeline", broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
@@ -159,7 +159,7 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
         stream_wait_empty=True, broker_max_poll_interval=3600.0,
         broker_credentials=faust_credentials(cfg.security),
     )
-    res = Resources(cfg)
+    res = res or Resources(cfg)
     kafka = cfg.kafka.model_copy(update={"bootstrap": bootstrap})   # the broker this worker uses
     pool = PriorityPool(workers or max(1, os.cpu_count() or 1))
     own = {s.name for s in STAGES} if stages is None else set(stages) & {s.name for s in STAGES}
@@ -173,8 +173,6 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
     chain = Chain(res, publish, submit, stages=own,
                   sent=functools.partial(topics_holding, kafka, cfg.security))
-    if "classify" in own:
-        warm_classifiers(res)
 
     async def dead_letter(stage: str, message, reason: str, exc: BaseException, exposure_id: str | None):
         log.warning("%s: dead letter for %s: %s", stage, exposure_id or "?", reason)
@@ -303,19 +301,6 @@ def warm_subtraction(cfg: Settings) -> None:
     log.warning("subtraction warmed for tile shapes %s in %.1f s", shapes, time.time() - start)
 
 
-def warm_classifiers(res: Resources) -> None:
-    """Load both lanes' real/bogus models (torch's import included) and score one empty stamp
-    each before the worker consumes: the first classify after a start took 8 s on the H200."""
-    start = time.time()
-    for lane in ("qip", "dip"):
-        try:
-            model = res.classifier(lane)
-            model.score_inputs(np.zeros((1, 4, model.stamp_size, model.stamp_size), np.float32))
-        except Exception:  # the first exposure of the lane loads it (and says why it cannot)
-            log.exception("%s classifier warm-up failed", lane)
-    log.warning("classifiers loaded in %.1f s", time.time() - start)
-
-
 def gil_probe(threshold_s: float, dumps: int = 10) -> None:
     """Diagnostics (``AST3STREAM_GIL_PROBE_S``): a thread that wakes every ``threshold_s / 5`` s.
     When it cannot run for ``threshold_s`` (a thread held the GIL in C code: a kernel, a
@@ -368,8 +353,13 @@ def main(argv: list[str] | None = None) -> None:
 
         strips.pool(strips.n_workers(cfg.sources.workers))
         log.warning("front half and detection loaded in %.1f s", warm_up(cfg))  # the first exposure as fast as the next
-    app = make_app(cfg, bootstrap, stages=args.stages.split(",") if args.stages else None, watch=args.watch,
-                   web_port=args.web_port, workers=args.workers)
+    stages = args.stages.split(",") if args.stages else None
+    res = Resources(cfg)
+    start = time.time()
+    what = res.warm(stages or [s.name for s in STAGES])
+    log.warning("%s warmed in %.1f s", what, time.time() - start)
+    app = make_app(cfg, bootstrap, stages=stages, watch=args.watch, web_port=args.web_port, workers=args.workers,
+                   res=res)
     release_host_memory()   # what the warm-ups' transfers left in the pinned pool
     from faust.worker import Worker
 

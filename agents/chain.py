@@ -25,7 +25,7 @@ from the store (:meth:`Chain.resume`).
 
 A crash mid-chain loses nothing: the exposure event's offset is committed only when the
 chain has finished, so the event is redelivered and the chain runs again from the raw file
-with the same ids; an alert already recorded as published is not sent again.
+with the same ids; a lane's candidates and alerts go out once (:mod:`agents.outbox`).
 """
 from __future__ import annotations
 
@@ -35,9 +35,12 @@ import ctypes
 import functools
 import heapq
 import logging
+import os
+import socket
 import sys
 import threading
 import time
+import uuid
 import weakref
 from collections import OrderedDict
 from dataclasses import replace
@@ -64,7 +67,7 @@ log = logging.getLogger("ast3stream.chain")
 
 Publish = Callable[[str, bytes, bytes], Awaitable[None]]  #: (topic name without prefix, key, value)
 Submit = Callable[..., Awaitable]                         #: (priority, fn, *args, **kwargs) -> result
-Sent = Callable[..., Awaitable[set]]                      #: (topic names, key, alert id, registry) -> names holding it
+Sent = Callable[..., Awaitable[dict]]                     #: (topic names, {alert id: key}, registry) -> {alert id: names}
 
 
 class StageFailed(RuntimeError):
@@ -81,8 +84,8 @@ async def _inline(priority, fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-async def _nowhere(names, key, alert_id, registry=None) -> set[str]:
-    return set()
+async def _nowhere(names, wanted, registry=None) -> dict[str, set[str]]:
+    return {a: set() for a in wanted}
 
 
 class Gate:
@@ -227,6 +230,24 @@ class Resources:
         from ast3stream.classify import RealBogus
         return self._get(("rb", lane), lambda: RealBogus.load(lane, device=self.cfg.classify.device))
 
+    def warm(self, stages: Iterable[str]) -> str:
+        """Before a worker consumes: load the classifiers (torch included) and score one input,
+        and prepare the newest templates in force (up to ``subtraction.template_cache``), so that
+        the first exposure after a start does not pay for them; returns what was done."""
+        stages, done = set(stages), []
+        if "classify" in stages:
+            for lane in ("qip", "dip"):
+                clf = self.classifier(lane)
+                clf.score_inputs(np.zeros((1, 4, clf.stamp_size, clf.stamp_size), np.float32))
+            done.append("classifiers")
+        if "subtraction" in stages:
+            rows = sorted(self.db.rows("templates"), key=lambda r: r["created_at"], reverse=True)
+            for row in rows[:self.cfg.subtraction.template_cache]:
+                pl.prepare_template(self.template(row, row["lane"]), subtraction=self.cfg.subtraction,
+                                    detector=self.cfg.detector)
+            done.append(f"{min(len(rows), self.cfg.subtraction.template_cache)} templates")
+        return " and ".join(done) or "nothing"
+
     def threshold(self, lane: str) -> float:
         """The score an alert needs: ``alerts.min_score`` when set, else the lane model's own."""
         if self.cfg.alerts.min_score is not None:
@@ -262,13 +283,18 @@ class Chain:
 
     ``publish`` sends one message and returns once the broker has it; ``submit`` runs a
     function on the worker's priority pool (default: inline, for ``process_exposure``);
-    ``sent`` tells which topics already hold an alert whose send was cut off
-    (:func:`agents.outbox.topics_holding`; default: none, for ``process_exposure``).
+    ``sent`` tells which topics already hold the messages of a lane whose sending was cut off
+    (:func:`agents.outbox.topics_holding`; default: none, for ``process_exposure``); ``lease_s``:
+    how long this chain's claim on sending a lane holds without being renewed (another worker
+    takes it over after that).
     """
 
     def __init__(self, res: Resources, publish: Publish, submit: Submit = _inline,
-                 stages: Iterable[str] | None = None, poll_s: float = 0.5, sent: Sent = _nowhere):
+                 stages: Iterable[str] | None = None, poll_s: float = 0.5, sent: Sent = _nowhere,
+                 lease_s: float = 10.0):
         self.res = res
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  #: of its send claims
+        self.lease_s = lease_s
         self.cfg = res.cfg
         self.db = res.db
         self.publish = publish
@@ -339,6 +365,23 @@ class Chain:
         row = await self._db(self.db.template, exp.field_id, ev.lane)
         lane.template = await asyncio.to_thread(self.res.template, row, ev.lane)
         await self._back(exp, lane, ev, after=ev.stage)
+
+    def prepare(self, tmpl: TemplateInForce) -> None:
+        """Prepare a template for subtraction beside the alert path (after the lanes' stages,
+        before PSF photometry), so that the field's next exposure finds it ready."""
+        if "subtraction" not in self.stages:
+            return
+
+        async def run():
+            try:
+                await self.submit((1, 1), pl.prepare_template, tmpl, subtraction=self.cfg.subtraction,
+                                  detector=self.cfg.detector)
+            except Exception:  # its first subtraction prepares it again and reports the error
+                log.exception("preparing template %s failed", tmpl.key)
+
+        task = asyncio.ensure_future(run())
+        self._slow.add(task)
+        task.add_done_callback(self._slow.discard)
 
     async def drain(self) -> None:
         """Wait for the slow-lane work started by earlier chains."""
@@ -503,20 +546,11 @@ class Chain:
         qip = await self._apply(exp, [ClaimTemplate(exp.field_id, "qip", winner, key(winner, "qip"), stats)])
         if winner == exp.exposure_id:
             for name, row in (("dip", dip), ("qip", qip)):
-                tmpl = self.res.remember(row, name, frames[name])
-                if "subtraction" in self.stages:   # this exposure has no alerts to wait for it
-                    await self._prepare(tmpl)
+                self.prepare(self.res.remember(row, name, frames[name]))
         else:
             for name in frames:
                 await asyncio.to_thread(store.delete, key(exp.exposure_id, name))
         return dip if lane == "dip" else qip
-
-    async def _prepare(self, tmpl: TemplateInForce) -> None:
-        try:
-            await self.submit((1, 0), pl.prepare_template, tmpl, subtraction=self.cfg.subtraction,
-                              detector=self.cfg.detector)
-        except Exception:   # its first subtraction prepares it (and fails with the reason, if any)
-            log.exception("template %s (%s x%d) could not be prepared ahead", tmpl.exposure_id, tmpl.key, tmpl.binning)
 
     async def _observing_order(self, exp: Exposure, lane: Lane) -> None:
         if exp.field_id and exp.mjd is not None:
@@ -543,33 +577,44 @@ class Chain:
     # -- outputs --------------------------------------------------------------------------
     async def _send_alerts(self, exp: Exposure, lane: Lane, out: pl.StageOutput, file_closed_at: float) -> None:
         """Every candidate to ``candidates``; those above the threshold to ``alerts`` and
-        ``alerts.{lane}`` (once: an alert recorded as published is not sent again), notices
-        to ``gcn``; then the lane's bundle and alert packets to the product store."""
-        wire = self.res.wire
-        for a in out.alerts:
-            key = a.object_id.encode()
-            await self._send("candidates", key, wire.encode(a.packet, "candidates"))
-            if not a.passed or await self._db(self.db.alert_published, a.alert_id):
-                continue
-            names = ["alerts", f"alerts.{lane.name}"] + (["gcn"] if a.notice is not None else [])
-            if await self._db(self.db.intend_alert, a.alert_id):  # an earlier send was cut off
-                held = await retrying("alerts", self.sent, names, key, a.alert_id, wire.registry)
-                log.warning("%s/%s: alert %s was cut off before it was recorded; already on %s, sent now to %s",
-                            exp.exposure_id, lane.name, a.alert_id, sorted(held) or "none",
-                            [n for n in names if n not in held])
-                names = [n for n in names if n not in held]
-            for name in names:   # framing and schema id per topic
-                await self._send(name, key, a.notice if name == "gcn" else wire.encode(a.packet, name))
-            now = time.time()
-            await self._db(self.db.record_alert, dict(
-                alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=exp.exposure_id,
-                lane=lane.name, score=a.score, digest=a.digest, published_at=now, latency_s=now - file_closed_at))
-            METRICS.alert(lane.name, now - file_closed_at)
+        ``alerts.{lane}``, notices to ``gcn``: each once, under the lane's send claim
+        (:mod:`agents.outbox`); then the lane's bundle and alert packets to the product store."""
+        wire, eid = self.res.wire, exp.exposure_id
+        while (claim := await self._db(self.db.claim_sends, eid, lane.name, self.owner, self.lease_s)) == "busy":
+            await asyncio.sleep(self.poll_s)   # another worker sends this lane (a rebalance): wait for it
+        if claim == "done":
+            log.info("%s/%s: candidates and alerts sent already", eid, lane.name)
+            return
+        sends = [(a, ["candidates"] + (["alerts", f"alerts.{lane.name}"] + (["gcn"] if a.notice is not None else [])
+                                       if a.passed else [])) for a in out.alerts]
+        held = {}
+        if claim == "resumed":   # an earlier send was cut off: what is on the topics already
+            held = await retrying("alerts", self.sent, sorted({n for _, names in sends for n in names}),
+                                  {a.alert_id: a.object_id.encode() for a, _ in sends}, wire.registry)
+            log.warning("%s/%s: sending was cut off; %d of %d candidates' messages on their topics already",
+                        eid, lane.name, sum(bool(v) for v in held.values()), len(sends))
+        renewed = time.monotonic()
+        for a, names in sends:
+            for name in [n for n in names if n not in held.get(a.alert_id, ())]:   # framing, schema id per topic
+                if time.monotonic() - renewed > self.lease_s / 3:
+                    if not await self._db(self.db.renew_sends, eid, lane.name, self.owner):
+                        log.warning("%s/%s: another worker took over sending (this one's lease ran out)",
+                                    eid, lane.name)
+                        return
+                    renewed = time.monotonic()
+                await self._send(name, a.object_id.encode(), a.notice if name == "gcn" else wire.encode(a.packet, name))
+            if a.passed:
+                now = time.time()
+                await self._db(self.db.record_alert, dict(
+                    alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=eid,
+                    lane=lane.name, score=a.score, digest=a.digest, published_at=now, latency_s=now - file_closed_at))
+                METRICS.alert(lane.name, now - file_closed_at)
         passed = [a.value for a in out.alerts if a.passed]
         if passed:
             store = self.res.store
             store.put(product_key(store, exp, lane.name, PRODUCT_FILES["alerts"]), writer("alerts", passed))
         await self._apply(exp, [UpdateExposure(status="alerted")])
+        await self._db(self.db.renew_sends, eid, lane.name, self.owner, True)
 
     async def _psf(self, exp: Exposure, event: StageEvent) -> None:
         """PSF photometry beside the alert path (lowest priority); its table goes to the store."""

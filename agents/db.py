@@ -6,7 +6,8 @@ ToO field list is an input made from GW notices and is shared by every namespace
 ``stage_runs`` (one row per stage x lane x exposure), ``templates``, ``too_fields``,
 ``candidates``, ``objects`` (transients: candidates within 1.5 arcsec), ``photometry``
 (light curves incl. forced photometry and upper limits), ``alerts`` (published),
-``alert_sends`` (alerts about to be sent: see :mod:`agents.outbox`), ``dead_letters`` and
+``sends`` (one claim per exposure and lane on sending its candidates and alerts: see
+:mod:`agents.outbox`), ``dead_letters`` and
 ``files`` (raw files the watcher did not publish: rejected ones by content hash, so a
 restart does not dead-letter them again, and copies of known exposures).
 Every write is an idempotent upsert keyed by a deterministic id, so redelivered
@@ -133,8 +134,9 @@ def _tables(md: sa.MetaData, ns: str) -> dict[str, sa.Table]:
                     C("score", sa.Float),
                     C("digest", sa.String(64)),  # sha256 of the packet less its history (see pipeline.alert)
                     C("published_at", sa.Float), C("latency_s", sa.Float)),
-        "alert_sends": T(f"{p}alert_sends", md,  # intents: an alert here and not in ``alerts`` was cut off
-                         C("alert_id", sa.String(64), primary_key=True), C("started_at", sa.Float)),
+        "sends": T(f"{p}sends", md,  # who sends a lane's candidates and alerts; done_at once all are out
+                   C("exposure_id", sa.String(128), primary_key=True), C("lane", sa.String(8), primary_key=True),
+                   C("owner", sa.String(128), nullable=False), C("renewed_at", sa.Float), C("done_at", sa.Float)),
         "files": T(f"{p}files", md,  # raw files the watcher did not publish: bad ones, copies
                    C("sha256", sa.String(64), primary_key=True),
                    C("path", sa.Text, primary_key=True),
@@ -435,15 +437,37 @@ class Database:
         return bool(self.rows("alerts", alert_id=alert_id))
 
     @_retried
-    def intend_alert(self, alert_id: str) -> bool:
-        """Record that ``alert_id`` is about to be sent; True when an earlier attempt was on
-        record already (it was cut off before :meth:`record_alert`: see :mod:`agents.outbox`)."""
-        tab = self.t["alert_sends"]
+    def claim_sends(self, exposure_id: str, lane: str, owner: str, lease_s: float) -> str:
+        """Claim the sending of a lane's candidates and alerts for ``owner`` (:mod:`agents.outbox`):
+        ``"fresh"`` (nobody sent any: all go out), ``"resumed"`` (an earlier sender, this owner or one
+        whose lease of ``lease_s`` ran out, was cut off: some may be on the topics), ``"busy"``
+        (another owner's lease runs: wait) or ``"done"`` (all were sent)."""
+        tab, now = self.t["sends"], time.time()
+        key = (tab.c.exposure_id == exposure_id) & (tab.c.lane == lane)
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(tab).where(key)).first()
+                if row is None:
+                    conn.execute(tab.insert().values(exposure_id=exposure_id, lane=lane, owner=owner, renewed_at=now))
+                    return "fresh"
+                if row.done_at is not None:
+                    return "done"
+                if row.owner != owner and row.renewed_at + lease_s > now:
+                    return "busy"
+                taken = conn.execute(tab.update().where(key & (tab.c.owner == row.owner) & (
+                    tab.c.renewed_at == row.renewed_at) & tab.c.done_at.is_(None)).values(owner=owner, renewed_at=now))
+                return "resumed" if taken.rowcount == 1 else "busy"
+        except sa.exc.IntegrityError:  # another owner inserted it first
+            return "busy"
+
+    @_retried
+    def renew_sends(self, exposure_id: str, lane: str, owner: str, done: bool = False) -> bool:
+        """Extend ``owner``'s claim (``done``: all were sent); False when it is not ``owner``'s any more."""
+        tab, now = self.t["sends"], time.time()
         with self.engine.begin() as conn:
-            if conn.execute(sa.select(tab.c.alert_id).where(tab.c.alert_id == alert_id)).first():
-                return True
-            conn.execute(tab.insert().values(alert_id=alert_id, started_at=time.time()))
-        return False
+            return conn.execute(tab.update().where(
+                (tab.c.exposure_id == exposure_id) & (tab.c.lane == lane) & (tab.c.owner == owner)
+                & tab.c.done_at.is_(None)).values(renewed_at=now, **({"done_at": now} if done else {}))).rowcount == 1
 
     def record_alert(self, row: Mapping) -> None:
         self._upsert("alerts", row, update=False)

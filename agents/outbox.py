@@ -1,13 +1,20 @@
-"""Each alert on each of its topics once, without Kafka transactions.
+"""Each candidate and alert on each of its topics once, without Kafka transactions.
 
 The embedded broker (Tansu) refuses idempotent producers and transactions, and no producer
-can make "the broker has the alert" and "the database recorded it" one step: a worker that
-dies after the broker acknowledged an alert and before :meth:`Database.record_alert` would,
-on redelivery, send it again. So the chain records its intent first
-(:meth:`Database.intend_alert`), sends, then records the alert. An alert whose intent is on
-record but whose publication is not was cut off in between (the only way to get there):
-:func:`topics_holding` reads its topics back and the chain sends it only where it is
-missing. Reading back costs a pass over those topics, and happens only after such a crash.
+can make "the broker has the message" and "the database recorded it" one step: a worker that
+dies after the broker acknowledged a lane's first messages and before the database recorded
+them would, on redelivery, send them again. So a worker claims the sending of an
+(exposure, lane) first (:meth:`Database.claim_sends`: one row, its owner, a lease renewed
+while it sends, ``done_at`` once all are out), then sends every candidate to ``candidates``
+and every alert to its topics, then marks the claim done. A claim found unfinished was cut
+off in between (a dead worker, or one whose lease ran out): :func:`topics_holding` reads
+the lane's topics back once and only what is missing is sent. Reading back costs a pass
+over those topics and happens only after such a crash.
+
+The claim also fences a worker whose partition was revoked mid-chain (a rebalance): the
+worker the exposure went to waits while the first one's lease runs, and does nothing once
+it is done; a worker that finds its claim taken (its lease ran out) stops sending. One
+message already handed to the producer when the lease ran out can still go out twice.
 
 Subscribers (as of ZTF's and Rubin's streams) may still deduplicate on ``alertId``, which is
 deterministic (:func:`ast3stream.alerts.packet.alert_id`): a replay or a lost broker log
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -37,13 +45,16 @@ def alert_id_of(name: str, value: bytes, registry=None) -> str | None:
         return None
 
 
-async def topics_holding(kafka, security, names: list[str], key: bytes, alert_id: str, registry=None,
-                         idle_s: float = 5.0, skew_s: float = 60.0) -> set[str]:
-    """The topics among ``names`` (without the prefix) that hold a message with ``key`` and
-    ``alert_id``: every partition is read from its beginning up to its first message stamped
-    more than ``skew_s`` (the clocks of two hosts may differ) after this call began, or until
-    ``idle_s`` of silence (Tansu's end offsets are not reliable on every storage)."""
+async def topics_holding(kafka, security, names: list[str], wanted: Mapping[str, bytes], registry=None,
+                         idle_s: float = 5.0, skew_s: float = 60.0) -> dict[str, set[str]]:
+    """For each alert id of ``wanted`` (alert id -> message key), the topics among ``names``
+    (without the prefix) that hold a message with that key and id: every partition is read
+    from its beginning up to its first message stamped more than ``skew_s`` (the clocks of two
+    hosts may differ) after this call began, or until ``idle_s`` of silence (Tansu's end
+    offsets are not reliable on every storage)."""
     began_ms = time.time() * 1000
+    wanted = {str(a): k for a, k in wanted.items()}
+    found: dict[str, set[str]] = {a: set() for a in wanted}
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=kafka.max_message_bytes,
                                 fetch_max_bytes=kafka.max_message_bytes, **kafka_options(security))
@@ -52,18 +63,19 @@ async def topics_holding(kafka, security, names: list[str], key: bytes, alert_id
         await consumer.topics()  # the partitions of every topic
         full = {topic(kafka.prefix, n): n for n in names}
         tps = [TopicPartition(t, p) for t in full for p in sorted(consumer.partitions_for_topic(t) or ())]
-        if not tps:
-            return set()
+        if not tps or not wanted:
+            return found
+        keys = set(wanted.values())
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        found: set[str] = set()
         reading = set(tps)
         while reading and (batch := await consumer.getmany(*reading, timeout_ms=int(idle_s * 1000))):
             for tp, messages in batch.items():
                 name = full[tp.topic]
                 for m in messages:
-                    if m.key == key and alert_id_of(name, m.value, registry) == str(alert_id):
-                        found.add(name)
+                    if m.key in keys and (aid := alert_id_of(name, m.value, registry)) in found \
+                            and wanted[aid] == m.key:
+                        found[aid].add(name)
                     if m.timestamp > began_ms + skew_s * 1000:  # written since: the rest is too
                         reading.discard(tp)
                         break

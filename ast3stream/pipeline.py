@@ -280,14 +280,6 @@ def acceptable_template(exp: Exposure, *, template) -> tuple[bool, str]:
     return is_acceptable(exp.metrics, exp.flags, _legacy(template=template))
 
 
-def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> None:
-    """Prepare a lane's template for subtraction as soon as it is in force, off the alert path
-    (:func:`ast3stream.subtraction.engine.prepare_template`, cached by its key and version)."""
-    from .subtraction.engine import prepare_template as prepare
-
-    prepare(tmpl.frame, _legacy(subtraction=subtraction, detector=detector), (tmpl.key, tmpl.version))
-
-
 # --------------------------------------------------------------------------------------
 # back half (per lane)
 
@@ -309,6 +301,14 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
                "template_fwhm_px": tmpl.stats.get("fwhm_px")}
     lane.metrics.update({k: v for k, v in metrics.items() if _finite(v) is not None})
     return StageOutput(metrics=lane.metrics)
+
+
+def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> float:
+    """Prepare the template the subtraction stage will use (sky, noise, sub-area stars, on the
+    configured backend) and cache it under its key and version; seconds taken (0 if cached)."""
+    from .subtraction import prepare_template as prepare
+
+    return prepare(tmpl.frame, _legacy(subtraction=subtraction, detector=detector), key=(tmpl.key, tmpl.version))
 
 
 def detection(exp: Exposure, lane: Lane, *, detection) -> StageOutput:

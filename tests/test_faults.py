@@ -237,10 +237,13 @@ class _Crash(BaseException):
 @pytest.mark.broker
 def test_a_crash_between_sending_an_alert_and_recording_it_sends_it_once(small_night, night_settings,
                                                                          small_night_alerts, broker):
-    """The window no producer closes: the broker has the alert on ``alerts`` (not yet on
-    ``alerts.dip``) and the database has not recorded it. Run again, the chain finds it on
-    ``alerts``, sends it to ``alerts.dip`` only, and the night's alerts are those of a run
-    without faults, each once on each topic."""
+    """The window no producer closes: the broker has the lane's first candidates on ``candidates``
+    and the first alert on ``alerts`` (not yet on ``alerts.dip``), and the database has not
+    recorded them. Run again (by another worker, once the dead one's claim has run out), the
+    chain finds them on their topics and sends only the rest: the night's alerts are those of a
+    run without faults, each once on each topic, and every candidate is once on ``candidates``.
+    The last exposure is run by two workers at once (a rebalance handed it on mid-chain): one of
+    them sends, the other waits for it and sends nothing."""
     from functools import partial
 
     from aiokafka import AIOKafkaProducer
@@ -257,6 +260,9 @@ def test_a_crash_between_sending_an_alert_and_recording_it_sends_it_once(small_n
 
     async def run(path, crash: bool) -> None:
         res = Resources(cfg)  # a fresh worker: nothing in memory from the one that died
+        await worker(res, path, crash, lease_s=1.0)   # the dead worker's claim runs out at once
+
+    async def worker(res, path, crash: bool, lease_s: float = 10.0) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
         await producer.start()
 
@@ -270,7 +276,8 @@ def test_a_crash_between_sending_an_alert_and_recording_it_sends_it_once(small_n
             ev = describe(path, res)
             res.db.register_exposure(ev)
             res.db.mark_published(ev.exposure_id)
-            await Chain(res, publish, sent=partial(topics_holding, cfg.kafka, cfg.security)).run(ev)
+            await Chain(res, publish, sent=partial(topics_holding, cfg.kafka, cfg.security),
+                        lease_s=lease_s).run(ev)
         finally:
             await producer.stop()
             res.store.flush()
@@ -282,10 +289,40 @@ def test_a_crash_between_sending_an_alert_and_recording_it_sends_it_once(small_n
     db = Database.from_settings(cfg)
     assert cut and not db.alert_published(str(cut[0]))
     asyncio.run(run(science, crash=False))  # redelivered
-    asyncio.run(run(last, crash=False))
+
+    async def two_workers():
+        await asyncio.gather(worker(Resources(cfg), last, False), worker(Resources(cfg), last, False))
+
+    asyncio.run(two_workers())
 
     assert {r["alert_id"]: r["digest"] for r in db.rows("alerts")} == small_night_alerts
+    on = {name: [str(decode(m.value)["alertId"])
+                 for m in asyncio.run(read_topic(broker.bootstrap, topic(cfg.kafka.prefix, name), 2.0))]
+          for name in ("alerts", "alerts.dip", "candidates")}
     for name in ("alerts", "alerts.dip"):
-        ids = [str(decode(m.value)["alertId"])
-               for m in asyncio.run(read_topic(broker.bootstrap, topic(cfg.kafka.prefix, name), 2.0))]
-        assert sorted(ids) == sorted(small_night_alerts), (name, Counter(ids).most_common(2))
+        assert sorted(on[name]) == sorted(small_night_alerts), (name, Counter(on[name]).most_common(2))
+    assert len(set(on["candidates"])) == len(on["candidates"]) == db.count("candidates"), \
+        Counter(on["candidates"]).most_common(2)
+    assert set(small_night_alerts) < set(on["candidates"])
+
+
+
+def test_a_lanes_send_claim_fences_a_second_worker_and_passes_on_when_its_lease_runs_out(db_url, monkeypatch):
+    """:meth:`Database.claim_sends` on SQLite and PostgreSQL: the first worker's claim is fresh, a
+    second one waits while it is live, takes it over (resumed: read the topics back) once its
+    lease ran out, and the first one then cannot renew it; a finished lane is done for both."""
+    db = Database(db_url)
+    clock = [1000.0]
+    monkeypatch.setattr("agents.db.time.time", lambda: clock[0])
+    assert db.claim_sends("e1", "dip", "a", lease_s=10) == "fresh"
+    assert db.claim_sends("e1", "dip", "b", lease_s=10) == "busy"
+    clock[0] += 6
+    assert db.renew_sends("e1", "dip", "a")                            # a is still sending
+    clock[0] += 6
+    assert db.claim_sends("e1", "dip", "b", lease_s=10) == "busy"       # renewed 6 s ago
+    clock[0] += 5
+    assert db.claim_sends("e1", "dip", "b", lease_s=10) == "resumed"    # a stalled past its lease
+    assert not db.renew_sends("e1", "dip", "a") and not db.renew_sends("e1", "dip", "a", done=True)
+    assert db.claim_sends("e1", "qip", "a", lease_s=10) == "fresh"      # one claim per lane
+    assert db.renew_sends("e1", "dip", "b", done=True)
+    assert {db.claim_sends("e1", "dip", w, lease_s=10) for w in "abc"} == {"done"}

@@ -24,6 +24,7 @@ from agents.gw import GWState
 from agents.runner import Stack
 from agents.topics import topic
 from ast3stream.events import ExposureEvent, decode
+from waiting import until
 
 pytestmark = pytest.mark.broker
 
@@ -82,12 +83,6 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
             await producer.send_and_wait(name, value)        # GCN's framing: the bare notice, no key
         await producer.stop()
 
-    def wait(cond, timeout=400):  # a loaded 2-core machine: the bridge joins its group late
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not cond():
-            time.sleep(0.3)
-        return cond()
-
     db = Database.from_settings(settings)
     state = GWState(db)
 
@@ -97,11 +92,14 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
     def actions():
         return [(n["event_id"], n["alert_type"], n["action"]) for n in state.notices()]
 
-    with Stack(settings, watch=True, stages=["gw"]):
+    with Stack(settings, watch=True, stages=["gw"]) as stack:
+        def wait(cond, what):        # a dead worker fails at once, with its log
+            until(cond, what, timeout=180, check=stack.check_workers, poll=0.3)
+
         asyncio.run(send(("igwn.gwalert", s240116o),
                          ("igwn.gwalert", (sky / "igwn_gwalert_preliminary.json").read_bytes()),
                          (INITIAL, initial.encode()), ("igwn.gwalert", b"<not a notice")))
-        assert wait(lambda: len(actions()) == 3), actions()
+        wait(lambda: len(actions()) == 3, "the first three notices' actions")
         assert sorted(actions()) == [("MS260605l", "PRELIMINARY", "ignored"), ("S190425z", "INITIAL", "fields"),
                                      ("S240116o", "PRELIMINARY", "ignored")]       # GCN's topics: any order
         notes = {n["event_id"]: n for n in state.notices()}
@@ -117,7 +115,7 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
         def plans():
             return list((settings.products_dir / "gw" / "S190425z").glob("plan-S190425z-*.json"))
 
-        assert wait(lambda: len(plans()) == 1)                                 # tonight's plan, written at once
+        wait(lambda: len(plans()) == 1, "tonight's plan")                     # written at once
         assert json.loads(plans()[0].read_text())["site"] == "Yaoan"
         # the bridge forwarded every notice unchanged, keyed by its GCN topic (GCN's topic names are
         # global: on the suite's shared broker another test's notice may be there too)
@@ -129,14 +127,14 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
             forwarded[:] = [(m.key, m.value) for m in asyncio.run(read_topic(broker.bootstrap, topic("gwt", "gw"), 2.0))]
             return all(m in forwarded for m in sent)
 
-        assert wait(all_forwarded, 60), forwarded
+        wait(all_forwarded, "every notice forwarded")
         assert all(forwarded.count(m) == 1 for m in sent if m[0] == b"igwn.gwalert")   # each once
         dead = [decode(m.value, "deadletter") for m in
                 asyncio.run(read_topic(broker.bootstrap, topic("gwt", "deadletter"), 2.0))]
         assert len(dead) == 1 and dead[0]["reason"].startswith("GW notice rejected") and dead[0]["value"] == b"<not a notice"
 
         asyncio.run(send((UPDATE, _voevent(initial, "Update", "2019-04-25T10:00:00", "bayestar_shifted.fits"))))
-        assert wait(lambda: fields() and fields() != first)
+        wait(lambda: fields() and fields() != first, "the UPDATE's fields")
         second = fields()
         assert len(second) == 20 and not (first & second)      # the turned map: other fields, the old ones dropped
         assert state.event("S190425z")["alert_type"] == "UPDATE"
@@ -154,12 +152,13 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
                     lanes[ExposureEvent.decode(m.value).field_id] = name
             return lanes
 
-        assert wait(lambda: len(routed()) == 2)
+        wait(lambda: len(routed()) == 2, "both exposures routed")
         assert routed() == {dropped: "exposures", kept: "exposures.too"}
         # the worker's coverage report (every second here) counts processed exposures only: no chain runs
         # here, so the ToO exposure is marked calibrated by hand, with its limiting magnitude
         report = settings.products_dir / "gw" / "S190425z" / "coverage-S190425z.json"
-        assert wait(report.exists) and json.loads(report.read_text())["n_exposures"] == 0
+        wait(report.exists, "the coverage report")
+        assert json.loads(report.read_text())["n_exposures"] == 0
         too_id = ExposureEvent.decode(asyncio.run(read_topic(broker.bootstrap, topic("gwt", "exposures.too"),
                                                              0.5))[0].value).exposure_id
         db.update_exposure(too_id, status="calibrated", quality={"maglim": 20.4})
@@ -167,17 +166,17 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
         def covered():
             return json.loads(report.read_text()) if report.exists() else {}
 
-        assert wait(lambda: covered().get("n_exposures") == 1)
+        wait(lambda: covered().get("n_exposures") == 1, "the coverage of the calibrated exposure")
         kept_prob = next(r["prob"] for r in db.too_fields() if r["field_id"] == kept)
         assert covered()["prob_covered"] == pytest.approx(kept_prob, rel=1e-6)
         assert covered()["by_depth"] == [{"maglim": 20.0, "prob": pytest.approx(kept_prob, rel=1e-6)}]
 
         asyncio.run(send((RETRACTION, _voevent(initial, "Retraction", "2019-04-25T11:00:00", None))))
-        assert wait(lambda: state.event("S190425z")["status"] == "retracted")
+        wait(lambda: state.event("S190425z")["status"] == "retracted", "the RETRACTION")
         assert db.too_fields() == []
         _raw(watch / "after.fits", kept, 3)
-        assert wait(lambda: len(routed()) == 2 and sum(1 for _ in asyncio.run(
-            read_topic(broker.bootstrap, topic("gwt", "exposures"), 0.5))) == 2)
+        wait(lambda: len(routed()) == 2 and sum(1 for _ in asyncio.run(
+            read_topic(broker.bootstrap, topic("gwt", "exposures"), 0.5))) == 2, "the exposure after the RETRACTION")
         assert sorted(a[2] for a in actions()[:3]) == ["fields", "ignored", "ignored"]
         assert actions()[3:] == [("S190425z", "UPDATE", "fields"), ("S190425z", "RETRACTION", "retracted")]
 
@@ -218,3 +217,32 @@ def test_bridge_both_ways_and_gcn_credentials(broker, settings, shared_data):
     secure = client_settings(settings.gw.gcn, env={"GCN_CLIENT_ID": "id", "GCN_CLIENT_SECRET": "s3cret"})
     assert secure["security_protocol"] == "SASL_SSL" and secure["sasl_mechanism"] == "OAUTHBEARER"
     assert isinstance(secure["sasl_oauth_token_provider"], GCNToken) and "s3cret" not in repr(secure)
+
+
+def test_a_map_rewritten_while_it_is_read_is_always_whole(shared_data, tmp_path):
+    """A notice delivered twice (GCN and the bridge deliver at least once; GCN's topics are global)
+    writes its stored map again while the worker's coverage timer reads it: a reader sees the old
+    file or the new one, never a truncated one (which crashed the worker in a loaded CI run)."""
+    import threading
+
+    from ast3stream.gw.skymap import read_skymap, write_skymap
+
+    fine = read_skymap(shared_data / "gw" / "skyportal" / "bayestar.fits.gz")   # NSIDE 256, nested
+    prob = (np.asarray(fine["PROBDENSITY"]) * 4 * np.pi / len(fine)).reshape(-1, 64).sum(axis=1)   # NSIDE 32
+    sky = Table({"UNIQ": 4 * 32**2 + np.arange(len(prob)), "PROBDENSITY": prob * len(prob) / (4 * np.pi)})
+    path = write_skymap(sky, tmp_path / "initial.multiorder.fits")
+    done = threading.Event()
+
+    def rewrite():
+        while not done.is_set():
+            write_skymap(sky, path)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        for _ in range(100):
+            assert len(read_skymap(path)) == len(sky)
+    finally:
+        done.set()
+        writer.join()
+    assert list(tmp_path.iterdir()) == [path]

@@ -303,8 +303,8 @@ def test_legacypipe_epochs_with_one_star_use_the_psfex_models():
     of epochs of a band is matched with the kernel SFFT fits on the two PSFEx models and the flux
     scale of the aperture fluxes; each difference has |z| > 5 in < 1e-3 of the pixels away from
     sources and is N(0, 1) (robust std 0.85-1.15), its aperture-noise ratio within 0.9-1.2 where the
-    cutout has room for the check; with GAIN removed the first pair's sigma map is the same within
-    10 % and its ratio within 0.9-1.2."""
+    cutout has room for the check (it has not: 13-29 independent apertures); with GAIN removed the
+    first pair's sigma map is the same within 10 %."""
     import itertools
 
     from ast3stream.subtraction.pair import load_psf_model, subtract_pair
@@ -326,7 +326,7 @@ def test_legacypipe_epochs_with_one_star_use_the_psfex_models():
         away = (d.mask == 0) & ~_sources(r.aligned.data, r.template.data)
         assert (np.abs(d.snr[away]) > 5).mean() < 1e-3, (s.name, t.name)
         assert 0.85 < d.stats["x2nrm_rstd"] < 1.15
-        if np.isfinite(d.stats["noise_ratio"]):   # >= 100 source-free apertures fit in the cutout
+        if np.isfinite(d.stats["noise_ratio"]):   # room for >= 100 independent source-free apertures
             assert 0.9 < d.stats["noise_ratio"] < 1.2
     # GAIN removed (oow and ood kept): the same sigma map within 10 %, the noise check in band
     s, t = pairs[0]
@@ -336,7 +336,8 @@ def test_legacypipe_epochs_with_one_star_use_the_psfex_models():
                        psf_models=(load_psf_model(_legacy_psf(s)), load_psf_model(_legacy_psf(t))))
     ok = (r1.difference.mask == 0) & (r2.difference.mask == 0)
     assert np.median(r2.difference.noise[ok] / r1.difference.noise[ok]) == pytest.approx(1.0, abs=0.10)
-    assert 0.9 < r2.difference.stats["noise_ratio"] < 1.2
+    # 41 x 51 px hold < 100 independent apertures (13-29): no noise check there
+    assert not np.isfinite(r2.difference.stats["noise_ratio"]) and r2.difference.stats["noise_apertures"] < 100
 
 
 def _decam_frame(name, gain=True):
@@ -429,6 +430,29 @@ def test_template_cache_keyed_by_identity(synthetic):
     d = subtract(aligned, copy, CFG, template_key=key)
     assert d.stats["steps"]["template"] < 0.05
     assert sum(k[0] == key for k in _TEMPLATES) == 1
+
+
+def test_a_template_prepared_ahead_is_not_prepared_again_and_gives_the_same_difference(synthetic, monkeypatch):
+    """``prepare_template`` (what a worker runs when a template is registered) does the
+    template's part of the first subtraction; three threads asking at once prepare it once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import importlib
+
+    from ast3stream.subtraction import prepare_template
+    module = importlib.import_module("ast3stream.subtraction.subtract")
+
+    made = []
+    real = module.Prepared
+    monkeypatch.setattr(module, "Prepared", lambda frame, *a: made.append(frame) or real(frame, *a))
+    aligned, tpl, first = synthetic
+    key = ("templates/F2_dip.fits", 2.0)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: prepare_template(tpl, CFG, key=key), range(3)))
+    assert [f is tpl for f in made] == [True]
+    d = subtract(aligned, tpl, CFG, template_key=key)
+    assert d.stats["steps"]["template"] < 0.05
+    assert np.array_equal(d.diff, first.diff, equal_nan=True)
 
 
 @pytest.mark.shared

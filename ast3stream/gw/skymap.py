@@ -159,10 +159,14 @@ def credible_area(skymap: Table, level: float = 0.9) -> float:
 
 
 def write_skymap(skymap: Table, path: str | Path) -> Path:
-    """Write a map as a multi-order FITS file (``ORDERING = NUNIQ``, as LVK's ``*.multiorder.fits``)."""
+    """Write a map as a multi-order FITS file (``ORDERING = NUNIQ``, as LVK's ``*.multiorder.fits``),
+    whole: written beside ``path`` and renamed over it, so a reader (the worker's coverage timer)
+    sees the old map or the new one, never a part (a notice delivered twice rewrites its map)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = Table(skymap, copy=False)
     out.meta = {**skymap.meta, "ORDERING": "NUNIQ", "INDXSCHM": "EXPLICIT"}
-    out.write(path, format="fits", overwrite=True)
+    tmp = path.with_name(path.name + ".part")
+    out.write(tmp, format="fits", overwrite=True)
+    tmp.replace(path)
     return path

@@ -159,20 +159,3 @@ def _run_once(shape: tuple[int, int], cfg, constant) -> None:
     for c in (cfg, constant):
         solve(a, a, a, a, c, True)
 
-
-def prepare_template(template, cfg, key, gpu: bool | None = None) -> None:
-    """Prepare ``template`` for :func:`.subtract.subtract` before its first science exposure: sky,
-    rms, variance and bad pixels on the compute device and the sub-area stars, kept in the
-    template cache under ``key`` (the ``template_key`` the subtractions will pass), so that no
-    alert waits for it (16 s for a full-size QIP template on an H200, more for DIP)."""
-    from .backend import use_gpu
-    from .subtract import _template
-
-    gpu = use_gpu(cfg.subtraction.backend) if gpu is None else gpu
-    if gpu:
-        import cupy as xp
-        from cupyx.scipy.ndimage import maximum_filter
-    else:
-        xp = np
-        from scipy.ndimage import maximum_filter
-    _template(template, cfg, xp, gpu, maximum_filter, key)

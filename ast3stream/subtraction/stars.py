@@ -77,7 +77,7 @@ def select_stars(data_sub: np.ndarray, mask: np.ndarray, rms: np.ndarray, cfg, s
     good &= objs["peak"] < 0.7 * psf.saturation
     # compact: flux/peak width of the PSF stars sets the scale (it differs from the fitted FWHM)
     near = cKDTree(np.c_[objs["x"], objs["y"]]).query(np.c_[psf.stars["x"], psf.stars["y"]])[1]
-    scale = float(np.median(fwhm[near])) if np.isfinite(fwhm[near]).any() else fwhm_med
+    scale = float(np.nanmedian(fwhm[near])) if np.isfinite(fwhm[near]).any() else fwhm_med
     good &= fwhm < 1.5 * scale
     d, _ = cKDTree(np.c_[objs["x"], objs["y"]]).query(np.c_[objs["x"], objs["y"]], k=2)
     r_clean = int(np.ceil(_radius(fwhm_med)))

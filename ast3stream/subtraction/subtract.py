@@ -8,7 +8,8 @@ Steps (Hu et al. 2022 sparse-field mode with our own masks):
    image ``I`` (fitted PSF FWHM, :mod:`.psf`) is convolved, ``J`` is not; in the masked
    pair (zero outside the sub-areas) each sub-area has its local annulus sky removed,
    since the fit cannot absorb pedestals that differ between sub-areas and the zeroed rest;
-3. per tile of one shape (:mod:`.tiles`, zero-padded to FFT-friendly sides) SFFT fits ``K`` and the differential background
+3. per tile of one shape (:mod:`.tiles`, zero-padded to FFT-friendly sides) SFFT fits ``K`` (half-width
+   ``ceil(2 x`` the larger FWHM``)``, capped, :func:`kernel_half_width`) and the differential background
    on the sub-areas (polynomial orders from the config, or 0 with fewer than
    ``min_stars_varying`` stars in the tile) and returns ``D = J - K * I``; tiles are
    blended with linear ramps;
@@ -40,6 +41,8 @@ mask is the OR of both masks dilated by the larger FWHM (rounded, at least 1 px)
 """
 from __future__ import annotations
 
+import math
+import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -163,18 +166,29 @@ class Prepared:
 
 _TEMPLATES: OrderedDict = OrderedDict()   #: keyed by the template's identity, least recently used dropped
 _BY_ID: dict = {}                          #: keyed by id(template.data), dropped with the array
+_PREPARING: dict = {}                      #: identity -> lock held while that template is prepared
+_CACHE_LOCK = threading.Lock()
 
 
 def _template(template: Frame, cfg, xp, gpu: bool, maximum_filter, key=None, model=None):
     """Prepared template and its sub-area stars. Cached under ``key`` (the template's identity,
     e.g. its product key and version, so a worker reuses it across exposures whatever frame
     object carries it; the last ``subtraction.template_cache`` kept) or, without a key, while
-    ``template.data`` lives. With a PSF ``model`` of the template, a PSF that cannot be measured
+    ``template.data`` lives. A second caller of a template being prepared waits for it rather
+    than preparing it again. With a PSF ``model`` of the template, a PSF that cannot be measured
     (too few stars) gives no sub-area stars and the model's FWHM instead of the error."""
     sc = cfg.subtraction
     ident = ((key if key is not None else id(template.data)), gpu, sc.model_dump_json())
     cache = _TEMPLATES if key is not None else _BY_ID
-    if ident not in cache:
+    with _CACHE_LOCK:
+        lock = _PREPARING.setdefault(ident, threading.Lock())
+    with lock:
+        with _CACHE_LOCK:
+            if ident in cache:
+                if key is not None:
+                    _TEMPLATES.move_to_end(ident)
+                _PREPARING.pop(ident, None)
+                return cache[ident]
         prep = Prepared(template, cfg, xp, maximum_filter)
         host = (lambda a: a.get()) if gpu else (lambda a: a)
         try:
@@ -184,14 +198,41 @@ def _template(template: Frame, cfg, xp, gpu: bool, maximum_filter, key=None, mod
                 raise
             stars = Table({k: np.zeros(0) for k in ("x", "y", "xwin", "ywin", "flux", "flux_err", "fwhm")},
                           meta={"fwhm": model_fwhm(model), "psf": None, "psf_error": str(exc)})
-        cache[ident] = (prep, stars)
-        if key is None:
-            weakref.finalize(template.data, _BY_ID.pop, ident, None)
-        while len(_TEMPLATES) > max(1, sc.template_cache):
-            _TEMPLATES.popitem(last=False)
-    elif key is not None:
-        _TEMPLATES.move_to_end(ident)
-    return cache[ident]
+        with _CACHE_LOCK:
+            cache[ident] = (prep, stars)
+            _PREPARING.pop(ident, None)
+            if key is None:
+                weakref.finalize(template.data, _BY_ID.pop, ident, None)
+            while len(_TEMPLATES) > max(1, sc.template_cache):
+                _TEMPLATES.popitem(last=False)
+        return prep, stars
+
+
+def _backend(gpu: bool):
+    """The array module, ``maximum_filter`` and ``fftconvolve`` of the backend."""
+    if gpu:
+        import cupy as xp
+        from cupyx.scipy.ndimage import maximum_filter
+        from cupyx.scipy.signal import fftconvolve
+    else:
+        xp = np
+        from scipy.ndimage import maximum_filter
+        from scipy.signal import fftconvolve
+    return xp, maximum_filter, fftconvolve
+
+
+def prepare_template(template: Frame, cfg, key, gpu: bool | None = None, psf_model=None) -> float:
+    """Prepare and cache a template (sky, noise, sub-area stars) before its first subtraction,
+    as :func:`subtract` would on first use of ``key``; returns the seconds it took (0 when it
+    was cached already). A worker calls it when a template is registered or at start, so that
+    the first exposure of a field does not pay for it on its alert path."""
+    gpu = use_gpu(cfg.subtraction.backend) if gpu is None else gpu
+    xp, maximum_filter, _ = _backend(gpu)
+    t0 = time.perf_counter()
+    _template(template, cfg, xp, gpu, maximum_filter, key, psf_model)
+    if gpu:
+        xp.cuda.Stream.null.synchronize()
+    return time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- subtraction
@@ -228,14 +269,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     ``NOISERAT`` in the header)."""
     sc = cfg.subtraction
     gpu = use_gpu(sc.backend) if gpu is None else gpu
-    if gpu:
-        import cupy as xp
-        from cupyx.scipy.ndimage import maximum_filter
-        from cupyx.scipy.signal import fftconvolve
-    else:
-        xp = np
-        from scipy.ndimage import maximum_filter
-        from scipy.signal import fftconvolve
+    xp, maximum_filter, fftconvolve = _backend(gpu)
     clock = _Clock(xp.cuda.Stream.null.synchronize if gpu else None)
 
     model_sci, model_ref = psf_models if psf_models is not None else (None, None)
@@ -278,8 +312,11 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     clock("subareas")
 
     shape = bad.shape
-    hw = sc.kernel_half_width
-    layout = tiles(shape, tile_shape(shape, cfg), sc.tile_overlap, hw)
+    tshape = tile_shape(shape, cfg)
+    hw = kernel_half_width(fwhm_max, tshape, sc.kernel_half_width)
+    cfg = cfg.model_copy(update={"subtraction": sc.model_copy(update={"kernel_half_width": hw})})
+    sc = cfg.subtraction
+    layout = tiles(shape, tshape, sc.tile_overlap, hw)
     diff = xp.zeros(shape, xp.float32)
     noise = xp.zeros(shape, xp.float32)
     white = xp.zeros(shape, xp.float32)
@@ -341,7 +378,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     else:
         psf_fwhm = matched_fwhm(Jsub, Jrms, xl, yl, fwhm_j, Jbad)
     stats = dict(backend="cupy" if gpu else "numpy", n_tiles=len(layout), tile_shape=list(layout[0][2].shape),
-                 conv=conv, fwhm_sci=fwhm_sci, fwhm_ref=fwhm_ref, psf_fwhm=psf_fwhm,
+                 conv=conv, fwhm_sci=fwhm_sci, fwhm_ref=fwhm_ref, psf_fwhm=psf_fwhm, kernel_half_width=hw,
                  flux_ratio=float(np.median(ratios)), n_stars=int(use.sum()),
                  n_banned=int(len(pairs) - use.sum()), kernel_from="psf models" if from_models else "stars",
                  scale_from=scale_from,
@@ -369,7 +406,20 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         if np.isfinite(stats.get(name, np.nan)):
             header[key] = (round(float(stats[name]), 4), comment)
     header["CONVDIR"] = (conv, "image convolved by the SFFT kernel")
+    header["KERHW"] = (hw, "[px] SFFT kernel half-width")
     return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats, white=white)
+
+
+def kernel_half_width(fwhm: float, shape: tuple[int, int], largest: int) -> int:
+    """SFFT kernel half-width for a pair whose broader PSF has FWHM ``fwhm`` [px] on an image of
+    ``shape``: ``ceil(2 fwhm)`` (sfft's Easy packets: ``KerHW = int(KerHWRatio x max(FWHM_REF,
+    FWHM_SCI))``, ``KerHWRatio = 2``, clipped to 2-20), at least 2, at most ``largest`` (the
+    configured ``kernel_half_width``) and a quarter of the image's shorter side, so the
+    ``EDGE`` border of the circular convolution leaves half of a small cutout. The cost of
+    SFFT's CPU backend grows with the ``(2 hw + 1)^2`` kernel pixels (its linear system with
+    their square); a kernel wider than the PSFs only fits noise."""
+    hw = math.ceil(2.0 * fwhm) if np.isfinite(fwhm) else largest
+    return int(max(2, min(hw, largest, min(shape) // 4)))
 
 
 def _errscale_split(errscale: float, white, mask, acf_j, acf_i, kernels, fwhm: float) -> dict:
