@@ -128,11 +128,25 @@ def release_host_memory() -> None:
     """Give freed host memory back to the system: CuPy's pinned-memory pool keeps every
     page-locked block a transfer used (a difference's planes come back from the GPU through it,
     1.7 GB per full-size DIP exposure) and glibc keeps the threads' freed chunks in its arenas;
-    both count in the worker's resident memory. Blocks in use stay where they are."""
+    both count in the worker's resident memory. Blocks in use stay where they are. Logs what it
+    gave back when that is more than 0.5 GB."""
+    before = resident_gb()
     if (cp := sys.modules.get("cupy")) is not None:
         cp.get_default_pinned_memory_pool().free_all_blocks()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+    after = resident_gb()
+    if before - after > 0.5:
+        log.warning("gave back %.1f GB of host memory (resident %.1f GB now)", before - after, after)
+
+
+def resident_gb() -> float:
+    """This process's resident memory (``VmRSS``) in GB; 0 where ``/proc`` has none."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) / 1024 ** 2 for line in f if line.startswith("VmRSS:")), 0.0)
+    except OSError:
+        return 0.0
 
 
 try:
