@@ -305,10 +305,19 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
 
 def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> float:
     """Prepare the template the subtraction stage will use (sky, noise, sub-area stars, on the
-    configured backend) and cache it under its key and version; seconds taken (0 if cached)."""
+    configured backend) and cache it under its key and version, and compile SFFT for the kernel
+    half-widths its FWHM implies (:func:`~.subtraction.engine.warm_kernels`); seconds taken."""
     from .subtraction import prepare_template as prepare
+    from .subtraction import use_gpu
+    from .subtraction.engine import warm_kernels
 
-    return prepare(tmpl.frame, _legacy(subtraction=subtraction, detector=detector), key=(tmpl.key, tmpl.version))
+    start = time.perf_counter()
+    cfg = _legacy(subtraction=subtraction, detector=detector)
+    prepare(tmpl.frame, cfg, key=(tmpl.key, tmpl.version))
+    fwhm = _finite(tmpl.stats.get("fwhm_px"))
+    if fwhm is not None:
+        warm_kernels(tmpl.frame.shape, fwhm, cfg, use_gpu(subtraction.backend))
+    return time.perf_counter() - start
 
 
 def detection(exp: Exposure, lane: Lane, *, detection) -> StageOutput:
