@@ -36,6 +36,7 @@ import traceback
 from concurrent.futures import Future
 
 import faust
+import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from ast3stream import events as evmod
@@ -43,7 +44,7 @@ from ast3stream.config import Settings
 from ast3stream.events import ExposureEvent, MalformedMessage, StageEvent
 from ast3stream.pipeline import STAGES
 
-from .chain import Chain, Resources, StageFailed
+from .chain import Chain, Resources, StageFailed, release_host_memory
 from .metrics import CONTENT_TYPE, METRICS
 from .outbox import topics_holding
 from .retry import retrying
@@ -359,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     log.warning("%s warmed in %.1f s", what, time.time() - start)
     app = make_app(cfg, bootstrap, stages=stages, watch=args.watch, web_port=args.web_port, workers=args.workers,
                    res=res)
+    release_host_memory()   # what the warm-ups' transfers left in the pinned pool
     from faust.worker import Worker
 
     logging.basicConfig(level=args.loglevel.upper().replace("WARN", "WARNING"))

@@ -30,10 +30,14 @@ with the same ids; a lane's candidates and alerts go out once (:mod:`agents.outb
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import functools
+import heapq
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -84,10 +88,77 @@ async def _nowhere(names, wanted, registry=None) -> dict[str, set[str]]:
     return {a: set() for a in wanted}
 
 
+class Gate:
+    """At most ``n`` holders at a time; waiters are let in by priority (lowest first), then in order."""
+
+    def __init__(self, n: int):
+        self.free = n
+        self._waiting: list = []   # heap of (priority, seq, future)
+        self._seq = 0
+
+    @contextlib.asynccontextmanager
+    async def held(self, priority: tuple):
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+        else:
+            fut = asyncio.get_running_loop().create_future()
+            self._seq += 1
+            heapq.heappush(self._waiting, (priority, self._seq, fut))
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():   # let in just as it was cancelled: pass it on
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, fut = heapq.heappop(self._waiting)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
+def release_host_memory() -> None:
+    """Give freed host memory back to the system: CuPy's pinned-memory pool keeps every
+    page-locked block a transfer used (a difference's planes come back from the GPU through it,
+    1.7 GB per full-size DIP exposure) and glibc keeps the threads' freed chunks in its arenas;
+    both count in the worker's resident memory. Blocks in use stay where they are. Logs what it
+    gave back when that is more than 0.5 GB."""
+    before = resident_gb()
+    if (cp := sys.modules.get("cupy")) is not None:
+        cp.get_default_pinned_memory_pool().free_all_blocks()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    after = resident_gb()
+    if before - after > 0.5:
+        log.warning("gave back %.1f GB of host memory (resident %.1f GB now)", before - after, after)
+
+
+def resident_gb() -> float:
+    """This process's resident memory (``VmRSS``) in GB; 0 where ``/proc`` has none."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) / 1024 ** 2 for line in f if line.startswith("VmRSS:")), 0.0)
+    except OSError:
+        return 0.0
+
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:   # not glibc
+    _LIBC = None
+
+
 class Resources:
     """A worker's long-lived inputs: settings, database, product store, calibration,
-    catalogues, classifiers, and the fields' templates (kept in memory, least recently used
-    dropped beyond ``worker.templates_in_memory``)."""
+    catalogues, classifiers, and the fields' templates (kept in memory up to
+    ``worker.templates_gb``, the least recently used dropped first)."""
 
     def __init__(self, cfg: Settings, db: Database | None = None, store: ProductStore | None = None):
         self.cfg = cfg
@@ -215,7 +286,8 @@ class Resources:
                                stats={k: row.get(k) for k in ("maglim", "pcc", "zp", "fwhm_px")})
         with self._lock:
             self._templates[(row["path"], row["created_at"])] = tmpl
-            while len(self._templates) > self.cfg.worker.templates_in_memory:
+            budget = self.cfg.worker.templates_gb * 1e9
+            while len(self._templates) > 1 and sum(frame_bytes(t.frame) for t in self._templates.values()) > budget:
                 self._templates.popitem(last=False)
         return tmpl
 
@@ -246,6 +318,7 @@ class Chain:
         self.poll_s = poll_s
         self._slow: set[asyncio.Task] = set()
         self._running: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # exposure id -> lock
+        self._subtracting = Gate(self.cfg.worker.subtractions_at_once)
 
     # -- entry points -------------------------------------------------------------------
     async def run(self, ev: ExposureEvent) -> None:
@@ -276,9 +349,12 @@ class Chain:
             await self._stored(exp)
 
     async def _stored(self, exp: Exposure) -> None:
-        """Wait for the exposure's product writes, so that its message is committed only after them."""
+        """Wait for the exposure's product writes, so that its message is committed only after them;
+        then give the host memory its arrays held back to the system (:func:`release_host_memory`)."""
         store = self.res.store
         await asyncio.to_thread(store.flush, store.key(exp.namespace or "live", exp.exposure_id) + "/")
+        exp.lanes.clear()
+        await asyncio.to_thread(release_host_memory)
 
     async def resume(self, ev: StageEvent) -> None:
         """Carry on from another worker's handoff: the exposure's state is in the product store."""
@@ -369,11 +445,13 @@ class Chain:
         kwargs.update(await self._db(self._inputs, st, exp, lane, event))
         rank = [s.name for s in STAGES].index(st.name)
         priority = (0 if event.lane == "qip" else 1, -rank)
-        start = time.time()
-        try:
-            out = await self.submit(priority, st.func, exp, *(() if lane is None else (lane,)), **kwargs)
-        except Exception as exc:
-            raise StageFailed(st.name, exc) from exc
+        # SFFT's working memory: ``worker.subtractions_at_once`` subtractions at a time, QIP first (the wait is not the stage's)
+        async with self._subtracting.held(priority) if st.name == "subtraction" else contextlib.nullcontext():
+            start = time.time()
+            try:
+                out = await self.submit(priority, st.func, exp, *(() if lane is None else (lane,)), **kwargs)
+            except Exception as exc:
+                raise StageFailed(st.name, exc) from exc
         target = exp.metrics if lane is None else lane.metrics
         target.update({k: float(v) for k, v in out.metrics.items() if pl._finite(v) is not None})
         if out.flags:
@@ -584,6 +662,11 @@ class Chain:
 
     async def _db(self, fn, *args):
         return await retrying("database", asyncio.to_thread, fn, *args)
+
+
+def frame_bytes(frame: Frame) -> int:
+    """Bytes of a frame's pixel arrays (data, mask, variance)."""
+    return sum(a.nbytes for a in (frame.data, frame.mask, frame.var) if a is not None)
 
 
 def apply_ops(db: Database, exposure_id: str, ops: list):

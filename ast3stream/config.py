@@ -112,7 +112,10 @@ class WorkerConfig(BaseModel):
     """One worker process (``ast3stream worker``): how much it holds in memory at once."""
 
     in_flight: int = Field(2, ge=1)     #: exposures whose chains run at the same time (per exposures topic)
-    templates_in_memory: int = Field(8, ge=1)  #: fields' templates kept in memory (each lane counts once)
+    templates_gb: float = Field(3.0, gt=0)  #: resident templates' frames (both lanes) up to this many GB, least
+                                        #: recently used dropped (a full-size field: 1.0 GB); the newest always stays
+    subtractions_at_once: int = Field(1, ge=1)  #: chains in the subtraction stage at the same time (a full-size
+                                        #: SFFT holds ~30 GB of GPU memory; one CPU SFFT of a scale-0.1 frame 5-8 GB)
 
 
 class ReductionConfig(BaseModel):

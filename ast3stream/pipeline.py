@@ -22,6 +22,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -304,10 +305,19 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
 
 def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> float:
     """Prepare the template the subtraction stage will use (sky, noise, sub-area stars, on the
-    configured backend) and cache it under its key and version; seconds taken (0 if cached)."""
+    configured backend) and cache it under its key and version, and compile SFFT for the kernel
+    half-widths its FWHM implies (:func:`~.subtraction.engine.warm_kernels`); seconds taken."""
     from .subtraction import prepare_template as prepare
+    from .subtraction import use_gpu
+    from .subtraction.engine import warm_kernels
 
-    return prepare(tmpl.frame, _legacy(subtraction=subtraction, detector=detector), key=(tmpl.key, tmpl.version))
+    start = time.perf_counter()
+    cfg = _legacy(subtraction=subtraction, detector=detector)
+    prepare(tmpl.frame, cfg, key=(tmpl.key, tmpl.version))
+    fwhm = _finite(tmpl.stats.get("fwhm_px"))
+    if fwhm is not None:
+        warm_kernels(tmpl.frame.shape, fwhm, cfg, use_gpu(subtraction.backend))
+    return time.perf_counter() - start
 
 
 def detection(exp: Exposure, lane: Lane, *, detection) -> StageOutput:
@@ -447,7 +457,9 @@ def alert(exp: Exposure, lane: Lane, *, versions: dict, history: dict, too: dict
                "RBMODEL": lane.model_version, "NCAND": len(cands), "NALERT": sum(a.passed for a in out.alerts),
                "RBTHRESH": threshold, "FLAGS": ",".join(exp.flags),
                **{k.upper()[:8]: v for k, v in {**exp.metrics, **lane.metrics}.items()}}
-    out.products["bundle"] = (summary, diff, science, template, cands)
+    # only the planes the bundle writes, so the noise map, white fraction and the aligned mask go with the lane
+    out.products["bundle"] = (summary, SimpleNamespace(diff=diff.diff, mask=diff.mask, header=diff.header),
+                              SimpleNamespace(data=science.data, header=science.header), template, cands)
     out.metrics = {"n_alerts": float(sum(a.passed for a in out.alerts)), "alert_build_s": time.time() - now}
     return out
 

@@ -28,18 +28,23 @@ def write_bundle(path: Path, summary: dict, diff, science, template, candidates:
         primary.header[key[:8].upper()] = value
     quant = 16
     hdus = [primary,
-            fits.CompImageHDU(diff.diff.astype(np.float32), diff.header, name="DIFF",
+            fits.CompImageHDU(diff.diff.astype(np.float32, copy=False), diff.header, name="DIFF",
                               compression_type="RICE_1", quantize_level=quant),
-            fits.CompImageHDU(science.data.astype(np.float32), science.header, name="SCI",
+            fits.CompImageHDU(science.data.astype(np.float32, copy=False), science.header, name="SCI",
                               compression_type="RICE_1", quantize_level=quant),
-            fits.CompImageHDU(template.data.astype(np.float32), template.header, name="TMPL",
+            fits.CompImageHDU(template.data.astype(np.float32, copy=False), template.header, name="TMPL",
                               compression_type="RICE_1", quantize_level=quant),
-            fits.CompImageHDU(diff.mask.astype(np.int16), name="MASK", compression_type="RICE_1"),
+            fits.CompImageHDU(_int16(diff.mask), name="MASK", compression_type="RICE_1"),
             fits.BinTableHDU(_fits_table(candidates), name="CANDS")]
     tmp = path.with_name(path.name + ".part")
     fits.HDUList(hdus).writeto(tmp, overwrite=True)
     tmp.replace(path)
     return path
+
+
+def _int16(mask: np.ndarray) -> np.ndarray:
+    """The mask as int16 for FITS without a copy (its bits are below 2**15)."""
+    return mask.view(np.int16) if mask.dtype == np.uint16 else mask.astype(np.int16, copy=False)
 
 
 def _fits_table(table: Table) -> Table:

@@ -158,3 +158,30 @@ def _run_once(shape: tuple[int, int], cfg, constant) -> None:
     a = cp.asarray(np.random.default_rng(0).normal(size=(fx, fy)))
     for c in (cfg, constant):
         solve(a, a, a, a, c, True)
+
+
+
+def warm_kernels(shape: tuple[int, int], fwhm: float, cfg, gpu: bool) -> int:
+    """Compile (or load) SFFT for the kernel half-width that subtractions on a template of
+    ``shape`` (``(ny, nx)``) and PSF FWHM ``fwhm`` [its px] will use
+    (:func:`.subtract.kernel_half_width`), with the configured and the constant kernel, and on
+    the GPU run SFFT on noise once for each; called when a template is prepared, so that no
+    alert waits for the compiler (a science PSF broad enough to round to a larger half-width
+    compiles on its first use, once per machine with the disk caches). Returns the half-width."""
+    from .subtract import kernel_half_width
+
+    sc = cfg.subtraction
+    tshape = tile_shape(tuple(shape), cfg)
+    fy, fx = fft_shape(tshape)
+    hw = kernel_half_width(fwhm, tshape, sc.kernel_half_width)
+    conf = cfg.model_copy(update={"subtraction": sc.model_copy(update={"kernel_half_width": hw})})
+    constant = cfg.model_copy(update={"subtraction": sc.model_copy(update={
+        "kernel_half_width": hw, "kernel_poly_order": 0, "background_poly_order": 0})})
+    for c in (conf, constant):
+        sfft_config((fx, fy), c, gpu)
+        if gpu:
+            import cupy as cp
+
+            a = cp.asarray(np.random.default_rng(0).normal(size=(fx, fy)))
+            solve(a, a, a, a, c, True)
+    return hw

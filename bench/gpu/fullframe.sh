@@ -10,7 +10,7 @@ timeout ${FF_TIMEOUT:-540} python -m bench.fullframe --scale 1.0 ${FF_ARGS:---fi
 cp /tmp/ff/summary.json $OUT/ 2>/dev/null
 log=/tmp/ff/run/logs/worker0.log
 if [ -f "$log" ]; then
-  grep -E "warmed|loaded in|GIL probe|keepalive|rebalanc|Traceback|Error" "$log" | head -300 > $OUT/worker.events
+  grep -E "warmed|loaded in|preparing template|gave back|GIL probe|keepalive|rebalanc|Traceback|Error" "$log" | head -300 > $OUT/worker.events
   grep -c "GIL probe" "$log"; grep -c "keepalive" "$log"
   grep -B1 -A25 "most recent call first" "$log" | head -c 60000 > $OUT/gil_dumps.txt
   tail -c 4000 "$log" > $OUT/worker0.tail
