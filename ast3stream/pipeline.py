@@ -305,8 +305,9 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
 
 def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> float:
     """Prepare the template the subtraction stage will use (sky, noise, sub-area stars, on the
-    configured backend) and cache it under its key and version, and compile SFFT for the kernel
-    half-widths its FWHM implies (:func:`~.subtraction.engine.warm_kernels`); seconds taken."""
+    configured backend) and cache it under its key and version; with a per-pair kernel half-width
+    (``subtraction.kernel_half_width_ratio``) also compile SFFT for the one its FWHM implies
+    (:func:`~.subtraction.engine.warm_kernels`; the fixed width is compiled at worker start); seconds taken."""
     from .subtraction import prepare_template as prepare
     from .subtraction import use_gpu
     from .subtraction.engine import warm_kernels
@@ -315,7 +316,7 @@ def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> float:
     cfg = _legacy(subtraction=subtraction, detector=detector)
     prepare(tmpl.frame, cfg, key=(tmpl.key, tmpl.version))
     fwhm = _finite(tmpl.stats.get("fwhm_px"))
-    if fwhm is not None:
+    if fwhm is not None and subtraction.kernel_half_width_ratio is not None:
         warm_kernels(tmpl.frame.shape, fwhm, cfg, use_gpu(subtraction.backend))
     return time.perf_counter() - start
 

@@ -173,7 +173,7 @@ def warm_kernels(shape: tuple[int, int], fwhm: float, cfg, gpu: bool) -> int:
     sc = cfg.subtraction
     tshape = tile_shape(tuple(shape), cfg)
     fy, fx = fft_shape(tshape)
-    hw = kernel_half_width(fwhm, tshape, sc.kernel_half_width)
+    hw = kernel_half_width(fwhm, tshape, sc.kernel_half_width, sc.kernel_half_width_ratio or 2.0)
     conf = cfg.model_copy(update={"subtraction": sc.model_copy(update={"kernel_half_width": hw})})
     constant = cfg.model_copy(update={"subtraction": sc.model_copy(update={
         "kernel_half_width": hw, "kernel_poly_order": 0, "background_poly_order": 0})})
