@@ -161,6 +161,10 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
     )
     res = res or Resources(cfg)
     kafka = cfg.kafka.model_copy(update={"bootstrap": bootstrap})   # the broker this worker uses
+
+    @app.on_rebalance_complete.connect
+    async def assigned(sender, **kwargs):   # the moment a (re)started worker consumes
+        log.warning("consuming %d partitions", len(app.consumer.assignment()))
     pool = PriorityPool(workers or max(1, os.cpu_count() or 1))
     own = {s.name for s in STAGES} if stages is None else set(stages) & {s.name for s in STAGES}
 
@@ -284,8 +288,8 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
 
 def warm_subtraction(cfg: Settings) -> None:
-    """Compile the subtraction for both lanes' tile shapes (``subtraction.warm_shapes``, else the
-    detector's, :func:`ast3stream.subtraction.engine.lane_tile_shapes`) before the worker joins its
+    """Compile the subtraction for both lanes' tile shapes and kernel half-widths (the detector's,
+    :func:`ast3stream.subtraction.engine.lane_tile_shapes`) before the worker joins its
     consumer group, so that no exposure waits for the compiler. Compiled kernels are cached on
     disk (numba: ``NUMBA_CACHE_DIR`` or its user cache; CuPy: ``CUPY_CACHE_DIR``, by default
     ``<data_dir>/cache/cupy``), so only a machine's first worker compiles."""

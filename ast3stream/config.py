@@ -206,7 +206,7 @@ class TemplateConfig(BaseModel):
 class SubtractionConfig(BaseModel):
     version: str = "1"
     backend: Literal["auto", "cupy", "numpy"] = "auto"
-    kernel_half_width: int = 15         #: SFFT kernel half-width [px] (the largest, with kernel_half_width_ratio)
+    kernel_half_width: int = 15         #: SFFT kernel half-width [full-resolution px; QIP: ceil(/ qip_binning)] (the largest, with kernel_half_width_ratio)
     kernel_half_width_ratio: float | None = Field(None, gt=0)  #: set: half-width ceil(ratio x larger FWHM), capped (sfft's KerHWRatio; `subtract` uses 2); None: fixed, the shapes a worker warms
     kernel_poly_order: int = 2
     background_poly_order: int = 2
@@ -231,7 +231,6 @@ class SubtractionConfig(BaseModel):
     ban_ratio_floor: float = 0.02       #: systematic floor of the relative flux-ratio error
     ban_shift_floor_px: float = 0.05    #: systematic floor of the centroid-shift error [px]
     threads: int = 0                    #: CPU threads for numba/FFTW; 0 = all
-    warm_shapes: list[tuple[int, int]] = []  #: (ny, nx) tile shapes a subtraction worker compiles before consuming (empty: both lanes' of the detector)
     gain_key: str = "GAIN"              #: header card of the gain (signal/variance); absent: estimated from the pixels
     saturation_key: str = "SATURATE"    #: header card of the saturation level (image units); pixels >= 90 % masked
     sky_keys: list[str] = ["SKYLEVEL", "AVSKY"]  #: header cards of the sky level a sky-subtracted image had (gain estimate)

@@ -289,9 +289,10 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
     binned: less correlated noise than binning first) and SFFT subtraction."""
     from .alignment import align
     from .subtraction import subtract
+    from .subtraction.engine import lane_config
 
-    cfg = _legacy(subtraction=subtraction, detector=detector)
     tmpl = lane.template
+    cfg = lane_config(_legacy(subtraction=subtraction, detector=detector), tmpl.binning)
     lane.aligned = align(exp.frame, tmpl.frame, cfg, binning=tmpl.binning)
     lane.difference = subtract(lane.aligned, tmpl.frame, cfg, template_key=(tmpl.key, tmpl.version))
     stats = lane.difference.stats
@@ -310,10 +311,10 @@ def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> float:
     (:func:`~.subtraction.engine.warm_kernels`; the fixed width is compiled at worker start); seconds taken."""
     from .subtraction import prepare_template as prepare
     from .subtraction import use_gpu
-    from .subtraction.engine import warm_kernels
+    from .subtraction.engine import lane_config, warm_kernels
 
     start = time.perf_counter()
-    cfg = _legacy(subtraction=subtraction, detector=detector)
+    cfg = lane_config(_legacy(subtraction=subtraction, detector=detector), tmpl.binning)
     prepare(tmpl.frame, cfg, key=(tmpl.key, tmpl.version))
     fwhm = _finite(tmpl.stats.get("fwhm_px"))
     if fwhm is not None and subtraction.kernel_half_width_ratio is not None:

@@ -9,8 +9,11 @@
    the first field is a ToO field (``TOO = T``: QIP lane first, then DIP).
 2. One worker (``workers = 1``, every stage, the GPU where a stage has a GPU path) on the
    embedded broker. The fields' first visits are played and finished: the templates.
-3. *Paced*: ``--paced`` science files, one every ``--cadence`` s (the first one is the first
-   subtraction after the worker started). 4. *Flat out*: ``--burst`` files at once.
+3. The worker is stopped and started again, as a night begins: it prepares the templates in
+   force and compiles before it consumes (``consuming`` in its log; the disk caches are warm).
+4. *Paced*: ``--paced`` science files, one every ``--cadence`` s (the first one is the first
+   exposure after the start; ``--cadence 20`` is the sustained 3 exposures a minute).
+5. *Flat out*: ``--burst`` files at once.
 
 Printed and written to ``summary.json`` in ``--out``: per-stage p50/p95 (both lanes), end to
 end (file closed → alert stage done, and → first alert) p50/p95/max per lane and phase, the
@@ -88,6 +91,26 @@ def phase(stack: Stack, db: Database, files: list[Path], cadence: float, timeout
     left = wait_for(db, [p.stem for p in files], timeout, stack, progress=lambda s: None, poll=0.2)
     time.sleep(1.0)  # the last acknowledgements
     return {"t0": t0, "t_end": time.time(), "ids": [p.stem for p in files], "unfinished": left}
+
+
+def restart_worker(stack: Stack, timeout: float) -> float:
+    """Stop worker 0 (SIGTERM) and start it again; seconds until the new one consumes (its log's
+    ``consuming`` line, after its warm-up: templates in force prepared, kernels loaded)."""
+    import signal
+
+    log = stack.log_dir / "worker0.log"
+    stack.kill_worker(0, signal.SIGTERM)
+    offset = log.stat().st_size
+    t = time.time()
+    stack.start_worker(0)
+    while time.time() - t < timeout:
+        with log.open("rb") as f:
+            f.seek(offset)
+            if b"consuming" in f.read():
+                return time.time() - t
+        stack.check_workers()
+        time.sleep(0.5)
+    raise SystemExit(f"the restarted worker was not ready within {timeout:.0f} s")
 
 
 def figures(db: Database, raw: dict) -> dict:
@@ -185,6 +208,9 @@ def main(argv=None) -> None:
         left = wait_for(db, [p.stem for p in templates], args.timeout, stack, progress=lambda s: None, poll=0.2)
         if left:
             raise SystemExit(f"templates not finished: {left}")
+        peak_before = _status_gb(stack.procs[0].pid, "VmHWM")
+        restart_s = restart_worker(stack, args.timeout)
+        sampler.pid = stack.procs[0].pid
         raws = {"paced": phase(stack, db, paced, args.cadence, args.timeout),
                 "flat_out": phase(stack, db, burst, 0.0, args.timeout)}
         peak_rss = _status_gb(stack.procs[0].pid, "VmHWM")
@@ -193,7 +219,7 @@ def main(argv=None) -> None:
     runs = db.rows("stage_runs")
     print_stage_times(runs, f"per-stage seconds (scale {args.scale}, {n} exposures, one worker)")
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "simulate_s": simulate_s,
-              "worker_start_to_end_s": time.time() - t_start}
+              "worker_start_to_end_s": time.time() - t_start, "restart_to_ready_s": restart_s}
     exposures = {e["exposure_id"]: e for e in db.rows("exposures")}
     end = {(r["exposure_id"], r["lane"]): r["end"] for r in runs if r["stage"] == "alert" and r["end"]}
     first_alert = first_alert_latency(db)
@@ -212,7 +238,7 @@ def main(argv=None) -> None:
                           for k, v in stages.items()}
     rss = [r["rss_gb"] for r in sampler.rows if r["rss_gb"] is not None]
     gpu = [r["gpu_gb"] for r in sampler.rows if r["gpu_gb"] is not None]
-    result["memory_gb"] = {"worker_peak_rss": peak_rss, "worker_rss_max_sampled": max(rss) if rss else None,
+    result["memory_gb"] = {"worker_peak_rss": peak_rss, "worker_peak_rss_templates_phase": peak_before, "worker_rss_max_sampled": max(rss) if rss else None,
                            "gpu_used_max": max(gpu) if gpu else None}
     t0 = sampler.rows[0]["t"] if sampler.rows else t_start
     result["broker_lag_series"] = {"t": [round(r["t"] - t0, 1) for r in sampler.rows],

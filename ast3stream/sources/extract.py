@@ -156,13 +156,32 @@ def extract(frame: Frame, params: SourcesConfig) -> Table:
     sc = params
     data = np.ascontiguousarray(frame.data, dtype=np.float32)
     mask = bit_mask(frame.mask, sc.mask_bits)
-    bkg = sep.Background(data, mask=mask, bw=sc.mesh, bh=sc.mesh, fw=3, fh=3)
-    sub = data.copy()
-    bkg.subfrom(sub)
-    rms = bkg.globalrms
     n = strips.n_workers(sc.workers) if data.size >= STRIP_MIN_PIXELS else 1
-    cols = strips.extract_strips(sub, mask, rms, sc, strips.pool(n))
-    return catalogue(cols, data, sub, rms, float(bkg.globalback))
+    workers = strips.pool(n)
+    if workers is None:
+        sub = data.copy()
+        rms, back = _subtract_background(data, mask, sub, sc.mesh)
+        return catalogue(strips.extract_strips(sub, mask, rms, sc), data, sub, rms, back)
+    # the background in the pool too: sep holds the GIL (strips module docstring)
+    with strips.shared(data, mask, data) as (data_h, mask_h, sub_h):
+        rms, back = workers.submit(_background_task, data_h, mask_h, sub_h, sc.mesh).result()
+        with strips.attached(sub_h) as (sub,):
+            cols = strips.extract_strips(sub, mask, rms, sc, workers, handles=(sub_h, mask_h))
+            return catalogue(cols, data, sub, rms, back)
+
+
+def _subtract_background(data, mask, sub, mesh: int) -> tuple[float, float]:
+    """sep's mesh background of ``data`` subtracted from ``sub`` in place; ``(global rms, global back)``."""
+    bkg = sep.Background(data, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
+    bkg.subfrom(sub)
+    return float(bkg.globalrms), float(bkg.globalback)
+
+
+def _background_task(data_h, mask_h, sub_h, mesh: int) -> tuple[float, float]:
+    from .strips import attached
+
+    with attached(data_h, mask_h, sub_h) as (data, mask, sub):
+        return _subtract_background(data, mask, sub, mesh)
 
 
 def catalogue(cols: dict, data: np.ndarray, sub: np.ndarray, rms: float, back: float) -> Table:

@@ -9,6 +9,10 @@ for any forkserver or spawn pool): the images go through shared memory (one copy
 of pixels), each task gets the rows it owns (its *core*) plus an overlap on either side, and
 returns only what lies in its core.
 
+:func:`offload` runs one whole call in the pool: sep does not release the GIL (sep issue 172), so
+a full-frame ``sep.extract`` (5-8 s) or ``sep.Background`` (1-2 s) in a worker thread stops every
+other thread of the worker (other exposures' stages, the Kafka client's heartbeats) for that long.
+
 :func:`extract_strips` is :func:`ast3stream.sources.extract.measure` on strips of
 :data:`STRIP_ROWS` rows: an object belongs to the strip holding its isophotal barycentre, and a
 strip whose core holds an object whose footprint reaches the end of the overlap is redone with a
@@ -76,6 +80,28 @@ def pool(n: int) -> ProcessPoolExecutor | None:
     return _POOL
 
 
+def current() -> ProcessPoolExecutor | None:
+    """The pool if this process has started one (:func:`pool`), else None."""
+    return _POOL
+
+
+def offload(fn, *arrays: np.ndarray, min_pixels: int = 16_000_000, **kwargs):
+    """``fn(*arrays, **kwargs)`` in the pool (:func:`current`) when there is one and the first array
+    has at least ``min_pixels``, else here. The arrays travel through shared memory; ``fn`` (a
+    module-level function) and its result are pickled, so it should return small things
+    (tables, scalars). Same result either way."""
+    workers = current()
+    if workers is None or arrays[0].size < min_pixels:
+        return fn(*arrays, **kwargs)
+    with shared(*arrays) as handles:
+        return workers.submit(_offloaded, fn, handles, kwargs).result()
+
+
+def _offloaded(fn, handles, kwargs):
+    with attached(*handles) as arrays:
+        return fn(*arrays, **kwargs)
+
+
 @contextmanager
 def shared(*arrays: np.ndarray):
     """Copies of ``arrays`` in shared memory; yields their ``(name, shape, dtype)`` handles."""
@@ -134,13 +160,18 @@ def _strip_task(sub_h, mask_h, rms: float, params, core: tuple[int, int], overla
 
 
 def extract_strips(sub: np.ndarray, mask: np.ndarray, rms: float, params,
-                   workers: ProcessPoolExecutor | None = None) -> dict[str, np.ndarray]:
+                   workers: ProcessPoolExecutor | None = None, handles=None) -> dict[str, np.ndarray]:
     """:func:`~ast3stream.sources.extract.measure` of ``sub`` on strips of about :data:`STRIP_ROWS`
-    rows, in ``workers`` or in this process: the same columns either way, in strip order."""
+    rows, in ``workers`` or in this process: the same columns either way, in strip order.
+    ``handles``: ``sub`` and ``mask`` already in shared memory (:func:`shared`)."""
     cores = bounds(sub.shape[0], max(1, round(sub.shape[0] / STRIP_ROWS)))
     overlap = {c: OVERLAP for c in cores}
     done: dict = {}
-    with shared(sub, mask) if workers is not None else nullcontext((None, None)) as (sub_h, mask_h):
+    if workers is None:
+        context = nullcontext((None, None))
+    else:
+        context = nullcontext(handles) if handles is not None else shared(sub, mask)
+    with context as (sub_h, mask_h):
         while len(done) < len(cores):
             todo = [c for c in cores if c not in done]
             if workers is None:

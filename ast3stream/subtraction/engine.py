@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import threading
 
@@ -112,35 +113,49 @@ def kernel_at(solution: np.ndarray, shape_xy: tuple[int, int], cfg, x: float, y:
     return ker.T
 
 
-def lane_tile_shapes(cfg) -> list[tuple[int, int]]:
-    """The ``(ny, nx)`` SFFT tile shapes of the detector's frames: a DIP frame (the trimmed
-    section) and a QIP frame (binned ``qip_binning`` x ``qip_binning``), see :func:`~.tiles.tile_shape`."""
+def lane_config(cfg, binning: int):
+    """``cfg`` for a lane whose frames are binned ``binning`` x ``binning``: the configured
+    ``subtraction.kernel_half_width`` is in full-resolution pixels, the lane's is
+    ``ceil(hw / binning)`` (the same kernel on the sky; a QIP frame binned 3 x 3 needs a third of
+    it, and SFFT's cost grows with the kernel's pixels)."""
+    if binning <= 1:
+        return cfg
+    sc = cfg.subtraction
+    hw = max(2, math.ceil(sc.kernel_half_width / binning))
+    return cfg.model_copy(update={"subtraction": sc.model_copy(update={"kernel_half_width": hw})})
+
+
+def lane_tile_shapes(cfg) -> list[tuple[tuple[int, int], int]]:
+    """The ``((ny, nx), binning)`` SFFT tile shapes of the detector's frames and their binning: a
+    DIP frame (the trimmed section) and a QIP frame (binned ``qip_binning`` x ``qip_binning``),
+    see :func:`~.tiles.tile_shape`."""
     from ..reduction.sections import section_slices
 
     det = cfg.detector
     sy, sx = section_slices(det.trimsec)
     ny, nx = sy.stop - sy.start, sx.stop - sx.start
     b = det.qip_binning
-    shapes = [tile_shape((ny, nx), cfg), tile_shape((ny // b, nx // b), cfg)]
-    return list(dict.fromkeys(shapes))
+    return [(tile_shape((ny, nx), cfg), 1), (tile_shape((ny // b, nx // b), cfg), b)]
 
 
-def warm_up(cfg, shapes=None, gpu: bool = True) -> list[tuple[int, int]]:
+def warm_up(cfg, gpu: bool = True) -> list[tuple[int, int]]:
     """Compile (or load from the disk caches) SFFT's configured and constant-kernel (tiles with
-    few stars) configurations for each ``(ny, nx)`` tile shape (``cfg.subtraction.warm_shapes``,
-    else :func:`lane_tile_shapes`), so a worker's first real image pays no compilation. On the
-    GPU it also runs one whole subtraction of a synthetic pair of each shape and SFFT on noise,
-    which compiles the CuPy kernels of every step. Returns the shapes."""
-    sc = cfg.subtraction
-    constant = cfg.model_copy(update={"subtraction": sc.model_copy(
-        update={"kernel_poly_order": 0, "background_poly_order": 0})})
-    shapes = [tuple(s) for s in (shapes or sc.warm_shapes or lane_tile_shapes(cfg))]
-    for shape in shapes:
+    few stars) configurations for each lane's tile shape and kernel half-width
+    (:func:`lane_tile_shapes`, :func:`lane_config`), so a worker's first real image pays no
+    compilation. On the GPU it also runs one whole subtraction of a synthetic pair of each shape
+    and SFFT on noise, which compiles the CuPy kernels of every step. Returns the shapes."""
+    shapes = []
+    for shape, binning in lane_tile_shapes(cfg):
+        conf = lane_config(cfg, binning)
+        sc = conf.subtraction
+        constant = conf.model_copy(update={"subtraction": sc.model_copy(
+            update={"kernel_poly_order": 0, "background_poly_order": 0})})
         fy, fx = fft_shape(shape)
-        for c in (cfg, constant):
+        for c in (conf, constant):
             sfft_config((fx, fy), c, gpu)
         if gpu:
-            _run_once(shape, cfg, constant)
+            _run_once(shape, conf, constant)
+        shapes.append(shape)
     return shapes
 
 

@@ -134,17 +134,30 @@ def _locus(logf: np.ndarray, width: float) -> float:
     return v
 
 
+def detect(data: np.ndarray, rms: np.ndarray, bad: np.ndarray, thresh: float = 5.0) -> np.ndarray:
+    """``sep.extract`` at ``thresh`` sigma (deblended) of a background-subtracted float32 image with
+    its per-pixel ``rms``; in the worker pool on a large frame (:func:`~ast3stream.sources.strips.offload`)."""
+    from ..sources.strips import offload
+
+    return offload(_extract, data, rms, bad, thresh=thresh)
+
+
+def _extract(data, rms, bad, *, thresh: float) -> np.ndarray:
+    return sep.extract(data, thresh, err=rms, mask=bad, minarea=3, deblend_cont=0.005)
+
+
 def measure_psf(data_sub, bad, rms, *, saturation: float | None = None, snr_min: float = 20.0,
                 isolation: float = 3.0, max_fit: int = 120, min_stars: int = 5,
                 profile: str = "moffat", locus_width: float = 0.1, saturation_frac: float = 0.7,
-                thresh: float = 5.0) -> PSF:
+                thresh: float = 5.0, objects: np.ndarray | None = None) -> PSF:
     """The PSF of a background-subtracted image (module docstring). ``bad`` is the boolean map
     of unusable pixels, ``rms`` the per-pixel sky rms; ``saturation`` in image units (None:
-    found from the pixels). Raises :class:`PSFError` with the reason when it cannot."""
+    found from the pixels); ``objects``: the image's :func:`detect` at ``thresh``, when the
+    caller has it. Raises :class:`PSFError` with the reason when it cannot."""
     data = np.ascontiguousarray(data_sub, np.float32)
     bad = np.ascontiguousarray(bad, bool)
     rms = np.array(np.broadcast_to(rms, data.shape), np.float32)
-    objs = sep.extract(data, thresh, err=rms, mask=bad, minarea=3, deblend_cont=0.005)
+    objs = detect(data, rms, bad, thresh) if objects is None else objects
     if len(objs) < min_stars:
         raise PSFError(f"only {len(objs)} sources above {thresh} sigma")
     sat = saturation_level(objs["peak"], saturation)

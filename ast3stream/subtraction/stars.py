@@ -22,7 +22,7 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from ..detection.stamps import array_module, boxes, inside, mosaic, to_host
-from .psf import fit_fwhm, measure_psf
+from .psf import detect, fit_fwhm, measure_psf
 
 
 def _radius(fwhm: float) -> float:
@@ -65,10 +65,11 @@ def select_stars(data_sub: np.ndarray, mask: np.ndarray, rms: np.ndarray, cfg, s
     data = np.ascontiguousarray(data_sub, np.float32)
     mask = np.ascontiguousarray(mask, bool)
     rms = np.ascontiguousarray(rms, np.float32)
-    psf = measure_psf(data, mask, rms, saturation=saturation, snr_min=max(sc.star_snr_min, 20.0), min_stars=3)
+    objs = detect(data, rms, mask, 5.0)
+    psf = measure_psf(data, mask, rms, saturation=saturation, snr_min=max(sc.star_snr_min, 20.0), min_stars=3,
+                      thresh=5.0, objects=objs)
     fwhm_med = psf.fwhm
     empty = Table(dict(x=[], y=[], xwin=[], ywin=[], flux=[], flux_err=[], fwhm=[]), meta={"fwhm": fwhm_med, "psf": psf})
-    objs = sep.extract(data, 5.0, err=rms, mask=mask, minarea=3, deblend_cont=0.005)
     objs = objs[np.isfinite(objs["a"]) & np.isfinite(objs["b"]) & (objs["b"] > 0)]
     if len(objs) < 3:
         return empty

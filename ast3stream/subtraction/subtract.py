@@ -515,7 +515,7 @@ def _noise_check(diff, noise, mask, parts, acf_j, r: float, sci, tpl, sc) -> dic
         return fac[np.argmin((y[:, None] - cy) ** 2 + (x[:, None] - cx) ** 2, axis=1)]
 
     images = [(P.sub, P.var) for P in (sci, tpl)]
-    ratio, n = random_apertures(diff, noise.astype(np.float64) ** 2, mask, r, factor, images, n=sc.noise_apertures)
+    ratio, n = random_apertures(diff, noise * noise, mask, r, factor, images, n=sc.noise_apertures)  # float32: sums() add in float64
     return dict(noise_ratio=ratio, noise_apertures=n, aperture_factor=float(np.median(fac)))
 
 

@@ -4,15 +4,15 @@ set -uo pipefail
 source .gpu/setup.sh
 mkdir -p $OUT
 export AST3_DETECTION__BACKEND=cupy AST3_REDUCTION__BACKEND=cupy AST3_SUBTRACTION__BACKEND=cupy
-export AST3STREAM_GIL_PROBE_S=1.0   # the worker logs every GIL hold >= 1 s (and dumps the first ones' stacks)
-timeout ${FF_TIMEOUT:-540} python -m bench.fullframe --scale 1.0 ${FF_ARGS:---fields 2 --paced 2 --cadence 15 --burst 3 --timeout 240} \
+export AST3STREAM_GIL_PROBE_S=2.0   # the worker logs every GIL hold >= 2 s (and dumps the first ten's stacks)
+timeout ${FF_TIMEOUT:-540} python -m bench.fullframe --scale 1.0 ${FF_ARGS:---fields 2 --paced 6 --cadence 20 --burst 3 --timeout 240} \
   --out /tmp/ff --cache /tmp/ffcache > $OUT/fullframe.log 2>&1; echo "fullframe rc $?"
 cp /tmp/ff/summary.json $OUT/ 2>/dev/null
 log=/tmp/ff/run/logs/worker0.log
 if [ -f "$log" ]; then
   grep -E "warmed|loaded in|preparing template|gave back|GIL probe|keepalive|rebalanc|Traceback|Error" "$log" | head -300 > $OUT/worker.events
   grep -c "GIL probe" "$log"; grep -c "keepalive" "$log"
-  grep -B1 -A25 "most recent call first" "$log" | head -c 60000 > $OUT/gil_dumps.txt
+  python -m bench.gil_dumps "$log" | head -c 60000 > $OUT/gil_dumps.txt   # the busy threads only
   tail -c 4000 "$log" > $OUT/worker0.tail
 fi
 head -c 4000 $OUT/fullframe.log; echo; tail -c 5000 $OUT/fullframe.log
