@@ -75,6 +75,41 @@ def _status_gb(pid: int, key: str) -> float | None:
     return None
 
 
+def smaps_summary(pid: int) -> dict:
+    """Resident memory of a process by kind of mapping (``/proc/PID/smaps``), in GB: the heap
+    (malloc arenas of the main thread), anonymous mappings by size (a full-frame plane is an
+    anonymous mapping of 0.6 GB: a big one resident while idle is an array still referenced;
+    many small ones are malloc arenas of threads), driver mappings (``/dev/nvidia*``), files."""
+    out = {"heap": 0.0, "anon_ge_256mb": 0.0, "anon_32_256mb": 0.0, "anon_lt_32mb": 0.0, "nvidia": 0.0,
+           "files": 0.0, "other": 0.0, "anon_ge_256mb_sizes_gb": []}
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return out
+    name, size = "", 0
+    for line in lines:
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            lo, hi = (int(v, 16) for v in head[0].split("-"))
+            name, size = (head[5] if len(head) > 5 else ""), hi - lo
+        elif head and head[0] == "Rss:":
+            gb = int(head[1]) / 1024 ** 2
+            if name == "[heap]":
+                out["heap"] += gb
+            elif name == "":
+                key = "anon_ge_256mb" if size >= 256 << 20 else "anon_32_256mb" if size >= 32 << 20 else "anon_lt_32mb"
+                out[key] += gb
+                if key == "anon_ge_256mb" and gb > 0.1:
+                    out["anon_ge_256mb_sizes_gb"].append(round(gb, 2))
+            elif name.startswith("/dev/nvidia"):
+                out["nvidia"] += gb
+            elif name.startswith("/"):
+                out["files"] += gb
+            else:
+                out["other"] += gb
+    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in out.items()}
+
+
 def _gpu_used_gb() -> float | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
@@ -214,6 +249,8 @@ def main(argv=None) -> None:
         raws = {"paced": phase(stack, db, paced, args.cadence, args.timeout),
                 "flat_out": phase(stack, db, burst, 0.0, args.timeout)}
         peak_rss = _status_gb(stack.procs[0].pid, "VmHWM")
+        time.sleep(5.0)   # idle: what stays resident between exposures
+        idle = {"rss_gb": _status_gb(stack.procs[0].pid, "VmRSS"), "smaps": smaps_summary(stack.procs[0].pid)}
         sampler.stop.set()
         sampler.join()
     runs = db.rows("stage_runs")
@@ -238,7 +275,7 @@ def main(argv=None) -> None:
                           for k, v in stages.items()}
     rss = [r["rss_gb"] for r in sampler.rows if r["rss_gb"] is not None]
     gpu = [r["gpu_gb"] for r in sampler.rows if r["gpu_gb"] is not None]
-    result["memory_gb"] = {"worker_peak_rss": peak_rss, "worker_peak_rss_templates_phase": peak_before, "worker_rss_max_sampled": max(rss) if rss else None,
+    result["memory_gb"] = {"worker_peak_rss": peak_rss, "worker_peak_rss_templates_phase": peak_before, "idle": idle, "worker_rss_max_sampled": max(rss) if rss else None,
                            "gpu_used_max": max(gpu) if gpu else None}
     t0 = sampler.rows[0]["t"] if sampler.rows else t_start
     result["broker_lag_series"] = {"t": [round(r["t"] - t0, 1) for r in sampler.rows],
