@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import heapq
 import itertools
@@ -101,6 +102,40 @@ def known_exposure(db, ev: StageEvent) -> None:
                                "(not an event of this pipeline)")
 
 
+class Ticking:
+    """A faust timer that survives its own errors: faust stops the whole worker when a timer
+    raises, so ``@app.timer(interval)`` over ``@Ticking(name)`` logs an error that is not
+    transient (those are retried inside, :func:`~agents.retry.retrying`) with its reason, once
+    per distinct cause (then at DEBUG), counts it (``ast3_timer_errors_total{timer}``) and lets
+    the timer tick again at its next interval. :meth:`isolated` does the same for one item of a
+    tick, so that one bad item does not stop the tick's others."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._logged: set[str] = set()
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        async def tick(*args):
+            with self.isolated():
+                await fn(*args)
+        return tick
+
+    @contextlib.contextmanager
+    def isolated(self, subject: str = ""):
+        try:
+            yield
+        except Exception as exc:   # CancelledError (a stop) is not an Exception: it goes through
+            METRICS.timer_error(self.name)
+            cause = f"{subject + ': ' if subject else ''}{type(exc).__name__}: {exc}"
+            if cause in self._logged:
+                log.debug("timer %s: %s (again)", self.name, cause)
+            else:
+                self._logged.add(cause)
+                log.error("timer %s: %s; it runs again on its next tick (logged once per cause)",
+                          self.name, cause, exc_info=exc)
+
+
 def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter, bootstrap: str) -> None:
     """GW notices (LVK JSON or VOEvent bytes) on ``{prefix}.gw`` update the ToO field list under the
     notice policy and write the coming night's plan (:mod:`agents.gw`); expired lists are dropped
@@ -120,13 +155,18 @@ def add_gw_agent(app: faust.App, res: Resources, prefix: str, dead_letter, boots
     app.agent(app.topic(topic(prefix, "gw")), name="gw", concurrency=1)(gw_agent)
 
     @app.timer(60.0)
+    @Ticking("expire_too")
     async def expire_too():
         await retrying("gw", asyncio.to_thread, GWState(res.db).expire)
 
+    coverage = Ticking("gw_coverage")
+
     @app.timer(res.cfg.gw.coverage_every_s)
+    @coverage
     async def gw_coverage():
         for ev in await retrying("gw", asyncio.to_thread, GWState(res.db).events, "active"):
-            await retrying("gw", asyncio.to_thread, write_coverage, res.db, res.cfg, ev)
+            with coverage.isolated(f"event {ev['event_id']}"):   # a bad event's map: the others' reports still come
+                await retrying("gw", asyncio.to_thread, write_coverage, res.db, res.cfg, ev)
 
     if res.cfg.gw.gcn.enabled:
         @app.task
@@ -263,8 +303,9 @@ def make_app(cfg: Settings, bootstrap: str, stages: list[str] | None = None, wat
 
     if watch:
         @app.timer(cfg.products.prune_every_s)
+        @Ticking("prune_products")
         async def prune_products():
-            n = await asyncio.to_thread(res.store.prune, res.db, cfg.products.retention_days)
+            n = await retrying("prune", asyncio.to_thread, res.store.prune, res.db, cfg.products.retention_days)
             if n:
                 log.warning("pruned %d product files past retention", n)
 

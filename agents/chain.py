@@ -607,22 +607,32 @@ class Chain:
                                   {a.alert_id: a.object_id.encode() for a, _ in sends}, wire.registry)
             log.warning("%s/%s: sending was cut off; %d of %d candidates' messages on their topics already",
                         eid, lane.name, sum(bool(v) for v in held.values()), len(sends))
-        renewed = time.monotonic()
-        for a, names in sends:
-            for name in [n for n in names if n not in held.get(a.alert_id, ())]:   # framing, schema id per topic
-                if time.monotonic() - renewed > self.lease_s / 3:
-                    if not await self._db(self.db.renew_sends, eid, lane.name, self.owner):
+        lost = asyncio.Event()
+
+        async def heartbeat():   # the claim holds while a send waits, however long the broker takes to acknowledge
+            while await self._db(self.db.renew_sends, eid, lane.name, self.owner):
+                await asyncio.sleep(self.lease_s / 3)
+            lost.set()
+
+        beat = asyncio.create_task(heartbeat())
+        try:
+            for a, names in sends:
+                for name in [n for n in names if n not in held.get(a.alert_id, ())]:   # framing, schema id per topic
+                    if lost.is_set():
                         log.warning("%s/%s: another worker took over sending (this one's lease ran out)",
                                     eid, lane.name)
                         return
-                    renewed = time.monotonic()
-                await self._send(name, a.object_id.encode(), a.notice if name == "gcn" else wire.encode(a.packet, name))
-            if a.passed:
-                now = time.time()
-                await self._db(self.db.record_alert, dict(
-                    alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=eid,
-                    lane=lane.name, score=a.score, digest=a.digest, published_at=now, latency_s=now - file_closed_at))
-                METRICS.alert(lane.name, now - file_closed_at)
+                    await self._send(name, a.object_id.encode(),
+                                     a.notice if name == "gcn" else wire.encode(a.packet, name))
+                if a.passed:
+                    now = time.time()
+                    await self._db(self.db.record_alert, dict(
+                        alert_id=a.alert_id, candidate_id=a.candidate_id, object_id=a.object_id, exposure_id=eid,
+                        lane=lane.name, score=a.score, digest=a.digest, published_at=now,
+                        latency_s=now - file_closed_at))
+                    METRICS.alert(lane.name, now - file_closed_at)
+        finally:
+            beat.cancel()
         passed = [a.value for a in out.alerts if a.passed]
         if passed:
             store = self.res.store

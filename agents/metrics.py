@@ -8,6 +8,7 @@
 ``ast3_dead_letters_total{stage}``     messages sent to the dead-letter topic
 ``ast3_filter_alerts_total{filter,lane}``  alerts delivered to each filter stream
 ``ast3_consumer_lag{topic}``           messages not yet consumed by the pipeline (set on each scrape)
+``ast3_timer_errors_total{timer}``     errors a periodic task (faust timer) met and survived
 =====================================  ===========================================================
 
 One registry per process (the worker); the Grafana dashboard in ``deploy/grafana/`` plots them.
@@ -33,6 +34,8 @@ class Metrics:
         self.dead_letters = Counter("ast3_dead_letters", "Messages sent to the dead-letter topic", ["stage"], registry=r)
         self.filter_alerts = Counter("ast3_filter_alerts", "Alerts delivered to a filter stream", ["filter", "lane"],
                                      registry=r)
+        self.timer_errors = Counter("ast3_timer_errors", "Errors a periodic task met and survived", ["timer"],
+                                    registry=r)
         self.lag = Gauge("ast3_consumer_lag", "Messages not yet consumed by the pipeline", ["topic"], registry=r)
 
     def stage(self, stage: str, lane: str, seconds: float) -> None:
@@ -44,6 +47,9 @@ class Metrics:
 
     def dead_letter(self, stage: str) -> None:
         self.dead_letters.labels(stage).inc()
+
+    def timer_error(self, timer: str) -> None:
+        self.timer_errors.labels(timer).inc()
 
     def filtered(self, name: str, lane: str) -> None:
         self.filter_alerts.labels(name, lane).inc()

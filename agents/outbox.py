@@ -13,8 +13,13 @@ over those topics and happens only after such a crash.
 
 The claim also fences a worker whose partition was revoked mid-chain (a rebalance): the
 worker the exposure went to waits while the first one's lease runs, and does nothing once
-it is done; a worker that finds its claim taken (its lease ran out) stops sending. One
-message already handed to the producer when the lease ran out can still go out twice.
+it is done; a worker that finds its claim taken (its lease ran out) stops sending. The claim
+is renewed by a heartbeat while a send waits for the broker, so a slow acknowledgement does
+not let it lapse: the lease runs out only when the worker is dead or its event loop stalls for
+longer than the lease. Still open in that last case: a message already in the stalled
+worker's producer goes out when the loop runs again, after the next owner's read-back, so
+twice (aiokafka drops a batch only after its request timeout, which faust sets far above the
+lease).
 
 Subscribers (as of ZTF's and Rubin's streams) may still deduplicate on ``alertId``, which is
 deterministic (:func:`ast3stream.alerts.packet.alert_id`): a replay or a lost broker log

@@ -243,7 +243,8 @@ def test_a_crash_between_sending_an_alert_and_recording_it_sends_it_once(small_n
     chain finds them on their topics and sends only the rest: the night's alerts are those of a
     run without faults, each once on each topic, and every candidate is once on ``candidates``.
     The last exposure is run by two workers at once (a rebalance handed it on mid-chain): one of
-    them sends, the other waits for it and sends nothing."""
+    them sends, the other waits for it and sends nothing, even while the sender's first message
+    waits for the broker longer than the claim's lease (the claim is renewed while it waits)."""
     from functools import partial
 
     from aiokafka import AIOKafkaProducer
@@ -262,11 +263,14 @@ def test_a_crash_between_sending_an_alert_and_recording_it_sends_it_once(small_n
         res = Resources(cfg)  # a fresh worker: nothing in memory from the one that died
         await worker(res, path, crash, lease_s=1.0)   # the dead worker's claim runs out at once
 
-    async def worker(res, path, crash: bool, lease_s: float = 10.0) -> None:
+    async def worker(res, path, crash: bool, lease_s: float = 10.0, stall_s: float = 0.0) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
         await producer.start()
 
         async def publish(name: str, key: bytes, value: bytes) -> None:
+            if stall_s and name == "candidates" and not stalled:   # the lane's first message: in flight for 8 leases
+                stalled.append(name)
+                await asyncio.sleep(stall_s)
             await producer.send_and_wait(topic(cfg.kafka.prefix, name), value, key=key)
             if crash and name == "alerts" and not cut:
                 cut.append(decode(value)["alertId"])
@@ -290,8 +294,10 @@ def test_a_crash_between_sending_an_alert_and_recording_it_sends_it_once(small_n
     assert cut and not db.alert_published(str(cut[0]))
     asyncio.run(run(science, crash=False))  # redelivered
 
-    async def two_workers():
-        await asyncio.gather(worker(Resources(cfg), last, False), worker(Resources(cfg), last, False))
+    stalled: list = []
+
+    async def two_workers():   # the sender's first message waits 8 s for the broker (past a 1 s lease and the read-back)
+        await asyncio.gather(*(worker(Resources(cfg), last, False, lease_s=1.0, stall_s=8.0) for _ in range(2)))
 
     asyncio.run(two_workers())
 

@@ -86,6 +86,26 @@ def _products(cfg) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
+def _on_disk(cfg) -> dict[str, set[str]]:
+    """Every file in the data folder by kind: the pipeline's ``products`` (relative to the live
+    namespace), the operator's raw ``inputs``, the running ``state`` (SQLite and its journal, settings, lock,
+    logs, the galaxy catalogue's index) and ``other``, which should stay empty."""
+    data, products, inputs = cfg.paths.data_dir, cfg.products_dir / "live", cfg.watch_dir
+    state = {data / "settings.json", data / "run.lock"}
+    kinds: dict[str, set[str]] = {"products": set(), "inputs": set(), "state": set(), "other": set()}
+    for path in (p for p in data.rglob("*") if p.is_file()):
+        if path.is_relative_to(products):
+            kinds["products"].add(path.relative_to(products).as_posix())
+        elif path.parent == inputs:
+            kinds["inputs"].add(path.name)
+        elif path in state or path.parent == data and path.name.startswith("ast3stream.db") \
+                or path.parent == data / "logs" or path.parent.parent == data / "catalogs":
+            kinds["state"].add(path.relative_to(data).as_posix())
+        else:
+            kinds["other"].add(path.relative_to(data).as_posix())
+    return kinds
+
+
 def _sigterm_leaves_no_child(proc: subprocess.Popen) -> None:
     children = _descendants(proc.pid)
     start = time.monotonic()
@@ -182,7 +202,9 @@ def test_a_worker_killed_with_eight_exposures_in_flight_is_restarted_and_each_al
         _sigterm_leaves_no_child(run)
     finally:
         run.kill()
-    assert set(_products(cfg)) == kept and any(f.startswith("templates/") for f in kept)
+    disk = _on_disk(cfg)   # every file left, by kind: no calibrated copy, stamp, PSF table or stray file
+    assert disk["products"] == kept and any(f.startswith("templates/") for f in kept)
+    assert disk["inputs"] == {Path(e.path).name for e in busy_night[1].exposures} and not disk["other"], disk
     statuses = {r["exposure_id"]: r["status"] for r in db.rows("exposures")}
     assert statuses == {template: "template", **{e: "alerted" for e in science}}
     assert db.count("dead_letters") == 0

@@ -3,7 +3,8 @@ bridge forwards LVK notices from GCN-named topics to ``{prefix}.gw`` unchanged; 
 the notice policy (the real low-significance S240116o and the mock MS260605l are ignored, with the
 reason), S190425z's INITIAL fills the ToO list, an UPDATE with another map replaces it, the
 RETRACTION empties it; the watcher routes exposures to the priority topic or the normal one
-accordingly; junk is dead-lettered."""
+accordingly; junk is dead-lettered; an event whose stored map is truncated fails the coverage timer
+on every tick, and the worker lives on with the other event's coverage reports coming."""
 import asyncio
 import json
 import re
@@ -54,6 +55,17 @@ def _voevent(text: str, alert_type: str, date: str, skymap: str | None) -> bytes
 def _raw(path, field: str, seed: int) -> None:
     fits.PrimaryHDU(np.random.default_rng(seed).integers(0, 1000, (64, 64)).astype(np.uint16),
                     fits.Header({"FIELD": field, "MJD-OBS": 58598.5 + seed / 100})).writeto(path)
+
+
+def _timer_errors(port: str, timer: str) -> float:
+    """``ast3_timer_errors_total{timer}`` on the worker's ``/metrics`` page."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "ast3_timer_errors_total" and s.labels.get("timer") == timer)
 
 
 def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_data, tmp_path):
@@ -154,6 +166,14 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
 
         wait(lambda: len(routed()) == 2, "both exposures routed")
         assert routed() == {dropped: "exposures", kept: "exposures.too"}
+        # an event whose stored map is truncated: its coverage fails on every tick, non-transiently; the
+        # worker lives on (a faust timer that raises stops the worker) and the other event's report comes
+        bad_map = maps / "truncated.fits"
+        bad_map.write_bytes((maps / "bayestar_shifted.fits").read_bytes()[:20000])
+        with db.engine.begin() as conn:
+            conn.execute(state.events_t.insert().values(event_id="S000000bad", status="active", skymap_path=str(bad_map),
+                                                        last_received_at=time.time() + 3600,   # listed first
+                                                        expires_at=time.time() + 3600))
         # the worker's coverage report (every second here) counts processed exposures only: no chain runs
         # here, so the ToO exposure is marked calibrated by hand, with its limiting magnitude
         report = settings.products_dir / "gw" / "S190425z" / "coverage-S190425z.json"
@@ -170,6 +190,13 @@ def test_gcn_bridge_policy_update_retraction_and_lanes(broker, settings, shared_
         kept_prob = next(r["prob"] for r in db.too_fields() if r["field_id"] == kept)
         assert covered()["prob_covered"] == pytest.approx(kept_prob, rel=1e-6)
         assert covered()["by_depth"] == [{"maglim": 20.0, "prob": pytest.approx(kept_prob, rel=1e-6)}]
+
+        # the bad event failed on tick after tick, counted each time and logged once with its reason
+        port = stack.procs[0].args[stack.procs[0].args.index("--web-port") + 1]
+        wait(lambda: _timer_errors(port, "gw_coverage") >= 3, "the coverage timer to tick again after its errors")
+        logged = [line for line in (stack.log_dir / "worker0.log").read_text().splitlines()
+                  if "timer gw_coverage: event S000000bad:" in line]
+        assert len(logged) == 1 and "logged once per cause" in logged[0], logged
 
         asyncio.run(send((RETRACTION, _voevent(initial, "Retraction", "2019-04-25T11:00:00", None))))
         wait(lambda: state.event("S190425z")["status"] == "retracted", "the RETRACTION")
