@@ -256,3 +256,39 @@ def test_numpy_roc_and_platt_match_scikit_learn():
     yl = (rng.random(600) < 1 / (1 + np.exp(-(0.7 * m + 0.4)))).astype(int)
     lr = LogisticRegression(C=10.0).fit(m[:, None], yl)
     assert np.allclose(platt(m, yl), (lr.coef_[0, 0], lr.intercept_[0]), atol=2e-3)
+
+
+def test_stamp_features_measure_what_they_name():
+    """Simulator truth: a point source is PSF-sized and round, a cosmic ray is sharper than the PSF,
+    a misregistered star leaves negative flux; every feature is invariant to 90-degree rotations."""
+    from ast3stream.classify.features import NAMES, stamp_features
+
+    parts = {k: simulate_set(0, 40, "dip", seed=8 + i, snr_range=(30, 300),
+                             bogus_weights=np.eye(len(BOGUS_KINDS))[BOGUS_KINDS.index(k)])
+             for i, k in enumerate(("cosmic", "dipole"))}
+    parts["point"] = simulate_set(40, 0, "dip", seed=12, snr_range=(30, 300), real_weights=(1, 0, 0))
+    feats = {k: stamp_features(pipeline_stamps(d["stamps"], d["fwhm"])) for k, d in parts.items()}
+    col = {n: i for i, n in enumerate(NAMES)}
+    size = {k: np.median(10 ** f[:, col["size"]]) for k, f in feats.items()}
+    assert 0.8 < size["point"] < 1.25 and size["cosmic"] < 0.7 * size["point"], size
+    assert np.median(feats["point"][:, col["elongation"]]) < 1.3
+    assert np.median(feats["dipole"][:, col["neg_share"]]) > np.median(feats["point"][:, col["neg_share"]]) + 0.1
+    x = pipeline_stamps(parts["point"]["stamps"], parts["point"]["fwhm"])
+    for k in (1, 2, 3):
+        assert np.allclose(stamp_features(np.rot90(x, k, axes=(2, 3)).copy()), feats["point"], rtol=1e-9, atol=1e-9)
+
+
+def test_boosted_trees_learn_an_interaction_a_linear_score_cannot():
+    from ast3stream.classify.boost import boost_margin, fit_boost
+    from ast3stream.classify.evaluate import roc_auc
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3))
+    y = ((X[:, 0] * X[:, 1] > 0) ^ (rng.random(3000) < 0.05)).astype(int)       # XOR of two signs, 5 % noise
+    model = fit_boost(X[:2000], y[:2000], n_trees=60, depth=3, rate=0.2)
+    m = boost_margin(model, X[2000:])
+    assert roc_auc(y[2000:], m) > 0.9
+    assert abs(roc_auc(y[2000:], X[2000:, 0] + X[2000:, 1]) - 0.5) < 0.1
+    assert json.loads(json.dumps(model)) == model
+    with pytest.raises(ValueError):
+        boost_margin(model, X[:, :2])
