@@ -237,8 +237,8 @@ def _train_real(args) -> None:
     model = cv["model"]
     sim_margin = logit_margin(model, sim["stamps"], dev)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(cv=cv, sim=sim, sim_margin=sim_margin, sim_test=sim_test),   # the combiner's inputs, to refit it
-               args.out_dir / "crossval.pt")
+    np.savez_compressed(args.out_dir / "crossval.npz", sim_margin=sim_margin,   # the combiner's network inputs
+                        **{k: v for k, v in cv.items() if k != "model"})
     hyb = fit_hybrid(alerts, images, sim, cv, sim_margin, k=args.folds, target_fpr=args.target_fpr, seed=args.seed)
     meta = dict(stamp_size=32, normalisation="ast3stream.classify.stamps.make_stamp",
                 hybrid=dict(inputs=list(INPUTS), features="ast3stream.classify.features.stamp_features",

@@ -6,7 +6,7 @@
 # on the same folds and keeps the better ZTF AUC) by ZTF night/object and image field/night, trains the
 # shipped network on everything, fits the hybrid combiner (network margin + stamp features, boosted trees)
 # on the out-of-fold margins, Platt-calibrates it, sets the alert threshold at 1 % FPR on the real images'
-# bogus, and writes rb_{qip,dip}.{pt,json}, eval.json, eval.png and crossval.pt (the combiner's inputs).
+# bogus, and writes rb_{qip,dip}.{pt,json}, eval.json, eval.png and crossval.npz (the out-of-fold margins).
 # Needs only torch, numpy, scipy, matplotlib. ARCH/DEVICE/EPOCHS/N_SYNTH/WIDTH/MAX_SECONDS override the
 # defaults (DEVICE=cpu EPOCHS=1 N_SYNTH=20 WIDTH=8 checks the script on a CPU).
 set -euo pipefail
