@@ -52,6 +52,8 @@ def add_cli(subparsers) -> None:
                                ("workers", int, 1), ("batch-size", int, 128), ("lr", float, 3e-3)):
         r.add_argument(f"--{name}", type=typ, default=default)
     r.add_argument("--max-seconds", type=float, help="cap on each fold's training time")
+    r.add_argument("--networks", type=Path, help="reuse the network and out-of-fold margins of an earlier run's "
+                                                 "--out-dir (rb_dip.pt, crossval.npz): refit the combiner only")
     r.add_argument("--arch", nargs="+", choices=("braai", "resnet18"), default=["braai"],
                    help="several: cross-validated on the same folds, the better ZTF AUC shipped")
     r.add_argument("--device", default="cpu")
@@ -199,6 +201,11 @@ def _real_groups(alerts: dict, p: np.ndarray, sel: np.ndarray) -> dict:
             for s in np.unique(alerts["survey"][ok])}
 
 
+def _lanes(sim: dict, n_per_lane: int) -> dict:
+    """``synthetic_inputs`` of both lanes (QIP first) with the lane of each stamp."""
+    return dict(sim, lane=np.repeat(["qip", "dip"], n_per_lane))
+
+
 def _train_real(args) -> None:
     import torch
 
@@ -213,16 +220,27 @@ def _train_real(args) -> None:
     torch.set_num_threads(args.threads)
     alerts, a_manifest = load_dataset(args.alerts)
     images, i_manifest = load_dataset(args.images)
-    synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers)
     # the combiner's simulator rows (never seen by the networks) and the simulator test set, per lane
-    sim = synthetic_inputs(args.n_synth // 4, args.n_synth // 4, args.seed + 500, workers=args.workers)
-    sim_test = {lane: synthetic_inputs(300, 300, args.seed + 1000, lanes=(lane,), workers=args.workers)
-                for lane in ("qip", "dip")}
-    sim_test = dict({k: np.concatenate([sim_test[lane][k] for lane in sim_test]) for k in ("stamps", "label", "snr")},
-                    lane=np.repeat(list(sim_test), [len(v["label"]) for v in sim_test.values()]))
+    sim = _lanes(synthetic_inputs(args.n_synth // 4, args.n_synth // 4, args.seed + 500, workers=args.workers),
+                 args.n_synth // 2)
+    sim_test = _lanes(synthetic_inputs(300, 300, args.seed + 1000, workers=args.workers), 600)
     ztf_all = (alerts["survey"] == "ztf") & np.isfinite(alerts["ref"])
-    runs, comparison = {}, {}
+    runs, comparison, old = {}, {}, {}
+    if args.networks:
+        from .train import load_weights
+
+        model, old = load_weights(args.networks / "rb_dip.pt", pick_device(args.device))
+        with np.load(args.networks / "crossval.npz") as z:
+            runs[old["arch"]] = dict({k: z[k] for k in z.files if k != "sim_margin"}, model=model)
+        args.arch = [old["arch"]]
+    synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers) if not args.networks else None
     for arch in args.arch:           # every architecture on the same folds, the better one shipped
+        if arch in runs:
+            comparison[arch] = dict(versus_baseline(alerts["label"][ztf_all & runs[arch]["heldout"]],
+                                                    runs[arch]["oof_alert"][ztf_all & runs[arch]["heldout"]],
+                                                    alerts["peak_snr"][ztf_all & runs[arch]["heldout"]]),
+                                    n_params=int(sum(p.numel() for p in model.parameters())))
+            continue
         runs[arch] = crossval(alerts, images, synth, k=args.folds, epochs=args.epochs, width=args.width,
                               seed=args.seed, arch=arch, device=args.device, batch_size=args.batch_size, lr=args.lr,
                               max_seconds=args.max_seconds)
@@ -244,23 +262,28 @@ def _train_real(args) -> None:
                 hybrid=dict(inputs=list(INPUTS), features="ast3stream.classify.features.stamp_features",
                             boost=hyb["boost"]),
                 calibration=dict(method="platt", of="hybrid out-of-fold margins", a=hyb["a"], b=hyb["b"]),
-                threshold=hyb["threshold"], target_fpr=args.target_fpr,
+                thresholds=hyb["thresholds"], target_fpr=args.target_fpr,
                 training=dict(recipe="ast3stream.classify.recipe + ast3stream.classify.hybrid", arch=best,
                               compared=list(args.arch), folds=args.folds, epochs=args.epochs, lr=args.lr,
                               max_seconds=args.max_seconds, shares=SHARES, boost=BOOST, batch_size=args.batch_size,
                               device=args.device, width=args.width, seed=args.seed, n_synth=args.n_synth,
                               alert_set=a_manifest.get("version"), image_set=i_manifest.get("version"),
-                              image_groups=i_manifest.get("groups"), synth_kinds=list(KINDS)))
-    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="3.0", **meta)
+                              image_groups=i_manifest.get("groups"), synth_kinds=list(KINDS),
+                              networks_from=old.get("training")))
+    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="3.0",
+                        threshold=hyb["thresholds"]["dip"], **meta)
     from .realbogus import RealBogus
 
     rb = RealBogus(model, info, dev)
     p_all, p_sim = rb.score_inputs(alerts["stamps"]), rb.score_inputs(sim_test["stamps"])
     rep = dict(architectures=comparison, shipped_arch=best,
                **report(alerts, images, cv, hyb, k=args.folds, sim_test=sim_test, sim_test_p=p_sim, untrained_p=p_all))
-    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="3.0", metrics=rep, **meta)
+    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="3.0", metrics=rep,
+                        threshold=hyb["thresholds"]["dip"], **meta)
     model.config["lane"] = "qip"
-    save_weights(model, args.out_dir / "rb_qip.pt", "rb-qip", release="3.0", metrics=rep, **meta)
+    save_weights(model, args.out_dir / "rb_qip.pt", "rb-qip", release="3.0", metrics=rep,
+                 threshold=hyb["thresholds"]["qip"], **meta)
+    model.config["lane"] = "dip"
     (args.out_dir / "eval.json").write_text(json.dumps(dict(version=info["version"], **rep), indent=1, default=float))
     print(json.dumps(dict(version=info["version"], **rep), indent=1, default=float))
     ztf = ztf_all & cv["heldout"]

@@ -58,8 +58,9 @@ def stamp_features(x: np.ndarray) -> np.ndarray:
     pixels below -3 sigma there; ``masked_core``, ``masked_all`` share of masked (exact 0)
     difference pixels within 2 FWHM and in the stamp; ``diff_sci_ratio``, ``sci_tpl_ratio``
     aperture SNRs difference / science and science / template; ``tpl_core_snr`` the template's
-    aperture SNR under the candidate; ``tpl_source_dist`` distance [FWHM] of the template's
-    brightest pixel above 5 sigma (4 FWHM when none); ``sigma_ratio`` outer-annulus sigma of the
+    aperture SNR under the candidate; ``tpl_source_dist`` distance [FWHM] of the nearest
+    template pixel above 5 sigma (4 FWHM when none; not the brightest: an argmax flips between
+    near-equal pixels under rotation); ``sigma_ratio`` outer-annulus sigma of the
     SNR channel over that of the difference channel (the producer's noise map against the stamp's
     own noise); ``other_residuals`` share of outer difference pixels beyond 5 sigma.
     """
@@ -94,9 +95,8 @@ def stamp_features(x: np.ndarray) -> np.ndarray:
         return c[:, _CORE].sum(1) / (sig * np.sqrt(_CORE.sum()))
 
     d_ap, s_ap, t_ap = ap_snr(d, sd), ap_snr(s, ss), ap_snr(t, st)
-    tz = np.where(t > 5 * st[:, None, None], t, -np.inf).reshape(len(t), -1)
-    has = np.isfinite(tz.max(1))
-    dist = np.where(has, _R.ravel()[np.argmax(tz, 1)] / PX_PER_FWHM, 4.0)
+    bright = (t > 5 * st[:, None, None]).reshape(len(t), -1)
+    dist = np.where(bright, _R.ravel(), 4.0 * PX_PER_FWHM).min(1) / PX_PER_FWHM
     return np.column_stack([
         q[:, _CORE].max(1),
         psf_snr,
