@@ -25,7 +25,6 @@ import json
 import time
 
 import numpy as np
-import torch
 
 from .alertset import folds
 from .dataset import build_synthetic, concat
