@@ -51,8 +51,9 @@ def add_cli(subparsers) -> None:
     for name, typ, default in (("epochs", int, 8), ("width", int, 16), ("seed", int, 0), ("threads", int, 1),
                                ("workers", int, 1), ("batch-size", int, 128), ("lr", float, 3e-3)):
         r.add_argument(f"--{name}", type=typ, default=default)
-    r.add_argument("--heldout-field", type=int, default=0, help="image group (field/night) never trained on")
     r.add_argument("--max-seconds", type=float, help="cap on each fold's training time")
+    r.add_argument("--networks", type=Path, help="reuse the network and out-of-fold margins of an earlier run's "
+                                                 "--out-dir (rb_dip.pt, crossval.npz): refit the combiner only")
     r.add_argument("--arch", nargs="+", choices=("braai", "resnet18"), default=["braai"],
                    help="several: cross-validated on the same folds, the better ZTF AUC shipped")
     r.add_argument("--device", default="cpu")
@@ -200,11 +201,17 @@ def _real_groups(alerts: dict, p: np.ndarray, sel: np.ndarray) -> dict:
             for s in np.unique(alerts["survey"][ok])}
 
 
+def _lanes(sim: dict, n_per_lane: int) -> dict:
+    """``synthetic_inputs`` of both lanes (QIP first) with the lane of each stamp."""
+    return dict(sim, lane=np.repeat(["qip", "dip"], n_per_lane))
+
+
 def _train_real(args) -> None:
     import torch
 
     from .dataset import load_dataset
-    from .evaluate import fnr_at_fpr, plot_real, versus_baseline
+    from .evaluate import plot_real, versus_baseline
+    from .hybrid import BOOST, INPUTS, fit_hybrid, report
     from .realbogus import logit_margin
     from .recipe import SHARES, crossval, synthetic_inputs
     from .synth import KINDS
@@ -213,74 +220,79 @@ def _train_real(args) -> None:
     torch.set_num_threads(args.threads)
     alerts, a_manifest = load_dataset(args.alerts)
     images, i_manifest = load_dataset(args.images)
-    synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers)
-    synth_val = synthetic_inputs(args.n_synth // 4, args.n_synth // 4, args.seed + 500, workers=args.workers)
+    # the combiner's simulator rows (never seen by the networks) and the simulator test set, per lane
+    sim = _lanes(synthetic_inputs(args.n_synth // 4, args.n_synth // 4, args.seed + 500, workers=args.workers),
+                 args.n_synth // 2)
+    sim_test = _lanes(synthetic_inputs(300, 300, args.seed + 1000, workers=args.workers), 600)
     ztf_all = (alerts["survey"] == "ztf") & np.isfinite(alerts["ref"])
-    runs, comparison = {}, {}
+    runs, comparison, old = {}, {}, {}
+    if args.networks:
+        from .train import load_weights
+
+        model, old = load_weights(args.networks / "rb_dip.pt", pick_device(args.device))
+        with np.load(args.networks / "crossval.npz") as z:
+            runs[old["arch"]] = dict({k: z[k] for k in z.files if k != "sim_margin"}, model=model)
+        args.arch = [old["arch"]]
+    synth = synthetic_inputs(args.n_synth, args.n_synth, args.seed, workers=args.workers) if not args.networks else None
     for arch in args.arch:           # every architecture on the same folds, the better one shipped
-        runs[arch] = crossval(alerts, images, synth, synth_val, k=args.folds, epochs=args.epochs, width=args.width,
-                              seed=args.seed, heldout_field=args.heldout_field, target_fpr=args.target_fpr, arch=arch,
-                              device=args.device, batch_size=args.batch_size, lr=args.lr, max_seconds=args.max_seconds)
+        if arch in runs:
+            comparison[arch] = dict(versus_baseline(alerts["label"][ztf_all & runs[arch]["heldout"]],
+                                                    runs[arch]["oof_alert"][ztf_all & runs[arch]["heldout"]],
+                                                    alerts["peak_snr"][ztf_all & runs[arch]["heldout"]]),
+                                    n_params=int(sum(p.numel() for p in model.parameters())))
+            continue
+        runs[arch] = crossval(alerts, images, synth, k=args.folds, epochs=args.epochs, width=args.width,
+                              seed=args.seed, arch=arch, device=args.device, batch_size=args.batch_size, lr=args.lr,
+                              max_seconds=args.max_seconds)
         sel = ztf_all & runs[arch]["heldout"]
-        comparison[arch] = dict(versus_baseline(alerts["label"][sel], runs[arch]["oof_margin"][sel],
+        comparison[arch] = dict(versus_baseline(alerts["label"][sel], runs[arch]["oof_alert"][sel],
                                                 alerts["peak_snr"][sel]),
                                 n_params=int(sum(p.numel() for p in runs[arch]["model"].parameters())))
         print(json.dumps({arch: comparison[arch]}), flush=True)
     best = max(comparison, key=lambda k: comparison[k].get("roc_auc", 0.0))
-    res = runs[best]
+    cv = runs[best]
     dev = pick_device(args.device)         # the network stays where it trained
-    model, a, b = res["model"], res["a"], res["b"]
-
-    def prob(m):
-        return 1 / (1 + np.exp(-(a * m + b)))
-
-    report = dict(architectures=comparison, shipped_arch=best)
-    ztf = ztf_all & res["heldout"] & np.isfinite(res["oof_margin"])
-    oof = prob(res["oof_margin"])
-    report["ztf_crossval"] = versus_baseline(alerts["label"][ztf], oof[ztf], alerts["peak_snr"][ztf])
-    report["ztf_crossval"]["per_fold_auc"] = [
-        versus_baseline(alerts["label"][ztf & (res["fold"] == f)], oof[ztf & (res["fold"] == f)],
-                        alerts["peak_snr"][ztf & (res["fold"] == f)]).get("roc_auc") for f in range(args.folds)]
-    p_all = prob(logit_margin(model, alerts["stamps"], dev))
-    untrained = ~np.isin(alerts["survey"], ("ztf", "pgir"))
-    groups = _real_groups(alerts, p_all, untrained)
-    for name, (y, p, base) in groups.items():
-        report[name] = versus_baseline(y, p, base)
-    groups["ztf (cross-val)"] = (alerts["label"][ztf], oof[ztf], alerts["peak_snr"][ztf])
-    # fakes and bogus of the held-out field (never trained on)
-    hf = images["group"] == args.heldout_field
-    p_img = prob(logit_margin(model, images["stamps"][hf], dev))
-    y_img = images["label"][hf].astype(int)
-    report["heldout_field_fakes"] = versus_baseline(y_img, p_img, images["snr"][hf])
-    bright = (y_img == 1) & (images["snr"][hf] >= 8)
-    report["heldout_field_fakes"]["frac_snr8_fakes_above_threshold"] = float(np.mean(p_img[bright] >= res["threshold"]))
-    _, field_thr = fnr_at_fpr(y_img, p_img, args.target_fpr)      # 1 % FPR on this field's own bogus
-    report["heldout_field_fakes"].update(field_threshold=field_thr, n_snr8_fakes=int(bright.sum()),
-                                         frac_snr8_fakes_above_field_threshold=float(np.mean(p_img[bright] >= field_thr)))
-    groups["held-out field fakes"] = (y_img, p_img, images["snr"][hf])
-    # the simulator, both lanes (fresh seed)
-    sim = synthetic_inputs(300, 300, args.seed + 1000, workers=args.workers)
-    p_sim = prob(logit_margin(model, sim["stamps"], dev))
-    report["simulator"] = dict(versus_baseline(sim["label"], p_sim, sim["snr"]),
-                               accuracy=float(np.mean((p_sim >= 0.5) == (sim["label"] == 1))),
-                               accuracy_at_threshold=float(np.mean((p_sim >= res["threshold"]) == (sim["label"] == 1))),
-                               accuracy_at_threshold_snr8=float(np.mean(((p_sim >= res["threshold"]) == (sim["label"] == 1))
-                                                                        [sim["snr"] >= 8])))
-    groups["simulator"] = (sim["label"], p_sim, sim["snr"])
+    model = cv["model"]
+    sim_margin = logit_margin(model, sim["stamps"], dev)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out_dir / "crossval.npz", sim_margin=sim_margin,   # the combiner's network inputs
+                        **{k: v for k, v in cv.items() if k != "model"})
+    hyb = fit_hybrid(alerts, images, sim, cv, sim_margin, k=args.folds, target_fpr=args.target_fpr, seed=args.seed)
     meta = dict(stamp_size=32, normalisation="ast3stream.classify.stamps.make_stamp",
-                calibration=dict(method="platt", a=a, b=b, n_val=res["n_val"], n_val_bogus=res["n_val_bogus"]),
-                threshold=res["threshold"], target_fpr=args.target_fpr, metrics=report,
-                training=dict(recipe="ast3stream.classify.recipe", arch=best, compared=list(args.arch), folds=args.folds,
-                              epochs=args.epochs, lr=args.lr, max_seconds=args.max_seconds, shares=SHARES,
-                              batch_size=args.batch_size, device=args.device,
-                              width=args.width, seed=args.seed, n_synth=args.n_synth, alert_set=a_manifest.get("version"),
-                              image_set=i_manifest.get("version"), heldout_field=args.heldout_field,
-                              synth_kinds=list(KINDS)))
-    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="2.0", **meta)
+                hybrid=dict(inputs=list(INPUTS), features="ast3stream.classify.features.stamp_features",
+                            boost=hyb["boost"]),
+                calibration=dict(method="platt", of="hybrid out-of-fold margins", a=hyb["a"], b=hyb["b"]),
+                thresholds=hyb["thresholds"], target_fpr=args.target_fpr,
+                training=dict(recipe="ast3stream.classify.recipe + ast3stream.classify.hybrid", arch=best,
+                              compared=list(args.arch), folds=args.folds, epochs=args.epochs, lr=args.lr,
+                              max_seconds=args.max_seconds, shares=SHARES, boost=BOOST, batch_size=args.batch_size,
+                              device=args.device, width=args.width, seed=args.seed, n_synth=args.n_synth,
+                              alert_set=a_manifest.get("version"), image_set=i_manifest.get("version"),
+                              image_groups=i_manifest.get("groups"), synth_kinds=list(KINDS),
+                              networks_from=old.get("training")))
+    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="3.0",
+                        threshold=hyb["thresholds"]["dip"], **meta)
+    from .realbogus import RealBogus
+
+    rb = RealBogus(model, info, dev)
+    p_all, p_sim = rb.score_inputs(alerts["stamps"]), rb.score_inputs(sim_test["stamps"])
+    rep = dict(architectures=comparison, shipped_arch=best,
+               **report(alerts, images, cv, hyb, k=args.folds, sim_test=sim_test, sim_test_p=p_sim, untrained_p=p_all))
+    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="3.0", metrics=rep,
+                        threshold=hyb["thresholds"]["dip"], **meta)
     model.config["lane"] = "qip"
-    save_weights(model, args.out_dir / "rb_qip.pt", "rb-qip", release="2.0", **meta)
-    (args.out_dir / "eval.json").write_text(json.dumps(dict(version=info["version"], **report), indent=1, default=float))
-    print(json.dumps(dict(version=info["version"], threshold=res["threshold"], **report), indent=1, default=float))
+    save_weights(model, args.out_dir / "rb_qip.pt", "rb-qip", release="3.0", metrics=rep,
+                 threshold=hyb["thresholds"]["qip"], **meta)
+    model.config["lane"] = "dip"
+    (args.out_dir / "eval.json").write_text(json.dumps(dict(version=info["version"], **rep), indent=1, default=float))
+    print(json.dumps(dict(version=info["version"], **rep), indent=1, default=float))
+    ztf = ztf_all & cv["heldout"]
+    groups = {"ztf (cross-val)": (alerts["label"][ztf], hyb["oof"]["alerts"][ztf], alerts["peak_snr"][ztf])}
+    for s in ("rubin",):
+        sel = (alerts["survey"] == s) & np.isfinite(alerts["ref"])
+        groups[s] = (alerts["label"][sel], p_all[sel], alerts["peak_snr"][sel])
+    groups["image fields (held out)"] = (images["label"], hyb["oof"]["images"], images["snr"])
+    groups["simulator"] = (sim_test["label"], p_sim, sim_test["snr"])
     plot_real(groups, args.out_dir / "eval.png", title=f"{info['version']} held out: model (solid) vs peak SNR (dashed)")
 
 

@@ -1,8 +1,9 @@
 """Real/bogus inference with the shipped weights (``ast3stream/models/rb_<lane>.pt``).
 
-Scores are calibrated: ``P(real) = sigmoid(a (l1 - l0) + b)`` of the network's two logits, with
-``a``, ``b`` (Platt scaling) fitted on a validation split and stored in the weights' JSON
-(``calibration``) with the alert ``threshold`` chosen there from a target false-positive rate.
+Scores are calibrated: ``P(real) = sigmoid(a m + b)``, ``m`` the network's margin ``l1 - l0`` or,
+when the weights' JSON has a ``hybrid`` combiner (:mod:`.hybrid`), the boosted trees' log-odds of
+``[l1 - l0, stamp features]``; ``a``, ``b`` (Platt scaling) were fitted out of fold and are stored
+in the JSON (``calibration``) with the alert ``threshold`` chosen from a target false-positive rate.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class RealBogus:
         self.stamp_size: int = int(info.get("stamp_size", SIZE))
         cal = info.get("calibration") or {}
         self.a, self.b = float(cal.get("a", 1.0)), float(cal.get("b", 0.0))
+        self.combiner: dict | None = (info.get("hybrid") or {}).get("boost")
 
     @classmethod
     def load(cls, lane: str, device: str = "auto", path: str | Path | None = None,
@@ -66,6 +68,11 @@ class RealBogus:
         if x.ndim != 4 or x.shape[1:] != (4, self.stamp_size, self.stamp_size):
             raise ValueError(f"expected model inputs (N, 4, {self.stamp_size}, {self.stamp_size}), got {x.shape}")
         margin = logit_margin(self.model, x, self.device, self.batch_size)
+        if self.combiner is not None and len(x):
+            from .boost import boost_margin
+            from .hybrid import hybrid_inputs
+
+            margin = boost_margin(self.combiner, hybrid_inputs(margin, x))
         return (1 / (1 + np.exp(-(self.a * margin + self.b)))).astype(np.float32)
 
     def score(self, stamps: np.ndarray, fwhm_px: float | np.ndarray, positive: np.ndarray | None = None) -> np.ndarray:

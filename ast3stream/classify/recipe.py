@@ -4,23 +4,20 @@ Training data, all as model inputs of :mod:`.stamps` (one network serves both la
 stamps are in PSF and noise units):
 
 * simulator stamps of both lanes (:mod:`.synth`; the pipeline's own night);
-* PSF fakes injected into real frames and the real subtraction's bogus (:mod:`.images`), every
-  field but ``heldout_field``;
+* PSF fakes injected into real frames and the real subtraction's bogus (:mod:`.images`), held out
+  by field/night with the alert folds (:func:`image_folds`);
 * real alerts of other surveys with weak labels (:mod:`.alertset`): ZTF (by night/object fold)
   and PGIR; Rubin, ATLAS, WINTER and DECam alerts are never trained on (generalisation tests).
 
 Each source carries a fixed share of the loss (``SHARES``), split evenly between its real and its
 bogus stamps (:func:`balanced_weights`), so that 10^4 simulator stamps do not drown 600 ZTF alerts
-and ZTF's 4:1 real:bogus ratio does not set the prior. Several architectures (``--arch``) are
+and ZTF's 4:1 real:bogus ratio does not set the prior. Several architectures (``--arch``) can be
 cross-validated on the same folds; the one with the higher pooled out-of-fold ZTF AUC is shipped.
 
-:func:`crossval` trains one network per ZTF fold and scores the fold's held-out alerts (night and
-object unseen). The shipped network is fold 0's. Its calibration (Platt scaling of the logit
-margin) is fitted on a validation pool of fold 0's held-out ZTF alerts, the held-out field's
-fakes and bogus and a fresh simulator set; its alert ``threshold`` is the calibrated score where
-the false-positive rate on the pool's *subtraction* bogus (held-out field and simulator) is
-``target_fpr``: the weakly labelled ZTF "bogus" (drb < 0.5, a pipeline score that is itself wrong
-for a few per cent of alerts) would set the threshold on label noise rather than on bogus.
+:func:`crossval` trains one network per fold (alerts of the fold's nights and image stamps of its
+fields/nights held out; an alert whose object appears in another fold is left out of the held-out
+figures) and scores the held-out stamps, then one network on everything: the shipped one. The
+out-of-fold margins feed the hybrid combiner, its calibration and its threshold (:mod:`.hybrid`).
 """
 from __future__ import annotations
 
@@ -28,11 +25,9 @@ import json
 import time
 
 import numpy as np
-import torch
 
 from .alertset import folds
 from .dataset import build_synthetic, concat
-from .evaluate import fnr_at_fpr
 from .model import RotationInvariantBraai, RotationInvariantResNet
 from .realbogus import logit_margin
 from .train import fit, pick_device
@@ -92,43 +87,42 @@ def platt(margin: np.ndarray, y: np.ndarray, l2: float = 0.1, iters: int = 50) -
     return float(beta[0]), float(beta[1])
 
 
-def crossval(alerts: dict, images: dict, synth: dict, synth_val: dict, *, k: int = 3, epochs: int = 12, width: int = 16,
-             seed: int = 0, heldout_field: int = 0, target_fpr: float = 0.01, arch: str = "braai",
-             device: str = "cpu", batch_size: int = 128, lr: float = 3e-3, max_seconds: float | None = None,
-             log=print) -> dict:
-    """Out-of-fold scores of every ZTF alert, fold-0 model, its calibration and threshold.
+def image_folds(images: dict, k: int) -> np.ndarray:
+    """Fold of each image stamp: its (field, night) ``group``'s rank modulo ``k``, so fold ``f``
+    of :func:`crossval` also holds out whole fields/nights of the real-image fakes and bogus."""
+    return np.searchsorted(np.unique(images["group"]), images["group"]) % k
 
-    ``heldout_field``: the image ``group`` (field/night) never trained on; ``max_seconds`` caps
-    each fold's training (the epoch that passes it is the last)."""
+
+def crossval(alerts: dict, images: dict, synth: dict, *, k: int = 3, epochs: int = 12, width: int = 16,
+             seed: int = 0, arch: str = "braai", device: str = "cpu", batch_size: int = 128, lr: float = 3e-3,
+             max_seconds: float | None = None, log=print) -> dict:
+    """Out-of-fold network margins of every alert and image stamp, and the network to ship.
+
+    Fold ``f`` trains on the alerts of the other folds' nights and the image stamps of the other
+    folds' fields/nights (:func:`image_folds`) and scores the held-out ones; a last network trains
+    on everything (the shipped one). ``max_seconds`` caps each training (the epoch that passes it is
+    the last)."""
     fold, heldout = folds(alerts, k)
-    ok = np.isfinite(alerts["ref"])
-    train_alert = ok & np.isin(alerts["survey"], TRAIN_SURVEYS)
-    img_train = images["group"] != heldout_field
-    oof = np.full(len(fold), np.nan)
-    models, dev = [], pick_device(device)
+    ifold = image_folds(images, k)
+    train_alert = np.isfinite(alerts["ref"]) & np.isin(alerts["survey"], TRAIN_SURVEYS)
+    oof_alert, oof_image = np.full(len(fold), np.nan), np.full(len(ifold), np.nan)
+    dev = pick_device(device)
     t0 = time.perf_counter()
-    for f in range(k):
-        tr = train_alert & (fold != f)
+    for f in range(k + 1):                         # f == k: every stamp, the shipped network
+        tr, itr = train_alert & (fold != f), ifold != f
         parts = ((synth["label"], np.ones(len(synth["label"]), np.float32), SHARES["synth"]),
-                 (images["label"][img_train], np.ones(img_train.sum(), np.float32), SHARES["images"]),
+                 (images["label"][itr], np.ones(itr.sum(), np.float32), SHARES["images"]),
                  (alerts["label"][tr], alerts["weight"][tr], SHARES["alerts"]))
         n = sum(len(p[0]) for p in parts)
-        x = np.concatenate([synth["stamps"], images["stamps"][img_train], alerts["stamps"][tr]])
+        x = np.concatenate([synth["stamps"], images["stamps"][itr], alerts["stamps"][tr]])
         y = np.concatenate([p[0] for p in parts]).astype(int)
         w = np.concatenate([balanced_weights(p[0], p[1], p[2], n) for p in parts])
         model, _ = _train(x, y, w, epochs=epochs, seed=seed + f, width=width, arch=arch, device=device,
                           batch_size=batch_size, lr=lr, max_seconds=max_seconds, log=log)
-        models.append(model)
-        te = (fold == f) & (alerts["survey"] == "ztf")
-        oof[te] = logit_margin(model, alerts["stamps"][te], dev)
-        log(f"{arch} fold {f}: trained on {len(y)} stamps ({tr.sum()} alerts), {time.perf_counter() - t0:.0f} s")
-    m0 = models[0]
-    val = (fold == 0) & heldout & ok & (alerts["survey"] == "ztf")
-    img_val = ~img_train
-    sub_m = np.concatenate([logit_margin(m0, images["stamps"][img_val], dev), logit_margin(m0, synth_val["stamps"], dev)])
-    sub_y = np.concatenate([images["label"][img_val], synth_val["label"]]).astype(int)
-    val_m, val_y = np.concatenate([oof[val], sub_m]), np.concatenate([alerts["label"][val], sub_y]).astype(int)
-    a, b = platt(val_m, val_y)
-    _, thr = fnr_at_fpr(sub_y, 1 / (1 + np.exp(-(a * sub_m + b))), target_fpr)
-    return dict(fold=fold, heldout=heldout, oof_margin=oof, model=m0, models=models, a=a, b=b,
-                threshold=float(thr), n_val=int(len(val_y)), n_val_bogus=int((val_y == 0).sum()))
+        if f < k:
+            oof_alert[fold == f] = logit_margin(model, alerts["stamps"][fold == f], dev)
+            oof_image[ifold == f] = logit_margin(model, images["stamps"][ifold == f], dev)
+        log(f"{arch} {'fold %d' % f if f < k else 'final'}: trained on {len(y)} stamps ({tr.sum()} alerts, "
+            f"{itr.sum()} image stamps), {time.perf_counter() - t0:.0f} s")
+    return dict(fold=fold, heldout=heldout, image_fold=ifold, oof_alert=oof_alert, oof_image=oof_image,
+                model=model)
