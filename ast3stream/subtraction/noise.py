@@ -17,7 +17,8 @@
   image went through, ours or earlier), and :func:`correlated_factors` turns it and the
   kernel into the per-pixel variance of the convolved image and the ratio of an aperture
   sum's variance to the sum of its per-pixel variances; :func:`random_apertures` compares the scatter of random-aperture sums of a difference,
-  away from sources and masks, with that prediction (the empirical/predicted ratio).
+  away from sources and masks, with that prediction (the empirical/predicted ratio), and
+  :func:`pooled_noise_ratio` pools the apertures of several differences of a small field.
 """
 from __future__ import annotations
 
@@ -171,22 +172,26 @@ def _disk(r: float) -> np.ndarray:
     return (np.hypot(o[:, None], o[None, :]) <= r).astype(float)
 
 
-def random_apertures(diff, var, mask, radius: float, factor=1.0, images=(), n: int = 2000, seed: int = 0):
-    """Empirical / predicted noise of random-aperture sums of ``diff`` (NumPy or CuPy arrays).
+#: relative standard error of a 1.4826 MAD scale estimate from ``n`` independent normal values, times sqrt(n)
+#: (its asymptotic efficiency is 36.7 % of the standard deviation's: ``1 / sqrt(2 x 0.367)``)
+MAD_SE = 1.167
+
+
+def aperture_z(diff, var, mask, radius: float, factor=1.0, images=(), n: int = 2000, seed: int = 0):
+    """Random-aperture sums of ``diff`` (NumPy or CuPy arrays) over their predicted noise.
 
     Apertures of ``radius`` around ``n`` random pixels, with no masked pixel; those on a source
     of any of ``images`` (``(sub, var)`` pairs: aperture sum beyond 5 sigma) are dropped. The
     prediction is ``sqrt(factor * sum(var))``, ``factor`` a scalar or a function of the
-    centres ``(x, y)`` (see :func:`correlated_factors`). Returns ``(ratio, n_indep)``: the robust std
-    (1.4826 MAD) of sum / prediction, and the number of independent apertures the used ones
-    amount to (the area they cover over one aperture's); NaN below 100 of them, where the
-    ratio's own scatter (~1.2 / sqrt(n_indep)) passes 0.1 - a 41 x 51 px cutout holds 13-29."""
+    centres ``(x, y)`` (see :func:`correlated_factors`). Returns ``(z, n_indep)``: sum / prediction
+    of the apertures kept, and the number of independent apertures they amount to (the area
+    they cover over one aperture's)."""
     from ..detection.stamps import boxes, to_host
 
     ny, nx = diff.shape
     m = int(np.ceil(radius))
     if ny <= 2 * m + 2 or nx <= 2 * m + 2:
-        return float("nan"), 0
+        return np.zeros(0), 0
     rng = np.random.default_rng(seed)
     cx, cy = rng.integers(m, nx - m, n), rng.integers(m, ny - m, n)
     disk = _disk(radius).astype(bool)
@@ -202,10 +207,58 @@ def random_apertures(diff, var, mask, radius: float, factor=1.0, images=(), n: i
         vi = sums(var_i)
         keep &= np.abs(sums(sub)) < 5 * np.sqrt(np.where(vi > 0, vi, np.inf))
     n_indep = _independent(diff.shape, cx[keep], cy[keep], m, disk)
-    if n_indep < 100:
-        return float("nan"), n_indep
     z = s[keep] / np.sqrt((f * v)[keep] if np.ndim(f) else f * v[keep])
-    return float(1.4826 * np.median(np.abs(z - np.median(z)))), int(keep.sum())
+    return z, n_indep
+
+
+def scatter_ratio(z, n_indep: float, min_independent: int = 100) -> tuple[float, float]:
+    """``(ratio, error)``: the robust std (1.4826 MAD) of ``z`` and its standard error
+    ``MAD_SE ratio / sqrt(n_indep)``; NaN for both below ``min_independent`` independent
+    apertures, where that error passes 0.1 (a 41 x 51 px cutout holds 13-29)."""
+    z = np.asarray(z, float)
+    if n_indep < min_independent or z.size == 0:
+        return float("nan"), float("nan")
+    ratio = float(1.4826 * np.median(np.abs(z - np.median(z))))
+    return ratio, MAD_SE * ratio / float(np.sqrt(n_indep))
+
+
+def random_apertures(diff, var, mask, radius: float, factor=1.0, images=(), n: int = 2000, seed: int = 0):
+    """Empirical / predicted noise of random-aperture sums of ``diff`` (:func:`aperture_z`).
+    Returns ``(ratio, error, n_indep, z)``, ``ratio`` and ``error`` from :func:`scatter_ratio`
+    (NaN below 100 independent apertures)."""
+    z, n_indep = aperture_z(diff, var, mask, radius, factor, images, n, seed)
+    return (*scatter_ratio(z, n_indep), n_indep, z)
+
+
+def pooled_noise_ratio(samples, min_independent: int = 100) -> dict:
+    """The aperture-noise ratio of several differences of one field pooled: each pair's ratio has
+    the same expectation (1 when the noise model is right), so their ``z`` (:func:`aperture_z`)
+    are put together when no single pair holds ``min_independent`` independent apertures.
+
+    ``samples``: ``(z, n_indep, epoch_a, epoch_b)`` per difference. Differences sharing an epoch
+    share its noise at a given place, so the pairs of ``E`` epochs (in ``C`` groups with no
+    epoch in common) hold only ``E - C`` independent differences there: the pooled count of
+    independent apertures is, per group, its pairs' mean ``n_indep`` times its epochs less one,
+    never their sum when pairs overlap. Returns ``ratio``, ``error`` (:func:`scatter_ratio`), ``n_independent``,
+    ``n_apertures`` (the ``z`` values used) and ``n_pairs``."""
+    samples = list(samples)
+    parent: dict = {}
+
+    def root(e):
+        while parent.setdefault(e, e) != e:
+            e = parent[e]
+        return e
+
+    for _, _, a, b in samples:
+        parent[root(a)] = root(b)
+    groups: dict = {}
+    for _, n, a, _ in samples:
+        groups.setdefault(root(a), []).append(n)
+    epochs = {r: sum(root(e) == r for e in list(parent)) for r in groups}
+    n_indep = sum(float(np.mean(ns)) * (epochs[r] - 1) for r, ns in groups.items())
+    z = np.concatenate([np.asarray(s[0], float) for s in samples]) if samples else np.zeros(0)
+    ratio, error = scatter_ratio(z, n_indep, min_independent)
+    return dict(ratio=ratio, error=error, n_independent=int(n_indep), n_apertures=int(z.size), n_pairs=len(samples))
 
 
 def _independent(shape, cx, cy, m: int, disk) -> int:

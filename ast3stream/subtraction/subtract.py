@@ -78,6 +78,9 @@ class Difference:
     stats: dict = field(default_factory=dict)
     #: uint8, 255 x the fraction of ``noise**2`` from the unconvolved image (None: not known)
     white: np.ndarray | None = None
+    #: the noise check's random-aperture sums over their predicted noise (:func:`.noise.aperture_z`),
+    #: for pooling the check over several differences of a small field (:func:`.noise.pooled_noise_ratio`)
+    aperture_z: np.ndarray | None = None
 
     @property
     def snr(self) -> np.ndarray:
@@ -400,7 +403,8 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     stats["errscale"] = error_scale(diff, noise, mask, psf_fwhm)
     stats |= _errscale_split(stats["errscale"], white, mask, J.acf, I.acf, kernels, psf_fwhm)
     clock("errscale")
-    stats |= _noise_check(diff, noise, mask, parts, J.acf, r_ap, sci, tpl, sc)
+    check, aperture_z = _noise_check(diff, noise, mask, parts, J.acf, r_ap, sci, tpl, sc)
+    stats |= check
     stats |= dict(gain_sci=sci.gain, gain_ref=tpl.gain, gain_method_sci=sci.gain_method,
                   gain_method_ref=tpl.gain_method, psf_stars=int(stars.meta["psf"].n_stars) if stars.meta["psf"] else 0)
     clock("noise_check")
@@ -416,7 +420,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
             header[key] = (round(float(stats[name]), 4), comment)
     header["CONVDIR"] = (conv, "image convolved by the SFFT kernel")
     header["KERHW"] = (hw, "[px] SFFT kernel half-width")
-    return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats, white=white)
+    return Difference(diff=diff, noise=noise, mask=mask, header=header, stats=stats, white=white, aperture_z=aperture_z)
 
 
 def registration_scatter(pairs, max_err: float = 0.03, min_stars: int = 5) -> float:
@@ -506,7 +510,9 @@ def _flux_scale(pairs, use, sci, tpl, radius: float) -> tuple[float, str]:
 def _noise_check(diff, noise, mask, parts, acf_j, r: float, sci, tpl, sc) -> dict:
     """Random-aperture check of the noise map (:func:`.noise.random_apertures`, radius ``r``): the
     prediction per aperture is ``sum(sigma^2)`` times the nearest tile's aperture factor, the two
-    images' parts weighted by their median per-pixel variances there."""
+    images' parts weighted by their median per-pixel variances there. Returns the stats
+    (``noise_ratio``, its standard error ``noise_ratio_err``, ``noise_apertures`` the independent
+    apertures) and the apertures' ``z``."""
     ap_j = correlated_factors(acf_j, np.ones((1, 1)), r)[1]
     cy, cx, fac = (np.array(v) for v in zip(*[(y, x, (ap_j * vJ + ap_i * vI) / (vJ + vI) if vJ + vI > 0 else 1.0)
                                              for y, x, ap_i, vJ, vI in parts]))
@@ -515,8 +521,8 @@ def _noise_check(diff, noise, mask, parts, acf_j, r: float, sci, tpl, sc) -> dic
         return fac[np.argmin((y[:, None] - cy) ** 2 + (x[:, None] - cx) ** 2, axis=1)]
 
     images = [(P.sub, P.var) for P in (sci, tpl)]
-    ratio, n = random_apertures(diff, noise * noise, mask, r, factor, images, n=sc.noise_apertures)  # float32: sums() add in float64
-    return dict(noise_ratio=ratio, noise_apertures=n, aperture_factor=float(np.median(fac)))
+    ratio, err, n, z = random_apertures(diff, noise * noise, mask, r, factor, images, n=sc.noise_apertures)
+    return dict(noise_ratio=ratio, noise_ratio_err=err, noise_apertures=n, aperture_factor=float(np.median(fac))), z
 
 
 def _to_host(a) -> np.ndarray:
