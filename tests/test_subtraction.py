@@ -518,3 +518,41 @@ def test_lt_stacked_template_is_deeper():
     sig = cands[cands["snr"] > 5]
     x, y = np.rint(sig["x"]).astype(int), np.rint(sig["y"]).astype(int)
     assert (stack.data[y, x] > 20 * np.sqrt(stack.var[y, x])).all()
+
+
+_SOLVE = """
+import sys, numpy as np
+from ast3stream.config import Settings
+from ast3stream.subtraction.engine import solve
+for hw in map(int, sys.argv[1:]):
+    cfg = Settings(subtraction=dict(kernel_half_width=hw, backend="numpy"))
+    a = np.random.default_rng(hw).normal(size=(54, 42))
+    solution, diff = solve(a, a, a, a, cfg, False)
+    assert np.isfinite(diff).all()
+    print("solved", hw, flush=True)
+"""
+
+
+def test_sfft_configurations_compiled_in_separate_processes_run_in_one(tmp_path):
+    """Two SFFT configurations of one tile shape, each compiled (and cached on disk) by a
+    process of its own, both load and run in a third: their kernels' environments have
+    different names (numba's per-process counter would give both the same)."""
+    import re
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def run(*hws):
+        out = subprocess.run([sys.executable, "-c", _SOLVE, *map(str, hws)], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    run(2)
+    run(3)
+    assert run(2, 3).split() == ["solved", "2", "solved", "3"]
+    names = [set(re.findall(rb"_ZN08NumbaEnv4sfft\w+SpatialCoor\w+", f.read_bytes()))
+             for hw in (2, 3) for f in tmp_path.glob(f"sfft-uid/54x42-w{hw}-*/*/*SpatialCoor*.nbc")]
+    assert len(names) == 2 and all(names)
+    assert not names[0] & names[1]

@@ -10,13 +10,20 @@ cached on disk, each configuration (tile shape, kernel and background orders) in
 its own under ``NUMBA_CACHE_DIR`` (numba's user cache folder when unset). sfft's kernels are
 closures over the tile shape defined at the same source lines, so configurations sharing one
 cache index load each other's object code and fail (``NRT_adapt_ndarray_to_python``); one
-folder per configuration never mixes them. The CuPy backend's kernels (``nvcc``) go to CuPy's
-own disk cache, ``CUPY_CACHE_DIR``.
+folder per configuration never mixes them. numba names a compiled function's environment by
+its qualified name and a per-process counter (``FunctionIdentity.unique_id``), which is the same
+for the same kernel of every configuration compiled in a fresh process: two such
+configurations loaded from the cache into one process resolve one name to two environments, and
+the second fails at its first call (``NRT_adapt_ndarray_to_python``). Each configuration is
+therefore compiled with the counter started at an offset of its own (:func:`_unique_ids`). The
+CuPy backend's kernels (``nvcc``) go to CuPy's own disk cache, ``CUPY_CACHE_DIR``.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import itertools
 import math
 import os
 import threading
@@ -45,7 +52,7 @@ def sfft_config(shape_xy: tuple[int, int], cfg, gpu: bool):
     key = (tuple(shape_xy), sc.kernel_half_width, sc.kernel_poly_order, sc.background_poly_order, gpu)
     with _COMPILE:
         if key not in _CONFIGS:
-            with _quiet(), _numba_cache(None if gpu else numba_cache_dir(key[:4])):
+            with _quiet(), _numba_cache(None if gpu else numba_cache_dir(key[:4])), _unique_ids(key[:4]):
                 _CONFIGS[key] = SingleSFFTConfigure.SSC(
                     NX=shape_xy[0], NY=shape_xy[1], KerHW=sc.kernel_half_width,
                     KerPolyOrder=sc.kernel_poly_order, BGPolyOrder=sc.background_poly_order,
@@ -62,7 +69,24 @@ def numba_cache_dir(key: tuple) -> str:
 
     (nx, ny), hw, dk, db = key
     base = numba.config.CACHE_DIR or AppDirs(appname="numba", appauthor=False).user_cache_dir
-    return os.path.join(base, "sfft", f"{nx}x{ny}-w{hw}-k{dk}-b{db}")
+    return os.path.join(base, "sfft-uid", f"{nx}x{ny}-w{hw}-k{dk}-b{db}")   # "-uid": compiled under _unique_ids
+
+
+@contextlib.contextmanager
+def _unique_ids(key: tuple):
+    """numba's function counter started at an offset of the configuration's own (from a hash of
+    ``key``, 10^4 ids apart in 2^40 slots) while it compiles, so the mangled names of its kernels
+    differ from every other configuration's, wherever each was compiled; then the process's own
+    counter again."""
+    from numba.core.bytecode import FunctionIdentity
+
+    start = 10_000 * (1 + int(hashlib.sha1(repr(key).encode()).hexdigest()[:10], 16))
+    before = FunctionIdentity._unique_ids
+    FunctionIdentity._unique_ids = itertools.count(start)
+    try:
+        yield
+    finally:
+        FunctionIdentity._unique_ids = before
 
 
 @contextlib.contextmanager
