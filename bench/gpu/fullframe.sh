@@ -5,9 +5,10 @@ source .gpu/setup.sh
 mkdir -p $OUT
 export AST3_DETECTION__BACKEND=cupy AST3_REDUCTION__BACKEND=cupy AST3_SUBTRACTION__BACKEND=cupy
 export AST3STREAM_GIL_PROBE_S=2.0   # the worker logs every GIL hold >= 2 s (and dumps the first ten's stacks)
-timeout ${FF_TIMEOUT:-540} python -m bench.fullframe --scale 1.0 ${FF_ARGS:---fields 2 --paced 6 --cadence 20 --burst 3 --timeout 240} \
+timeout ${FF_TIMEOUT:-540} python -m bench.fullframe --scale 1.0 ${FF_ARGS:---fields 1 --paced 3 --cadence 40 --burst 2 --timeout 200} \
   --out /tmp/ff --cache /tmp/ffcache > $OUT/fullframe.log 2>&1; echo "fullframe rc $?"
 cp /tmp/ff/summary.json $OUT/ 2>/dev/null
+cp /tmp/ff/run/ast3stream.db $OUT/ 2>/dev/null   # the stage runs, also when the bench ran out of time
 log=/tmp/ff/run/logs/worker0.log
 if [ -f "$log" ]; then
   grep -E "warmed|loaded in|preparing template|gave back|GIL probe|keepalive|rebalanc|Traceback|Error" "$log" | head -300 > $OUT/worker.events
