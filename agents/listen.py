@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from ast3stream.alerts import decode
 from ast3stream.alerts.output import table_header, table_row, to_json, write_files
 from ast3stream.events import MalformedMessage
+from ast3stream.paths import UnsafeName
 
 
 async def alerts(bootstrap: str, topics: list[str], *, group: str | None = None, from_beginning: bool = False,
@@ -70,7 +71,12 @@ async def listen(bootstrap: str, topics: list[str], *, alert_filter: Callable[[d
             elif fmt == "json":
                 print(to_json(alert), file=stream, flush=True)
             else:
-                print(write_files(alert, out)[0], file=stream, flush=True)
+                try:
+                    written = write_files(alert, out)
+                except UnsafeName as exc:   # a foreign alert's objectId names the folder
+                    print(f"skipped alert {alert.get('alertId')}: {exc}", file=sys.stderr)
+                    continue
+                print(written[0], file=stream, flush=True)
             shown += 1
             if max_alerts is not None and shown >= max_alerts:
                 break

@@ -381,7 +381,7 @@ def test_output_formats(alert, tmp_path):
 
 
 @pytest.mark.broker
-def test_listen_through_the_embedded_broker(alert, broker, tmp_path):
+def test_listen_through_the_embedded_broker(alert, broker, tmp_path, capsys):
     from aiokafka import AIOKafkaProducer
 
     from agents.broker import ensure_topics_sync
@@ -392,12 +392,16 @@ def test_listen_through_the_embedded_broker(alert, broker, tmp_path):
     faint = copy.deepcopy(alert)
     faint["candidate"]["drb"] = 0.1
     faint["alertId"] = faint["candidate"]["candid"] = 42
+    traversing = copy.deepcopy(faint)   # a foreign alert whose objectId would name a folder outside
+    traversing["objectId"] = "../../escape"
+    traversing["alertId"] = traversing["candidate"]["candid"] = 43
 
     async def produce():
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
         await producer.start()
         try:
-            for value in (encode(alert), b"not an alert", encode(faint), encode(alert, framing="container")):
+            for value in (encode(traversing), encode(alert), b"not an alert", encode(faint),
+                          encode(alert, framing="container")):
                 await producer.send_and_wait(topic, value, key=b"A3deadbeef00")
         finally:
             await producer.stop()
@@ -408,9 +412,12 @@ def test_listen_through_the_embedded_broker(alert, broker, tmp_path):
                            max_alerts=3, stream=out, from_beginning=True, timeout_s=2.0))
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert n == 2 and [r["alertId"] for r in lines] == [alert["alertId"]] * 2
-    n = asyncio.run(listen(broker.bootstrap, [topic], fmt="files", out=tmp_path, max_alerts=1,
+    out_dir = tmp_path / "a" / "out"
+    n = asyncio.run(listen(broker.bootstrap, [topic], fmt="files", out=out_dir, max_alerts=1,
                            stream=io.StringIO(), from_beginning=True, timeout_s=5.0, group="g1"))
-    assert n == 1 and len(list((tmp_path / "A3deadbeef00").glob("*.png"))) == 3
+    assert n == 1 and len(list((out_dir / "A3deadbeef00").glob("*.png"))) == 3
+    assert [p.name for p in out_dir.iterdir()] == ["A3deadbeef00"] and not list(tmp_path.rglob("escape"))
+    assert "skipped alert 43" in capsys.readouterr().err
 
 
 def test_the_chain_frames_each_topic_with_registry_ids(night_settings, small_night):
