@@ -537,11 +537,12 @@ def test_sfft_configurations_compiled_in_separate_processes_run_in_one(tmp_path)
     """Two SFFT configurations of one tile shape, each compiled (and cached on disk) by a
     process of its own, both load and run in a third: their kernels' environments have
     different names (numba's per-process counter would give both the same)."""
+    import os
     import re
     import subprocess
     import sys
 
-    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
 
     def run(*hws):
         out = subprocess.run([sys.executable, "-c", _SOLVE, *map(str, hws)], env=env, capture_output=True,
