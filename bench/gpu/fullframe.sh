@@ -5,7 +5,7 @@ source .gpu/setup.sh
 mkdir -p $OUT
 export AST3_DETECTION__BACKEND=cupy AST3_REDUCTION__BACKEND=cupy AST3_SUBTRACTION__BACKEND=cupy
 export AST3STREAM_GIL_PROBE_S=2.0   # the worker logs every GIL hold >= 2 s (and dumps the first ten's stacks)
-timeout ${FF_TIMEOUT:-540} python -m bench.fullframe --scale 1.0 ${FF_ARGS:---fields 1 --paced 3 --cadence 40 --burst 2 --timeout 200} \
+timeout ${FF_TIMEOUT:-555} python -m bench.fullframe --scale 1.0 ${FF_ARGS:---fields 1 --paced 3 --cadence 40 --burst 2 --timeout 300} \
   --out /tmp/ff --cache /tmp/ffcache > $OUT/fullframe.log 2>&1; echo "fullframe rc $?"
 cp /tmp/ff/summary.json $OUT/ 2>/dev/null
 cp /tmp/ff/run/ast3stream.db $OUT/ 2>/dev/null   # the stage runs, also when the bench ran out of time
