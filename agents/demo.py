@@ -106,8 +106,26 @@ def summarize(cfg: Settings, sim_dir: Path, alerts: list[dict], dead: int, match
         "latency_s": {"p50": float(np.percentile(latencies, 50)) if latencies else None,
                       "p95": float(np.percentile(latencies, 95)) if latencies else None,
                       "n": len(latencies)},
+        "first_alert_latency_s": first_alert_latencies(db.rows("alerts")),
         "per_exposure": per_exposure,
     }
+
+
+def first_alert_latencies(alerts: list[dict]) -> dict:
+    """Per lane, seconds from each exposure's raw file closed to its first alert: p50, p95 and the
+    night's first exposure's (the one a freshly started worker took first)."""
+    out = {}
+    for lane in sorted({a["lane"] for a in alerts if a["latency_s"] is not None}):
+        first = {}
+        for a in alerts:
+            if a["lane"] == lane and a["latency_s"] is not None:
+                closed = a["published_at"] - a["latency_s"]
+                if a["exposure_id"] not in first or a["latency_s"] < first[a["exposure_id"]][1]:
+                    first[a["exposure_id"]] = (closed, a["latency_s"])
+        lat = [v[1] for v in first.values()]
+        out[lane] = {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                     "first_exposure": min(first.values())[1], "exposures": len(lat)}
+    return out
 
 
 def _masked_in_difference(cfg: Settings, db: Database, exposure_id: str, truth: Table) -> np.ndarray:

@@ -5,7 +5,8 @@
 #   bench/gpu_bundle.sh [python3.12]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=${1:-$(command -v python3.12 || ls -d ~/.pyenv/versions/3.12*/bin/python3.12 | head -1)}
+P=${1:-$(ls -d ~/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1)}   # a real 3.12 (a pyenv shim may refuse)
+P=${P:-$(command -v python3.12)}
 W=$(mktemp -d)
 "$P" -m pip wheel -q --no-deps -w "$W/whl" "sfft==1.7.3"            # needs Cython < 3 to build
 "$P" -m pip install -q --target "$W/site" --only-binary=:all: \
