@@ -1,15 +1,17 @@
 """Full-frame real time: full-size exposures through the real stack on one (GPU) worker.
 
     python -m bench.fullframe [--scale 1.0] [--fields 2] [--cadence 20] [--paced 4] [--burst 6]
-                              [--cache DIR] [--out DIR]
+                              [--workers 1] [--cache DIR] [--out DIR]
 
 1. ``--fields`` fields are simulated at ``--scale`` (1.0 = 14304 x 10748 AST3-3 frames), two
    visits each (cached in ``--cache`` by seed and scale, so a second run does not simulate);
    the night's files are copies with their own EXPID and MJD (:func:`bench.load.make_night`);
    the first field is a ToO field (``TOO = T``: QIP lane first, then DIP).
-2. One worker (``workers = 1``, every stage, the GPU where a stage has a GPU path) on the
-   embedded broker. The fields' first visits are played and finished: the templates.
-3. The worker is stopped and started again, as a night begins: it prepares the templates in
+2. ``--workers`` workers (default one; every stage, the GPU where a stage has a GPU path, all on
+   the one GPU; the exposure topics get one partition per worker and each worker the CPU count
+   over the workers as stage threads) on the embedded broker. The fields' first visits are
+   played and finished: the templates.
+3. The workers are stopped and started again, as a night begins: each prepares the templates in
    force and compiles before it consumes (``consuming`` in its log; the disk caches are warm).
 4. *Paced*: ``--paced`` science files, one every ``--cadence`` s (the first one is the first
    exposure after the start; ``--cadence 20`` is the sustained 3 exposures a minute).
@@ -19,7 +21,7 @@ Printed and written to ``summary.json`` in ``--out``: per-stage p50/p95 (both la
 end (file closed → alert stage done, and → first alert) p50/p95/max per lane and phase, the
 first science exposure after the start on its own, throughput (exposures per minute) per
 phase, consumer lag over time (per stage, from the database; broker lag of the exposure
-topics), peak host memory of the worker (VmHWM; its series beside the stage runs' start and end) and
+topics), peak host memory of each worker (VmHWM; worker 0's series beside the stage runs' start and end) and
 the GPU memory in use (``nvidia-smi``),
 and bytes written per exposure (the products folder).
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -128,24 +131,30 @@ def phase(stack: Stack, db: Database, files: list[Path], cadence: float, timeout
     return {"t0": t0, "t_end": time.time(), "ids": [p.stem for p in files], "unfinished": left}
 
 
-def restart_worker(stack: Stack, timeout: float) -> float:
-    """Stop worker 0 (SIGTERM) and start it again; seconds until the new one consumes (its log's
-    ``consuming`` line, after its warm-up: templates in force prepared, kernels loaded)."""
+def restart_workers(stack: Stack, timeout: float) -> float:
+    """Stop every worker (SIGTERM) and start them again; seconds until the last new one consumes
+    (its log's ``consuming`` line, after its warm-up: templates in force prepared, kernels loaded)."""
     import signal
 
-    log = stack.log_dir / "worker0.log"
-    stack.kill_worker(0, signal.SIGTERM)
-    offset = log.stat().st_size
+    logs = [stack.log_dir / f"worker{i}.log" for i in range(len(stack.procs))]
+    for i in range(len(stack.procs)):
+        stack.kill_worker(i, signal.SIGTERM)
+    offsets = [log.stat().st_size for log in logs]
     t = time.time()
-    stack.start_worker(0)
+    for i in range(len(stack.procs)):
+        stack.start_worker(i)
+    ready = set()
     while time.time() - t < timeout:
-        with log.open("rb") as f:
-            f.seek(offset)
-            if b"consuming" in f.read():
-                return time.time() - t
+        for i, (log, offset) in enumerate(zip(logs, offsets)):
+            with log.open("rb") as f:
+                f.seek(offset)
+                if b"consuming" in f.read():
+                    ready.add(i)
+        if len(ready) == len(logs):
+            return time.time() - t
         stack.check_workers()
         time.sleep(0.5)
-    raise SystemExit(f"the restarted worker was not ready within {timeout:.0f} s")
+    raise SystemExit(f"restarted workers {sorted(set(range(len(logs))) - ready)} not ready within {timeout:.0f} s")
 
 
 def figures(db: Database, raw: dict) -> dict:
@@ -213,7 +222,8 @@ def main(argv=None) -> None:
     ap.add_argument("--paced", type=int, default=4)
     ap.add_argument("--burst", type=int, default=6)
     ap.add_argument("--seed", type=int, default=13)
-    ap.add_argument("--threads", type=int, help="stage threads of the worker (default: CPU count)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes sharing the GPU")
+    ap.add_argument("--threads", type=int, help="stage threads per worker (default: CPU count / workers)")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--cache", type=Path, default=Path("runs/fullframe-cache"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench-fullframe"))
@@ -232,11 +242,12 @@ def main(argv=None) -> None:
     data = args.out / "run"
     shutil.rmtree(data, ignore_errors=True)
     cfg = night_settings(night, data, watcher={"stable_s": 0.3, "poll_s": 0.1},
-                         paths={"galaxies": galaxy_catalogue(sim_dir)})
+                         paths={"galaxies": galaxy_catalogue(sim_dir)}, kafka={"partitions": args.workers})
     db = Database.from_settings(cfg)
     paced, burst = science[:args.paced], science[args.paced:]
     t_start = time.time()
-    with Stack(cfg, threads=args.threads) as stack:
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
+    with Stack(cfg, workers=args.workers, threads=threads) as stack:
         sampler = Sampler(cfg, stack.procs[0].pid)
         sampler.start()
         play(templates, cfg.watch_dir)
@@ -244,17 +255,17 @@ def main(argv=None) -> None:
         if left:
             raise SystemExit(f"templates not finished: {left}")
         peak_before = _status_gb(stack.procs[0].pid, "VmHWM")
-        restart_s = restart_worker(stack, args.timeout)
+        restart_s = restart_workers(stack, args.timeout)
         sampler.pid = stack.procs[0].pid
         raws = {"paced": phase(stack, db, paced, args.cadence, args.timeout),
                 "flat_out": phase(stack, db, burst, 0.0, args.timeout)}
-        peak_rss = _status_gb(stack.procs[0].pid, "VmHWM")
+        peak_rss = [_status_gb(p.pid, "VmHWM") for p in stack.procs]
         time.sleep(5.0)   # idle: what stays resident between exposures
         idle = {"rss_gb": _status_gb(stack.procs[0].pid, "VmRSS"), "smaps": smaps_summary(stack.procs[0].pid)}
         sampler.stop.set()
         sampler.join()
     runs = db.rows("stage_runs")
-    print_stage_times(runs, f"per-stage seconds (scale {args.scale}, {n} exposures, one worker)")
+    print_stage_times(runs, f"per-stage seconds (scale {args.scale}, {n} exposures, {args.workers} worker(s))")
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "simulate_s": simulate_s,
               "worker_start_to_end_s": time.time() - t_start, "restart_to_ready_s": restart_s}
     exposures = {e["exposure_id"]: e for e in db.rows("exposures")}
@@ -275,7 +286,7 @@ def main(argv=None) -> None:
                           for k, v in stages.items()}
     rss = [r["rss_gb"] for r in sampler.rows if r["rss_gb"] is not None]
     gpu = [r["gpu_gb"] for r in sampler.rows if r["gpu_gb"] is not None]
-    result["memory_gb"] = {"worker_peak_rss": peak_rss, "worker_peak_rss_templates_phase": peak_before, "idle": idle, "worker_rss_max_sampled": max(rss) if rss else None,
+    result["memory_gb"] = {"worker_peak_rss": max(peak_rss), "per_worker_peak_rss": peak_rss, "worker_peak_rss_templates_phase": peak_before, "idle": idle, "worker_rss_max_sampled": max(rss) if rss else None,
                            "gpu_used_max": max(gpu) if gpu else None}
     t0 = sampler.rows[0]["t"] if sampler.rows else t_start
     result["broker_lag_series"] = {"t": [round(r["t"] - t0, 1) for r in sampler.rows],
