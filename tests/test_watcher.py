@@ -130,3 +130,34 @@ def test_a_stalled_writer_is_waited_for_and_a_restart_dead_letters_nothing_again
     assert [decode(m.value, "deadletter")["exposure_id"] for m in dead] == ["truncated.fits"]  # once, not per start
     assert ctx.db.count("dead_letters") == 0  # cleared once the file was complete and published
     assert [r["path"] for r in ctx.db.rows("files", kind="duplicate")] == [str((watch / "copy.fits").resolve())]
+
+
+def test_exposures_are_spread_over_the_partitions_in_turn(broker, settings, tmp_path):
+    """Two workers share the exposures topic's two partitions: six files give each three,
+    whatever their ids hash to (a chain is a whole exposure's work)."""
+    settings.kafka.prefix = "tw3"
+    settings.watcher.stable_s = 0.2
+    ctx = Resources(settings)
+    watch = settings.watch_dir
+    watch.mkdir(parents=True)
+
+    async def scenario():
+        await ensure_topics(broker.bootstrap, all_topics("tw3"), partitions=2)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+        await producer.start()
+        for seed in range(6):
+            _raw(watch / f"e{seed}.fits", seed=10 + seed)
+        stop = asyncio.Event()
+        task = asyncio.create_task(Watcher(watch, ctx, producer, "tw3").run(stop))
+        for _ in range(600):  # until all six are published (at most 60 s on a loaded machine)
+            if ctx.db.count("exposures") == 6 and not ctx.db.count("exposures", status="registered"):
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await task
+        await producer.stop()
+        return await read_topic(broker.bootstrap, topic("tw3", "exposures"), 1.0)
+
+    raw = asyncio.run(scenario())
+    assert sorted(ExposureEvent.decode(m.value).exposure_id for m in raw) == [f"e{s}" for s in range(6)]
+    assert sorted(m.partition for m in raw) == [0, 0, 0, 1, 1, 1]

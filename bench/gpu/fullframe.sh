@@ -9,11 +9,12 @@ timeout ${FF_TIMEOUT:-555} python -m bench.fullframe --scale 1.0 ${FF_ARGS:---fi
   --out /tmp/ff --cache /tmp/ffcache > $OUT/fullframe.log 2>&1; echo "fullframe rc $?"
 cp /tmp/ff/summary.json $OUT/ 2>/dev/null
 cp /tmp/ff/run/ast3stream.db $OUT/ 2>/dev/null   # the stage runs, also when the bench ran out of time
-log=/tmp/ff/run/logs/worker0.log
-if [ -f "$log" ]; then
-  grep -E "warmed|loaded in|preparing template|gave back|GIL probe|keepalive|rebalanc|Traceback|Error" "$log" | head -300 > $OUT/worker.events
-  grep -c "GIL probe" "$log"; grep -c "keepalive" "$log"
-  python -m bench.gil_dumps "$log" | head -c 60000 > $OUT/gil_dumps.txt   # the busy threads only
-  tail -c 4000 "$log" > $OUT/worker0.tail
-fi
+for log in /tmp/ff/run/logs/worker*.log; do   # every worker's events, GIL holds and tail
+  [ -f "$log" ] || continue
+  w=$(basename "$log" .log)
+  grep -E "warmed|loaded in|preparing template|gave back|GIL probe|keepalive|rebalanc|waits|gave up|Traceback|Error" "$log" | head -300 > $OUT/$w.events
+  echo "$w: $(grep -c "GIL probe" "$log") GIL probes, $(grep -c "keepalive" "$log") keepalives"
+  python -m bench.gil_dumps "$log" | head -c 60000 > $OUT/$w.gil_dumps.txt   # the busy threads only
+  tail -c 4000 "$log" > $OUT/$w.tail
+done
 head -c 4000 $OUT/fullframe.log; echo; tail -c 5000 $OUT/fullframe.log
