@@ -241,6 +241,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--kernel-hw-ratio", type=float, default=2.0,
                    help="SFFT kernel half-width = ceil(RATIO x the larger FWHM), capped by "
                         "subtraction.kernel_half_width (default 2, as sfft's packets; 0: that width, fixed)")
+    p.add_argument("--noise-aperture-fwhm", type=float,
+                   help="radius of the noise check's random apertures in FWHM (default: "
+                        "subtraction.noise_aperture_fwhm, 1; 0.5 gives small cutouts 4x more independent ones)")
     p.set_defaults(func=_cmd_subtract)
 
 
@@ -251,6 +254,8 @@ def _cmd_subtract(args) -> int:
 
     cfg = Settings.load(args.config)
     cfg.subtraction.kernel_half_width_ratio = args.kernel_hw_ratio or None
+    if args.noise_aperture_fwhm is not None:
+        cfg.subtraction.noise_aperture_fwhm = args.noise_aperture_fwhm
     hdu = lambda v: int(v) if v is not None and v.isdigit() else v  # noqa: E731
     frames = [load_frame(getattr(args, w), hdu(getattr(args, f"{w}_hdu")), getattr(args, f"{w}_var"),
                          getattr(args, f"{w}_var_kind"), getattr(args, f"{w}_mask"))

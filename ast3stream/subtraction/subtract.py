@@ -296,7 +296,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     (I, J) = (tpl, sci) if conv == "REF" else (sci, tpl)
     fwhm_max = max(fwhm_ref, fwhm_sci)
     fwhm_j = fwhm_sci if conv == "REF" else fwhm_ref
-    r_ap = max(1.0, fwhm_j)   # radius of the noise check's apertures
+    r_ap = max(1.0, sc.noise_aperture_fwhm * fwhm_j)   # radius of the noise check's apertures
 
     bad = tpl.bad | sci.bad
     radius = max(sc.subarea_fwhm * fwhm_max, 6.0)
@@ -508,11 +508,12 @@ def _flux_scale(pairs, use, sci, tpl, radius: float) -> tuple[float, str]:
 
 
 def _noise_check(diff, noise, mask, parts, acf_j, r: float, sci, tpl, sc) -> dict:
-    """Random-aperture check of the noise map (:func:`.noise.random_apertures`, radius ``r``): the
+    """Random-aperture check of the noise map (:func:`.noise.random_apertures`, radius ``r`` [px],
+    ``subtraction.noise_aperture_fwhm`` times the unconvolved image's FWHM, at least 1): the
     prediction per aperture is ``sum(sigma^2)`` times the nearest tile's aperture factor, the two
     images' parts weighted by their median per-pixel variances there. Returns the stats
     (``noise_ratio``, its standard error ``noise_ratio_err``, ``noise_apertures`` the independent
-    apertures) and the apertures' ``z``."""
+    apertures, ``noise_aperture_radius`` ``r``) and the apertures' ``z``."""
     ap_j = correlated_factors(acf_j, np.ones((1, 1)), r)[1]
     cy, cx, fac = (np.array(v) for v in zip(*[(y, x, (ap_j * vJ + ap_i * vI) / (vJ + vI) if vJ + vI > 0 else 1.0)
                                              for y, x, ap_i, vJ, vI in parts]))
@@ -522,7 +523,8 @@ def _noise_check(diff, noise, mask, parts, acf_j, r: float, sci, tpl, sc) -> dic
 
     images = [(P.sub, P.var) for P in (sci, tpl)]
     ratio, err, n, z = random_apertures(diff, noise * noise, mask, r, factor, images, n=sc.noise_apertures)
-    return dict(noise_ratio=ratio, noise_ratio_err=err, noise_apertures=n, aperture_factor=float(np.median(fac))), z
+    return dict(noise_ratio=ratio, noise_ratio_err=err, noise_apertures=n, noise_aperture_radius=r,
+                aperture_factor=float(np.median(fac))), z
 
 
 def _to_host(a) -> np.ndarray:
