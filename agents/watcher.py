@@ -5,8 +5,9 @@ already there at start are picked up too. A file is published once its size has 
 stable for ``watcher.stable_s`` and its FITS structure is complete
 (:func:`ast3stream.rawfile.check_complete`). A file still growing is never given up: only
 one that stays incomplete and unchanged for ``watcher.giveup_s`` (counted from its last
-change) goes to the dead-letter topic with the reason; it is looked at again if it
-changes, and once it is complete and published its old dead letter is cleared. A bad file
+change: the change the watcher saw, or for a file it had not seen change, such as one
+left in the folder before a restart, its mtime) goes to the dead-letter topic with the
+reason; it is looked at again if it changes, and once it is complete and published its old dead letter is cleared. A bad file
 is dead-lettered once per content (SHA-256, remembered in the database's ``files`` table),
 not once per start. The same content is never published twice: the exposures table is
 the memory; a copy under another name is noted (``files``, and an INFO line naming the
@@ -62,7 +63,7 @@ class Watcher:
         self.turn = InTurn(producer)
         self.prefix = prefix
         self.q: queue.Queue = queue.Queue()
-        self.pending: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, first seen stable)
+        self.pending: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, last change)
         self.done: dict[Path, tuple[int, float]] = {}
         self.observer = Observer()
 
@@ -103,8 +104,8 @@ class Watcher:
             if self.done.get(path) == (st.st_size, st.st_mtime):
                 self.pending.pop(path)
                 continue
-            if (st.st_size, st.st_mtime) != (size, mtime):
-                self.pending[path] = (st.st_size, st.st_mtime, now)
+            if (st.st_size, st.st_mtime) != (size, mtime):  # changed, or not looked at before: its mtime
+                self.pending[path] = (st.st_size, st.st_mtime, now if size >= 0 else min(now, st.st_mtime))
                 continue
             if now - since < self.cfg.stable_s:
                 continue

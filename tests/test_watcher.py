@@ -1,6 +1,10 @@
 """The watcher against the real embedded broker: complete files become events, bad ones dead letters."""
 import asyncio
+import hashlib
+import os
 import shutil
+import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -14,6 +18,8 @@ from agents.topics import all_topics, topic
 from agents.watcher import Watcher
 from ast3stream.events import ExposureEvent, decode
 from agents.chain import Resources
+from ast3stream.config import WatcherConfig
+from waiting import until_async
 
 pytestmark = pytest.mark.broker
 
@@ -132,6 +138,75 @@ def test_a_stalled_writer_is_waited_for_and_a_restart_dead_letters_nothing_again
     assert [r["path"] for r in ctx.db.rows("files", kind="duplicate")] == [str((watch / "copy.fits").resolve())]
 
 
+def test_with_the_default_settings_a_writer_stalled_30_s_is_waited_for_and_bad_files_are_dead_lettered_once(
+        broker, settings, tmp_path):
+    """Half a file, a 30 s pause, the rest: published once, never dead-lettered. Bad files left from
+    last night (truncated, a copy of it, not FITS, an unreadable date) are dead-lettered once per
+    content in the first of three watcher runs and not again after either restart."""
+    settings.kafka.prefix = "tw3"
+    assert settings.watcher == WatcherConfig()  # the defaults, as a site runs them
+    pause = 30.0
+    assert settings.watcher.stable_s < pause < settings.watcher.giveup_s
+    ctx = Resources(settings)
+    watch = settings.watch_dir
+    watch.mkdir(parents=True)
+    _raw(tmp_path / "e7.fits", seed=7)
+    data = (tmp_path / "e7.fits").read_bytes()
+    fits.PrimaryHDU(np.zeros((8, 8), np.uint16), fits.Header({"MJD-OBS": "yesterday"})).writeto(watch / "nodate.fits")
+    (watch / "truncated.fits").write_bytes(data[:-2880])
+    shutil.copyfile(watch / "truncated.fits", watch / "copy_of_truncated.fits")
+    (watch / "notfits.fits").write_bytes(b"\x89PNG" + b"0" * 5756)
+    bad = sorted(p.name for p in watch.iterdir())
+    last_night = time.time() - 12 * 3600
+    for name in bad:
+        os.utime(watch / name, (last_night, last_night))
+
+    async def watcher_until(condition, what, during=None):
+        """Run a watcher until ``condition(watcher)``; bounded well below ``giveup_s``, so a bad file
+        left unchanged for hours that waits for ``giveup_s`` again after a start fails the test."""
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+        await producer.start()
+        stop = asyncio.Event()
+        w = Watcher(watch, ctx, producer, "tw3")
+        task = asyncio.create_task(w.run(stop))
+        try:
+            if during:
+                await during()
+            await until_async(lambda: task.done() or condition(w), what, timeout=settings.watcher.giveup_s / 2)
+        finally:
+            stop.set()
+            await task
+            await producer.stop()
+
+    def decided(*names):
+        return lambda w: {watch / n for n in names} <= set(w.done) and not w.pending
+
+    async def stalled_writer():
+        with open(watch / "stalled.fits", "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            await asyncio.sleep(pause)
+            fh.write(data[len(data) // 2:])
+
+    async def scenario():
+        await ensure_topics(broker.bootstrap, all_topics("tw3"))
+        await watcher_until(decided(*bad, "stalled.fits"), "the stalled file and the bad ones", stalled_writer)
+        for start in ("first", "second"):
+            await watcher_until(decided(*bad, "stalled.fits"), f"every file looked at again after the {start} restart")
+        raw = await read_topic(broker.bootstrap, topic("tw3", "exposures"), 1.0)
+        dead = await read_topic(broker.bootstrap, topic("tw3", "deadletter"), 1.0)
+        return raw, dead
+
+    raw, dead = asyncio.run(scenario())
+    assert [ExposureEvent.decode(m.value).exposure_id for m in raw] == ["stalled"]  # once, over three starts
+    assert [r["exposure_id"] for r in ctx.db.rows("exposures")] == ["stalled"]
+    names = [decode(m.value, "deadletter")["exposure_id"] for m in dead]
+    assert "stalled.fits" not in names
+    content = {name: hashlib.sha256((watch / name).read_bytes()).hexdigest() for name in bad}
+    assert Counter(content[n] for n in names) == Counter(set(content.values()))  # each bad content once
+    assert sorted(r["exposure_id"] for r in ctx.db.rows("dead_letters")) == sorted(names)
+
+
 def test_exposures_are_spread_over_the_partitions_in_turn(broker, settings, tmp_path):
     """Two workers share the exposures topic's two partitions: six files give each three,
     whatever their ids hash to (a chain is a whole exposure's work)."""
@@ -149,10 +224,8 @@ def test_exposures_are_spread_over_the_partitions_in_turn(broker, settings, tmp_
             _raw(watch / f"e{seed}.fits", seed=10 + seed)
         stop = asyncio.Event()
         task = asyncio.create_task(Watcher(watch, ctx, producer, "tw3").run(stop))
-        for _ in range(600):  # until all six are published (at most 60 s on a loaded machine)
-            if ctx.db.count("exposures") == 6 and not ctx.db.count("exposures", status="registered"):
-                break
-            await asyncio.sleep(0.1)
+        await until_async(lambda: ctx.db.count("exposures") == 6 and not ctx.db.count("exposures", status="registered"),
+                          "the six files to be published", timeout=120)
         stop.set()
         await task
         await producer.stop()
