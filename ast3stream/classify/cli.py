@@ -48,7 +48,7 @@ def add_cli(subparsers) -> None:
     r.add_argument("--folds", type=int, default=3)
     r.add_argument("--n-synth", type=int, default=400, help="simulator stamps per class and lane")
     r.add_argument("--target-fpr", type=float, default=0.01, help="alert threshold: FPR cap on simulator bogus")
-    r.add_argument("--n-threshold", type=int, default=1000,
+    r.add_argument("--n-threshold", type=int, default=5000,
                    help="fresh simulator stamps per class and lane that set the thresholds")
     for name, typ, default in (("epochs", int, 8), ("width", int, 16), ("seed", int, 0), ("threads", int, 1),
                                ("workers", int, 1), ("batch-size", int, 128), ("lr", float, 3e-3)):
@@ -66,7 +66,7 @@ def add_cli(subparsers) -> None:
     th.add_argument("--weights-dir", type=Path, help="folder with rb_qip/rb_dip (default: the shipped models)")
     th.add_argument("--release", required=True, help="new release of the version, e.g. 3.1 (the .pt is unchanged)")
     th.add_argument("--target-fpr", type=float, default=0.01)
-    th.add_argument("--n", type=int, default=1000, help="simulator stamps per class and lane")
+    th.add_argument("--n", type=int, default=5000, help="simulator stamps per class and lane")
     th.add_argument("--seed", type=int, default=0, help="the training seed (train-real --seed)")
     th.add_argument("--workers", type=int, default=1)
     th.set_defaults(func=_threshold)
