@@ -56,10 +56,23 @@ def test_shipped_weights_score_heldout(shipped):
     scores = shipped.score(data["stamps"], data["fwhm"])
     thr = shipped.info["threshold"]
     assert scores.shape == (65,) and np.all((scores >= 0) & (scores <= 1))
-    # rb-*-3.0 misses one of the 65 per lane (QIP: an isolated SNR-48 source at 0.86 < 0.89; DIP: a hot
-    # pixel at 0.64 > 0.57); rb-*-2.0 missed none at its threshold of 0.93, which lost 8 % of the simulator
     wrong = (scores >= thr) != (data["label"] == 1)
     assert wrong.sum() <= 1, (scores, data["label"])
+
+
+def test_shipped_simulator_accuracy_at_threshold(shipped, request):
+    """The pipeline's own candidates (simulator, SNR 8-300 as ``training.snr_min/max``, seeds no
+    network, combiner or threshold saw), decided at the lane's alert threshold: accuracy >= 99.5 %
+    (the seed's figure) and FPR within the weights' target. Not met by QIP: rb-qip-3.1 reaches
+    0.993 on 18000 fresh stamps, 0.994 at the best threshold chosen on them (README)."""
+    if shipped.lane == "qip":
+        request.applymarker(pytest.mark.xfail(strict=True, reason="rb-qip-3.1: 0.993 < 0.995"))
+    data = simulate_set(1000, 1000, shipped.lane, seed=HELDOUT_SEED + 2, snr_range=(8, 300))
+    scores = shipped.score(data["stamps"], data["fwhm"])
+    real, called = data["label"] == 1, scores >= shipped.info["threshold"]
+    accuracy, fpr = np.mean(called == real), np.mean(called[~real])
+    assert fpr <= 1.5 * shipped.info["target_fpr"], fpr
+    assert accuracy >= 0.995, accuracy
 
 
 def test_score_checks_input(shipped):
@@ -252,6 +265,21 @@ def test_numpy_roc_and_platt_match_scikit_learn():
     yl = (rng.random(600) < 1 / (1 + np.exp(-(0.7 * m + 0.4)))).astype(int)
     lr = LogisticRegression(C=10.0).fit(m[:, None], yl)
     assert np.allclose(platt(m, yl), (lr.coef_[0, 0], lr.intercept_[0]), atol=2e-3)
+
+
+def test_best_threshold_is_the_most_accurate_within_the_fpr_cap():
+    from ast3stream.classify.evaluate import best_threshold, fnr_at_fpr
+
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1], [700, 300])
+    s = np.round(np.where(y == 1, rng.beta(5, 1.5, 1000), rng.beta(1.5, 5, 1000)), 3)     # ties on purpose
+    thr, fig = best_threshold(y, s, 0.05)
+    accuracy = {t: (np.mean(s[y == 1] >= t) + np.mean(s[y == 0] < t)) / 2 for t in np.unique(s)
+                if np.mean(s[y == 0] >= t) <= 0.05}                                      # brute force
+    assert np.mean(s[y == 0] >= thr) <= 0.05 and abs(fig["accuracy"] - max(accuracy.values())) < 1e-12
+    assert abs(accuracy[thr] - fig["accuracy"]) < 1e-12 and abs(fig["fpr"] - np.mean(s[y == 0] >= thr)) < 1e-12
+    _, lowest = fnr_at_fpr(y, s, 0.05)                     # spends the whole FPR budget
+    assert thr >= lowest and accuracy[lowest] <= fig["accuracy"]
 
 
 def test_stamp_features_measure_what_they_name():

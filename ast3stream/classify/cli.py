@@ -47,7 +47,9 @@ def add_cli(subparsers) -> None:
     r.add_argument("--out-dir", type=Path, required=True, help="writes rb_qip.*, rb_dip.*, eval.json, eval.png")
     r.add_argument("--folds", type=int, default=3)
     r.add_argument("--n-synth", type=int, default=400, help="simulator stamps per class and lane")
-    r.add_argument("--target-fpr", type=float, default=0.01)
+    r.add_argument("--target-fpr", type=float, default=0.01, help="alert threshold: FPR cap on simulator bogus")
+    r.add_argument("--n-threshold", type=int, default=5000,
+                   help="fresh simulator stamps per class and lane that set the thresholds")
     for name, typ, default in (("epochs", int, 8), ("width", int, 16), ("seed", int, 0), ("threads", int, 1),
                                ("workers", int, 1), ("batch-size", int, 128), ("lr", float, 3e-3)):
         r.add_argument(f"--{name}", type=typ, default=default)
@@ -58,6 +60,16 @@ def add_cli(subparsers) -> None:
                    help="several: cross-validated on the same folds, the better ZTF AUC shipped")
     r.add_argument("--device", default="cpu")
     r.set_defaults(func=_train_real)
+
+    th = sub.add_parser("threshold", help="re-choose the alert threshold of trained weights (rb_qip, rb_dip) on a "
+                                          "fresh simulator set; rewrites their JSON with a new release")
+    th.add_argument("--weights-dir", type=Path, help="folder with rb_qip/rb_dip (default: the shipped models)")
+    th.add_argument("--release", required=True, help="new release of the version, e.g. 3.1 (the .pt is unchanged)")
+    th.add_argument("--target-fpr", type=float, default=0.01)
+    th.add_argument("--n", type=int, default=5000, help="simulator stamps per class and lane")
+    th.add_argument("--seed", type=int, default=0, help="the training seed (train-real --seed)")
+    th.add_argument("--workers", type=int, default=1)
+    th.set_defaults(func=_threshold)
 
     v = sub.add_parser("eval-real", help="shipped (or given) weights on real alerts per survey vs peak SNR")
     v.add_argument("--alerts", type=Path, required=True, help="alert set (.npz from build-set --from-alerts)")
@@ -189,6 +201,7 @@ def _eval(args) -> None:
     data, manifest = load_dataset(args.set)
     scores = rb.score_inputs(data["stamps"])
     res = evaluate(data["label"], scores, data["snr"], data["kind"], manifest.get("kinds"),
+                   threshold=float(rb.info.get("threshold", 0.5)),
                    out_json=args.out_json, out_png=args.out_png, title=f"{rb.version} on {manifest.get('version')}",
                    model_version=rb.version, set_version=manifest.get("version"))
     print(json.dumps({k: res[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "fnr_at_fpr1")}))
@@ -211,7 +224,7 @@ def _train_real(args) -> None:
 
     from .dataset import load_dataset
     from .evaluate import plot_real, versus_baseline
-    from .hybrid import BOOST, INPUTS, fit_hybrid, report
+    from .hybrid import BOOST, INPUTS, fit_hybrid, report, simulator_thresholds
     from .realbogus import logit_margin
     from .recipe import SHARES, crossval, synthetic_inputs
     from .synth import KINDS
@@ -257,12 +270,11 @@ def _train_real(args) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out_dir / "crossval.npz", sim_margin=sim_margin,   # the combiner's network inputs
                         **{k: v for k, v in cv.items() if k != "model"})
-    hyb = fit_hybrid(alerts, images, sim, cv, sim_margin, k=args.folds, target_fpr=args.target_fpr, seed=args.seed)
+    hyb = fit_hybrid(alerts, images, sim, cv, sim_margin, k=args.folds, seed=args.seed)
     meta = dict(stamp_size=32, normalisation="ast3stream.classify.stamps.make_stamp",
                 hybrid=dict(inputs=list(INPUTS), features="ast3stream.classify.features.stamp_features",
                             boost=hyb["boost"]),
                 calibration=dict(method="platt", of="hybrid out-of-fold margins", a=hyb["a"], b=hyb["b"]),
-                thresholds=hyb["thresholds"], target_fpr=args.target_fpr,
                 training=dict(recipe="ast3stream.classify.recipe + ast3stream.classify.hybrid", arch=best,
                               compared=list(args.arch), folds=args.folds, epochs=args.epochs, lr=args.lr,
                               max_seconds=args.max_seconds, shares=SHARES, boost=BOOST, batch_size=args.batch_size,
@@ -270,19 +282,24 @@ def _train_real(args) -> None:
                               alert_set=a_manifest.get("version"), image_set=i_manifest.get("version"),
                               image_groups=i_manifest.get("groups"), synth_kinds=list(KINDS),
                               networks_from=old.get("training")))
-    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="3.0",
-                        threshold=hyb["thresholds"]["dip"], **meta)
+    info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="3.0", **meta)
     from .realbogus import RealBogus
 
     rb = RealBogus(model, info, dev)
+    cal = simulator_thresholds({"qip": rb.score_inputs, "dip": rb.score_inputs}, target_fpr=args.target_fpr,
+                               n=args.n_threshold, seed=args.seed + 1500, snr_range=_snr_range(args),
+                               workers=args.workers)
+    thresholds = {lane: cal[lane]["threshold"] for lane in ("qip", "dip")}
+    meta.update(thresholds=thresholds, target_fpr=args.target_fpr, threshold_calibration=cal)
     p_all, p_sim = rb.score_inputs(alerts["stamps"]), rb.score_inputs(sim_test["stamps"])
     rep = dict(architectures=comparison, shipped_arch=best,
-               **report(alerts, images, cv, hyb, k=args.folds, sim_test=sim_test, sim_test_p=p_sim, untrained_p=p_all))
+               **report(alerts, images, cv, hyb, k=args.folds, thresholds=thresholds, sim_test=sim_test,
+                        sim_test_p=p_sim, untrained_p=p_all))
     info = save_weights(model, args.out_dir / "rb_dip.pt", "rb-dip", release="3.0", metrics=rep,
-                        threshold=hyb["thresholds"]["dip"], **meta)
+                        threshold=thresholds["dip"], **meta)
     model.config["lane"] = "qip"
     save_weights(model, args.out_dir / "rb_qip.pt", "rb-qip", release="3.0", metrics=rep,
-                 threshold=hyb["thresholds"]["qip"], **meta)
+                 threshold=thresholds["qip"], **meta)
     model.config["lane"] = "dip"
     (args.out_dir / "eval.json").write_text(json.dumps(dict(version=info["version"], **rep), indent=1, default=float))
     print(json.dumps(dict(version=info["version"], **rep), indent=1, default=float))
@@ -294,6 +311,43 @@ def _train_real(args) -> None:
     groups["image fields (held out)"] = (images["label"], hyb["oof"]["images"], images["snr"])
     groups["simulator"] = (sim_test["label"], p_sim, sim_test["snr"])
     plot_real(groups, args.out_dir / "eval.png", title=f"{info['version']} held out: model (solid) vs peak SNR (dashed)")
+
+
+def _snr_range(args) -> tuple[float, float]:
+    """The simulated stamps' SNR range of the configuration (``training.snr_min``/``snr_max``)."""
+    from ..config import Settings
+
+    cfg = Settings.load(getattr(args, "config", None)).training
+    return cfg.snr_min, cfg.snr_max
+
+
+def _threshold(args) -> None:
+    from .hybrid import simulator_figures, simulator_thresholds
+    from .realbogus import MODELS_DIR, RealBogus
+    from .recipe import synthetic_inputs
+
+    wdir = args.weights_dir or MODELS_DIR
+    models = {lane: RealBogus.load(lane, "cpu", path=wdir / f"rb_{lane}.pt") for lane in ("qip", "dip")}
+    score = {lane: m.score_inputs for lane, m in models.items()}
+    cal = simulator_thresholds(score, target_fpr=args.target_fpr, n=args.n, seed=args.seed + 1500,
+                               snr_range=_snr_range(args), workers=args.workers)
+    thresholds = {lane: cal[lane]["threshold"] for lane in models}
+    test = _lanes(synthetic_inputs(300, 300, args.seed + 1000, workers=args.workers), 600)   # = train-real's
+    p = np.concatenate([score[lane](test["stamps"][test["lane"] == lane]) for lane in ("qip", "dip")])
+    sims = simulator_figures(test, p, thresholds)
+    for lane, m in models.items():
+        path = wdir / f"rb_{lane}.json"
+        info = json.loads(path.read_text())
+        name, sha = info["version"].split("+")
+        metrics = info.get("metrics", {})
+        if "thresholds" in metrics:    # the other at-threshold figures need the out-of-fold scores of train-real
+            metrics["thresholds_of_other_figures"] = dict(metrics.pop("thresholds"), release=name.rsplit("-", 1)[1])
+        metrics["simulator"] = sims
+        info.update(version=f"{name.rsplit('-', 1)[0]}-{args.release}+{sha}", threshold=thresholds[lane],
+                    thresholds=thresholds, target_fpr=args.target_fpr, threshold_calibration=cal, metrics=metrics)
+        path.write_text(json.dumps(info, indent=1, default=float))
+    print(json.dumps(dict(versions={lane: json.loads((wdir / f"rb_{lane}.json").read_text())["version"]
+                                    for lane in models}, calibration=cal, simulator=sims), indent=1, default=float))
 
 
 def _eval_real(args) -> None:

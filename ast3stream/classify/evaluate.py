@@ -45,11 +45,21 @@ def fnr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr_max: float = 0.01) ->
     return float(1 - tpr[i]), float(thr[i])
 
 
+def best_threshold(labels: np.ndarray, scores: np.ndarray, fpr_max: float = 0.01) -> tuple[float, dict]:
+    """The score threshold with the highest balanced accuracy ``(TPR + TNR) / 2`` (Youden's J) among
+    those whose FPR is <= ``fpr_max``, and its ``accuracy``, ``fpr``, ``fnr``. Unlike the lowest
+    threshold reaching ``fpr_max`` (:func:`fnr_at_fpr`), it does not spend the FPR budget when that
+    loses more bogus than it gains real ones."""
+    fpr, tpr, thr = roc_curve(labels, scores)
+    i = int(np.argmax(np.where(fpr <= fpr_max, tpr - fpr, -np.inf)))
+    return float(thr[i]), dict(accuracy=float((tpr[i] + 1 - fpr[i]) / 2), fpr=float(fpr[i]), fnr=float(1 - tpr[i]))
+
+
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
     from sklearn import metrics
 
     labels = np.asarray(labels).astype(int)
-    pred = (np.asarray(scores) > threshold).astype(int)
+    pred = (np.asarray(scores) >= threshold).astype(int)      # the alert stage: rb >= threshold
     out = dict(n=int(len(labels)), n_real=int(labels.sum()), n_bogus=int((labels == 0).sum()),
                threshold=threshold,
                accuracy=float(metrics.accuracy_score(labels, pred)),
@@ -81,7 +91,7 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, snr: np.ndarray | None = No
         result["snr_bins"] = bins
     if kind is not None and kinds is not None:
         result["accuracy_by_kind"] = {
-            kinds[k]: float(np.mean((scores[kind == k] > threshold) == (labels[kind == k] == 1)))
+            kinds[k]: float(np.mean((scores[kind == k] >= threshold) == (labels[kind == k] == 1)))
             for k in np.unique(kind)}
     if out_png is not None:
         _plot(labels, scores, snr, result, Path(out_png), title)
