@@ -209,6 +209,10 @@ class SubtractionConfig(BaseModel):
     kernel_half_width: int = 15         #: SFFT kernel half-width [full-resolution px; QIP: ceil(/ qip_binning)] (the largest, with kernel_half_width_ratio)
     kernel_half_width_ratio: float | None = Field(None, gt=0)  #: set: half-width ceil(ratio x larger FWHM), capped (sfft's KerHWRatio; `subtract` uses 2); None: fixed, the shapes a worker warms
     kernel_poly_order: int = 2
+    #: SFFT's differential-background polynomial. SFFT fits on images that are zero outside the sub-areas,
+    #: where the residual is this polynomial itself, so the fit pins it near 0 whatever its order: 0 gives the
+    #: difference of 2 (simulated pairs: bench.sfft_settings; the real LT pair: README "CPU SFFT") at less CPU
+    #: time and memory and is the demo's (agents.demo.run_demo); 2 is kept for full frames until measured on the GPU
     background_poly_order: int = 2
     tile_nx: int = 3072
     tile_ny: int = 4096

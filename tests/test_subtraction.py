@@ -55,6 +55,22 @@ def test_synthetic_difference(synthetic):
     assert d.diff.dtype == np.float32 and d.mask.dtype == np.uint16
 
 
+def test_background_order_0_gives_the_difference_of_order_2(synthetic):
+    """SFFT fits on images that are zero outside the sub-areas, where the residual is the
+    differential-background polynomial itself, so the fit pins it near 0 whatever its order:
+    order 0 (the demo's, ``agents.demo.run_demo``) gives the difference of order 2 (the
+    default), the transient's significance included."""
+    aligned, tpl, _ = synthetic
+    d2, d0 = (subtract(aligned, tpl, CFG.model_copy(update={"subtraction": CFG.subtraction.model_copy(
+        update={"background_poly_order": b})})) for b in (2, 0))
+    assert d0.stats["n_stars"] >= CFG.subtraction.min_stars_varying   # the orders were used, not the constant fallback
+    good = (d2.mask == 0) & (d0.mask == 0)
+    assert good.mean() > 0.5
+    assert np.quantile(np.abs(d0.diff - d2.diff)[good] / d2.noise[good], 0.999) < 0.05
+    assert d0.snr[198:204, 187:194].max() == pytest.approx(d2.snr[198:204, 187:194].max(), rel=0.02)
+    assert d0.snr[198:204, 187:194].max() > 10
+
+
 @pytest.mark.shared
 def test_decam_known_transient():
     root = DATA / "images" / "decam-sfft" / "4check"
