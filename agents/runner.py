@@ -71,6 +71,9 @@ class Stack:
             if not self.cfg.kafka.bootstrap:
                 self.broker = EmbeddedBroker(self.cfg.kafka.embedded_port, self.log_dir / "broker.log").start()
                 self.cfg.kafka.bootstrap = self.broker.bootstrap
+            if self.workers > self.cfg.kafka.partitions:  # a partition per worker, or the extra ones sit idle
+                log.warning("kafka.partitions %d -> %d: one per worker", self.cfg.kafka.partitions, self.workers)
+                self.cfg.kafka.partitions = self.workers
             ensure_topics_sync(self.cfg.kafka.bootstrap, topic_configs(self.cfg.kafka),
                                self.cfg.kafka.partitions, self.cfg.kafka.replication)
             if self.broker is not None and self.broker.storage.startswith("memory"):

@@ -224,7 +224,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="embedded broker + all agents + watcher, until Ctrl-C")
     p.add_argument("--bootstrap", help="use this Kafka instead of the embedded broker")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes (a GPU holds two full-size ones; topics get a partition each)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="simulate a night and play it through the running stack")
