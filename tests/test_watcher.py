@@ -62,7 +62,8 @@ def test_watcher_publishes_complete_files_once_and_dead_letters_bad_ones(broker,
             fh.flush()
             await asyncio.sleep(0.6)
             fh.write(data[2880:])
-        shutil.copyfile(watch / "night1" / "slow.fits", watch / "copy_of_slow.fits")  # same content
+        await until_async(lambda: ctx.db.rows("exposures", exposure_id="slow"), "slow.fits to be registered", timeout=60)
+        shutil.copyfile(watch / "night1" / "slow.fits", watch / "copy_of_slow.fits")  # same content, later
         _raw(watch / "too.fits", field="f009", seed=3)
         await asyncio.sleep(1.0)
         (watch / "night2").mkdir()
@@ -210,26 +211,26 @@ def test_with_the_default_settings_a_writer_stalled_30_s_is_waited_for_and_bad_f
 def test_exposures_are_spread_over_the_partitions_in_turn(broker, settings, tmp_path):
     """Two workers share the exposures topic's two partitions: six files give each three,
     whatever their ids hash to (a chain is a whole exposure's work)."""
-    settings.kafka.prefix = "tw3"
+    settings.kafka.prefix = "tw4"
     settings.watcher.stable_s = 0.2
     ctx = Resources(settings)
     watch = settings.watch_dir
     watch.mkdir(parents=True)
 
     async def scenario():
-        await ensure_topics(broker.bootstrap, all_topics("tw3"), partitions=2)
+        await ensure_topics(broker.bootstrap, all_topics("tw4"), partitions=2)
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
         await producer.start()
         for seed in range(6):
             _raw(watch / f"e{seed}.fits", seed=10 + seed)
         stop = asyncio.Event()
-        task = asyncio.create_task(Watcher(watch, ctx, producer, "tw3").run(stop))
+        task = asyncio.create_task(Watcher(watch, ctx, producer, "tw4").run(stop))
         await until_async(lambda: ctx.db.count("exposures") == 6 and not ctx.db.count("exposures", status="registered"),
                           "the six files to be published", timeout=120)
         stop.set()
         await task
         await producer.stop()
-        return await read_topic(broker.bootstrap, topic("tw3", "exposures"), 1.0)
+        return await read_topic(broker.bootstrap, topic("tw4", "exposures"), 1.0)
 
     raw = asyncio.run(scenario())
     assert sorted(ExposureEvent.decode(m.value).exposure_id for m in raw) == [f"e{s}" for s in range(6)]
