@@ -154,8 +154,7 @@ def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 
              interval: float = 2.0, timeout: float = 3600.0, summary: Path | None = None,
              cloud_fraction: float = 0.0, too_fields: tuple[str, ...] = ()) -> dict:
     """Simulate a night, play it into the watched folder through the stack and summarise it (module
-    docstring). SFFT's differential-background order is 0 unless configured: the same difference as
-    the default 2 for less CPU time and memory (``SubtractionConfig.background_poly_order``)."""
+    docstring)."""
     from ast3stream.alerts import decode
     from ast3stream.simulate import simulate_night
 
@@ -170,8 +169,6 @@ def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 
     cfg.paths.fields = sim_dir / "fields.csv"
     cfg.paths.calib_dir = data / "calib"
     cfg.detector = detector_from_header(night.exposures[0].path, cfg.detector)
-    if "background_poly_order" not in cfg.subtraction.model_fields_set:   # same difference, less CPU (config.py)
-        cfg.subtraction.background_poly_order = 0
     for f in (sim_dir / "calib").glob("*.fits"):
         (data / "calib").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, data / "calib" / f.name)

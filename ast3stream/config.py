@@ -211,9 +211,9 @@ class SubtractionConfig(BaseModel):
     kernel_poly_order: int = 2
     #: SFFT's differential-background polynomial. SFFT fits on images that are zero outside the sub-areas,
     #: where the residual is this polynomial itself, so the fit pins it near 0 whatever its order: 0 gives the
-    #: difference of 2 (simulated pairs: bench.sfft_settings; the real LT pair: README "CPU SFFT") at less CPU
-    #: time and memory and is the demo's (agents.demo.run_demo); 2 is kept for full frames until measured on the GPU
-    background_poly_order: int = 2
+    #: difference of 2 (simulated pairs and the real LT, DECam and legacypipe tests; bench.sfft_settings; README
+    #: "CPU SFFT") at less time and memory (full-size DIP on the H200: 7.7 s against 9.3 s warm)
+    background_poly_order: int = 0
     tile_nx: int = 3072
     tile_ny: int = 4096
     tile_overlap: int = 128

@@ -3,7 +3,7 @@
     python -m bench.subtraction [--sizes qip,dip,1024] [--backend auto|numpy|cupy] [--no-packet] [--compare 1024]
 
 For each size a synthetic template/science pair (:mod:`ast3stream.subtraction.synthetic`,
-kernel half-width 15, polynomial orders 2/2 from the default config) is made; printed are
+kernel half-width 15, kernel and background polynomial orders 2 and 0 from the default config) is made; printed are
 the alignment time, ``ast3stream.subtraction.subtract`` on its first call (SFFT compilation
 included) and warm, and ``sfft.CustomizedPacket.Customized_Packet.CP`` on the same
 sky-subtracted images and sub-area masks (FITS in, FITS out, as the package works), twice.
