@@ -111,20 +111,28 @@ def summarize(cfg: Settings, sim_dir: Path, alerts: list[dict], dead: int, match
     }
 
 
+def first_alert_latency(alerts: list[dict]) -> dict[tuple[str, str], float]:
+    """Seconds from file closed to the first published alert, per (exposure, lane), from the
+    database's ``alerts`` rows."""
+    first: dict[tuple[str, str], float] = {}
+    for a in alerts:
+        if a["latency_s"] is not None:
+            key = (a["exposure_id"], a["lane"])
+            first[key] = min(first.get(key, np.inf), a["latency_s"])
+    return first
+
+
 def first_alert_latencies(alerts: list[dict]) -> dict:
-    """Per lane, seconds from each exposure's raw file closed to its first alert: p50, p95 and the
-    night's first exposure's (the one a freshly started worker took first)."""
+    """Per lane, :func:`first_alert_latency`'s p50, p95 and the night's first exposure's (the one
+    a freshly started worker took first)."""
+    first = first_alert_latency(alerts)
+    closed = {a["exposure_id"]: a["published_at"] - a["latency_s"] for a in alerts if a["latency_s"] is not None}
     out = {}
-    for lane in sorted({a["lane"] for a in alerts if a["latency_s"] is not None}):
-        first = {}
-        for a in alerts:
-            if a["lane"] == lane and a["latency_s"] is not None:
-                closed = a["published_at"] - a["latency_s"]
-                if a["exposure_id"] not in first or a["latency_s"] < first[a["exposure_id"]][1]:
-                    first[a["exposure_id"]] = (closed, a["latency_s"])
-        lat = [v[1] for v in first.values()]
-        out[lane] = {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
-                     "first_exposure": min(first.values())[1], "exposures": len(lat)}
+    for lane in sorted({ln for _, ln in first}):
+        lat = {e: v for (e, ln), v in first.items() if ln == lane}
+        values = list(lat.values())
+        out[lane] = {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
+                     "first_exposure": lat[min(lat, key=closed.__getitem__)], "exposures": len(lat)}
     return out
 
 

@@ -25,8 +25,9 @@ def write_bundle(path: Path, summary: dict, diff, science, template, candidates:
     """Write the exposure's bundle atomically; ``summary`` becomes the primary header.
 
     The image HDUs are compressed at the same time, one thread each (cfitsio's quantiser and
-    Rice coder release the GIL): a full-size DIP bundle is four 154-Mpix planes, about 20 s on
-    one thread, and the exposure's message is committed only once it is written.
+    Rice coder release the GIL): a full-size DIP bundle (four 154-Mpix planes) takes 15 s instead
+    of 37 s in one ``writeto`` on the H200 (``bench.bundle``), and the exposure's message is
+    committed only once it is written.
     """
     primary = fits.PrimaryHDU()
     for key, value in summary.items():

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from agents.demo import play
+from agents.demo import first_alert_latency, play
 from agents.runner import Stack, wait_for
 from agents.db import Database
 from ast3stream.simulate import simulate_night
-from bench.night import first_alert_latency, night_settings, print_stage_times
+from bench.night import night_settings, print_stage_times
 
 
 def main(argv=None) -> None:
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
 
     print_stage_times(db.rows("stage_runs"),
                       f"per-stage seconds (scale {args.scale}, {len(night.exposures)} exposures; 2-core CPU)")
-    first = first_alert_latency(db)
+    first = first_alert_latency(db.rows("alerts"))
     lat = [v for (eid, lane), v in first.items() if lane == "dip"]
     if lat:
         print(f"\nend-to-end (file closed -> first alert), DIP: median {statistics.median(lat):.1f} s, "

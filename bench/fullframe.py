@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from agents.db import Database
-from agents.demo import play
+from agents.demo import first_alert_latency, play
 from agents.runner import Stack, wait_for
 from agents.status import stage_backlog, topic_lag
 from ast3stream.simulate import simulate_night
 from bench.load import make_night
-from bench.night import first_alert_latency, night_settings, print_stage_times
+from bench.night import night_settings, print_stage_times
 
 
 class Sampler(threading.Thread):
@@ -164,7 +164,7 @@ def figures(db: Database, raw: dict) -> dict:
     exposures = {e["exposure_id"]: e for e in db.rows("exposures") if e["exposure_id"] in ids}
     runs = [r for r in db.rows("stage_runs") if r["exposure_id"] in ids]
     end = {(r["exposure_id"], r["lane"]): r["end"] for r in runs if r["stage"] == "alert" and r["end"]}
-    first = first_alert_latency(db)
+    first = first_alert_latency(db.rows("alerts"))
     out: dict = {"exposures": len(ids), "unfinished": raw["unfinished"],
                  "statuses": {s: sum(e["status"] == s for e in exposures.values())
                               for s in {e["status"] for e in exposures.values()}},
@@ -270,7 +270,7 @@ def main(argv=None) -> None:
               "worker_start_to_end_s": time.time() - t_start, "restart_to_ready_s": restart_s}
     exposures = {e["exposure_id"]: e for e in db.rows("exposures")}
     end = {(r["exposure_id"], r["lane"]): r["end"] for r in runs if r["stage"] == "alert" and r["end"]}
-    first_alert = first_alert_latency(db)
+    first_alert = first_alert_latency(db.rows("alerts"))
     first = paced[0].stem
     result["first_after_start"] = {
         lane: {"alert_stage_done_s": end[(first, lane)] - exposures[first]["file_closed_at"]

@@ -41,14 +41,14 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from agents.demo import play
+from agents.demo import first_alert_latency, play
 from agents.runner import Stack, wait_for
 from agents.status import stage_backlog, topic_lag
 from agents.db import Database
 from ast3stream.pipeline import LANES, SLOW, STAGES
 from ast3stream.simulate import simulate_night
 from ast3stream.simulate.night import Night
-from bench.night import first_alert_latency, night_settings, print_stage_times
+from bench.night import night_settings, print_stage_times
 
 SKY_CADENCE_S = 60.0
 
@@ -137,7 +137,7 @@ def figures(raw: dict, sample_s: float) -> dict:
     runs = db.rows("stage_runs")
     end = {(r["exposure_id"], r["lane"]): r["end"] for r in runs if r["stage"] == "alert" and r["end"]}
     latency, alert_latency = {}, {}
-    first = first_alert_latency(db)
+    first = first_alert_latency(db.rows("alerts"))
     for lane in ("qip", "dip"):
         lat = [t - exposures[e]["file_closed_at"] for (e, ln), t in end.items() if ln == lane and e in science]
         if lat:

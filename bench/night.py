@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from ast3stream.config import Settings
-from agents.db import Database
 from ast3stream.pipeline import SLOW, STAGES
 from ast3stream.rawfile import detector_from_header
 from ast3stream.simulate.night import Night
@@ -35,13 +34,3 @@ def print_stage_times(runs: list[dict], title: str) -> None:
             if secs:
                 print(f"{stage.name:<13}{lane:<5}{len(secs):>5}{statistics.median(secs):>9.2f}"
                       f"{np.percentile(secs, 95):>9.2f}")
-
-
-def first_alert_latency(db: Database) -> dict[tuple[str, str], float]:
-    """Seconds from file closed to the first published alert, per (exposure, lane)."""
-    first: dict[tuple[str, str], float] = {}
-    for a in db.rows("alerts"):
-        if a["latency_s"] is not None:
-            key = (a["exposure_id"], a["lane"])
-            first[key] = min(first.get(key, np.inf), a["latency_s"])
-    return first

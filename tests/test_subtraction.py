@@ -58,8 +58,8 @@ def test_synthetic_difference(synthetic):
 def test_background_order_0_gives_the_difference_of_order_2(synthetic):
     """SFFT fits on images that are zero outside the sub-areas, where the residual is the
     differential-background polynomial itself, so the fit pins it near 0 whatever its order:
-    order 0 (the demo's, ``agents.demo.run_demo``) gives the difference of order 2 (the
-    default), the transient's significance included."""
+    order 0 (the default, ``SubtractionConfig.background_poly_order``) gives the difference of
+    order 2, the transient's significance included."""
     aligned, tpl, _ = synthetic
     d2, d0 = (subtract(aligned, tpl, CFG.model_copy(update={"subtraction": CFG.subtraction.model_copy(
         update={"background_poly_order": b})})) for b in (2, 0))
