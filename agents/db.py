@@ -340,6 +340,7 @@ class Database:
             waiting += [f"{eid}/{ln}" for ln in lanes if (eid, ln) not in done]
         return waiting
 
+    @_retried
     def deferred_since(self, exposure_id: str, lane: str, stage: str) -> float:
         """When this stage of this exposure was first deferred (recorded now if it never was)."""
         tab = self.t["stage_runs"]
