@@ -1,9 +1,12 @@
 """The folder watcher: new complete exposures become exposure events on Kafka.
 
 watchdog reports created/modified/moved files anywhere below the watched folder; files
-already there at start are picked up too. A file is published once its size has been
-stable for ``watcher.stable_s`` and its FITS structure is complete
-(:func:`ast3stream.rawfile.check_complete`). A file still growing is never given up: only
+already there at start are picked up too. A file is published once its FITS structure is
+complete (:func:`ast3stream.rawfile.check_complete`) and either its writer has let go of it
+(closed after writing, or renamed into the folder: the camera's usual write-then-rename) or,
+where the file system reports no such event (network mounts, a polling observer), its size has
+been stable for ``watcher.stable_s``. The watcher wakes when a writer lets go, so a closed or
+renamed file is published within milliseconds. A file still growing is never given up: only
 one that stays incomplete and unchanged for ``watcher.giveup_s`` (counted from its last
 change: the change the watcher saw, or for a file it had not seen change, such as one
 left in the folder before a restart, its mtime) goes to the dead-letter topic with the
@@ -38,18 +41,29 @@ log = logging.getLogger("ast3stream.watcher")
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, q: queue.Queue):
-        self.q = q
+    """Queues ``(path, let_go)``: ``let_go`` when the writer closed the file or renamed it into place."""
+
+    def __init__(self, q: queue.Queue, wake):
+        self.q, self.wake = q, wake
+
+    def _put(self, path: str, let_go: bool) -> None:
+        self.q.put((path, let_go))
+        if let_go:  # a write's many modifications need no haste: the stable rule looks at them
+            self.wake()
 
     def on_created(self, event):
         if not event.is_directory:
-            self.q.put(event.src_path)
+            self._put(event.src_path, False)
 
     on_modified = on_created
 
+    def on_closed(self, event):  # inotify's IN_CLOSE_WRITE
+        if not event.is_directory:
+            self._put(event.src_path, True)
+
     def on_moved(self, event):
         if not event.is_directory:
-            self.q.put(event.dest_path)
+            self._put(event.dest_path, True)
 
 
 class Watcher:
@@ -63,7 +77,7 @@ class Watcher:
         self.turn = InTurn(producer)
         self.prefix = prefix
         self.q: queue.Queue = queue.Queue()
-        self.pending: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, last change)
+        self.pending: dict[Path, tuple[int, float, float, bool]] = {}  # path -> (size, mtime, last change, let go)
         self.done: dict[Path, tuple[int, float]] = {}
         self.observer = Observer()
 
@@ -73,15 +87,21 @@ class Watcher:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.observer.schedule(_Handler(self.q), str(self.folder), recursive=True)
+        loop, woken = asyncio.get_running_loop(), asyncio.Event()
+        self.observer.schedule(_Handler(self.q, lambda: loop.call_soon_threadsafe(woken.set)), str(self.folder),
+                               recursive=True)
         self.observer.start()
         for path in sorted(self.folder.rglob("*")):  # files already there at start
             if path.is_file():
-                self.q.put(str(path))
+                self.q.put((str(path), False))
         try:
             while stop is None or not stop.is_set():
+                woken.clear()
                 await self.poll()
-                await asyncio.sleep(self.cfg.poll_s)
+                try:  # the next file event, or the next look at files waiting to be stable
+                    await asyncio.wait_for(woken.wait(), self.cfg.poll_s)
+                except asyncio.TimeoutError:
+                    pass
         finally:
             self.observer.stop()
             self.observer.join(timeout=5)
@@ -89,13 +109,15 @@ class Watcher:
     async def poll(self) -> None:
         while True:
             try:
-                path = Path(self.q.get_nowait())
+                name, let_go = self.q.get_nowait()
             except queue.Empty:
                 break
+            path = Path(name)
             if self._wanted(path):
-                self.pending.setdefault(path, (-1, -1.0, 0.0))
+                size, mtime, since, _ = self.pending.get(path, (-1, -1.0, 0.0, False))
+                self.pending[path] = (size, mtime, since, let_go)  # the latest event decides
         now = time.time()
-        for path, (size, mtime, since) in list(self.pending.items()):
+        for path, (size, mtime, since, let_go) in list(self.pending.items()):
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -105,13 +127,16 @@ class Watcher:
                 self.pending.pop(path)
                 continue
             if (st.st_size, st.st_mtime) != (size, mtime):  # changed, or not looked at before: its mtime
-                self.pending[path] = (st.st_size, st.st_mtime, now if size >= 0 else min(now, st.st_mtime))
-                continue
-            if now - since < self.cfg.stable_s:
+                since = now if size >= 0 else min(now, st.st_mtime)
+                self.pending[path] = (st.st_size, st.st_mtime, since, let_go)
+                if not let_go:
+                    continue
+            elif not let_go and now - since < self.cfg.stable_s:
                 continue
             try:
                 await asyncio.to_thread(check_complete, path)
             except IncompleteFile as exc:
+                self.pending[path] = (st.st_size, st.st_mtime, since, False)  # closed incomplete: wait as for any
                 if now - since >= self.cfg.giveup_s:  # unchanged that long: the writer is gone
                     await self._reject(path, f"incomplete or invalid FITS file {path.name}: {exc}", exc)
                     self._mark_done(path, st)

@@ -103,7 +103,7 @@ class ProductsConfig(BaseModel):
 
 class WatcherConfig(BaseModel):
     patterns: list[str] = ["*.fits", "*.fit", "*.fits.fz", "*.fz"]
-    stable_s: float = Field(1.0, ge=0)  #: size must stay unchanged this long
+    stable_s: float = Field(1.0, ge=0)  #: size must stay unchanged this long (files not closed or renamed)
     poll_s: float = Field(0.25, gt=0)
     giveup_s: float = Field(120.0, gt=0)  #: a file incomplete and unchanged this long goes to the dead letters
 

@@ -235,3 +235,46 @@ def test_exposures_are_spread_over_the_partitions_in_turn(broker, settings, tmp_
     raw = asyncio.run(scenario())
     assert sorted(ExposureEvent.decode(m.value).exposure_id for m in raw) == [f"e{s}" for s in range(6)]
     assert sorted(m.partition for m in raw) == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_file_is_published_when_its_writer_lets_go_not_after_the_stable_time(broker, settings, tmp_path):
+    """A closed file and one renamed into the folder are published at once (inotify's close and
+    move events); a complete file its writer still holds open waits for the stable time (here
+    longer than the test) and goes as soon as it is closed."""
+    settings.kafka.prefix = "tw5"
+    settings.watcher.stable_s = 600.0
+    ctx = Resources(settings)
+    watch = settings.watch_dir
+    watch.mkdir(parents=True)
+    for seed in range(3):
+        _raw(tmp_path / f"e{seed}.fits", seed=20 + seed)
+
+    def published(*ids):
+        return all(ctx.db.rows("exposures", exposure_id=i, status="ingested") for i in ids)
+
+    async def scenario():
+        await ensure_topics(broker.bootstrap, all_topics("tw5"))
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+        await producer.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(Watcher(watch, ctx, producer, "tw5").run(stop))
+        await asyncio.sleep(0.5)  # the observer is watching
+        held = open(watch / "e2.fits", "wb")
+        held.write((tmp_path / "e2.fits").read_bytes())  # complete, flushed, not closed
+        held.flush()
+        shutil.copyfile(tmp_path / "e0.fits", watch / "e0.fits")  # written and closed
+        shutil.copyfile(tmp_path / "e1.fits", watch / ".e1.fits.part")
+        os.replace(watch / ".e1.fits.part", watch / "e1.fits")  # renamed into place
+        await until_async(lambda: published("e0", "e1"), "the closed and the renamed file", timeout=60)
+        await asyncio.sleep(1.0)
+        still_held = not ctx.db.rows("exposures", exposure_id="e2")
+        held.close()
+        await until_async(lambda: published("e2"), "the held file once closed", timeout=60)
+        stop.set()
+        await task
+        await producer.stop()
+        return still_held, await read_topic(broker.bootstrap, topic("tw5", "exposures"), 1.0)
+
+    still_held, raw = asyncio.run(scenario())
+    assert still_held
+    assert sorted(ExposureEvent.decode(m.value).exposure_id for m in raw) == ["e0", "e1", "e2"]
