@@ -1,6 +1,8 @@
-"""Cosmic-ray masking with astroscrappy (L.A.Cosmic, van Dokkum 2001) on candidate cells only.
+"""Cosmic-ray masking by L.A.Cosmic (van Dokkum 2001): astroscrappy on candidate cells on the host
+(:func:`detect_cosmics`), or :func:`lacosmic` on the whole frame on its array module (CuPy where
+the frame is on the GPU, NumPy in the tests).
 
-Hits cover well under 0.1 % of a 150-Mpixel frame, and L.A.Cosmic on all of it takes minutes on
+On the host, hits cover well under 0.1 % of a 150-Mpixel frame, and L.A.Cosmic on all of it takes minutes on
 two cores, so:
 
 1. one numba pass marks the ``tile x tile`` cells holding a candidate: an unmasked pixel whose
@@ -172,14 +174,14 @@ def _clean_medmask(arrays, bad, ys, xs, fallback, xp):
     o = xp.arange(-2, 3)
     yy, xx = ys[:, None, None] + o[None, :, None], xs[:, None, None] + o[None, None, :]
     ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    yy, xx = xp.clip(yy, 0, ny - 1), xp.clip(xx, 0, nx - 1)
-    ok = (ok & ~bad[yy, xx]).reshape(len(ys), 25)
+    flat = (xp.clip(yy, 0, ny - 1) * nx + xp.clip(xx, 0, nx - 1)).reshape(len(ys), 25)
+    ok = ok.reshape(len(ys), 25) & ~xp.take(bad, flat)
     k = ok.sum(axis=1)
     pick = xp.maximum(k - 1, 0) // 2
     rows = xp.arange(len(ys))
     empty = bool((k == 0).any())
     for a in arrays:
-        v = xp.sort(xp.where(ok, a[yy, xx].reshape(len(ys), 25), xp.inf), axis=1)[rows, pick]
+        v = xp.sort(xp.where(ok, xp.take(a, flat), xp.inf), axis=1)[rows, pick]
         a[ys, xs] = xp.where(k > 0, v, fallback(a)) if empty else v
 
 
@@ -205,7 +207,7 @@ def lacosmic(data, inmask, read_noise: float, satlevel: float, sigclip: float = 
     ``[y, x]`` hits, row-major, on ``data``'s array module.
 
     Array functions used, each in NumPy/SciPy and with the same signature in CuPy/cupyx:
-    ``pad(mode='edge')``, ``zeros``, ``maximum``, ``sqrt``, ``where``, ``clip``, ``arange``, ``sort(axis)``,
+    ``pad(mode='edge')``, ``zeros``, ``maximum``, ``sqrt``, ``where``, ``clip``, ``arange``, ``take``, ``sort(axis)``,
     ``median``, ``argwhere``, ``count_nonzero``, ``ones``; ``ndimage.median_filter(size, mode='nearest')``,
     ``ndimage.binary_dilation(structure, iterations)``.
     """
