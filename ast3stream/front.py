@@ -83,8 +83,9 @@ def reduce_file(raw_path, cfg: Settings, *, calibration=None, refcat=None, out_d
 
 def warm_up(cfg: Settings) -> float:
     """Load what the front half and detection use on their first frame (the numba kernels from
-    their disk cache, sep, astroscrappy, the cloud model) on a small synthetic frame, so that the
-    first exposure after a worker starts is not slower than the next; returns the seconds taken."""
+    their disk cache, sep, astroscrappy or, with a GPU reduction backend, the CuPy L.A.Cosmic's
+    kernels, the cloud model) on a small synthetic frame, so that the first exposure after a
+    worker starts is not slower than the next; returns the seconds taken."""
     import tempfile
 
     from astropy.io import fits

@@ -2,7 +2,9 @@
 
 ``data_e = gain x (raw - overscan - bias) / flat``; then saturated, bad, cosmic-ray and trail
 pixels get their :class:`~ast3stream.image.MaskBits`, cosmic-ray pixels are replaced by
-astroscrappy's masked median (and flagged ``INTERP``), and the raw header's approximate WCS
+L.A.Cosmic's masked median (and flagged ``INTERP``): astroscrappy on candidate cells on the host,
+the array L.A.Cosmic (:func:`~ast3stream.reduction.cosmics.lacosmic`) where the frame is on the
+GPU (``reduction.cosmic_method``), and the raw header's approximate WCS
 moves, shifted by the trim, to the ``SCI`` header.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..sources.extract import STRIP_MIN_PIXELS
 from ..sources.strips import n_workers, pool
 from ..subtraction.backend import use_gpu
 from .calibration import Calibration
-from .cosmics import detect_cosmics
+from .cosmics import detect_cosmics, lacosmic
 from .overscan import BadFrameError, read_raw
 from .sections import section_slices
 from .trails import find_trails, trail_pixels
@@ -118,18 +120,28 @@ def reduce_raw(raw_path, calib: Calibration | None, params: ReductionConfig, det
     elif raw.gain != 1:
         data *= np.float32(raw.gain)
     flag_grown(raw.saturated, mask, MaskBits.SATURATED, rc.saturation_grow)
-    data, mask = to_host(data), to_host(mask)       # cosmics and trails run on the host
     timings["calibrate"] = time.perf_counter() - t0
 
-    ncosmic = 0
-    if rc.cosmics:
+    hits = None
+    array_cosmics = rc.cosmics and (rc.cosmic_method == "lacosmic" or (rc.cosmic_method == "auto" and xp is not np))
+    if array_cosmics:                               # L.A.Cosmic on the frame's own array module (the GPU's)
+        t0 = time.perf_counter()
+        hits = lacosmic(data, mask, raw.read_noise, 1e30, rc.cosmic_sigclip, objlim=rc.cosmic_objlim,
+                        niter=rc.cosmic_niter)
+        timings["cosmics"] = time.perf_counter() - t0
+    if xp is not np:
+        t0 = time.perf_counter()
+        data, mask, hits = to_host(data), to_host(mask), None if hits is None else to_host(hits)
+        timings["to host"] = time.perf_counter() - t0   # trails (and astroscrappy's cells) run on the host
+    if rc.cosmics and not array_cosmics:
         t0 = time.perf_counter()
         n = n_workers(rc.workers) if data.size >= STRIP_MIN_PIXELS else 1
         hits = detect_cosmics(data, mask, raw.read_noise, 1e30, rc.cosmic_sigclip, rc.cosmic_objlim,
                               rc.cosmic_niter, rc.cosmic_tile, rc.cosmic_pad, workers=pool(n))
-        mask[hits[:, 0], hits[:, 1]] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
-        ncosmic = len(hits)
         timings["cosmics"] = time.perf_counter() - t0
+    ncosmic = 0 if hits is None else len(hits)
+    if ncosmic:
+        mask[hits[:, 0], hits[:, 1]] |= np.uint16(MaskBits.COSMIC | MaskBits.INTERP)
 
     trails = []
     if rc.trails:
