@@ -130,11 +130,12 @@ class ReductionConfig(BaseModel):
     cosmic_sigclip: float = 4.5
     cosmic_objlim: float = 5.0
     cosmic_niter: int = 2
-    cosmic_method: Literal["auto", "cells", "lacosmic"] = "auto"  #: cells: astroscrappy on candidate cells on the
-                                        #: host; lacosmic: reduction.cosmics.lacosmic on the frame's array
-                                        #: (NumPy or CuPy; on NumPy a full frame takes minutes); auto: lacosmic where
-                                        #: the frame is on the GPU, else cells
-    cosmic_tile: int = 4                #: astroscrappy runs on the cells of this size holding candidates
+    cosmic_method: Literal["auto", "cells", "lacosmic"] = "auto"  #: L.A.Cosmic on the candidate cells (sharp
+                                        #: outliers, cosmic_tile px, hits up to cosmic_pad // 2 px around) by
+                                        #: cells: astroscrappy on the host; lacosmic: reduction.cosmics.lacosmic
+                                        #: on the frame's array (NumPy or CuPy; on NumPy a full frame takes
+                                        #: minutes); auto: lacosmic where the frame is on the GPU, else cells
+    cosmic_tile: int = 4                #: candidate cell side [px]
     cosmic_pad: int = 5                 #: margin around each cell [px]
     workers: int = 0                    #: processes cleaning a full-size frame's cosmics (0 = one per core, 1 = in process)
     trails: bool = True

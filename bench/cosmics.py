@@ -1,5 +1,6 @@
 """Cosmic-ray masking of one frame: the host path (astroscrappy on candidate cells, in the strip
-process pool) against the array L.A.Cosmic on CuPy (or NumPy), with hits and agreement.
+process pool) against the array L.A.Cosmic on CuPy (or NumPy) on the same candidate cells
+(:func:`~ast3stream.reduction.cosmics.candidate_pixels`, as ``reduce_raw`` runs it), with hits and agreement.
 
     python -m bench.cosmics [--scale 1.0] [--cosmics 2000] [--xp auto|cupy|numpy] [--out DIR]
 
@@ -88,7 +89,7 @@ def time_host(data, bad, cfg) -> tuple[float, np.ndarray, np.ndarray]:
 
 
 def time_array(data, bad, cfg, xp) -> tuple[float, np.ndarray, np.ndarray]:
-    from ast3stream.reduction.cosmics import lacosmic
+    from ast3stream.reduction.cosmics import candidate_pixels, lacosmic
 
     rc = cfg.reduction
     sync = xp.cuda.Device().synchronize if xp is not np else (lambda: None)
@@ -96,7 +97,9 @@ def time_array(data, bad, cfg, xp) -> tuple[float, np.ndarray, np.ndarray]:
         clean, mask = xp.array(data), xp.asarray(bad)
         sync()
         t0 = time.perf_counter()
-        hits = lacosmic(clean, mask, READ_NOISE, 1e30, rc.cosmic_sigclip, objlim=rc.cosmic_objlim, niter=rc.cosmic_niter)
+        allowed = candidate_pixels(clean, mask, READ_NOISE, rc.cosmic_sigclip, rc.cosmic_tile, rc.cosmic_pad)
+        hits = lacosmic(clean, mask, READ_NOISE, 1e30, rc.cosmic_sigclip, objlim=rc.cosmic_objlim,
+                        niter=rc.cosmic_niter, allowed=allowed)
         sync()
         seconds = time.perf_counter() - t0
     if xp is not np:

@@ -272,3 +272,30 @@ def test_lacosmic_as_astroscrappy(sepmed):
     assert both.sum() >= 0.99 * (ref & inner).sum() and both.sum() >= 0.99 * (found & inner).sum()
     assert (np.abs(clean[both] - ref_clean[both]) < 0.01).mean() >= 0.99
     assert not found[data >= 60000.0].any() and (data >= 60000.0).sum() > 20
+
+
+def test_the_array_candidate_cells_are_the_numba_ones(night, calib):
+    """The candidate-cell test written on whole arrays (the GPU's) marks the cells the host's numba pass does."""
+    from ast3stream.reduction.cosmics import _candidate_cells_array, candidate_cells
+
+    params = CFG.reduction.model_copy(update={"cosmics": False})
+    frame = reduce_raw(night.exposures[0].path, calib, params, CFG.detector)
+    sky = float(np.median(frame.data[::16, ::16]))
+    host = candidate_cells(frame.data, frame.mask, sky, 3.0, 4.5, 4)
+    array = _candidate_cells_array(frame.data, frame.mask, sky, 3.0, 4.5, 4, np)
+    assert host.sum() > 100
+    assert (host != array).sum() <= 1e-3 * host.sum()
+
+
+def test_both_cosmic_paths_flag_the_same_pixels(night, calib):
+    """``reduce_raw`` with astroscrappy on the host's cells and with the array L.A.Cosmic (the
+    GPU's code, on NumPy here) restricted to the same cells: the same cosmic-ray pixels."""
+    masks = {}
+    for method in ("cells", "lacosmic"):
+        params = CFG.reduction.model_copy(update={"cosmic_method": method})
+        frame = reduce_raw(night.exposures[0].path, calib, params, CFG.detector)
+        masks[method] = (frame.mask & MaskBits.COSMIC) > 0
+    both = (masks["cells"] & masks["lacosmic"]).sum()
+    print({k: int(v.sum()) for k, v in masks.items()}, both)
+    assert masks["cells"].sum() > 300
+    assert both >= 0.98 * masks["cells"].sum() and both >= 0.98 * masks["lacosmic"].sum()

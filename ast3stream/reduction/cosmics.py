@@ -53,10 +53,42 @@ def candidate_cells(data: np.ndarray, mask: np.ndarray, sky: float, read_noise: 
                     tile: int) -> np.ndarray:
     """Boolean ``(ceil(ny/tile), ceil(nx/tile))`` map of cells holding an unmasked sharp positive outlier.
 
-    ``mask`` is nonzero where pixels must not be used (any integer or boolean type).
+    ``mask`` is nonzero where pixels must not be used (any integer or boolean type). A NumPy
+    frame goes through one parallel numba pass; any other array module (a CuPy frame) through
+    the same test written on whole arrays.
     """
-    return _candidate_cells(np.ascontiguousarray(data, np.float32), np.ascontiguousarray(mask),
-                            float(sky), float(read_noise), float(sigclip), int(tile))
+    xp = array_module(data)
+    if xp is np:
+        return _candidate_cells(np.ascontiguousarray(data, np.float32), np.ascontiguousarray(mask),
+                                float(sky), float(read_noise), float(sigclip), int(tile))
+    return _candidate_cells_array(data, mask, sky, read_noise, sigclip, tile, xp)
+
+
+def _candidate_cells_array(d, mask, sky, read_noise, sigclip, tile, xp):
+    excess = xp.zeros(d.shape, np.float32)
+    excess[1:-1, 1:-1] = d[1:-1, 1:-1] - 0.25 * (d[:-2, 1:-1] + d[2:, 1:-1] + d[1:-1, :-2] + d[1:-1, 2:])
+    sharp = ((mask == 0) & (excess > 0.4 * (d - sky))
+             & (excess * excess > sigclip * sigclip * (xp.maximum(d, 0) + read_noise * read_noise)))
+    ny, nx = d.shape
+    gy, gx = -(-ny // tile), -(-nx // tile)
+    grid = xp.zeros((gy * tile, gx * tile), bool)
+    grid[:ny, :nx] = sharp
+    return grid.reshape(gy, tile, gx, tile).any(axis=(1, 3))
+
+
+def candidate_pixels(data, mask, read_noise: float, sigclip: float, tile: int, pad: int):
+    """Where the host path keeps hits: the :func:`candidate_cells` (sky: the median of every 16th
+    pixel) and ``pad // 2`` pixels around each (a box), as a boolean image on ``data``'s array
+    module; :func:`lacosmic`'s ``allowed`` for the same hits as :func:`detect_cosmics`."""
+    xp = array_module(data)
+    sky = float(xp.median(data[::16, ::16]))
+    cells = candidate_cells(data, mask, sky, read_noise, sigclip, tile)
+    ny, nx = data.shape
+    out = xp.repeat(xp.repeat(cells, tile, axis=0), tile, axis=1)[:ny, :nx]
+    m = pad // 2
+    if m:
+        out = _ndimage(xp).binary_dilation(out, structure=xp.ones((2 * m + 1, 2 * m + 1), bool))
+    return out
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -186,7 +218,7 @@ def _clean_medmask(arrays, bad, ys, xs, fallback, xp):
 
 
 def lacosmic(data, inmask, read_noise: float, satlevel: float, sigclip: float = 4.5, sigfrac: float = 0.3,
-             objlim: float = 5.0, niter: int = 2, sepmed: bool = True):
+             objlim: float = 5.0, niter: int = 2, sepmed: bool = True, allowed=None):
     """L.A.Cosmic (van Dokkum 2001, PASP 113, 1420) on a NumPy or CuPy image in electrons (gain 1).
 
     astroscrappy's ``detect_cosmics(..., gain=1, cleantype='medmask', fsmode='median')`` written on
@@ -203,8 +235,10 @@ def lacosmic(data, inmask, read_noise: float, satlevel: float, sigclip: float = 
 
     ``medN`` are astroscrappy's separable medians (rows of N, then columns) with ``sepmed``, else
     full ``5/5/3/7`` medians. Unlike astroscrappy, edges are replicated rather than skipped (the
-    host path's cells see the same). ``data`` (float32) is cleaned in place; returns the ``(n, 2)``
-    ``[y, x]`` hits, row-major, on ``data``'s array module.
+    host path's cells see the same). ``allowed`` (boolean image, optional): hits only there, e.g.
+    :func:`candidate_pixels` (the pixels around sharp outliers), which leaves out what a full-frame
+    L.A.Cosmic also flags beside bright stars and on sky-noise pairs. ``data`` (float32) is
+    cleaned in place; returns the ``(n, 2)`` ``[y, x]`` hits, row-major, on ``data``'s array module.
 
     Array functions used, each in NumPy/SciPy and with the same signature in CuPy/cupyx:
     ``pad(mode='edge')``, ``zeros``, ``maximum``, ``sqrt``, ``where``, ``clip``, ``arange``, ``take``, ``sort(axis)``,
@@ -224,11 +258,12 @@ def lacosmic(data, inmask, read_noise: float, satlevel: float, sigclip: float = 
         disc = xp.ones((5, 5), bool)
         disc[::4, ::4] = False
         mask |= ndi.binary_dilation(sat, structure=disc, iterations=2)
-    good = ~mask
+    usable = ~mask
+    good = usable if allowed is None else usable & allowed
     crmask = xp.zeros(clean.shape, bool)
 
     def fallback(a):                          # astroscrappy's background level: median of the good pixels
-        return xp.median(a[good]).astype(f32)
+        return xp.median(a[usable]).astype(f32)
 
     for _ in range(niter):
         noise = xp.sqrt(xp.maximum(_median(ndi, var, 7, 5, sepmed), f32(1e-5)))

@@ -24,7 +24,7 @@ from ..sources.extract import STRIP_MIN_PIXELS
 from ..sources.strips import n_workers, pool
 from ..subtraction.backend import use_gpu
 from .calibration import Calibration
-from .cosmics import detect_cosmics, lacosmic
+from .cosmics import candidate_pixels, detect_cosmics, lacosmic
 from .overscan import BadFrameError, read_raw
 from .sections import section_slices
 from .trails import find_trails, trail_pixels
@@ -126,8 +126,9 @@ def reduce_raw(raw_path, calib: Calibration | None, params: ReductionConfig, det
     array_cosmics = rc.cosmics and (rc.cosmic_method == "lacosmic" or (rc.cosmic_method == "auto" and xp is not np))
     if array_cosmics:                               # L.A.Cosmic on the frame's own array module (the GPU's)
         t0 = time.perf_counter()
+        allowed = candidate_pixels(data, mask, raw.read_noise, rc.cosmic_sigclip, rc.cosmic_tile, rc.cosmic_pad)
         hits = lacosmic(data, mask, raw.read_noise, 1e30, rc.cosmic_sigclip, objlim=rc.cosmic_objlim,
-                        niter=rc.cosmic_niter)
+                        niter=rc.cosmic_niter, allowed=allowed)
         timings["cosmics"] = time.perf_counter() - t0
     if xp is not np:
         t0 = time.perf_counter()
