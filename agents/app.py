@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     from faust.worker import Worker
 
     logging.basicConfig(level=args.loglevel.upper().replace("WARN", "WARNING"))
+    logging.getLogger("ast3stream.timings").setLevel(logging.INFO)
     Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
 
 

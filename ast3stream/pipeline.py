@@ -293,11 +293,13 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
 
     tmpl = lane.template
     cfg = lane_config(_legacy(subtraction=subtraction, detector=detector), tmpl.binning)
+    start = time.perf_counter()
     lane.aligned = align(exp.frame, tmpl.frame, cfg, binning=tmpl.binning)
+    align_s = time.perf_counter() - start
     lane.difference = subtract(lane.aligned, tmpl.frame, cfg, template_key=(tmpl.key, tmpl.version))
     stats = lane.difference.stats
     metrics = {"x2nrm_mean": stats.get("x2nrm_mean"), "x2nrm_std": stats.get("x2nrm_std"),
-               "noise_ratio": stats.get("noise_ratio"),
+               "noise_ratio": stats.get("noise_ratio"), "align_s": align_s,
                "subtraction_s": stats.get("seconds"), "template_zp": tmpl.stats.get("zp"),
                "template_fwhm_px": tmpl.stats.get("fwhm_px")}
     lane.metrics.update({k: v for k, v in metrics.items() if _finite(v) is not None})
