@@ -244,8 +244,7 @@ def find_trails(data: np.ndarray, mask: np.ndarray | None = None, threshold: flo
     labels, n = ndimage.label(hot, structure=np.ones((3, 3)))
     if n == 0:
         return []
-    idx = np.arange(1, n + 1)
-    sizes = ndimage.sum_labels(hot, labels, idx)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]   # pixels per label (every labelled pixel is hot)
     extent = _extents(labels, n)
     # thin: the component fills little of its bounding box's long side squared (a line fills ~1/extent)
     thin = (extent >= 4) & (sizes < 0.35 * extent ** 2)
