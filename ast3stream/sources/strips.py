@@ -51,9 +51,11 @@ def n_workers(setting: int) -> int:
 
 
 def _warm(_=None) -> int:
-    """Load sep, astroscrappy and the numba kernels (from the disk cache) on a small image."""
+    """Load sep, astroscrappy, scipy's least squares (the PSF fits) and the numba kernels (from
+    the disk cache) on a small image."""
     from ..config import SourcesConfig
     from ..reduction.cosmics import _clean_group
+    from ..subtraction.psf import fit_fwhm
     from .extract import measure
 
     yy, xx = np.mgrid[:64, :64]
@@ -61,6 +63,7 @@ def _warm(_=None) -> int:
     img += np.random.default_rng(0).normal(0, 1, img.shape).astype(np.float32)
     measure(img, np.zeros(img.shape, bool), 1.0, SourcesConfig())
     _clean_group(img, np.zeros(img.shape, bool), 2.5, 1e30, 4.5, 5.0, 2)
+    fit_fwhm(img, 1.0, [31.3], [30.8], 3.0)
     return os.getpid()
 
 

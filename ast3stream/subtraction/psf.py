@@ -108,6 +108,7 @@ def fit_fwhm(data_sub, rms, x, y, fwhm0: float, *, bad=None, profile: str = "mof
     oversample = 5 if fwhm0 < 2.5 else 3 if fwhm0 < 5 else 1
     ny, nx = data.shape
     out = np.full((len(x), 4), np.nan)
+    jobs, rows = [], []
     for k, (xi, yi) in enumerate(zip(np.asarray(x, float), np.asarray(y, float))):
         cx, cy = int(round(xi)), int(round(yi))
         if not (h <= cx < nx - h and h <= cy < ny - h):
@@ -115,12 +116,29 @@ def fit_fwhm(data_sub, rms, x, y, fwhm0: float, *, bad=None, profile: str = "mof
         sl = np.s_[cy - h:cy + h + 1, cx - h:cx + h + 1]
         if bad is not None and bad[sl].any():
             continue
-        err = np.maximum(rms[sl], 1e-12)
-        r = _fit_one(data[sl], err, fwhm0, oversample, profile == "moffat")
+        jobs.append((data[sl], np.maximum(rms[sl], 1e-12), fwhm0, oversample, profile == "moffat"))
+        rows.append(k)
+    for k, r in zip(rows, _fit_all(jobs)):
         if r is None or not r[5] or not (0.3 < r[3] < 3 * (2 * h + 1) - 1e-3):
             continue
         out[k] = r[3], r[4], r[0], 0
     return out[:, 0], out[:, 1], out[:, 2]
+
+
+def _fit_all(jobs: list) -> list:
+    """:func:`_fit_one` of every job, in the worker's process pool when it has one
+    (:func:`ast3stream.sources.strips.current`; each fit is ~10 ms of Python holding the GIL) and
+    there are enough, else here: the same results either way."""
+    from ..sources.strips import current
+
+    workers = current()
+    if workers is None or len(jobs) < 8:
+        return [_fit_one(*job) for job in jobs]
+    return list(workers.map(_fit_job, jobs, chunksize=2))
+
+
+def _fit_job(job):
+    return _fit_one(*job)
 
 
 def _locus(logf: np.ndarray, width: float) -> float:
