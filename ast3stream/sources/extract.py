@@ -1,7 +1,8 @@
 """Source extraction with sep (Barbary 2016; SExtractor's algorithms, Bertin & Arnouts 1996).
 
 Background: sep's mesh (``sources.mesh``) estimate (:mod:`.background`, a numba port), subtracted;
-detection at ``sources.thresh`` times the global background rms with SExtractor's deblending and (``sources.clean``) cleaning.
+detection at ``sources.thresh`` times the global background rms with SExtractor's deblending and
+(``sources.clean``) cleaning.
 
 Columns (SExtractor names in brackets): ``x``, ``y`` windowed 0-based centroids [XWIN/YWIN,
 with ``sigma = 2 r50 / 2.3548``], ``flux``/``fluxerr`` [FLUX_AUTO: Kron ellipse of 2.5 Kron radii,
@@ -163,7 +164,8 @@ def extract(frame: Frame, params: SourcesConfig) -> Table:
     workers = strips.pool(n)
     if workers is None:
         sub = bkg.subtracted(data)
-        return catalogue(strips.extract_strips(sub, mask, bkg.globalrms, sc), data, sub, bkg.globalrms, bkg.globalback)
+        cols = strips.extract_strips(sub, mask, bkg.globalrms, sc)
+        return catalogue(cols, data, sub, bkg.globalrms, bkg.globalback)
     with strips.allocated((data.shape, np.float32), (mask.shape, bool)) as ((sub_h, sub), (mask_h, shared_mask)):
         bkg.subtracted(data, out=sub)
         shared_mask[...] = mask
