@@ -115,3 +115,30 @@ def test_extract_catalogue_is_the_one_from_seps_background():
     assert len(table) > 200 and table.colnames == want.colnames and table.meta == want.meta
     for name in table.colnames:
         np.testing.assert_array_equal(np.asarray(table[name]), np.asarray(want[name]), err_msg=name)
+
+
+def _longest_stall(fn) -> float:
+    """Longest gap between this thread's 1 ms wake-ups while ``fn`` runs in another thread [s]."""
+    import threading
+    import time
+
+    worker = threading.Thread(target=fn)
+    longest, last = 0.0, time.perf_counter()
+    worker.start()          # the new thread may take the GIL before start() returns
+    while worker.is_alive():
+        time.sleep(0.001)
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+    worker.join()
+    return longest
+
+
+def test_the_port_leaves_the_gil_to_other_threads():
+    """sep.Background holds the GIL for its whole call (why it ran in the pool); the port does not."""
+    rng = np.random.default_rng(2)
+    data = rng.normal(600, 15, (6000, 6000)).astype(np.float32)
+    mask = rng.random(data.shape) < 0.01
+    mesh_background(data[:600, :600], mask[:600, :600], bw=256, bh=256)     # kernels loaded
+    held = _longest_stall(lambda: sep.Background(data, mask=mask, bw=256, bh=256).subfrom(data.copy()))
+    port = _longest_stall(lambda: mesh_background(data, mask, bw=256, bh=256).subtracted(data))
+    assert held > 0.1 and port < held / 3, (held, port)
