@@ -1,7 +1,8 @@
 """Source extraction with sep (Barbary 2016; SExtractor's algorithms, Bertin & Arnouts 1996).
 
-Background: sep's mesh (``sources.mesh``) estimate, subtracted; detection at ``sources.thresh``
-times the global background rms with SExtractor's deblending and (``sources.clean``) cleaning.
+Background: sep's mesh (``sources.mesh``) estimate (:mod:`.background`, a numba port), subtracted;
+detection at ``sources.thresh`` times the global background rms with SExtractor's deblending and
+(``sources.clean``) cleaning.
 
 Columns (SExtractor names in brackets): ``x``, ``y`` windowed 0-based centroids [XWIN/YWIN,
 with ``sigma = 2 r50 / 2.3548``], ``flux``/``fluxerr`` [FLUX_AUTO: Kron ellipse of 2.5 Kron radii,
@@ -21,6 +22,7 @@ from astropy.table import Table
 
 from ..config import SourcesConfig
 from ..image import Frame
+from .background import mesh_background
 
 MASKED = 0x100   #: flag bit: the Kron aperture holds masked (bad/saturated/cosmic/trail) pixels
 STRIP_MIN_PIXELS = 16_000_000   #: smaller frames are measured in one process
@@ -148,7 +150,8 @@ def measure(sub: np.ndarray, mask: np.ndarray, rms: float, params: SourcesConfig
 def extract(frame: Frame, params: SourcesConfig) -> Table:
     """Detect and measure sources on a reduced frame (electrons); see the module docstring.
 
-    The frame is measured in strips (:mod:`.strips`), by the worker pool when it has at least
+    The background is :func:`~.background.mesh_background` (sep's, on all numba threads here). The
+    frame is measured in strips (:mod:`.strips`), by the worker pool when it has at least
     :data:`STRIP_MIN_PIXELS` and ``params.workers`` allows more than one process (the catalogue is
     the same). Rows are in order of the isophotal barycentre's ``y``, then ``x``."""
     from . import strips
@@ -156,32 +159,18 @@ def extract(frame: Frame, params: SourcesConfig) -> Table:
     sc = params
     data = np.ascontiguousarray(frame.data, dtype=np.float32)
     mask = bit_mask(frame.mask, sc.mask_bits)
+    bkg = mesh_background(data, mask, bw=sc.mesh, bh=sc.mesh, fw=3, fh=3)
     n = strips.n_workers(sc.workers) if data.size >= STRIP_MIN_PIXELS else 1
     workers = strips.pool(n)
     if workers is None:
-        sub = data.copy()
-        rms, back = _subtract_background(data, mask, sub, sc.mesh)
-        return catalogue(strips.extract_strips(sub, mask, rms, sc), data, sub, rms, back)
-    # the background in the pool too: sep holds the GIL (strips module docstring)
-    with strips.shared(data, mask, data) as (data_h, mask_h, sub_h):
-        rms, back = workers.submit(_background_task, data_h, mask_h, sub_h, sc.mesh).result()
-        with strips.attached(sub_h) as (sub,):
-            cols = strips.extract_strips(sub, mask, rms, sc, workers, handles=(sub_h, mask_h))
-            return catalogue(cols, data, sub, rms, back)
-
-
-def _subtract_background(data, mask, sub, mesh: int) -> tuple[float, float]:
-    """sep's mesh background of ``data`` subtracted from ``sub`` in place; ``(global rms, global back)``."""
-    bkg = sep.Background(data, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
-    bkg.subfrom(sub)
-    return float(bkg.globalrms), float(bkg.globalback)
-
-
-def _background_task(data_h, mask_h, sub_h, mesh: int) -> tuple[float, float]:
-    from .strips import attached
-
-    with attached(data_h, mask_h, sub_h) as (data, mask, sub):
-        return _subtract_background(data, mask, sub, mesh)
+        sub = bkg.subtracted(data)
+        cols = strips.extract_strips(sub, mask, bkg.globalrms, sc)
+        return catalogue(cols, data, sub, bkg.globalrms, bkg.globalback)
+    with strips.allocated((data.shape, np.float32), (mask.shape, bool)) as ((sub_h, sub), (mask_h, shared_mask)):
+        bkg.subtracted(data, out=sub)
+        shared_mask[...] = mask
+        cols = strips.extract_strips(sub, mask, bkg.globalrms, sc, workers, handles=(sub_h, mask_h))
+        return catalogue(cols, data, sub, bkg.globalrms, bkg.globalback)
 
 
 def catalogue(cols: dict, data: np.ndarray, sub: np.ndarray, rms: float, back: float) -> Table:

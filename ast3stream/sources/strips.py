@@ -11,7 +11,8 @@ returns only what lies in its core.
 
 :func:`offload` runs one whole call in the pool: sep does not release the GIL (sep issue 172), so
 a full-frame ``sep.extract`` (5-8 s) or ``sep.Background`` (1-2 s) in a worker thread stops every
-other thread of the worker (other exposures' stages, the Kafka client's heartbeats) for that long.
+other thread of the worker (other exposures' stages, the Kafka client's heartbeats) for that long
+(the sources stage's own background is :mod:`.background`'s numba port, run here without the GIL).
 
 :func:`extract_strips` is :func:`ast3stream.sources.extract.measure` on strips of
 :data:`STRIP_ROWS` rows: an object belongs to the strip holding its isophotal barycentre, and a
@@ -106,21 +107,31 @@ def _offloaded(fn, handles, kwargs):
 
 
 @contextmanager
-def shared(*arrays: np.ndarray):
-    """Copies of ``arrays`` in shared memory; yields their ``(name, shape, dtype)`` handles."""
+def allocated(*specs: tuple[tuple[int, ...], np.dtype]):
+    """Arrays of ``(shape, dtype)`` in shared memory, uninitialised; yields ``(handle, array)`` pairs,
+    the handles ``(name, shape, dtype)`` for :func:`attached` in a worker."""
     blocks = []
     try:
-        handles = []
-        for a in arrays:
-            shm = shared_memory.SharedMemory(create=True, size=max(a.nbytes, 1))
+        out = []
+        for shape, dtype in specs:
+            dtype = np.dtype(dtype)
+            shm = shared_memory.SharedMemory(create=True, size=max(int(np.prod(shape)) * dtype.itemsize, 1))
             blocks.append(shm)
-            np.ndarray(a.shape, a.dtype, buffer=shm.buf)[...] = a
-            handles.append((shm.name, a.shape, a.dtype.str))
-        yield handles
+            out.append(((shm.name, tuple(shape), dtype.str), np.ndarray(shape, dtype, buffer=shm.buf)))
+        yield out
     finally:
         for shm in blocks:
             shm.close()
             shm.unlink()
+
+
+@contextmanager
+def shared(*arrays: np.ndarray):
+    """Copies of ``arrays`` in shared memory; yields their ``(name, shape, dtype)`` handles."""
+    with allocated(*[(a.shape, a.dtype) for a in arrays]) as pairs:
+        for (_, view), a in zip(pairs, arrays):
+            view[...] = a
+        yield [handle for handle, _ in pairs]
 
 
 @contextmanager
