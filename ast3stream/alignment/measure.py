@@ -6,13 +6,14 @@ import sep
 from scipy.spatial import cKDTree
 
 from ..image import Frame
+from ..sources.background import mesh_background
 
 
 def bright_stars(data: np.ndarray, mask: np.ndarray, snr_min: float = 50.0, thresh: float = 5.0):
     """Windowed (``sep.winpos``) centroids of clean, high-SNR sources; returns ``(x, y, fwhm)``."""
     data = np.ascontiguousarray(data, np.float32)
     bmask = np.ascontiguousarray(mask != 0)
-    bkg = sep.Background(data, mask=bmask)
+    bkg = mesh_background(data, bmask)
     sub = data - bkg.back()
     rms = bkg.globalrms
     objs = sep.extract(sub, thresh, err=rms, mask=bmask, minarea=5)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import sep
 from scipy import ndimage
+
+from ..sources.background import mesh_background
 
 
 @dataclass
@@ -237,7 +238,7 @@ def find_trails(data: np.ndarray, mask: np.ndarray | None = None, threshold: flo
     bad = ~np.isfinite(binned)
     binned[bad] = 0.0
     mesh = int(np.clip(min(binned.shape) // 8, 16, 64))
-    bkg = sep.Background(binned, mask=bad, bw=mesh, bh=mesh)
+    bkg = mesh_background(binned, bad, bw=mesh, bh=mesh)
     z = (binned - bkg.back()) / bkg.rms()
     hot = (z > threshold) & ~bad
     hot[:2], hot[-2:], hot[:, :2], hot[:, -2:] = False, False, False, False

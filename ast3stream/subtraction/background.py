@@ -1,4 +1,5 @@
-"""Sky background and rms on a grid of boxes: ``sep.Background`` on CPU, the same scheme on GPU.
+"""Sky background and rms on a grid of boxes: sep's mesh background on CPU (its numba port,
+:mod:`ast3stream.sources.background`), the same scheme on GPU.
 
 On the GPU (``background_grid``, which also runs on NumPy arrays), per ``box x box`` cell: median and ``1.4826 MAD`` of unmasked pixels, then once more after
 clipping pixels above ``median + 3 rms`` (sources); the cell grid is 3x3 median-filtered
@@ -29,10 +30,10 @@ def _cells(data, mask, box, xp):
 def background(data, mask, box: int = 128, xp=np):
     """``(back, rms)`` full-resolution float32 maps of ``data`` where ``mask`` is False."""
     if xp is np:
-        import sep
+        from ..sources.background import mesh_background
 
-        bkg = sep.Background(np.ascontiguousarray(data, np.float32), mask=np.ascontiguousarray(mask),
-                             bw=box, bh=box, fw=3, fh=3)
+        bkg = mesh_background(np.ascontiguousarray(data, np.float32), np.ascontiguousarray(mask),
+                              bw=box, bh=box, fw=3, fh=3)
         return bkg.back().astype(np.float32), bkg.rms().astype(np.float32)
     return background_grid(data, mask, box, xp)
 
