@@ -64,7 +64,7 @@ from .retry import retrying
 from .store import ProductStore
 
 log = logging.getLogger("ast3stream.chain")
-TIMINGS = logging.getLogger("ast3stream.timings")   #: each subtraction's split by step (INFO, logged by workers)
+TIMINGS = logging.getLogger("ast3stream.timings")   #: stages' seconds per step (INFO, logged by workers)
 
 Publish = Callable[[str, bytes, bytes], Awaitable[None]]  #: (topic name without prefix, key, value)
 Submit = Callable[..., Awaitable]                         #: (priority, fn, *args, **kwargs) -> result
@@ -465,11 +465,9 @@ class Chain:
         nxt.metrics.update({k: v for k, v in {**exp.metrics, **(lane.metrics if lane else {})}.items()
                             if pl._finite(v) is not None})
         nxt.flags = list(exp.flags)
-        if st.name == "subtraction":
-            steps = lane.difference.stats.get("steps", {})
-            TIMINGS.info("%s %s: align %.2f s, subtract %.2f s (%s)", exp.exposure_id, lane.name,
-                     lane.metrics.get("align_s", np.nan), lane.metrics.get("subtraction_s", np.nan),
-                     ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
+        if out.steps:
+            TIMINGS.info("%s %s %s: %s", exp.exposure_id, event.lane, st.name,
+                         ", ".join(f"{k} {v:.2f}" for k, v in out.steps.items()))
         if st.name == "classify":
             nxt.versions["rb_model"] = lane.model_version
         if st.name == "alert":

@@ -169,6 +169,7 @@ class StageOutput:
     ops: list = field(default_factory=list)
     products: dict[str, Any] = field(default_factory=dict)  #: name -> object for the product store
     alerts: list[OutgoingAlert] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)  #: seconds per step of the stage (the workers' timings log)
 
 
 def _legacy(**sections):
@@ -194,8 +195,9 @@ def reduction(exp: Exposure, *, calibration, detector, reduction) -> StageOutput
     """Overscan/bias, flat, bad pixels, saturation, cosmic rays, satellite trails."""
     from .reduction import reduce_raw
 
-    exp.frame = reduce_raw(Path(exp.raw_path), calibration, reduction, detector)
-    return StageOutput(ops=[UpdateExposure(status="reduced")])
+    steps: dict[str, float] = {}
+    exp.frame = reduce_raw(Path(exp.raw_path), calibration, reduction, detector, timings=steps)
+    return StageOutput(ops=[UpdateExposure(status="reduced")], steps=steps)
 
 
 def sources(exp: Exposure, *, sources) -> StageOutput:
@@ -299,11 +301,11 @@ def subtraction(exp: Exposure, lane: Lane, *, subtraction, detector) -> StageOut
     lane.difference = subtract(lane.aligned, tmpl.frame, cfg, template_key=(tmpl.key, tmpl.version))
     stats = lane.difference.stats
     metrics = {"x2nrm_mean": stats.get("x2nrm_mean"), "x2nrm_std": stats.get("x2nrm_std"),
-               "noise_ratio": stats.get("noise_ratio"), "align_s": align_s,
+               "noise_ratio": stats.get("noise_ratio"),
                "subtraction_s": stats.get("seconds"), "template_zp": tmpl.stats.get("zp"),
                "template_fwhm_px": tmpl.stats.get("fwhm_px")}
     lane.metrics.update({k: v for k, v in metrics.items() if _finite(v) is not None})
-    return StageOutput(metrics=lane.metrics)
+    return StageOutput(metrics=lane.metrics, steps={"align": align_s, **stats.get("steps", {})})
 
 
 def prepare_template(tmpl: TemplateInForce, *, subtraction, detector) -> float:

@@ -12,7 +12,7 @@ cp /tmp/ff/run/ast3stream.db $OUT/ 2>/dev/null   # the stage runs, also when the
 for log in /tmp/ff/run/logs/worker*.log; do   # every worker's events, GIL holds and tail
   [ -f "$log" ] || continue
   w=$(basename "$log" .log)
-  grep -E "warmed|loaded in|preparing template|: align |gave back|GIL probe|keepalive|rebalanc|waits|gave up|Traceback|Error" "$log" | head -300 > $OUT/$w.events
+  grep -E "warmed|loaded in|preparing template| (reduction|subtraction): |gave back|GIL probe|keepalive|rebalanc|waits|gave up|Traceback|Error" "$log" | head -300 > $OUT/$w.events
   echo "$w: $(grep -c "GIL probe" "$log") GIL probes, $(grep -c "keepalive" "$log") keepalives"
   python -m bench.gil_dumps "$log" | head -c 60000 > $OUT/$w.gil_dumps.txt   # the busy threads only
   tail -c 4000 "$log" > $OUT/$w.tail
