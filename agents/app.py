@@ -409,7 +409,12 @@ def main(argv: list[str] | None = None) -> None:
     from faust.worker import Worker
 
     logging.basicConfig(level=args.loglevel.upper().replace("WARN", "WARNING"))
-    logging.getLogger("ast3stream.timings").setLevel(logging.INFO)
+    timings = logging.getLogger("ast3stream.timings")   # at INFO whatever --loglevel: its own handler
+    timings.setLevel(logging.INFO)
+    timings.propagate = False
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [TIMINGS] %(message)s"))
+    timings.addHandler(handler)
     Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
 
 
