@@ -54,6 +54,7 @@ from ast3stream import pipeline as pl
 from ast3stream.config import Settings
 from ast3stream.events import ExposureEvent, StageEvent, stage_event_id
 from ast3stream.image import Frame
+from ast3stream.subtraction.backend import use_gpu
 from ast3stream.pipeline import (BACK, FRONT, SLOW, STAGES, AddPhotometry, ClaimTemplate, Exposure, Lane,
                                  StageError, TemplateInForce, UpdateExposure, UpsertCandidate, UpsertObject)
 
@@ -246,10 +247,15 @@ class Resources:
         return self._get(("rb", lane), lambda: RealBogus.load(lane, device=self.cfg.classify.device))
 
     def warm(self, stages: Iterable[str]) -> str:
-        """Before a worker consumes: load the classifiers (torch included) and score one input,
-        and prepare the newest templates in force (up to ``subtraction.template_cache``), so that
+        """Before a worker consumes: put the calibration on the GPU (a GPU reduction backend), load
+        the classifiers (torch included) and score one input, and prepare the newest templates in force (up to ``subtraction.template_cache``), so that
         the first exposure after a start does not pay for them; returns what was done."""
         stages, done = set(stages), []
+        if "reduction" in stages and use_gpu(self.cfg.reduction.backend) and self.calibration is not None:
+            import cupy
+
+            self.calibration.on_device(cupy)
+            done.append("calibration on the GPU")
         if "classify" in stages:
             for lane in ("qip", "dip"):
                 clf = self.classifier(lane)

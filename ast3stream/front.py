@@ -12,6 +12,7 @@ frame that cannot be read raises :class:`~ast3stream.reduction.BadFrameError`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def warm_up(cfg: Settings) -> float:
     from .quality.assess import cloud_probability
     from .reduction import reduce_raw
     from .sources import clean_star_list, extract
-    from .subtraction import Difference
+    from .subtraction import Difference, use_gpu
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -117,6 +118,14 @@ def warm_up(cfg: Settings) -> float:
                       fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CDELT1": -1e-4, "CDELT2": 1e-4}),
                       {"psf_fwhm": 3.0})
     detect(diff, frame, Frame(frame.data, frame.mask), 3.0, 25.0, cfg.detection, lane="dip")
+    if use_gpu(cfg.detection.backend):   # CuPy compiles the matched filter per kernel length, i.e. per PSF width
+        import cupy as cp
+
+        from .detection.footprints import matched_snr
+
+        tiny = cp.zeros((64, 64), np.float32)
+        for r in range(1, math.ceil(0.75 * cfg.subtraction.kernel_half_width) + 1):  # FWHM up to half the kernel's
+            matched_snr(tiny, tiny + 1, cp.zeros(tiny.shape, np.uint16), (r - 0.5) / 1.5)
     return time.perf_counter() - t0
 
 

@@ -167,7 +167,8 @@ def warm_up(cfg, gpu: bool = True) -> list[tuple[int, int]]:
     few stars) configurations for each lane's tile shape and kernel half-width
     (:func:`lane_tile_shapes`, :func:`lane_config`), so a worker's first real image pays no
     compilation. On the GPU it also runs one whole subtraction of a synthetic pair of each shape
-    and SFFT on noise, which compiles the CuPy kernels of every step. Returns the shapes."""
+    and SFFT on noise, which compiles the CuPy kernels of every step, and the output mask's
+    dilation for every PSF FWHM up to half the kernel half-width. Returns the shapes."""
     shapes = []
     for shape, binning in lane_tile_shapes(cfg):
         conf = lane_config(cfg, binning)
@@ -180,6 +181,14 @@ def warm_up(cfg, gpu: bool = True) -> list[tuple[int, int]]:
         if gpu:
             _run_once(shape, conf, constant)
         shapes.append(shape)
+    if gpu:   # the output mask's dilation compiles per width, i.e. per PSF FWHM: up to half the kernel's
+        import cupy as cp
+        from cupyx.scipy.ndimage import maximum_filter
+
+        from .subtract import _output_mask
+
+        for grow in range(1, max(1, round(cfg.subtraction.kernel_half_width / 2)) + 1):
+            _output_mask(cp.full((32, 32), 0xFFFF, np.uint16), grow, 2, cp, maximum_filter)
     return shapes
 
 
