@@ -247,8 +247,9 @@ class Resources:
         return self._get(("rb", lane), lambda: RealBogus.load(lane, device=self.cfg.classify.device))
 
     def warm(self, stages: Iterable[str]) -> str:
-        """Before a worker consumes: put the calibration on the GPU (a GPU reduction backend), load
-        the classifiers (torch included) and score one input, and prepare the newest templates in force (up to ``subtraction.template_cache``), so that
+        """Before a worker consumes: put the calibration on the GPU (a GPU reduction backend), build
+        the asteroid table of the newest exposure's night and open the galaxies, load the
+        classifiers (torch included) and score one input, and prepare the newest templates in force (up to ``subtraction.template_cache``), so that
         the first exposure after a start does not pay for them; returns what was done."""
         stages, done = set(stages), []
         if "reduction" in stages and use_gpu(self.cfg.reduction.backend) and self.calibration is not None:
@@ -256,6 +257,12 @@ class Resources:
 
             self.calibration.on_device(cupy)
             done.append("calibration on the GPU")
+        if "crossmatch" in stages:   # a restart mid-night: that night's asteroid table and the galaxies
+            mjd = self.db.latest_mjd()
+            if mjd is not None and self.asteroids(mjd) is not None:
+                done.append("the night's asteroids")
+            if self.galaxies is not None:
+                done.append("galaxies")
         if "classify" in stages:
             for lane in ("qip", "dip"):
                 clf = self.classifier(lane)

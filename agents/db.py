@@ -341,6 +341,13 @@ class Database:
         return waiting
 
     @_retried
+    def latest_mjd(self) -> float | None:
+        """The newest exposure's MJD (None while there is none)."""
+        tab = self.t["exposures"]
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(tab.c.mjd))).scalar()
+
+    @_retried
     def deferred_since(self, exposure_id: str, lane: str, stage: str) -> float:
         """When this stage of this exposure was first deferred (recorded now if it never was)."""
         tab = self.t["stage_runs"]

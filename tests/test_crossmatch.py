@@ -143,3 +143,25 @@ def test_sky_catalog_cone(tmp_path):
             assert np.array_equal(np.sort(got["ra"]), np.sort(ra[want]))
     field = open_refcat(tmp_path / "ref.fits", tmp_path / "cache").field(10.0, 0.0, 1.5)
     assert isinstance(field, RefCat) and len(field) == len(mem.cone(10.0, 0.0, 1.5))
+
+
+def test_a_worker_builds_the_newest_exposures_night_before_it_consumes(tmp_path):
+    """A restart mid-night: ``Resources.warm`` builds the asteroid table of the night of the newest
+    exposure in the database, so the first cross-match after the start does not."""
+    from agents.chain import Resources
+    from ast3stream.config import Settings
+    from ast3stream.events import ExposureEvent
+
+    if not CAT.exists():
+        pytest.skip("../shared/data/catalogs is absent")
+    lines = (CAT / "mpcorb.dat").read_text().splitlines()
+    (tmp_path / "MPCORB.DAT").write_text("\n".join(lines[:2000]) + "\n")
+    res = Resources(Settings(paths={"data_dir": tmp_path}))
+    assert "asteroids" not in res.warm(["crossmatch"])   # no exposure yet: no night to build
+    for i, mjd in enumerate((MJD - 1.0, MJD)):
+        res.db.register_exposure(ExposureEvent(exposure_id=f"e{i}", path=str(tmp_path / f"e{i}.fits"), sha256=str(i) * 64,
+                                               size=1, file_closed_at=0.0, detected_at=0.0, field_id="f",
+                                               mjd=mjd, too=False))
+    assert "the night's asteroids" in res.warm(["crossmatch"])
+    t_mid = night_midpoint(MJD, res.cfg.detector.site_lon)
+    assert [k[1] for k in res._cache if isinstance(k, tuple) and k[0] == "asteroids"] == [t_mid]
