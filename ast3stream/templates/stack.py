@@ -20,13 +20,14 @@
    mean; its variance ``sum w_i^2 v_i / (sum w_i)^2`` from each epoch's per-pixel variance (sky
    plus sources, :class:`~ast3stream.subtraction.subtract.Prepared`) is the stack's ``VAR``
    plane; pixels no epoch covers are ``EDGE``;
-6. source pixels (within one FWHM of a 3-sigma stack pixel) that some epoch lacks, masked or
-   clipped, keep that epoch's flags (``BAD`` for a clipped one): such a star is a different mix
-   of PSFs from the rest, and SFFT's least squares, dominated by the brightest sub-area stars,
-   fitted on one of them gave a kernel that left residuals at faint stars field-wide (LT frames 2
-   and 5 stacked, the field's brightest star masked in frame 2: 10 against frame 6, 0 with the
-   pixels that an epoch lacks flagged);
-   sky pixels that an epoch lacks are filled by the others;
+6. source pixels (within one FWHM of a 3-sigma stack pixel) that an epoch's mask leaves out
+   (edge, bad pixels, cosmic rays, saturation) keep that epoch's flags: such a star is a
+   different mix of PSFs from the rest, and SFFT's least squares, dominated by the brightest
+   sub-area stars, fitted on one of them gave a kernel that left residuals at faint stars
+   field-wide (LT frames 2 and 5 stacked, the field's brightest star off frame 2's edge: 10
+   against frame 6, 0 with those pixels flagged). Sky pixels an epoch lacks are filled by the
+   others, and so are clipped pixels (a transient in one epoch on its host must not mask the
+   host in later differences); a single-epoch template masks its own flagged pixels anyway;
 7. the depth gain over the reference, ``DEPTHGN = 2.5 log10(sigma_ref / sigma_stack)`` (sky rms,
    the stack's from the median of its ``VAR``), for point sources of the reference's PSF.
 
@@ -112,12 +113,10 @@ def stack_frames(frames: list[Frame], cfg, clip: float = 5.0) -> Frame:
     flags = np.bitwise_or.reduce(np.stack([p.mask for _, p in aligned]), axis=0).astype(np.uint16)
     flags = np.where(flags & _UNUSABLE, flags, flags | np.uint16(MaskBits.EDGE))
     mask = np.where(covered, flags & ~_UNUSABLE, flags).astype(np.uint16)
-    # source pixels that some epoch lacks (masked or clipped) hold another mix of the epochs'
-    # PSFs than the rest of the stack: they keep the lacking epochs' flags (BAD for a clipped
-    # one), so that such a star is neither an SFFT sub-area star nor a detection
+    # source pixels that an epoch's mask leaves out hold another mix of the epochs' PSFs than the
+    # rest of the stack: they keep that epoch's flags, so that such a star is no SFFT sub-area star
     src = maximum_filter(data > 3 * np.sqrt(v), size=2 * int(round(fwhm[ref])) + 1)
-    missing = np.bitwise_or.reduce(np.stack([np.where(g, 0, p.mask | np.uint16(MaskBits.BAD))
-                                             for g, (_, p) in zip(good, aligned)]), axis=0)
+    missing = np.bitwise_or.reduce(np.stack([np.where(g, 0, p.mask) for g, (_, p) in zip(good, aligned)]), axis=0)
     lacking = covered & src & ((missing & _UNUSABLE) != 0)
     mask[lacking] |= (missing[lacking] & _UNUSABLE).astype(np.uint16)
     header = tpl.header.copy()
