@@ -206,6 +206,10 @@ class TemplateConfig(BaseModel):
     maglim_min: float = 18.5            #: template must reach at least this 5-sigma depth
     max_wait_s: float = 600.0           #: a field's exposure waits at most this for earlier ones to be judged as template
     pcc_min: float = 0.98
+    #: a stacked template co-adds the epochs whose fitted PSF FWHM is at most this times the sharpest's
+    #: (at least the two sharpest): against LT frame 6, frames 1-5 (FWHM 3.83-4.83 px) left 6-10 |z| > 5
+    #: residuals on template stars, the three within 1.1 none (README "Difference imaging on any pair")
+    stack_fwhm_ratio: float = Field(1.1, ge=1.0)
 
 
 class SubtractionConfig(BaseModel):

@@ -47,3 +47,39 @@ def test_a_stacked_template_is_registered_deeper_and_subtracts_to_unit_noise(sma
     z = d.snr[(d.mask == 0) & np.isfinite(d.snr)]
     robust = 1.4826 * np.median(np.abs(z - np.median(z)))
     assert 0.85 < robust < 1.2
+
+
+def test_a_stack_leaves_out_broad_epochs_and_flags_the_stars_an_epoch_lacks():
+    """Four epochs of one synthetic field, FWHM 3.0, 3.1, 3.2 and 3.8 px: the 3.8 px one is beyond
+    ``template.stack_fwhm_ratio`` (1.1) of the sharpest and weighs 0. Epoch 1 has a masked patch
+    on half of the brightest star and one on empty sky: the stack keeps the flag on the star's
+    pixels (their mix of epochs, hence PSF, is not the stack's: SFFT must not fit on them) and
+    fills the sky patch from the other epochs."""
+    from ast3stream.config import Settings
+    from ast3stream.image import MaskBits
+    from ast3stream.subtraction.synthetic import observe, tan_header
+    from ast3stream.templates import stack_frames
+
+    rng = np.random.default_rng(5)
+    shape = (200, 200)
+    n = 120
+    x, y = rng.uniform(10, 190, n), rng.uniform(10, 190, n)
+    flux = 10 ** rng.uniform(3.3, 5.3, n)
+    d = np.hypot(x[:, None] - x, y[:, None] - y) + np.eye(n) * 1e9
+    star = int(np.argmax(np.where((d.min(axis=1) > 15) & (x > 30) & (x < 170) & (y > 30) & (y < 170), flux, 0)))
+    sx, sy = int(round(x[star])), int(round(y[star]))
+    frames = []
+    for fwhm in (3.0, 3.1, 3.2, 3.8):
+        img, mask = observe(shape, x, y, flux, fwhm, 300.0, rng)
+        header = tan_header(shape)
+        header["GAIN"] = 1.0
+        frames.append(Frame(img, mask, header))
+    frames[1].mask[sy - 4:sy + 5, sx:sx + 5] |= np.uint16(MaskBits.BAD)
+    gy, gx = np.mgrid[20:180:4, 20:180:4].reshape(2, -1)
+    far = int(np.argmax(np.hypot(gx[:, None] - x, gy[:, None] - y).min(axis=1)))   # the emptiest sky
+    kx, ky = int(gx[far]), int(gy[far])
+    frames[1].mask[ky - 4:ky + 5, kx:kx + 5] |= np.uint16(MaskBits.BAD)
+    stack = stack_frames(frames, Settings(subtraction=dict(backend="numpy")))
+    assert stack.header["NCOMBINE"] == 3 and stack.header["STKW3"] == 0 and stack.header["STKW1"] > 0
+    assert (stack.mask[sy - 4:sy + 5, sx:sx + 5] & np.uint16(MaskBits.BAD)).all()
+    assert (stack.mask[ky - 4:ky + 5, kx:kx + 5] == 0).all() and (stack.mask[sy - 4:sy + 5, sx - 5:sx - 1] == 0).all()
