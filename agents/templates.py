@@ -62,7 +62,8 @@ def stack_template(res: Resources, field_id: str, n: int) -> dict:
     through the front half again, and kept when :func:`~ast3stream.pipeline.acceptable_template`
     accepts them, until ``n`` are in; :func:`~ast3stream.templates.stack_frames` co-adds them
     (registration, scaling, depth/seeing weights, clipping) and the QIP template is the stack
-    binned. The template's id is ``stack{n}-{reference epoch}``; its limiting magnitude is the
+    binned. The template's id is ``stack{k}-{reference epoch}``, ``k`` the epochs co-added (``NCOMBINE``:
+    those within ``template.stack_fwhm_ratio`` of the sharpest FWHM); its limiting magnitude is the
     reference's plus the stack's depth gain (``DEPTHGN``).
     """
     if n < 2:
@@ -86,7 +87,8 @@ def stack_template(res: Resources, field_id: str, n: int) -> dict:
     for i, e in enumerate(epochs):
         stack.header[f"STKID{i}"] = (e.exposure_id, f"exposure of epoch {i}")
     ref = epochs[int(stack.header["STACKREF"])]
-    stack_id = f"stack{len(epochs)}-{ref.exposure_id}"
+    used = int(stack.header["NCOMBINE"])   # epochs much broader than the sharpest are left out (template.stack_fwhm_ratio)
+    stack_id = f"stack{used}-{ref.exposure_id}"
     det = res.cfg.detector
     for lane, frame in {"dip": stack, "qip": bin_frame(stack, det.qip_binning)}.items():
         stats = template_stats(ref, lane, detector=det)
@@ -95,6 +97,6 @@ def stack_template(res: Resources, field_id: str, n: int) -> dict:
         key = template_key(res.store, ref.namespace, field_id, stack_id, lane)
         res.store.put(key, frame.write, sync=True)
         res.db.set_template(field_id, lane, stack_id, key, **stats)
-    log.info("template of %s: %s (%d epochs, depth gain %.2f mag)", field_id, stack_id, len(epochs),
+    log.info("template of %s: %s (%d of %d epochs, depth gain %.2f mag)", field_id, stack_id, used, len(epochs),
              stack.header["DEPTHGN"])
     return res.db.template(field_id, "dip")
