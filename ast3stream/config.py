@@ -249,7 +249,7 @@ class SubtractionConfig(BaseModel):
     sky_keys: list[str] = ["SKYLEVEL", "AVSKY"]  #: header cards of the sky level a sky-subtracted image had (gain estimate)
     template_cache: int = 4             #: prepared templates a worker keeps (keyed by product key + version)
     noise_apertures: int = 2000         #: random apertures of the difference-noise check
-    noise_aperture_fwhm: float = Field(1.0, gt=0)  #: radius of those apertures, in FWHM of the unconvolved image (at least 1 px); small cutouts: 0.5 for 4x more independent ones
+    noise_aperture_fwhm: float = Field(1.0, gt=0)  #: radius of those apertures, in FWHM of the unconvolved image (at least 1 px); half an FWHM where that leaves fewer than 100 independent ones (small cutouts)
 
 
 class DetectionConfig(BaseModel):

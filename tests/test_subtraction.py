@@ -335,10 +335,10 @@ def _sources(*images) -> np.ndarray:
     return binary_dilation(out, iterations=3)
 
 
-#: testcase3's 41 x 51 px cutouts: apertures of 0.5 FWHM give the noise check 4x more independent ones;
+#: the default noise check (testcase3's 41 x 51 px cutouts hold too few apertures of 1 FWHM: it takes 0.5);
 #: the gain is the CP header's amplifier-A card (there is no GAIN card)
 LEGACY_CFG = Settings(subtraction=dict(kernel_half_width=8, kernel_half_width_ratio=2.0, backend="numpy",
-                                       noise_aperture_fwhm=0.5, gain_key="GAINA"))
+                                       gain_key="GAINA"))
 
 
 @pytest.mark.shared
@@ -347,8 +347,9 @@ def test_legacypipe_epochs_with_one_star_use_the_psfex_models():
     of epochs of a band is matched with the kernel SFFT fits on the two PSFEx models and the flux
     scale of the aperture fluxes; each difference has |z| > 5 in < 1e-3 of the pixels away from
     sources and is N(0, 1) (robust std 0.85-1.15). Most pairs hold too few independent apertures
-    for the noise check (the ratio within 0.9-1.2 where one has room); pooled over the pairs
-    (:func:`.noise.pooled_noise_ratio`), apertures of 0.5 FWHM give >= 100 and the
+    for the noise check (the ratio within 0.9-1.2 where one has room); with the default settings
+    the check takes apertures of 0.5 FWHM where 1 FWHM leaves too few, and pooled over the pairs
+    (:func:`.noise.pooled_noise_ratio`) they give >= 100 and the
     empirical/predicted ratio is within 0.9-1.2, with the gain card and without any (oow and ood
     kept), and every pair's sigma map is the same within 10 %."""
     import itertools

@@ -172,6 +172,8 @@ def _disk(r: float) -> np.ndarray:
     return (np.hypot(o[:, None], o[None, :]) <= r).astype(float)
 
 
+#: independent apertures the noise check needs (its ratio's standard error is then <= 0.1)
+MIN_INDEPENDENT = 100
 #: relative standard error of a 1.4826 MAD scale estimate from ``n`` independent normal values, times sqrt(n)
 #: (its asymptotic efficiency is 36.7 % of the standard deviation's: ``1 / sqrt(2 x 0.367)``)
 MAD_SE = 1.167
@@ -211,7 +213,7 @@ def aperture_z(diff, var, mask, radius: float, factor=1.0, images=(), n: int = 2
     return z, n_indep
 
 
-def scatter_ratio(z, n_indep: float, min_independent: int = 100) -> tuple[float, float]:
+def scatter_ratio(z, n_indep: float, min_independent: int = MIN_INDEPENDENT) -> tuple[float, float]:
     """``(ratio, error)``: the robust std (1.4826 MAD) of ``z`` and its standard error
     ``MAD_SE ratio / sqrt(n_indep)``; NaN for both below ``min_independent`` independent
     apertures, where that error passes 0.1 (a 41 x 51 px cutout holds 13-29)."""
@@ -230,7 +232,7 @@ def random_apertures(diff, var, mask, radius: float, factor=1.0, images=(), n: i
     return (*scatter_ratio(z, n_indep), n_indep, z)
 
 
-def pooled_noise_ratio(samples, min_independent: int = 100) -> dict:
+def pooled_noise_ratio(samples, min_independent: int = MIN_INDEPENDENT) -> dict:
     """The aperture-noise ratio of several differences of one field pooled: each pair's ratio has
     the same expectation (1 when the noise model is right), so their ``z`` (:func:`aperture_z`)
     are put together when no single pair holds ``min_independent`` independent apertures.

@@ -243,7 +243,7 @@ def add_cli(subparsers) -> None:
                         "subtraction.kernel_half_width (default 2, as sfft's packets; 0: that width, fixed)")
     p.add_argument("--noise-aperture-fwhm", type=float,
                    help="radius of the noise check's random apertures in FWHM (default: "
-                        "subtraction.noise_aperture_fwhm, 1; 0.5 gives small cutouts 4x more independent ones)")
+                        "subtraction.noise_aperture_fwhm, 1; 0.5 where that leaves fewer than 100 independent ones)")
     p.set_defaults(func=_cmd_subtract)
 
 

@@ -59,7 +59,8 @@ from ..image import Frame, MaskBits
 from . import engine
 from .background import background
 from .backend import use_gpu
-from .noise import correlated_factors, effective_gain, noise_acf, random_apertures, weighted_sum_factor
+from .noise import (MIN_INDEPENDENT, correlated_factors, effective_gain, noise_acf, random_apertures,
+                    weighted_sum_factor)
 from .psf import PSFError, model_fwhm
 from .stars import local_sky, pair_stars, select_stars, subarea_labels
 from .tiles import fft_shape, tile_shape, tiles
@@ -404,6 +405,10 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
     stats |= _errscale_split(stats["errscale"], white, mask, J.acf, I.acf, kernels, psf_fwhm)
     clock("errscale")
     check, aperture_z = _noise_check(diff, noise, mask, parts, J.acf, r_ap, sci, tpl, sc)
+    r_small = max(1.0, 0.5 * fwhm_j)
+    if check["noise_apertures"] < MIN_INDEPENDENT and r_small < r_ap:   # a small cutout: 4x more, smaller apertures
+        parts = [(y, x, correlated_factors(I.acf, k, r_small)[1], vJ, vI) for (y, x, _, vJ, vI), k in zip(parts, kernels)]
+        check, aperture_z = _noise_check(diff, noise, mask, parts, J.acf, r_small, sci, tpl, sc)
     stats |= check
     stats |= dict(gain_sci=sci.gain, gain_ref=tpl.gain, gain_method_sci=sci.gain_method,
                   gain_method_ref=tpl.gain_method, psf_stars=int(stars.meta["psf"].n_stars) if stars.meta["psf"] else 0)
@@ -509,7 +514,8 @@ def _flux_scale(pairs, use, sci, tpl, radius: float) -> tuple[float, str]:
 
 def _noise_check(diff, noise, mask, parts, acf_j, r: float, sci, tpl, sc) -> dict:
     """Random-aperture check of the noise map (:func:`.noise.random_apertures`, radius ``r`` [px],
-    ``subtraction.noise_aperture_fwhm`` times the unconvolved image's FWHM, at least 1): the
+    ``subtraction.noise_aperture_fwhm`` times the unconvolved image's FWHM, at least 1; :func:`subtract`
+    checks again at half an FWHM where that leaves fewer than ``MIN_INDEPENDENT``): the
     prediction per aperture is ``sum(sigma^2)`` times the nearest tile's aperture factor, the two
     images' parts weighted by their median per-pixel variances there. Returns the stats
     (``noise_ratio``, its standard error ``noise_ratio_err``, ``noise_apertures`` the independent
