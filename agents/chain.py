@@ -249,8 +249,9 @@ class Resources:
     def warm(self, stages: Iterable[str]) -> str:
         """Before a worker consumes: put the calibration on the GPU (a GPU reduction backend), build
         the asteroid table of the newest exposure's night and open the galaxies, load the
-        classifiers (torch included) and score one input, and prepare the newest templates in force (up to ``subtraction.template_cache``), so that
-        the first exposure after a start does not pay for them; returns what was done."""
+        classifiers (torch included) and score one input, and prepare the newest templates in
+        force (up to ``subtraction.template_cache``), so that the first exposure after a start
+        does not pay for them; returns what was done."""
         stages, done = set(stages), []
         if "reduction" in stages and use_gpu(self.cfg.reduction.backend) and self.calibration is not None:
             import cupy

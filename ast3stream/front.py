@@ -12,7 +12,6 @@ frame that cannot be read raises :class:`~ast3stream.reduction.BadFrameError`.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -85,7 +84,8 @@ def reduce_file(raw_path, cfg: Settings, *, calibration=None, refcat=None, out_d
 def warm_up(cfg: Settings) -> float:
     """Load what the front half and detection use on their first frame (the numba kernels from
     their disk cache, sep, astroscrappy or, with a GPU reduction backend, the CuPy L.A.Cosmic's
-    kernels, the cloud model) on a small synthetic frame, so that the first exposure after a
+    kernels, the cloud model; with a GPU detection backend the matched filter for every PSF width
+    the subtraction matches) on a small synthetic frame, so that the first exposure after a
     worker starts is not slower than the next; returns the seconds taken."""
     import tempfile
 
@@ -118,14 +118,11 @@ def warm_up(cfg: Settings) -> float:
                       fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CDELT1": -1e-4, "CDELT2": 1e-4}),
                       {"psf_fwhm": 3.0})
     detect(diff, frame, Frame(frame.data, frame.mask), 3.0, 25.0, cfg.detection, lane="dip")
-    if use_gpu(cfg.detection.backend):   # CuPy compiles the matched filter per kernel length, i.e. per PSF width
-        import cupy as cp
+    if use_gpu(cfg.detection.backend):
+        from .detection.footprints import warm_matched_filter
+        from .subtraction.subtract import largest_psf_fwhm
 
-        from .detection.footprints import matched_snr
-
-        tiny = cp.zeros((64, 64), np.float32)
-        for r in range(1, math.ceil(0.75 * cfg.subtraction.kernel_half_width) + 1):  # FWHM up to half the kernel's
-            matched_snr(tiny, tiny + 1, cp.zeros(tiny.shape, np.uint16), (r - 0.5) / 1.5)
+        warm_matched_filter(largest_psf_fwhm(cfg.subtraction))
     return time.perf_counter() - t0
 
 

@@ -81,11 +81,26 @@ def _matched(d, noise, mask, k, k2, out, block):
                 out[y, x] = sn[x] / np.sqrt(sd[x]) if sd[x] > 0 else np.float32(0.0)
 
 
+def kernel_radius(fwhm: float) -> int:
+    """Half-length [px] of the matched filter's 1-D Gaussian for a PSF of ``fwhm``."""
+    return int(math.ceil(1.5 * fwhm))
+
+
+def warm_matched_filter(largest_fwhm: float) -> None:
+    """Compile CuPy's matched filter for every kernel length up to that of ``largest_fwhm`` (CuPy
+    compiles one per length, i.e. per PSF width) on a tiny image."""
+    import cupy as cp
+
+    tiny = cp.zeros((64, 64), np.float32)
+    for r in range(1, kernel_radius(largest_fwhm) + 1):
+        matched_snr(tiny, tiny + 1, cp.zeros(tiny.shape, np.uint16), (r - 0.5) / 1.5)   # the FWHM of radius r
+
+
 def matched_snr(d, noise, mask, fwhm: float):
     """Float32 matched-filter SNR map (module docstring) on the arrays' device (NumPy or CuPy)."""
     from .stamps import array_module
 
-    k = gaussian_1d(fwhm, int(math.ceil(1.5 * fwhm)))
+    k = gaussian_1d(fwhm, kernel_radius(fwhm))
     xp = array_module(d)
     if xp is np:
         out = np.empty(d.shape, np.float32)

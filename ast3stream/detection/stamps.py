@@ -70,6 +70,17 @@ def array_module(a):
     return np
 
 
+def ndimage_module(xp):
+    """``scipy.ndimage`` for NumPy, ``cupyx.scipy.ndimage`` for CuPy."""
+    if xp is np:
+        import scipy.ndimage
+
+        return scipy.ndimage
+    import cupyx.scipy.ndimage
+
+    return cupyx.scipy.ndimage
+
+
 def to_host(a) -> np.ndarray:
     """NumPy copy of a CuPy array; NumPy arrays pass through."""
     return a.get() if array_module(a) is not np else np.asarray(a)

@@ -29,7 +29,7 @@ import astroscrappy
 import numba
 import numpy as np
 
-from ..detection.stamps import array_module
+from ..detection.stamps import array_module, ndimage_module
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -87,7 +87,7 @@ def candidate_pixels(data, mask, read_noise: float, sigclip: float, tile: int, p
     out = xp.repeat(xp.repeat(cells, tile, axis=0), tile, axis=1)[:ny, :nx]
     m = pad // 2
     if m:
-        out = _ndimage(xp).binary_dilation(out, structure=xp.ones((2 * m + 1, 2 * m + 1), bool))
+        out = ndimage_module(xp).binary_dilation(out, structure=xp.ones((2 * m + 1, 2 * m + 1), bool))
     return out
 
 
@@ -158,16 +158,6 @@ def detect_cosmics(data: np.ndarray, mask: np.ndarray, read_noise: float, satura
         hits.append(y[ok] * nx + x[ok])
     flat = np.unique(np.concatenate(hits))
     return np.column_stack([flat // nx, flat % nx])
-
-
-def _ndimage(xp):
-    if xp is np:
-        import scipy.ndimage
-
-        return scipy.ndimage
-    import cupyx.scipy.ndimage
-
-    return cupyx.scipy.ndimage
 
 
 def _median(ndi, a, n_sep: int, n_full: int, sepmed: bool):
@@ -246,7 +236,7 @@ def lacosmic(data, inmask, read_noise: float, satlevel: float, sigclip: float = 
     ``ndimage.binary_dilation(structure, iterations)``.
     """
     xp = array_module(data)
-    ndi = _ndimage(xp)
+    ndi = ndimage_module(xp)
     f32 = np.float32
     clean = data if data.dtype == f32 else data.astype(f32)
     var = clean + f32(read_noise * read_noise)

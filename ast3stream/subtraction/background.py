@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _ndimage(xp):
-    if xp is np:
-        import scipy.ndimage as ndi
-    else:
-        import cupyx.scipy.ndimage as ndi
-    return ndi
+from ..detection.stamps import ndimage_module
 
 
 def _cells(data, mask, box, xp):
@@ -40,7 +34,7 @@ def background(data, mask, box: int = 128, xp=np):
 
 def background_grid(data, mask, box: int = 128, xp=np):
     """Box-median background (module docstring) on NumPy or CuPy arrays."""
-    ndi = _ndimage(xp)
+    ndi = ndimage_module(xp)
     cells = _cells(data, mask, box, xp)
     med = xp.nanmedian(cells, axis=2)
     rms = 1.4826 * xp.nanmedian(xp.abs(cells - med[..., None]), axis=2)

@@ -185,9 +185,9 @@ def warm_up(cfg, gpu: bool = True) -> list[tuple[int, int]]:
         import cupy as cp
         from cupyx.scipy.ndimage import maximum_filter
 
-        from .subtract import _output_mask
+        from .subtract import _output_mask, largest_psf_fwhm, mask_grow
 
-        for grow in range(1, max(1, round(cfg.subtraction.kernel_half_width / 2)) + 1):
+        for grow in range(1, mask_grow(largest_psf_fwhm(cfg.subtraction)) + 1):
             _output_mask(cp.full((32, 32), 0xFFFF, np.uint16), grow, 2, cp, maximum_filter)
     return shapes
 

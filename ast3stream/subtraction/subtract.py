@@ -375,7 +375,7 @@ def subtract(science_aligned: Frame, template: Frame, cfg, gpu: bool | None = No
         white[sy, sx] += wt * (vJ / xp.maximum(var, xp.float32(1e-30))).astype(xp.float32)
         clock("noise")
 
-    mask = _output_mask(tpl.mask | sci.mask, max(1, round(fwhm_max)), hw, xp, maximum_filter)
+    mask = _output_mask(tpl.mask | sci.mask, mask_grow(fwhm_max), hw, xp, maximum_filter)
     diff = xp.where(mask & _UNUSABLE, zero, diff)
     noise = xp.where(noise > 0, noise, xp.float32(np.inf))
     clock("mask")
@@ -543,6 +543,17 @@ def _to_host(a) -> np.ndarray:
     out = cupyx.empty_pinned(a.shape, a.dtype)
     a.get(out=out)
     return out
+
+
+def largest_psf_fwhm(sc) -> float:
+    """The broadest PSF FWHM [px] a kernel of ``sc.kernel_half_width`` matches (``ceil(2 FWHM)``,
+    :func:`kernel_half_width`): the range a worker warms the width-dependent GPU kernels for."""
+    return sc.kernel_half_width / 2
+
+
+def mask_grow(fwhm: float) -> int:
+    """Pixels by which the output mask's bits are dilated for a pair whose broader PSF has ``fwhm``."""
+    return max(1, round(fwhm))
 
 
 def _output_mask(mask, grow: int, border: int, xp, maximum_filter):
