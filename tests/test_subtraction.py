@@ -269,6 +269,28 @@ def _cp_frame(path, with_planes: bool = True, keep_gain: bool = True):
 
 
 @pytest.mark.shared
+def test_a_relative_weight_plane_is_scaled_to_the_sky_noise(tmp_path):
+    """A weight plane in arbitrary units (here the CP inverse variance times 1000, as an
+    exposure-time weight would be) gives the sigma map of the absolute inverse variance within
+    10 %, on every legacypipe cutout of >= 110 px a side (a relative weight needs sky to scale by)."""
+    from ast3stream.subtraction.pair import load_frame
+
+    images = [f for f in sorted(LEGACY.glob("*/images/**/*_ooi_*.fits")) if min(fits.getdata(f).shape) >= 110]
+    if not images:
+        pytest.skip("../shared/data/images/legacypipe is absent")
+    assert len(images) >= 5
+    for image in images:
+        oow = str(image).replace("_ooi_", "_oow_")
+        weight = tmp_path / "weight.fits"
+        fits.PrimaryHDU(fits.getdata(oow) * 1000.0).writeto(weight, overwrite=True)
+        absolute = load_frame(image, var=oow, var_kind="invvar")
+        relative = load_frame(image, var=str(weight), var_kind="weight")
+        ok = (absolute.mask == 0) & (relative.mask == 0)
+        assert np.median(np.sqrt(relative.var[ok] / absolute.var[ok])) == pytest.approx(1.0, abs=0.10), image.name
+        assert relative.header["WHTSCALE"] == pytest.approx(1000.0, rel=0.2)
+
+
+@pytest.mark.shared
 @pytest.mark.parametrize("image,model,ccd", PSFEX_CASES)
 def test_psf_fwhm_matches_psfex_model(image, model, ccd):
     """The fitted FWHM of the cutout's stars is within 10 % of the same estimator on the file's

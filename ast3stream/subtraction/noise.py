@@ -1,7 +1,9 @@
 """Noise model from the data: variance planes, effective gain, aperture-noise prediction and check.
 
-* :func:`to_variance` turns a variance, inverse-variance (weight) or error plane into a
-  variance map (infinite where the plane says "no data").
+* :func:`to_variance` turns a variance, inverse-variance or error plane into a variance map
+  (infinite where the plane says "no data"); a *weight* plane is a relative inverse variance
+  (SExtractor's ``MAP_WEIGHT``, SWarp's weights, HST drizzle's exposure-time ``WHT``):
+  :func:`weight_variance` scales its ``1 / weight`` to the image's measured sky variance.
 * :func:`effective_gain` gives the factor turning signal into Poisson variance
   (``var = signal / gain``) in the image's own units (counts, electrons, counts/s,
   surface brightness): none to add when a variance plane grows with the signal (it holds the
@@ -34,13 +36,29 @@ def to_variance(plane: np.ndarray, kind: str) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         if kind == "variance":
             v = p
-        elif kind in ("invvar", "weight"):
+        elif kind in ("invvar", "weight"):   # weight: relative, scaled by weight_variance
             v = 1.0 / p
         elif kind == "error":
             v = p * p
         else:
             raise ValueError(f"variance kind {kind!r} is not one of {VAR_KINDS}")
     return np.where(np.isfinite(v) & (v > 0), v, np.inf).astype(np.float32)
+
+
+def weight_variance(weight: np.ndarray, data: np.ndarray, bad: np.ndarray, box: int = 64) -> tuple[np.ndarray, float]:
+    """``(variance, scale)`` of a relative weight plane: ``scale / weight``, with ``scale`` the
+    median over good pixels of ``rms^2 weight``, ``rms`` the sky rms map of ``data`` (sep's mesh
+    background, ``box`` px, sources clipped), so the variance is the measured sky variance where
+    the weight is typical and follows the weight elsewhere (SExtractor's ``MAP_WEIGHT`` rescaling)."""
+    from .background import background
+
+    var = to_variance(weight, "weight")
+    good = ~np.asarray(bad, bool) & np.isfinite(var)
+    if not good.any():
+        raise ValueError("weight plane: no pixel with a positive weight")
+    rms = background(np.where(good, data, 0).astype(np.float32), ~good, box)[1]
+    scale = float(np.median((rms[good].astype(np.float64) ** 2) / var[good]))
+    return (var * np.float32(scale)).astype(np.float32), scale
 
 
 def effective_gain(back, rms, sub=None, var=None, bad=None, header_gain: float | None = None,

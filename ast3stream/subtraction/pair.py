@@ -19,7 +19,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ..image import Frame, MaskBits
-from .noise import VAR_KINDS, to_variance
+from .noise import VAR_KINDS, to_variance, weight_variance
 from .subtract import Difference, subtract
 
 #: ``[HDU name] -> kind`` of the variance planes looked for in an image's own file
@@ -53,6 +53,8 @@ def load_frame(path, hdu=None, var=None, var_kind: str = "variance", mask=None,
     """A :class:`~ast3stream.image.Frame` of any FITS image (module docstring). ``var``: a sidecar
     variance plane (``path`` or ``path[hdu]``) of ``var_kind`` (:data:`~.noise.VAR_KINDS`); without
     it, an HDU of the image's file named in ``var_hdus`` (default :data:`DEFAULT_VAR_HDUS`) is used.
+    A ``weight`` plane is relative: scaled to the image's sky noise (:func:`.noise.weight_variance`,
+    the factor in the header as ``WHTSCALE``).
     ``mask``: a sidecar plane whose non-zero pixels are ``BAD``. Non-finite pixels are ``BAD``."""
     if var_kind not in VAR_KINDS:
         raise ValueError(f"var kind {var_kind!r} is not one of {VAR_KINDS}")
@@ -62,24 +64,30 @@ def load_frame(path, hdu=None, var=None, var_kind: str = "variance", mask=None,
         data = np.asarray(h.data, np.float32)
         header = h.header.copy()
         primary = hdul[0].header.copy() if h is not hdul[0] else fits.Header()
-        plane = None
+        raw = None
         if var is None:
             for x in hdul:
                 if x is not h and x.name.upper() in var_hdus and x.data is not None and x.data.shape == data.shape:
-                    plane = to_variance(x.data, var_hdus[x.name.upper()])
+                    raw, var_kind = np.asarray(x.data, np.float64), var_hdus[x.name.upper()]
                     break
     if var is not None:
-        plane = to_variance(_plane(var), var_kind)
-    if plane is not None and plane.shape != data.shape:
-        raise ValueError(f"{path}: variance plane shape {plane.shape} differs from the image's {data.shape}")
+        raw = _plane(var)
+    if raw is not None and raw.shape != data.shape:
+        raise ValueError(f"{path}: variance plane shape {raw.shape} differs from the image's {data.shape}")
     bad = ~np.isfinite(data)
-    if plane is not None:
-        bad |= ~np.isfinite(plane)
     if mask is not None:
         m = _plane(mask)
         if m.shape != data.shape:
             raise ValueError(f"{path}: mask shape {m.shape} differs from the image's {data.shape}")
         bad |= m != 0
+    plane = None
+    if raw is not None and var_kind == "weight":
+        plane, scale = weight_variance(raw, data, bad)
+        header["WHTSCALE"] = (scale, "variance = WHTSCALE / weight (sky-noise scaled)")
+    elif raw is not None:
+        plane = to_variance(raw, var_kind)
+    if plane is not None:
+        bad |= ~np.isfinite(plane)
     out_mask = (bad * np.uint16(MaskBits.BAD)).astype(np.uint16)
     return Frame(data=np.where(np.isfinite(data), data, 0).astype(np.float32), mask=out_mask,
                  header=header, primary=primary, var=plane)
