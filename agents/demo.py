@@ -3,6 +3,12 @@
 The summary compares what came out of the alert topic with the simulator's truth:
 an injected transient counts as recovered when an alert of its exposure lies within
 ``match_radius_arcsec`` of it.
+
+Every demo starts from nothing in a data folder of its own (``runs/demo`` unless ``--data-dir``
+says otherwise; never the folder ``ast3stream run`` uses by default): the previous demo's database,
+products and files are removed first (:func:`reset_folder`), since the same night simulated again
+has the same exposure ids and files, which a kept database would count as done and the watcher
+as already seen.
 """
 from __future__ import annotations
 
@@ -22,6 +28,29 @@ from ast3stream.rawfile import detector_from_header
 
 from .runner import Stack, wait_for
 from .topics import topic
+
+
+#: the file that marks a data folder as the demo's own, which the next demo may empty
+DEMO_MARK = ".ast3stream-demo"
+DEFAULT_FOLDER = Path("runs/demo")
+
+
+def reset_folder(cfg: Settings) -> None:
+    """Empty the demo's data folder of a previous demo's state (module docstring) and mark it.
+    Refuses a folder that holds files but no :data:`DEMO_MARK` (another run's data), and a
+    configured ``database.url`` (the demo's state is the SQLite file of its folder)."""
+    data = Path(cfg.paths.data_dir)
+    if cfg.database.url:
+        raise ValueError("demo: database.url is set; the demo keeps its state in its own folder's SQLite file "
+                         "(run it without that configuration)")
+    if data.exists() and any(data.iterdir()) and not (data / DEMO_MARK).exists():
+        raise ValueError(f"demo: {data} holds files that are not a previous demo's; give the demo a folder of "
+                         "its own (--data-dir)")
+    if data.exists():
+        for entry in data.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    data.mkdir(parents=True, exist_ok=True)
+    (data / DEMO_MARK).write_text("made by ast3stream demo: the next demo empties this folder\n")
 
 
 def play(paths: list[Path], folder: Path, interval: float = 0.0) -> None:
@@ -162,7 +191,7 @@ def run_demo(cfg: Settings, exposures: int = 6, scale: float = 0.1, seed: int = 
              interval: float = 2.0, timeout: float = 3600.0, summary: Path | None = None,
              cloud_fraction: float = 0.0, too_fields: tuple[str, ...] = ()) -> dict:
     """Simulate a night, play it into the watched folder through the stack and summarise it (module
-    docstring)."""
+    docstring); the data folder is expected empty (:func:`reset_folder`)."""
     from ast3stream.alerts import decode
     from ast3stream.simulate import simulate_night
 

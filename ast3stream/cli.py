@@ -55,10 +55,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from agents.demo import run_demo
+    from agents.demo import DEFAULT_FOLDER, reset_folder, run_demo
     from agents.portal import in_background
 
     cfg = _settings(args)
+    if "data_dir" not in cfg.paths.model_fields_set:   # neither --data-dir nor the settings name one
+        cfg.paths.data_dir = DEFAULT_FOLDER
+    reset_folder(cfg)   # before the portal opens the folder's database
     with in_background(cfg) as portal:
         if portal:
             print(f"portal {portal}", flush=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,25 @@ def test_a_second_run_on_the_same_data_folder_refuses(cli, tmp_path):
     finally:
         held.close()
     assert code == 2 and "is in use by a running stack" in err and err.count("\n") == 1, err
+
+
+def test_a_demo_starts_from_nothing_in_a_folder_of_its_own(cli, tmp_path):
+    """The demo's folder is not the one ``run`` uses by default; a previous demo's state there
+    (database, seen files, products) is removed, so a second demo does not count the same
+    simulated exposures as done; a folder holding another run's files is refused in one line and
+    left as it was."""
+    from agents.demo import DEFAULT_FOLDER, DEMO_MARK, reset_folder
+
+    assert Path(Settings().paths.data_dir).resolve() != DEFAULT_FOLDER.resolve()
+    old = tmp_path / "demo"
+    for name in ("ast3stream.db", "incoming/ast3_1001_0003.fits", "products/dip/x.fits"):
+        (old / name).parent.mkdir(parents=True, exist_ok=True)
+        (old / name).write_bytes(b"previous demo")
+    (old / DEMO_MARK).write_text("")
+    reset_folder(Settings(paths={"data_dir": old}))
+    assert [p.name for p in old.iterdir()] == [DEMO_MARK]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ast3stream.db").write_bytes(b"a real night")
+    code, err, _ = cli("demo")
+    assert code == 2 and "not a previous demo's" in err and err.count("\n") == 1, err
+    assert (tmp_path / "data" / "ast3stream.db").read_bytes() == b"a real night"
