@@ -26,22 +26,23 @@ from __future__ import annotations
 
 import numpy as np
 
-VAR_KINDS = ("variance", "invvar", "weight", "error")
+ABSOLUTE_KINDS = ("variance", "invvar", "error")   #: planes in the image's units squared, or their roots/inverses
+VAR_KINDS = ABSOLUTE_KINDS + ("weight",)           #: ... and the relative weight (:func:`weight_variance`)
 
 
 def to_variance(plane: np.ndarray, kind: str) -> np.ndarray:
-    """float32 variance from a ``kind`` plane (:data:`VAR_KINDS`); inf where it has no data
+    """float32 variance from a ``kind`` plane (:data:`ABSOLUTE_KINDS`); inf where it has no data
     (non-finite, or a zero/negative inverse variance)."""
     p = np.asarray(plane, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         if kind == "variance":
             v = p
-        elif kind in ("invvar", "weight"):   # weight: relative, scaled by weight_variance
+        elif kind == "invvar":
             v = 1.0 / p
         elif kind == "error":
             v = p * p
         else:
-            raise ValueError(f"variance kind {kind!r} is not one of {VAR_KINDS}")
+            raise ValueError(f"variance kind {kind!r} is not one of {ABSOLUTE_KINDS} (a weight: weight_variance)")
     return np.where(np.isfinite(v) & (v > 0), v, np.inf).astype(np.float32)
 
 
@@ -52,13 +53,13 @@ def weight_variance(weight: np.ndarray, data: np.ndarray, bad: np.ndarray, box: 
     the weight is typical and follows the weight elsewhere (SExtractor's ``MAP_WEIGHT`` rescaling)."""
     from .background import background
 
-    var = to_variance(weight, "weight")
+    var = to_variance(weight, "invvar")
     good = ~np.asarray(bad, bool) & np.isfinite(var)
     if not good.any():
         raise ValueError("weight plane: no pixel with a positive weight")
     rms = background(np.where(good, data, 0).astype(np.float32), ~good, box)[1]
     scale = float(np.median((rms[good].astype(np.float64) ** 2) / var[good]))
-    return (var * np.float32(scale)).astype(np.float32), scale
+    return var * np.float32(scale), scale
 
 
 def effective_gain(back, rms, sub=None, var=None, bad=None, header_gain: float | None = None,
